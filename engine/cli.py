@@ -1,0 +1,310 @@
+"""The ``vitrine`` command. Heavy modules are imported inside each subcommand so ``--help`` is instant.
+
+Exit codes: 0 success; 1 the work failed (or ``catalog check`` found rejected rows);
+2 bad input (arguments, catalog file, configuration); 3 not found / no index published;
+4 another build is running.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from engine.config import EngineConfig  # noqa: E402
+from engine.errors import (  # noqa: E402
+    BuildInProgress, CatalogError, ConfigError, IndexNotBuilt, InvalidQuery, NotFound, VitrineError,
+)
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_BUSY = 1, 2, 3, 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG
+    try:
+        config = EngineConfig.load(args.config, index_dir=args.index_dir)
+        return int(args.func(config, args) or 0)
+    except (InvalidQuery, CatalogError, ConfigError) as e:
+        _err(str(e))
+        return EXIT_BAD_INPUT
+    except (NotFound, IndexNotBuilt) as e:
+        _err(str(e))
+        return EXIT_NOT_FOUND
+    except BuildInProgress as e:
+        _err(str(e))
+        return EXIT_BUSY
+    except VitrineError as e:
+        _err(str(e))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+def _err(msg: str) -> None:
+    print(f"vitrine: error: {msg}", file=sys.stderr)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# -- subcommands ------------------------------------------------------------------------------
+
+def cmd_build(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine import pipeline
+    from engine.jobs import write_job
+
+    catalog = Path(args.catalog) if args.catalog else config.catalog
+    if catalog is None:
+        raise InvalidQuery("--catalog", "give the catalog file (or set `catalog` in the configuration)")
+    job_file = Path(args.job_file) if args.job_file else None
+    state: dict[str, Any] = {}
+    if job_file:
+        state = json.loads(job_file.read_text()) if job_file.exists() else {}
+        state.update(state="running", pid=os.getpid(), started_at=time.time())
+        write_job(job_file, state)
+    bar = _ProgressBar(enabled=not args.quiet)
+
+    def progress(event: dict[str, Any]) -> None:
+        bar(event)
+        if job_file:
+            state.update(event)
+            write_job(job_file, state)
+
+    try:
+        result = pipeline.build(config, catalog, full=args.full, progress=progress)
+    except Exception as e:
+        if job_file:
+            state.update(state="failed", error=str(e), finished_at=time.time())
+            write_job(job_file, state)
+        raise
+    bar.close()
+    if job_file:
+        state.update(state="succeeded", version=result.version, finished_at=time.time(),
+                     summary=result.summary_lines())
+        write_job(job_file, state)
+    for line in result.report.summary_lines():
+        print(line)
+    for line in result.summary_lines():
+        print(line)
+    return 0
+
+
+def cmd_catalog_check(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.catalog import read_catalog
+
+    _, report = read_catalog(Path(args.file))
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.summary_lines(limit=args.limit):
+            print(line)
+    return 0 if report.ok() else EXIT_FAILED
+
+
+def cmd_search(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.service import Engine
+
+    result = Engine(config).search(
+        args.query, k=args.k, offset=args.offset, category=args.category,
+        min_price=args.min_price, max_price=args.max_price, in_stock=args.in_stock,
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"{len(result.hits)} hits for {result.query!r} (version {result.version}, {result.took_ms:.1f} ms)")
+    for i, h in enumerate(result.hits, start=result.offset + 1):
+        print(f"{i:3d}. {h.score:.3f}  [bm25 {h.bm25:.2f} vec {h.vector:.3f}]  {h.id}  {h.title[:90]}")
+    return 0
+
+
+def cmd_similar(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.service import Engine
+
+    engine = Engine(config)
+    source = engine.item(args.item_id)
+    hits = engine.similar(args.item_id, k=args.k, same_category=args.same_category)
+    if args.json:
+        _print_json({"item": source.to_dict(), "similar": [h.to_dict() for h in hits]})
+        return 0
+    print(f"similar to {source.id}: {source.title[:90]}")
+    for i, h in enumerate(hits, start=1):
+        print(f"{i:3d}. {h.score:.3f}  {h.id}  {h.title[:90]}")
+    return 0
+
+
+def cmd_info(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.index import store
+
+    version = store.current_version(config.index_dir)
+    if version is None:
+        raise IndexNotBuilt(f"no index published in {config.index_dir}; run `vitrine build --catalog FILE`")
+    manifest = store.read_manifest(store.current_dir(config.index_dir))
+    info = {"current": version, "versions": store.list_versions(config.index_dir), "manifest": manifest}
+    if args.json:
+        _print_json(info)
+        return 0
+    ix, c = manifest["index"], manifest["counts"]
+    print(f"current version: {version} (built {manifest['created_at']}, {c['items']} items)")
+    print(f"model: {manifest['model']} ({manifest['dims']} dims) via {manifest['embedding']['encoder']}")
+    print(f"vector index: {ix['spec']} ({ix['kind']}), recall@10 {ix['recall_at_10']}")
+    print(f"catalog: {manifest['catalog']['path']}")
+    print("versions: " + ", ".join(v + (" (current)" if v == version else "") for v in info["versions"]))
+    return 0
+
+
+def cmd_rollback(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.index import store
+
+    old, new = store.rollback(config.index_dir)
+    print(f"rolled back: current is now {new} (was {old})")
+    return 0
+
+
+def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.serving import serve
+
+    config = config.replace(
+        host=args.host or config.host, port=args.port or config.port,
+        workers=args.workers or config.workers, threads=args.threads or config.threads,
+    )
+    serve(config, config_file=args.config)
+    return 0
+
+
+def cmd_eval_search(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.evaluation.search_eval import run_search_eval
+
+    report = run_search_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return 0
+
+
+# -- plumbing -----------------------------------------------------------------------------------
+
+class _ProgressBar:
+    """One line on stderr per stage: count, percent, items/s and ETA (redrawn in place on a TTY)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.stage = ""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        stage, done, total = event.get("stage", ""), int(event.get("done", 0)), int(event.get("total", 0))
+        now = time.time()
+        final = total and done >= total
+        if stage == self.stage and not final and now - self.last < (0.1 if self.tty else 2.0):
+            return
+        if stage != self.stage and self.stage and self.tty:
+            sys.stderr.write("\n")
+        self.stage, self.last = stage, now
+        line = f"{stage:8s}"
+        if total:
+            width = 30
+            fill = int(width * done / total)
+            line += f" [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {100 * done / total:5.1f}%"
+        if event.get("items_per_s"):
+            line += f"  {event['items_per_s']:.0f} items/s  ETA {event.get('eta_s', 0):.0f}s"
+        if event.get("from_cache"):
+            line += f"  ({event['from_cache']} from cache)"
+        sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.stage:
+            sys.stderr.write("\n")
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "y"):
+        return True
+    if v in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitrine", description="Vitrine search and recommendation engine.")
+    p.add_argument("--config", help="TOML configuration file (default: $VITRINE_CONFIG or ./vitrine.toml)")
+    p.add_argument("--index-dir", help="where index versions live (default: indexes)")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def add(name: str, func: Callable[..., int], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    b = add("build", cmd_build, "build a new index version from a catalog file and publish it")
+    b.add_argument("--catalog", help="catalog file: .csv, .csv.gz, .jsonl, .jsonl.gz or .parquet")
+    b.add_argument("--full", action="store_true", help="re-embed every item instead of reusing cached vectors")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--job-file", help=argparse.SUPPRESS)
+
+    cat = sub.add_parser("catalog", help="catalog tools").add_subparsers(metavar="ACTION")
+    c = cat.add_parser("check", help="read a catalog file and print the cleaning report")
+    c.set_defaults(func=cmd_catalog_check)
+    c.add_argument("file")
+    c.add_argument("--limit", type=int, default=20, help="problems listed per kind")
+    c.add_argument("--json", action="store_true")
+
+    s = add("search", cmd_search, "hybrid search of the published index")
+    s.add_argument("query")
+    s.add_argument("--k", type=int, default=None)
+    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--category")
+    s.add_argument("--min-price", type=float)
+    s.add_argument("--max-price", type=float)
+    s.add_argument("--in-stock", type=_bool)
+    s.add_argument("--json", action="store_true")
+
+    sim = add("similar", cmd_similar, "items similar to an item")
+    sim.add_argument("item_id")
+    sim.add_argument("--k", type=int, default=None)
+    sim.add_argument("--same-category", action="store_true")
+    sim.add_argument("--json", action="store_true")
+
+    sv = add("serve", cmd_serve, "serve the HTTP API with a production WSGI server (gunicorn)")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    sv.add_argument("--workers", type=int, help="worker processes (default 1)")
+    sv.add_argument("--threads", type=int, help="threads per worker (default 8)")
+
+    add("rollback", cmd_rollback, "point `current` back at the previous version")
+    i = add("info", cmd_info, "show the published version and its manifest")
+    i.add_argument("--json", action="store_true")
+
+    ev = sub.add_parser("eval", help="measure quality on real data sets").add_subparsers(metavar="WHAT")
+    es = ev.add_parser("search", help="search nDCG@10 of BM25, vector and hybrid")
+    es.set_defaults(func=cmd_eval_search)
+    es.add_argument("--dataset", default="crowdflower", choices=["crowdflower"])
+    es.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
+    es.add_argument("--json", action="store_true")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

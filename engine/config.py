@@ -1,0 +1,135 @@
+"""Engine configuration: defaults < TOML file < ``VITRINE_*`` environment, validated on creation."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from engine.errors import ConfigError
+
+ENV_PREFIX = "VITRINE_"
+CONFIG_FILE_ENV = "VITRINE_CONFIG"
+DEFAULT_CONFIG_FILE = "vitrine.toml"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Every setting of the engine. Immutable; build one with :meth:`load`.
+
+    ``index_dir`` holds ``<version>/`` folders, the ``current`` pointer and the embedding cache.
+    """
+
+    index_dir: Path = Path("indexes")
+    data_dir: Path = Path("../shared/data")
+    catalog: Path | None = None
+    # Where the ONNX export of the model lives (default: <index_dir>/models).
+    models_dir: Path | None = None
+    # Encoder: "onnx" (exported from the packaged weights, fp32, same vectors as torch) or "torch".
+    encoder: str = "onnx"
+    encode_batch_size: int = 64
+    max_seq_length: int = 256
+    query_cache_size: int = 4096
+    # Search.
+    default_k: int = 10
+    max_k: int = 100
+    max_offset: int = 1000
+    candidate_pool: int = 200
+    hybrid_weight: float = 0.6
+    fusion: str = "minmax"
+    # Vector index choice: exact inner product up to this many items, IVF above.
+    approx_threshold: int = 20000
+    ivf_nprobe: int = 16
+    target_recall: float = 0.95
+    keep_versions: int = 3
+    # HTTP.
+    admin_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    threads: int = 8
+    reload_check_seconds: float = 0.5
+    torch_threads: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{key}: {msg}")
+
+        need(self.encoder in ("onnx", "torch"), "encoder", f"must be 'onnx' or 'torch', got {self.encoder!r}")
+        need(1 <= self.default_k <= self.max_k, "default_k", f"must be in 1..max_k ({self.max_k})")
+        need(1 <= self.max_k <= 1000, "max_k", "must be in 1..1000")
+        need(self.max_offset >= 0, "max_offset", "must be >= 0")
+        need(self.candidate_pool >= self.max_k, "candidate_pool", "must be >= max_k")
+        need(0.0 <= self.hybrid_weight <= 1.0, "hybrid_weight", "must be in 0..1")
+        need(self.fusion in ("minmax", "zscore", "rrf"), "fusion", "must be minmax, zscore or rrf")
+        need(self.approx_threshold >= 1000, "approx_threshold", "must be >= 1000")
+        need(self.ivf_nprobe >= 1, "ivf_nprobe", "must be >= 1")
+        need(0.0 < self.target_recall <= 1.0, "target_recall", "must be in (0, 1]")
+        need(self.keep_versions >= 2, "keep_versions", "must be >= 2 (rollback needs one earlier version)")
+        need(1 <= self.port <= 65535, "port", "must be in 1..65535")
+        need(self.workers >= 1 and self.threads >= 1, "workers", "workers and threads must be >= 1")
+        need(self.encode_batch_size >= 1, "encode_batch_size", "must be >= 1")
+        need(self.torch_threads >= 1, "torch_threads", "must be >= 1")
+        need(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.index_dir / "models"
+
+    @classmethod
+    def load(
+        cls,
+        file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> "EngineConfig":
+        """Defaults, then the TOML file (``file``, ``$VITRINE_CONFIG`` or ``./vitrine.toml`` if present),
+        then ``VITRINE_<KEY>`` environment variables, then ``overrides``; validated once at the end."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = Path(file) if file else Path(env.get(CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE))
+        if file or CONFIG_FILE_ENV in env or path.exists():
+            if not path.exists():
+                raise ConfigError(f"config file {path} does not exist")
+            with path.open("rb") as fh:
+                try:
+                    data = tomllib.load(fh)
+                except tomllib.TOMLDecodeError as e:
+                    raise ConfigError(f"config file {path}: {e}") from e
+            values.update(data.get("vitrine", data))
+        known = {f.name: f for f in fields(cls)}
+        for key, raw in env.items():
+            if key.startswith(ENV_PREFIX) and key != CONFIG_FILE_ENV:
+                name = key[len(ENV_PREFIX):].lower()
+                if name in known:
+                    values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**{k: _coerce(k, known[k].type, v) for k, v in values.items()})
+
+    def replace(self, **changes: Any) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key: str, type_name: Any, value: Any) -> Any:
+    t = str(type_name)
+    try:
+        if t.startswith("Path"):
+            return None if value in (None, "") else Path(value)
+        if t == "int":
+            return int(value)
+        if t == "float":
+            return float(value)
+        if t == "str | None":
+            return None if value in (None, "") else str(value)
+        if t == "str":
+            return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: cannot read {value!r} as {t}") from e
+    return value

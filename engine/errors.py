@@ -1,0 +1,38 @@
+"""Sentinel errors of the engine; the HTTP edge maps each to one status code once (web/errors.py)."""
+from __future__ import annotations
+
+
+class VitrineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class InvalidQuery(VitrineError):
+    """A caller-supplied parameter is out of range or malformed (HTTP 400).
+
+    ``field`` names the parameter so that a client can fix it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFound(VitrineError):
+    """An item, version or job does not exist (HTTP 404)."""
+
+
+class IndexNotBuilt(VitrineError):
+    """No index version is published yet; run `vitrine build` (HTTP 503)."""
+
+
+class CatalogError(VitrineError):
+    """A catalog file cannot be read at all (unknown format, missing columns, unreadable)."""
+
+
+class BuildInProgress(VitrineError):
+    """Another build holds the build lock (HTTP 409)."""
+
+
+class ConfigError(VitrineError):
+    """A configuration value is invalid; the message names the key."""

@@ -1,0 +1,56 @@
+"""BM25 keyword index (bm25s, Lucene variant) with English stop words and a Snowball stemmer.
+
+Saved as bm25s' plain ``.npy`` + JSON files (no pickle); loaded memory-mapped.
+Thread-safety: ``scores`` is read-only and may run in many threads.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import bm25s
+import numpy as np
+import Stemmer
+
+log = logging.getLogger(__name__)
+
+K1 = 1.2
+B = 0.75
+_stemmer = Stemmer.Stemmer("english")
+
+
+def tokenize(texts: Sequence[str]) -> list[list[str]]:
+    """Lower-cased, stop words removed, stemmed word tokens (the same recipe for documents and queries)."""
+    out = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer, return_ids=False, show_progress=False)
+    return [list(t) for t in out]
+
+
+class KeywordIndex:
+    """BM25 over one text per catalog row."""
+
+    def __init__(self, retriever: bm25s.BM25, n_docs: int) -> None:
+        self.retriever = retriever
+        self.n_docs = n_docs
+        self._vocab: dict[str, int] = retriever.vocab_dict or {}
+
+    @classmethod
+    def build(cls, texts: Sequence[str]) -> "KeywordIndex":
+        retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
+        retriever.index(tokenize(texts), show_progress=False)
+        return cls(retriever, len(texts))
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every row for ``query``: float32 array of shape (n_docs,), 0 where no term matches."""
+        tokens = [t for t in tokenize([query])[0] if t in self._vocab]
+        if not tokens:
+            return np.zeros(self.n_docs, np.float32)
+        return np.asarray(self.retriever.get_scores(tokens), dtype=np.float32)
+
+    def save(self, path: Path) -> None:
+        self.retriever.save(str(path), show_progress=False)
+
+    @classmethod
+    def load(cls, path: Path, n_docs: int) -> "KeywordIndex":
+        retriever = bm25s.BM25.load(str(path), mmap=True, show_progress=False)
+        return cls(retriever, n_docs)

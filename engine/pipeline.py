@@ -1,0 +1,222 @@
+"""Offline build: catalog file -> cleaned products -> embeddings (cached) -> FAISS + BM25 -> new version.
+
+The only writer of ``index_dir``. One build at a time (a file lock); a build killed at any point
+leaves the published version untouched, because nothing is visible until the final rename.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from engine.catalog import Catalog, CatalogReport, read_catalog, write_catalog_jsonl
+from engine.config import EngineConfig
+from engine.embedding.base import MODEL_NAME, Encoder
+from engine.embedding.cache import EmbeddingCache, text_hash
+from engine.errors import BuildInProgress, CatalogError
+from engine.index import store
+from engine.index.keyword import B, K1, KeywordIndex
+from engine.index.vector import VectorIndex, build_vector_index
+from engine.item_text import embedding_text, keyword_text
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BuildResult:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    report: CatalogReport
+    pruned: list[str] = field(default_factory=list)
+
+    def summary_lines(self) -> list[str]:
+        m = self.manifest
+        c, ix = m["counts"], m["index"]
+        return [
+            f"published {self.version} ({c['items']} items) in {m['build_seconds']:.1f}s",
+            f"catalog: {c['rows_read']} rows read, {c['items']} accepted, {c['rejected']} rejected, "
+            f"{c['duplicate_ids']} duplicate ids (last wins), {c['warnings']} field warnings",
+            f"embeddings: {c['embedded']} embedded, {c['from_cache']} from cache "
+            f"({m['embedding']['items_per_second']:.0f} items/s embedding)",
+            f"vector index: {ix['spec']} ({ix['kind']}), recall@10 vs exact {ix['recall_at_10']:.4f}"
+            + (f" at nprobe {ix['nprobe']} over {ix['recall_queries']} probe queries" if ix["kind"] != "exact" else ""),
+            f"keyword index: BM25 k1={K1} b={B}, {m['bm25']['vocabulary']} terms",
+        ] + ([f"pruned old versions: {', '.join(self.pruned)}"] if self.pruned else [])
+
+
+@contextmanager
+def build_lock(index_dir: Path) -> Iterator[None]:
+    """Exclusive, non-blocking; released by the OS if the process dies."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(index_dir / ".build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise BuildInProgress("another build is running on this index directory") from e
+        yield
+    finally:
+        os.close(fd)
+
+
+def build(
+    config: EngineConfig,
+    catalog_path: Path,
+    *,
+    full: bool = False,
+    encoder: Encoder | None = None,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build and publish a new version from ``catalog_path``.
+
+    ``full`` re-embeds every item instead of reusing cached vectors. Raises ``CatalogError`` when
+    the file cannot be read or holds no valid product, ``BuildInProgress`` when locked.
+    """
+    started = time.time()
+    say = progress or (lambda event: None)
+    index_dir = config.index_dir
+    with build_lock(index_dir):
+        store.remove_stale_staging(index_dir)
+        say({"stage": "catalog", "done": 0, "total": 0})
+        catalog, report = read_catalog(catalog_path)
+        if len(catalog) == 0:
+            raise CatalogError(f"{catalog_path}: no valid product (rejected {len(report.rejected)} rows)")
+        if encoder is None:
+            from engine.embedding.factory import build_encoder
+
+            encoder = build_encoder(config.encoder, cache_dir=config.models_path, max_seq_length=config.max_seq_length)
+        vectors, embedded, embed_seconds = _embed(config, catalog, encoder, full, say)
+        say({"stage": "index", "done": 0, "total": len(catalog)})
+        faiss_index, info = build_vector_index(
+            vectors,
+            approx_threshold=config.approx_threshold,
+            nprobe=config.ivf_nprobe,
+            target_recall=config.target_recall,
+        )
+        keyword = KeywordIndex.build([keyword_text(p) for p in catalog])
+        version = store.new_version_name(catalog.content_hash())
+        staging = index_dir / f"{store.STAGING_PREFIX}{version}"
+        staging.mkdir()
+        write_catalog_jsonl(catalog, staging / "items.jsonl")
+        np.save(staging / "vectors.npy", vectors, allow_pickle=False)
+        VectorIndex(faiss_index, vectors, info.nprobe).save(staging / "vectors.faiss")
+        keyword.save(staging / "bm25")
+        manifest = _manifest(
+            version, catalog_path, catalog, report, encoder, info, keyword, embedded, embed_seconds, started, config
+        )
+        (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        say({"stage": "publish", "done": len(catalog), "total": len(catalog)})
+        path = store.publish(index_dir, staging, version)
+        pruned = store.prune(index_dir, config.keep_versions)
+    log.info("published %s with %d items", version, len(catalog))
+    return BuildResult(version, path, manifest, report, pruned)
+
+
+def _embed(
+    config: EngineConfig, catalog: Catalog, encoder: Encoder, full: bool, say: Progress
+) -> tuple[np.ndarray, int, float]:
+    texts = [embedding_text(p) for p in catalog]
+    hashes = [text_hash(t) for t in texts]
+    cache = EmbeddingCache(config.index_dir / "cache" / "embeddings.sqlite", encoder.family, encoder.dim)
+    try:
+        known = {} if full else cache.get_many(sorted(set(hashes)))
+        missing = sorted({h: i for i, h in enumerate(hashes) if h not in known}.values())
+        total = len(missing)
+        t0 = time.time()
+        say({"stage": "embed", "done": 0, "total": total, "from_cache": len(catalog) - total})
+        step = max(config.encode_batch_size * 4, 256)
+        for start in range(0, total, step):
+            rows = missing[start : start + step]
+            vecs = encoder.encode([texts[i] for i in rows], batch_size=config.encode_batch_size)
+            cache.put_many((hashes[i], v) for i, v in zip(rows, vecs))
+            known.update({hashes[i]: v for i, v in zip(rows, vecs)})
+            done = start + len(rows)
+            rate = done / max(time.time() - t0, 1e-9)
+            say({"stage": "embed", "done": done, "total": total, "items_per_s": rate, "eta_s": (total - done) / rate})
+        seconds = time.time() - t0
+    finally:
+        cache.close()
+    vectors = np.stack([known[h] for h in hashes]).astype(np.float32)
+    return np.ascontiguousarray(vectors), total, seconds
+
+
+def _manifest(
+    version: str,
+    catalog_path: Path,
+    catalog: Catalog,
+    report: CatalogReport,
+    encoder: Encoder,
+    info: Any,
+    keyword: KeywordIndex,
+    embedded: int,
+    embed_seconds: float,
+    started: float,
+    config: EngineConfig,
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.time() - started, 3),
+        "git_sha": _git_sha(),
+        "model": MODEL_NAME,
+        "dims": encoder.dim,
+        "metric": "inner_product (unit vectors: cosine)",
+        "embedding": {
+            "encoder": encoder.name,
+            "family": encoder.family,
+            "max_seq_length": config.max_seq_length,
+            "text_recipe": "title. category path. brand. description",
+            "items_per_second": round(embedded / embed_seconds, 1) if embedded and embed_seconds > 0 else 0.0,
+        },
+        "catalog": {
+            "path": str(Path(catalog_path).resolve()),
+            "file_sha256": _file_sha256(Path(catalog_path)),
+            "content_hash": catalog.content_hash(),
+        },
+        "counts": {
+            "items": len(catalog),
+            "rows_read": report.rows_read,
+            "rejected": len(report.rejected),
+            "duplicate_ids": len(report.duplicates),
+            "warnings": len(report.warnings),
+            "embedded": embedded,
+            "from_cache": len(catalog) - embedded,
+        },
+        "index": info.to_dict(),
+        "bm25": {"method": "lucene", "k1": K1, "b": B, "vocabulary": len(keyword.retriever.vocab_dict or {}),
+                 "tokenizer": "bm25s en stop words + Snowball english stemmer"},
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

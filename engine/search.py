@@ -1,0 +1,110 @@
+"""Hybrid search over one snapshot: BM25 and vector candidates, fused, filtered, paged.
+
+Candidates are the top ``pool`` rows of each side within the filter; every candidate gets both
+raw scores (BM25 from the full score array, cosine from the stored vectors), then
+``engine.ranking.fusion.fuse`` orders them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.ranking.fusion import fuse
+from engine.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    title: str
+    category: str
+    brand: str
+    price: float | None
+    in_stock: bool | None
+    score: float
+    bm25: float
+    vector: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "category": self.category,
+            "brand": self.brand,
+            "price": self.price,
+            "in_stock": self.in_stock,
+            "score": round(self.score, 6),
+            "score_parts": {"bm25": round(self.bm25, 6), "vector": round(self.vector, 6)},
+        }
+
+
+def score_parts(snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw (bm25, cosine) of ``rows``."""
+    return bm25_all[rows], snap.vector_index.score(qvec, rows)
+
+
+def candidates(
+    snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, pool: int, mask: np.ndarray | None
+) -> np.ndarray:
+    """Union of the top ``pool`` BM25 rows (score > 0) and top ``pool`` vector rows, within ``mask``."""
+    scores = bm25_all if mask is None else np.where(mask, bm25_all, 0.0)
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > pool:
+        positive = positive[np.argpartition(-scores[positive], pool - 1)[:pool]]
+    hits = snap.vector_index.search(qvec[None, :], pool, allowed=mask)
+    vec_rows = hits.rows[0][hits.rows[0] >= 0]
+    return np.union1d(positive, vec_rows).astype(np.int64)
+
+
+def hybrid_search(
+    snap: Snapshot,
+    query: str,
+    qvec: np.ndarray,
+    *,
+    k: int,
+    offset: int,
+    mask: np.ndarray | None,
+    pool: int,
+    weight: float,
+    fusion: str,
+) -> list[Hit]:
+    bm25_all = snap.keyword.scores(query)
+    rows = candidates(snap, bm25_all, qvec, max(pool, offset + k), mask)
+    if len(rows) == 0:
+        return []
+    bm25, vec = score_parts(snap, bm25_all, qvec, rows)
+    fused = fuse(bm25, vec, weight, fusion)
+    order = np.lexsort((rows, -fused))[offset : offset + k]
+    return [_hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i])) for i in order]
+
+
+def _hit(snap: Snapshot, row: int, score: float, bm25: float, vector: float) -> Hit:
+    p = snap.catalog[row]
+    return Hit(p.id, p.title, p.category_path, p.brand, p.price, p.in_stock, score, bm25, vector)
+
+
+def similar_items(snap: Snapshot, row: int, *, k: int, same_category: bool) -> list[Hit]:
+    """Nearest neighbours of ``row``'s vector, without itself and items sharing its exact title
+    (or an earlier neighbour's exact title)."""
+    mask = None
+    if same_category and snap.catalog[row].category:
+        mask = snap.filter_mask(category=snap.catalog[row].category_path)
+    qvec = np.asarray(snap.vectors[row], np.float32)
+    seen = {snap.title_keys[row]}
+    out: list[Hit] = []
+    want = k + 10
+    while True:
+        hits = snap.vector_index.search(qvec[None, :], want, allowed=mask)
+        out, seen = [], {snap.title_keys[row]}
+        for r, s in zip(hits.rows[0], hits.scores[0]):
+            if r < 0 or r == row or snap.title_keys[r] in seen:
+                continue
+            seen.add(snap.title_keys[r])
+            out.append(_hit(snap, int(r), float(s), 0.0, float(s)))
+            if len(out) == k:
+                return out
+        if want >= len(snap) or hits.rows[0][-1] < 0:
+            return out
+        want = min(want * 4, len(snap))

@@ -1,0 +1,53 @@
+"""``vitrine serve``: the HTTP API under gunicorn (pre-fork workers, threads per worker).
+
+The engine does not import the web layer: gunicorn loads ``web:create_app()`` by name in each
+worker, after the fork, so every worker has its own Engine (FAISS, encoder) and the memory-mapped
+index files are shared through the page cache.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.config import EngineConfig
+
+APP_SPEC = "web:create_app()"
+
+
+def gunicorn_options(config: EngineConfig) -> dict[str, Any]:
+    return {
+        "bind": f"{config.host}:{config.port}",
+        "workers": config.workers,
+        "threads": config.threads,
+        "worker_class": "gthread",
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        "preload_app": False,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "vitrine",
+    }
+
+
+def serve(config: EngineConfig, config_file: str | None = None) -> None:
+    """Run until interrupted. Settings reach the workers through the environment."""
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.util import import_app
+
+    os.environ["VITRINE_INDEX_DIR"] = str(Path(config.index_dir).resolve())
+    os.environ["VITRINE_TORCH_THREADS"] = str(config.torch_threads)
+    if config_file:
+        os.environ["VITRINE_CONFIG"] = str(Path(config_file).resolve())
+
+    class _App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in gunicorn_options(config).items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return import_app(APP_SPEC)
+
+    _App().run()

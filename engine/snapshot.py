@@ -1,0 +1,108 @@
+"""One published index version loaded for serving: catalog, vectors, FAISS, BM25 and filter arrays.
+
+Read-only and immutable once loaded, so any number of request threads can share it; a reload
+builds a new Snapshot and swaps the reference (see ``engine.service``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.catalog import Catalog, load_catalog_jsonl
+from engine.errors import InvalidQuery
+from engine.index import store
+from engine.index.keyword import KeywordIndex
+from engine.index.vector import VectorIndex
+
+CATEGORY_SEP = " > "
+
+
+def category_key(path: str | tuple[str, ...] | list[str]) -> str:
+    """Normalised category path for prefix matching: segments stripped, lower-cased, joined by ' > '."""
+    parts = path.split(">") if isinstance(path, str) else list(path)
+    return CATEGORY_SEP.join(s.strip().lower() for s in parts if s.strip())
+
+
+def title_key(title: str) -> str:
+    return " ".join(title.lower().split())
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    catalog: Catalog
+    vectors: np.ndarray
+    vector_index: VectorIndex
+    keyword: KeywordIndex
+    price: np.ndarray  # float32, NaN where unknown
+    in_stock: np.ndarray  # bool; unknown counts as in stock
+    category_rows: dict[str, np.ndarray]  # every category prefix key -> int64 rows
+    title_keys: list[str]
+
+    @classmethod
+    def load(cls, version_dir: Path) -> "Snapshot":
+        manifest = store.read_manifest(version_dir)
+        catalog = load_catalog_jsonl(version_dir / "items.jsonl")
+        vectors = np.load(version_dir / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        vindex = VectorIndex.load(version_dir / "vectors.faiss", vectors, int(manifest["index"].get("nprobe", 0)))
+        keyword = KeywordIndex.load(version_dir / "bm25", len(catalog))
+        price = np.array([math.nan if p.price is None else p.price for p in catalog], np.float32)
+        in_stock = np.array([p.in_stock is not False for p in catalog], bool)
+        prefixes: dict[str, list[int]] = {}
+        for row, p in enumerate(catalog):
+            for depth in range(1, len(p.category) + 1):
+                prefixes.setdefault(category_key(p.category[:depth]), []).append(row)
+        return cls(
+            version=manifest["version"],
+            path=version_dir,
+            manifest=manifest,
+            catalog=catalog,
+            vectors=vectors,
+            vector_index=vindex,
+            keyword=keyword,
+            price=price,
+            in_stock=in_stock,
+            category_rows={k: np.array(v, np.int64) for k, v in prefixes.items()},
+            title_keys=[title_key(p.title) for p in catalog],
+        )
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    def filter_mask(
+        self,
+        category: str | None = None,
+        min_price: float | None = None,
+        max_price: float | None = None,
+        in_stock: bool | None = None,
+    ) -> np.ndarray | None:
+        """Bool mask of rows passing every given filter; ``None`` when no filter is set.
+
+        ``category`` matches a path prefix at segment boundaries, case-insensitively. A price bound
+        excludes items without a price. ``in_stock=True`` keeps items not marked out of stock.
+        """
+        mask: np.ndarray | None = None
+
+        def both(m: np.ndarray) -> np.ndarray:
+            return m if mask is None else mask & m
+
+        if category is not None:
+            key = category_key(category)
+            if not key:
+                raise InvalidQuery("category", "must be a category path such as 'A > B'")
+            m = np.zeros(len(self), bool)
+            m[self.category_rows.get(key, np.empty(0, np.int64))] = True
+            mask = both(m)
+        if min_price is not None:
+            mask = both(self.price >= min_price)
+        if max_price is not None:
+            mask = both(self.price <= max_price)
+        if in_stock is not None:
+            mask = both(self.in_stock if in_stock else ~self.in_stock)
+        return mask

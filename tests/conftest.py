@@ -1,0 +1,96 @@
+"""Shared fixtures: the real model (ONNX export of the packaged MiniLM), real FAISS, real files.
+
+The fixture catalog is indexed once per session; tests that change an index get their own copy.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from engine import pipeline  # noqa: E402
+from engine.config import EngineConfig  # noqa: E402
+from engine.embedding.base import Encoder  # noqa: E402
+from engine.embedding.factory import build_encoder  # noqa: E402
+from engine.service import Engine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_CATALOG = ROOT / "tests" / "fixtures" / "products.jsonl"
+DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.jsonl"
+ADMIN_KEY = "test-admin-key-0123"
+
+
+def make_config(index_dir: Path, models_dir: Path, **overrides: Any) -> EngineConfig:
+    values: dict[str, Any] = dict(
+        index_dir=index_dir, models_dir=models_dir, admin_key=ADMIN_KEY, reload_check_seconds=0.0,
+        data_dir=ROOT.parent / "shared" / "data",
+    )
+    values.update(overrides)
+    return EngineConfig(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def encoder(models_dir: Path) -> Encoder:
+    return build_encoder("onnx", cache_dir=models_dir)
+
+
+@pytest.fixture(scope="session")
+def built_index_dir(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, encoder: Encoder) -> Path:
+    index_dir = tmp_path_factory.mktemp("built") / "indexes"
+    pipeline.build(make_config(index_dir, models_dir), FIXTURE_CATALOG, encoder=encoder)
+    return index_dir
+
+
+@pytest.fixture
+def index_dir(built_index_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the built fixture index (safe to rebuild or roll back)."""
+    target = tmp_path / "indexes"
+    shutil.copytree(built_index_dir, target, symlinks=True)
+    return target
+
+
+@pytest.fixture
+def config(index_dir: Path, models_dir: Path) -> EngineConfig:
+    return make_config(index_dir, models_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_engine(built_index_dir: Path, models_dir: Path, encoder: Encoder) -> Engine:
+    """Read-only engine over the session's fixture index: for tests that only query."""
+    return Engine(make_config(built_index_dir, models_dir), encoder=encoder)
+
+
+@pytest.fixture
+def engine(config: EngineConfig, encoder: Encoder) -> Engine:
+    return Engine(config, encoder=encoder)
+
+
+@pytest.fixture
+def app(config: EngineConfig, encoder: Encoder) -> Iterator[Any]:
+    from web import create_app
+
+    yield create_app({"TESTING": True, "ENGINE_CONFIG": config, "ENGINE": Engine(config, encoder=encoder)})
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()

@@ -1,0 +1,178 @@
+"""HTTP API through Flask's test client: answers, every error case, admin auth, OpenAPI coverage."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.config import EngineConfig
+from engine.embedding.base import Encoder
+from engine.index import store
+from engine.service import Engine
+from tests.conftest import ADMIN_KEY, make_config
+
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def error_of(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.is_json
+    err: dict[str, Any] = resp.get_json()["error"]
+    assert err["message"]
+    return err
+
+
+def test_search(client: Any) -> None:
+    resp = client.get("/v1/search", query_string={"q": "pla filament", "k": 3})
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["k"] == 3 and len(body["hits"]) == 3 and body["version"]
+    assert body["hits"][0]["id"] in {"fil-pla-red", "fil-pla-black", "pla-dup-title"}
+    assert set(body["hits"][0]["score_parts"]) == {"bm25", "vector"}
+
+
+def test_search_filters_and_paging(client: Any) -> None:
+    body = client.get(
+        "/v1/search", query_string={"q": "gloves", "category": "Industrial & Scientific > Lab & Safety > Gloves",
+                                    "max_price": "10", "in_stock": "true"}
+    ).get_json()
+    assert [h["id"] for h in body["hits"]] == ["gloves-latex"]
+    p2 = client.get("/v1/search", query_string={"q": "lab", "k": 2, "offset": 2}).get_json()
+    whole = client.get("/v1/search", query_string={"q": "lab", "k": 4}).get_json()
+    assert [h["id"] for h in p2["hits"]] == [h["id"] for h in whole["hits"][2:]]
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({}, "q"),
+        ({"q": ""}, "q"),
+        ({"q": "x", "k": "abc"}, "k"),
+        ({"q": "x", "k": "0"}, "k"),
+        ({"q": "x", "k": "1000000"}, "k"),
+        ({"q": "x", "offset": "-5"}, "offset"),
+        ({"q": "x", "offset": "1.5"}, "offset"),
+        ({"q": "x", "min_price": "cheap"}, "min_price"),
+        ({"q": "x", "max_price": "nan"}, "max_price"),
+        ({"q": "x", "min_price": "10", "max_price": "5"}, "min_price"),
+        ({"q": "x", "in_stock": "maybe"}, "in_stock"),
+        ({"q": "x" * 600}, "q"),
+    ],
+)
+def test_search_bad_parameters(client: Any, params: dict[str, str], field: str) -> None:
+    err = error_of(client.get("/v1/search", query_string=params), 400)
+    assert err["field"] == field and field in err["message"]
+
+
+def test_items_and_similar(client: Any) -> None:
+    item = client.get("/v1/items/fil-pla-red").get_json()
+    assert item["title"].startswith("PLA 3D Printer Filament") and item["price"] == 22.99
+    sim = client.get("/v1/items/fil-pla-red/similar?k=3").get_json()
+    assert [h["id"] for h in sim["similar"]][0] == "fil-pla-black" and len(sim["similar"]) == 3
+    same = client.get("/v1/items/goggles/similar?same_category=true").get_json()
+    assert same["similar"] == []  # the only item of its category
+    error_of(client.get("/v1/items/nope"), 404)
+    error_of(client.get("/v1/items/nope/similar"), 404)
+    assert error_of(client.get("/v1/items/goggles/similar?k=-1"), 400)["field"] == "k"
+    assert error_of(client.get("/v1/items/goggles/similar?same_category=perhaps"), 400)["field"] == "same_category"
+
+
+def test_unknown_route_and_method_are_json(client: Any) -> None:
+    error_of(client.get("/v1/nothing-here"), 404)
+    error_of(client.post("/v1/search"), 405)
+
+
+def test_info_and_health(client: Any) -> None:
+    info = client.get("/v1/info").get_json()
+    assert info["items"] == 31 and info["version"] in info["versions"]
+    health = client.get("/healthz").get_json()
+    assert health == {"status": "ok", "index_version": info["version"]}
+
+
+def test_no_index_is_503_not_500(tmp_path: Path, models_dir: Path, encoder: Encoder) -> None:
+    from web import create_app
+
+    config = make_config(tmp_path / "empty", models_dir)
+    client = create_app({"TESTING": True, "ENGINE_CONFIG": config, "ENGINE": Engine(config, encoder=encoder)}).test_client()
+    assert error_of(client.get("/v1/search?q=x"), 503)["code"] == "index_not_built"
+    assert client.get("/healthz").get_json()["status"] == "no_index"
+
+
+def test_admin_needs_the_key(client: Any) -> None:
+    assert error_of(client.post("/v1/admin/rebuild"), 401)["code"] == "unauthorized"
+    error_of(client.post("/v1/admin/rebuild", headers={"Authorization": "Bearer wrong-key-000"}), 401)
+    error_of(client.post("/v1/admin/rollback", headers={"Authorization": ADMIN_KEY}), 401)  # no scheme
+    error_of(client.get("/v1/admin/rebuild/0123", headers={"Authorization": "Basic x"}), 401)
+
+
+def test_admin_off_without_a_configured_key(config: EngineConfig, encoder: Encoder) -> None:
+    from web import create_app
+
+    open_config = config.replace(admin_key=None)
+    client = create_app({"TESTING": True, "ENGINE_CONFIG": open_config,
+                         "ENGINE": Engine(open_config, encoder=encoder)}).test_client()
+    err = error_of(client.post("/v1/admin/rebuild", headers={"Authorization": "Bearer anything"}), 403)
+    assert err["code"] == "admin_disabled"
+
+
+def test_admin_bad_input(client: Any) -> None:
+    assert error_of(client.post("/v1/admin/rebuild", headers=AUTH, data="{nope", content_type="application/json"),
+                    400)["field"] == "body"
+    assert error_of(client.post("/v1/admin/rebuild", headers=AUTH, json=["a"]), 400)["field"] == "body"
+    assert error_of(client.post("/v1/admin/rebuild", headers=AUTH, json={"catalog": "/no/such.csv"}),
+                    400)["field"] == "catalog"
+    assert error_of(client.post("/v1/admin/rebuild", headers=AUTH, json={"catalog": 5}), 400)["field"] == "catalog"
+    assert error_of(client.post("/v1/admin/rebuild", headers=AUTH, json={"full": "sometimes"}), 400)["field"] == "full"
+    error_of(client.get("/v1/admin/rebuild/" + "0" * 32, headers=AUTH), 404)
+    error_of(client.get("/v1/admin/rebuild/../../etc", headers=AUTH), 404)
+
+
+def test_admin_rebuild_runs_in_background_and_publishes(client: Any, config: EngineConfig, tmp_path: Path) -> None:
+    before = client.get("/v1/info").get_json()["version"]
+    catalog = tmp_path / "new.jsonl"
+    catalog.write_text(
+        json.dumps({"id": "new-1", "title": "Ultrasonic Cleaner 2L with Heater", "category": "Lab > Cleaning"}) + "\n"
+        + json.dumps({"id": "new-2", "title": "Magnetic Stirrer with Hot Plate", "category": "Lab > Mixing"}) + "\n",
+        encoding="utf-8",
+    )
+    resp = client.post("/v1/admin/rebuild", headers=AUTH, json={"catalog": str(catalog)})
+    assert resp.status_code == 202
+    status_url = resp.get_json()["status_url"]
+    deadline, state = time.time() + 180, {}
+    while time.time() < deadline:
+        state = client.get(status_url, headers=AUTH).get_json()
+        if state["state"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.2)
+    assert state["state"] == "succeeded", state
+    info = client.get("/v1/info").get_json()
+    assert info["version"] == state["version"] != before and info["items"] == 2
+    assert client.get("/v1/items/new-1").status_code == 200
+    # And back again.
+    rolled = client.post("/v1/admin/rollback", headers=AUTH).get_json()
+    assert rolled == {"previous": state["version"], "current": before}
+    assert client.get("/v1/info").get_json()["version"] == before
+
+
+def test_rebuild_conflicts_with_a_running_build(client: Any, config: EngineConfig) -> None:
+    from engine.pipeline import build_lock
+
+    with build_lock(config.index_dir):
+        err = error_of(client.post("/v1/admin/rebuild", headers=AUTH, json={}), 409)
+    assert err["code"] == "build_in_progress"
+
+
+def test_openapi_describes_every_route(app: Any, client: Any) -> None:
+    doc = client.get("/v1/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (path, method.lower()) in documented, f"{method} {path} missing from openapi.json"

@@ -1,0 +1,146 @@
+"""Build, incremental rebuild, publish, rollback, pruning and crash safety of the index versions."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import pipeline
+from engine.config import EngineConfig
+from engine.embedding.base import Encoder
+from engine.errors import BuildInProgress, CatalogError, NotFound
+from engine.index import store
+from engine.service import Engine
+from tests.conftest import DEMO_CATALOG, FIXTURE_CATALOG, ROOT
+
+
+def edited_catalog(tmp_path: Path, changes: dict[str, str], name: str = "catalog.jsonl") -> Path:
+    """The fixture catalog with some titles replaced."""
+    out = tmp_path / name
+    with FIXTURE_CATALOG.open(encoding="utf-8") as src, out.open("w", encoding="utf-8") as dst:
+        for line in src:
+            row = json.loads(line)
+            row["title"] = changes.get(row["id"], row["title"])
+            dst.write(json.dumps(row) + "\n")
+    return out
+
+
+def test_manifest_records_the_build(index_dir: Path) -> None:
+    manifest = store.read_manifest(store.current_dir(index_dir))
+    assert manifest["model"] == "all-MiniLM-L6-v2" and manifest["dims"] == 384
+    assert manifest["counts"]["items"] == 31
+    assert manifest["index"]["spec"] == "Flat" and manifest["index"]["recall_at_10"] == 1.0
+    assert manifest["catalog"]["content_hash"] and manifest["catalog"]["file_sha256"]
+    assert manifest["embedding"]["family"] == "all-MiniLM-L6-v2/fp32"
+    version_dir = store.current_dir(index_dir)
+    for name in ("items.jsonl", "vectors.npy", "vectors.faiss", "bm25"):
+        assert (version_dir / name).exists()
+    assert not list(version_dir.rglob("*.pkl")) and not list(version_dir.rglob("*.pickle"))
+
+
+def test_incremental_rebuild_embeds_only_changed_items(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    changed = edited_catalog(tmp_path, {"goggles": "Safety Goggles, Anti-Fog, Tinted Lens"})
+    result = pipeline.build(config, changed, encoder=encoder)
+    assert result.manifest["counts"]["embedded"] == 1
+    assert result.manifest["counts"]["from_cache"] == 30
+    full = pipeline.build(config, changed, full=True, encoder=encoder)
+    assert full.manifest["counts"]["embedded"] == 31
+
+
+def test_new_version_is_served_and_rollback_restores(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    engine = Engine(config, encoder=encoder)
+    first = engine.snapshot().version
+    changed = edited_catalog(tmp_path, {"magnet-neodymium": "Quartz Crystal Oscillator 16MHz"})
+    second = pipeline.build(config, changed, encoder=encoder).version
+    assert engine.snapshot().version == second
+    assert engine.item("magnet-neodymium").title == "Quartz Crystal Oscillator 16MHz"
+    assert store.rollback(config.index_dir) == (second, first)
+    assert engine.snapshot().version == first
+    assert engine.item("magnet-neodymium").title.startswith("Neodymium")
+    with pytest.raises(NotFound):
+        store.rollback(config.index_dir)
+
+
+def test_keeps_the_last_versions(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    made = [store.current_version(config.index_dir)]
+    for i in range(4):
+        made.append(pipeline.build(config, edited_catalog(tmp_path, {"calipers": f"Calipers v{i}"}), encoder=encoder).version)
+    assert store.list_versions(config.index_dir) == made[-3:]
+    assert store.current_version(config.index_dir) == made[-1]
+
+
+def test_one_build_at_a_time(config: EngineConfig, encoder: Encoder) -> None:
+    with pipeline.build_lock(config.index_dir):
+        with pytest.raises(BuildInProgress):
+            pipeline.build(config, FIXTURE_CATALOG, encoder=encoder)
+
+
+def test_catalog_without_valid_rows_is_refused(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,title\n,no id\nx,\n", encoding="utf-8")
+    before = store.current_version(config.index_dir)
+    with pytest.raises(CatalogError):
+        pipeline.build(config, bad, encoder=encoder)
+    assert store.current_version(config.index_dir) == before
+
+
+def test_builds_from_csv(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text(
+        'id,title,category,price,in_stock\nA1,"<b>Red</b> PLA filament",3D > Filament,19.5,yes\n'
+        "A2,Nitrile gloves,Safety > Gloves,9,no\n",
+        encoding="utf-8",
+    )
+    result = pipeline.build(config, csv_file, encoder=encoder)
+    engine = Engine(config, encoder=encoder)
+    assert engine.item("A1").title == "Red PLA filament"
+    assert engine.item("A2").in_stock is False and result.manifest["counts"]["items"] == 2
+
+
+def test_leftover_staging_folder_is_ignored_then_removed(config: EngineConfig, encoder: Encoder) -> None:
+    staging = config.index_dir / f"{store.STAGING_PREFIX}v20990101-000000-000000-deadbeef"
+    (staging / "bm25").mkdir(parents=True)
+    (staging / "manifest.json").write_text("{ half written", encoding="utf-8")
+    assert staging.name not in store.list_versions(config.index_dir)
+    Engine(config, encoder=encoder).search("gloves")  # still serves the published version
+    pipeline.build(config, FIXTURE_CATALOG, encoder=encoder)
+    assert not staging.exists()
+
+
+def test_build_killed_half_way_leaves_the_previous_version_serving(config: EngineConfig, encoder: Encoder) -> None:
+    before = store.current_version(config.index_dir)
+    job = config.index_dir / "kill-job.json"
+    env = dict(os.environ, VITRINE_INDEX_DIR=str(config.index_dir), VITRINE_MODELS_DIR=str(config.models_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "build", "--catalog", str(DEMO_CATALOG), "--quiet", "--job-file", str(job)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            state = json.loads(job.read_text()) if job.exists() else {}
+            if state.get("stage") == "embed" and state.get("done", 0) > 0:
+                break
+            assert proc.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the build never reached the embedding stage")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert store.current_version(config.index_dir) == before
+    engine = Engine(config, encoder=encoder)
+    assert engine.search("pla filament").hits
+    # The lock died with the process: the next build runs, and reuses what the killed one embedded.
+    result = pipeline.build(config, FIXTURE_CATALOG, encoder=encoder)
+    assert store.current_version(config.index_dir) == result.version
+    shutil.rmtree(config.index_dir / "cache", ignore_errors=True)

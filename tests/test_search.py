@@ -1,0 +1,106 @@
+"""Hybrid search and similar items on the fixture catalog, real model and indexes."""
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import InvalidQuery, NotFound
+from engine.service import Engine
+
+
+def ids(hits: list) -> list[str]:
+    return [h.id for h in hits]
+
+
+def test_relevant_items_first(shared_engine: Engine) -> None:
+    top = ids(shared_engine.search("pla filament", k=3).hits)
+    assert set(top) <= {"fil-pla-red", "fil-pla-black", "pla-dup-title"}
+    assert ids(shared_engine.search("disposable gloves for the lab", k=3).hits)[0].startswith("gloves-")
+
+
+def test_semantic_match_without_shared_words(shared_engine: Engine) -> None:
+    # No catalog word in the query: only the vector side can find the thermometer.
+    hits = shared_engine.search("check how hot the oven is", k=3).hits
+    assert "thermometer-ir" in ids(hits)
+    assert all(h.bm25 == 0 for h in hits if h.id == "thermometer-ir")
+
+
+def test_hits_carry_score_parts_and_are_sorted(shared_engine: Engine) -> None:
+    hits = shared_engine.search("soldering", k=10).hits
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    first = hits[0].to_dict()
+    assert set(first) >= {"id", "title", "category", "price", "score", "score_parts"}
+    assert set(first["score_parts"]) == {"bm25", "vector"}
+    assert first["score_parts"]["bm25"] > 0
+
+
+def test_category_filter_is_a_path_prefix(shared_engine: Engine) -> None:
+    hits = shared_engine.search("gloves", k=20, category="industrial & scientific > lab & safety").hits
+    assert hits and all(h.category.startswith("Industrial & Scientific > Lab & Safety") for h in hits)
+    # A prefix must end at a segment boundary: "Lab" is not "Lab & Safety" nor "Lab Supplies".
+    assert shared_engine.search("gloves", k=20, category="Industrial & Scientific > Lab").hits == []
+
+
+def test_price_and_stock_filters(shared_engine: Engine) -> None:
+    hits = shared_engine.search("filament", k=20, min_price=20, max_price=25).hits
+    assert hits and all(h.price is not None and 20 <= h.price <= 25 for h in hits)
+    in_stock = shared_engine.search("filament", k=20, in_stock=True).hits
+    assert "fil-petg-green" not in ids(in_stock)  # marked out of stock
+    assert "fil-tpu-flex" in ids(in_stock)  # stock unknown counts as in stock
+    out = shared_engine.search("gloves", k=20, in_stock=False).hits
+    assert ids(out) == ["gloves-nitrile-l"] or set(ids(out)) <= {"gloves-nitrile-l", "fil-petg-green"}
+
+
+def test_pagination_pages_concatenate(shared_engine: Engine) -> None:
+    whole = ids(shared_engine.search("lab equipment", k=12).hits)
+    pages = [ids(shared_engine.search("lab equipment", k=4, offset=o).hits) for o in (0, 4, 8)]
+    assert sum(pages, []) == whole
+    assert len(set(whole)) == len(whole) == 12
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"query": ""}, "q"),
+        ({"query": "   "}, "q"),
+        ({"query": "x" * 501}, "q"),
+        ({"query": "pla", "k": 0}, "k"),
+        ({"query": "pla", "k": 101}, "k"),
+        ({"query": "pla", "offset": -1}, "offset"),
+        ({"query": "pla", "min_price": -1.0}, "min_price"),
+        ({"query": "pla", "min_price": 9.0, "max_price": 1.0}, "min_price"),
+        ({"query": "pla", "category": " > "}, "category"),
+    ],
+)
+def test_bad_parameters_name_the_field(shared_engine: Engine, kwargs: dict, field: str) -> None:
+    query = kwargs.pop("query")
+    with pytest.raises(InvalidQuery) as e:
+        shared_engine.search(query, **kwargs)
+    assert e.value.field == field
+
+
+def test_similar_excludes_itself_and_exact_title_duplicates(shared_engine: Engine) -> None:
+    hits = shared_engine.similar("fil-pla-red", k=5)
+    got = ids(hits)
+    assert "fil-pla-red" not in got and "pla-dup-title" not in got
+    assert got[0] == "fil-pla-black"
+    assert len({h.title.lower() for h in hits}) == len(hits)
+
+
+def test_similar_same_category(shared_engine: Engine) -> None:
+    hits = shared_engine.similar("nozzle-brass", k=10, same_category=True)
+    assert hits and all(h.category == "Industrial & Scientific > 3D Printing > Printer Parts" for h in hits)
+    assert len(hits) == 2  # the category has three items
+
+
+def test_unknown_item(shared_engine: Engine) -> None:
+    with pytest.raises(NotFound):
+        shared_engine.similar("no-such-item")
+    with pytest.raises(NotFound):
+        shared_engine.item("no-such-item")
+
+
+def test_query_embeddings_are_cached(shared_engine: Engine) -> None:
+    a = shared_engine.embed_query("digital calipers")
+    b = shared_engine.embed_query("digital calipers")
+    assert a is b and not a.flags.writeable

@@ -1,0 +1,34 @@
+"""Flask app factory: parse and validate, call the engine, serialise. No ranking logic here."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+from flask import Flask
+
+from engine import Engine, EngineConfig
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. Engine settings come from ``EngineConfig.load()`` (defaults < file <
+    ``VITRINE_*`` env) unless ``test_config["ENGINE_CONFIG"]`` gives an ``EngineConfig``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config.from_mapping(MAX_CONTENT_LENGTH=16 * 1024 * 1024)
+    if test_config:
+        app.config.update(test_config)
+    config = app.config.get("ENGINE_CONFIG") or EngineConfig.load()
+    app.config["ENGINE_CONFIG"] = config
+    app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config)
+    if not app.debug and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+    from web import admin, api, errors
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
+    errors.register_error_handlers(app)
+    return app

@@ -1,0 +1,121 @@
+"""The OpenAPI 3.1 description of every route (served at /v1/openapi.json; a test checks coverage)."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _q(name: str, schema: dict[str, Any], desc: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": desc}
+
+
+def _path(name: str, desc: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": desc}
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
+    return {"description": desc, **_json(ref)}
+
+
+_ERR = {"description": "error", **_json("Error")}
+_ADMIN = [{"bearer": []}]
+_ADMIN_ERRORS = {"401": _ERR, "403": _ERR}
+
+_HIT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"}, "title": {"type": "string"}, "category": {"type": "string"},
+        "brand": {"type": "string"}, "price": {"type": ["number", "null"]},
+        "in_stock": {"type": ["boolean", "null"]}, "score": {"type": "number"},
+        "score_parts": {"type": "object", "properties": {"bm25": {"type": "number"}, "vector": {"type": "number"}}},
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    k = _q("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "number of results (capped by max_k)")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Vitrine API", "version": "1"},
+        "paths": {
+            "/v1/search": {"get": {
+                "summary": "Hybrid (BM25 + vector) product search with filters and paging",
+                "parameters": [
+                    _q("q", {"type": "string", "maxLength": 500}, "the search box text", True), k,
+                    _q("offset", {"type": "integer", "minimum": 0, "default": 0}, "results to skip"),
+                    _q("category", {"type": "string"}, "category path prefix, 'A > B'"),
+                    _q("min_price", {"type": "number", "minimum": 0}, "lowest price (excludes unpriced items)"),
+                    _q("max_price", {"type": "number", "minimum": 0}, "highest price (excludes unpriced items)"),
+                    _q("in_stock", {"type": "boolean"}, "true: only items not marked out of stock"),
+                ],
+                "responses": {"200": _ok("SearchResult"), "400": _ERR, "503": _ERR},
+            }},
+            "/v1/items/{item_id}": {"get": {
+                "summary": "One catalog item",
+                "parameters": [_path("item_id", "the catalog id")],
+                "responses": {"200": _ok("Product"), "404": _ERR, "503": _ERR},
+            }},
+            "/v1/items/{item_id}/similar": {"get": {
+                "summary": "Nearest neighbours of the item (itself and exact-title duplicates excluded)",
+                "parameters": [_path("item_id", "the catalog id"), k,
+                               _q("same_category", {"type": "boolean", "default": False}, "only the item's category")],
+                "responses": {"200": _ok("Similar"), "400": _ERR, "404": _ERR, "503": _ERR},
+            }},
+            "/v1/info": {"get": {"summary": "Served version, versions on disk and the manifest",
+                                 "responses": {"200": _ok("Info"), "503": _ERR}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
+            "/healthz": {"get": {"summary": "Liveness and the published version",
+                                 "responses": {"200": {"description": "OK"}}}},
+            "/v1/admin/rebuild": {"post": {
+                "summary": "Start a background rebuild (re-embeds only changed items unless full)",
+                "security": _ADMIN,
+                "requestBody": {"required": False, **_json("RebuildRequest")},
+                "responses": {"202": _ok("Job", "started"), "400": _ERR, "409": _ERR, **_ADMIN_ERRORS},
+            }},
+            "/v1/admin/rebuild/{job}": {"get": {
+                "summary": "Progress of a rebuild job", "security": _ADMIN,
+                "parameters": [_path("job", "job id from POST /v1/admin/rebuild")],
+                "responses": {"200": _ok("Job"), "404": _ERR, **_ADMIN_ERRORS},
+            }},
+            "/v1/admin/rollback": {"post": {
+                "summary": "Point the served version back at the previous one", "security": _ADMIN,
+                "responses": {"200": {"description": "OK"}, "404": _ERR, **_ADMIN_ERRORS},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
+                "Hit": _HIT,
+                "SearchResult": {"type": "object", "properties": {
+                    "query": {"type": "string"}, "version": {"type": "string"}, "k": {"type": "integer"},
+                    "offset": {"type": "integer"}, "took_ms": {"type": "number"},
+                    "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
+                "Similar": {"type": "object", "properties": {
+                    "item_id": {"type": "string"}, "version": {"type": "string"},
+                    "similar": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
+                "Product": {"type": "object", "required": ["id", "title"], "properties": {
+                    "id": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
+                    "category": {"type": "string"}, "brand": {"type": "string"},
+                    "price": {"type": ["number", "null"]}, "in_stock": {"type": ["boolean", "null"]},
+                    "url": {"type": "string"}, "image_url": {"type": "string"},
+                    "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "Info": {"type": "object", "properties": {
+                    "version": {"type": "string"}, "items": {"type": "integer"},
+                    "versions": {"type": "array", "items": {"type": "string"}}, "manifest": {"type": "object"}}},
+                "RebuildRequest": {"type": "object", "properties": {
+                    "catalog": {"type": "string", "description": "catalog file path on the server; default: the current version's"},
+                    "full": {"type": "boolean", "default": False}}},
+                "Job": {"type": "object", "properties": {
+                    "job": {"type": "string"},
+                    "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                    "stage": {"type": "string"}, "done": {"type": "integer"}, "total": {"type": "integer"},
+                    "items_per_s": {"type": "number"}, "eta_s": {"type": "number"},
+                    "version": {"type": "string"}, "error": {"type": "string"}}},
+            },
+        },
+    }
