@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs each index build at DEBUG
     try:
         config = EngineConfig.load(args.config, index_dir=args.index_dir)
         return int(args.func(config, args) or 0)

@@ -37,8 +37,8 @@ class EngineConfig:
     max_k: int = 100
     max_offset: int = 1000
     candidate_pool: int = 200
-    hybrid_weight: float = 0.6
-    fusion: str = "minmax"
+    hybrid_weight: float = 0.9
+    fusion: str = "zscore"
     # Vector index choice: exact inner product up to this many items, IVF above.
     approx_threshold: int = 20000
     ivf_nprobe: int = 16

@@ -24,7 +24,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
 
     from web import admin, api, errors
 

@@ -49,6 +49,7 @@ class SearchEvalReport:
     tune: dict[str, float]
     grid: list[dict[str, Any]] = field(default_factory=list)
     index_version: str = ""
+    served: tuple[str, float] = ("", 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +58,7 @@ class SearchEvalReport:
             "split": "tune on queries with even zlib.crc32(utf-8 text), report on odd",
             "queries": {"tune": self.n_tune, "report": self.n_report},
             "tuned": {"fusion": self.fusion, "weight": self.weight},
+            "served": {"fusion": self.served[0], "weight": self.served[1]},
             "report": self.report,
             "tune": self.tune,
             "index_version": self.index_version,
@@ -66,7 +68,8 @@ class SearchEvalReport:
         out = [
             f"search quality on {self.dataset}: nDCG@{K} (gain = median_relevance - 1), re-ranking each query's judged products",
             f"split: tuned on {self.n_tune} queries with even crc32, reported on the other {self.n_report} (odd crc32)",
-            f"tuned fusion: {self.fusion}, vector weight {self.weight}",
+            f"tuned fusion: {self.fusion}, vector weight {self.weight} "
+            f"(the server uses fusion={self.served[0]}, hybrid_weight={self.served[1]})",
             "",
             f"{'ranker':<10} {'report (odd)':>13} {'tune (even)':>12}",
         ]
@@ -110,7 +113,7 @@ def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir
     eval_dir.mkdir(parents=True, exist_ok=True)
     catalog_file = eval_dir / "catalog.jsonl"
     catalog_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in products), encoding="utf-8")
-    eval_config = config.replace(index_dir=eval_dir, keep_versions=2)
+    eval_config = config.replace(index_dir=eval_dir, models_dir=config.models_path, keep_versions=2)
     pipeline.build(eval_config, catalog_file)
     engine = Engine(eval_config)
     snap = engine.snapshot()
@@ -136,7 +139,7 @@ def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir
         }
 
     return SearchEvalReport(dataset, len(tune), len(report), method.value, weight, scores(report), scores(tune), grid,
-                            snap.version)
+                            snap.version, (config.fusion, config.hybrid_weight))
 
 
 def mean_ndcg(split: list[QueryData], score: Any) -> float:

@@ -14,6 +14,9 @@ import numpy as np
 import Stemmer
 
 log = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG when imported (so the root handler prints every index build);
+# put it back to inheriting the application's level.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 K1 = 1.2
 B = 0.75

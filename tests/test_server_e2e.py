@@ -1,0 +1,117 @@
+"""The real server process (`vitrine serve`, gunicorn) on a free port, queried over HTTP,
+including atomic swaps while clients keep querying."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from engine import pipeline
+from engine.config import EngineConfig
+from engine.embedding.base import Encoder
+from engine.index import store
+from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, ROOT, free_port
+
+
+@pytest.fixture
+def server(config: EngineConfig) -> Iterator[str]:
+    port = free_port()
+    env = dict(os.environ, VITRINE_MODELS_DIR=str(config.models_path), VITRINE_ADMIN_KEY=ADMIN_KEY,
+               VITRINE_RELOAD_CHECK_SECONDS="0.1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "--index-dir", str(config.index_dir), "serve",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--threads", "4"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        else:
+            pytest.fail("server did not start")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        assert "Traceback" not in (out or ""), out
+
+
+def test_real_server_answers_over_http(server: str) -> None:
+    r = requests.get(f"{server}/v1/search", params={"q": "pla filament", "k": 3}, timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    assert r.json()["hits"][0]["id"] in {"fil-pla-red", "fil-pla-black", "pla-dup-title"}
+    assert requests.get(f"{server}/v1/items/goggles", timeout=10).json()["brand"] == "3M"
+    assert requests.get(f"{server}/v1/items/missing", timeout=10).status_code == 404
+    bad = requests.get(f"{server}/v1/search", params={"q": "x", "k": "many"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "k"
+    assert "gunicorn" in requests.get(f"{server}/healthz", timeout=10).headers.get("Server", "")
+    assert requests.get(f"{server}/v1/openapi.json", timeout=10).json()["paths"]
+
+
+def test_publish_and_rollback_while_clients_query(server: str, config: EngineConfig, encoder: Encoder,
+                                                  tmp_path: Path) -> None:
+    statuses: Counter[int] = Counter()
+    versions: set[str] = set()
+    errors: list[str] = []
+    stop = threading.Event()
+    queries = ["pla filament", "nitrile gloves", "soldering iron", "glass beaker", "ph meter", "zip ties"]
+
+    def client(n: int) -> None:
+        session = requests.Session()
+        i = n
+        while not stop.is_set():
+            try:
+                r = session.get(f"{server}/v1/search", params={"q": queries[i % len(queries)], "k": 5}, timeout=30)
+                statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    versions.add(r.json()["version"])
+                else:
+                    errors.append(r.text)
+            except requests.RequestException as e:  # a failed request is a failure too
+                errors.append(repr(e))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        published = [store.current_version(config.index_dir)]
+        for i in range(2):
+            catalog = tmp_path / f"c{i}.jsonl"
+            with FIXTURE_CATALOG.open() as src, catalog.open("w") as dst:
+                for line in src:
+                    row = json.loads(line)
+                    row["description"] += f" (edition {i})"
+                    dst.write(json.dumps(row) + "\n")
+            published.append(pipeline.build(config, catalog, encoder=encoder).version)
+            time.sleep(1.0)
+        store.rollback(config.index_dir)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert statuses[200] > 20
+    assert set(published) <= versions | {published[0]}  # every published version was served
+    final = requests.get(f"{server}/v1/info", timeout=10).json()["version"]
+    assert final == published[1]  # after the rollback
