@@ -29,6 +29,8 @@ def gunicorn_options(config: EngineConfig) -> dict[str, Any]:
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "vitrine",
+        # gunicorn's control socket is one fixed path per user: two servers would fight over it.
+        "control_socket_disable": True,
     }
 
 
@@ -45,7 +47,8 @@ def serve(config: EngineConfig, config_file: str | None = None) -> None:
     class _App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for key, value in gunicorn_options(config).items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:  # control_socket_disable exists from gunicorn 24 on
+                    self.cfg.set(key, value)
 
         def load(self) -> Any:
             return import_app(APP_SPEC)
