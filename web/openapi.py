@@ -21,7 +21,7 @@ def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
 
 
 _ERR = {"description": "error", **_json("Error")}
-_ADMIN = [{"bearer": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 _ADMIN_ERRORS = {"401": _ERR, "403": _ERR}
 
 _HIT = {

@@ -124,7 +124,7 @@ def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir
         data.append(QueryData(q, np.array(gains), bm25_all[rows_arr], snap.vector_index.score(engine.embed_query(q), rows_arr)))
     tune = [d for d in data if d.tune]
     report = [d for d in data if not d.tune]
-    grid = []
+    grid: list[dict[str, Any]] = []
     for method in Fusion:
         for w in WEIGHTS:
             grid.append({"fusion": method.value, "weight": w, "ndcg": mean_ndcg(tune, lambda d: fuse(d.bm25, d.vector, w, method))})

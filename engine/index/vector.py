@@ -117,16 +117,19 @@ class VectorIndex:
                 return _pad(np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32), k)
             if count <= max(k_eff, SMALL_FILTER_SHARE * n):
                 return self._scan(queries, k, np.flatnonzero(allowed))
-            sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(np.packbits(allowed, bitorder="little")))
+            # The selector keeps only a raw pointer: ``bits`` must stay alive until the search returns.
+            bits = np.packbits(allowed, bitorder="little")
+            sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
             params = (
-                faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
+                faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)  # type: ignore[call-arg]
                 if self._ivf is not None
-                else faiss.SearchParameters(sel=sel)
+                else faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
             )
             scores, rows = self.index.search(queries, k_eff, params=params)
+            del bits
         else:
-            params = faiss.SearchParametersIVF(nprobe=self.nprobe) if self._ivf is not None else None
-            scores, rows = self.index.search(queries, k_eff, params=params)
+            plain = faiss.SearchParametersIVF(nprobe=self.nprobe) if self._ivf is not None else None  # type: ignore[call-arg]
+            scores, rows = self.index.search(queries, k_eff, params=plain)
         scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
         return _pad(rows.astype(np.int64), scores, k)
 
