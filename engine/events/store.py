@@ -1,0 +1,380 @@
+"""Durable event storage: the :class:`EventStore` protocol and its SQLite implementation.
+
+``open_event_store(url)`` picks a backend by URL prefix (``sqlite:///relative.db``,
+``sqlite:////absolute/path.db``); :func:`register_backend` adds others.
+
+SQLite settings: WAL journal, ``synchronous=FULL`` (a batch is on disk before ``add_many`` returns),
+``secure_delete`` (deleted rows are overwritten), one connection per thread, ``BEGIN IMMEDIATE`` write
+transactions with a busy timeout, so threads and processes (gunicorn workers) can share one file.
+Writers also queue on a lock (a thread lock, then ``flock`` on ``<file>.lock`` across processes):
+SQLite's own busy handler polls with sleeps of up to 100 ms, which made the batch p99 ten times worse.
+``add_many`` calls that queue up in one process are committed together (group commit, one fsync).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.errors import ConfigError
+from engine.events import features
+from engine.events.features import CategoryOf, FeatureConfig
+from engine.events.model import Event, EventType
+
+SCHEMA_VERSION = "1"
+BUSY_TIMEOUT_S = 30.0
+# Checkpoint the WAL every 4000 pages (16 MB) instead of 1000: a batch dirties many scattered index
+# pages, and fewer, larger checkpoints measured about 20% more events/s.
+WAL_AUTOCHECKPOINT_PAGES = 4000
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_EVENT_COLS = "seq, event_id, user_id, type, item_id, value, query, ts"
+
+
+@dataclass
+class AddResult:
+    """Event ids newly stored, and those already stored before (or earlier in the same batch)."""
+
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """An add_many call waiting for (or done by) the thread that commits the group."""
+
+    events: Sequence[Event]
+    category_of: CategoryOf | None
+    result: AddResult | None = None
+    error: BaseException | None = None
+
+
+class EventStore(Protocol):
+    def add_many(self, events: Sequence[Event], *, category_of: CategoryOf | None = None) -> AddResult: ...
+    def get_event(self, event_id: str) -> Event | None: ...
+    def user_events(self, user_id: str, limit: int | None = None) -> list[Event]: ...
+    def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]: ...
+    def count(self) -> int: ...
+    def item_stats(self, item_id: str, *, now: float | None = None) -> dict[str, Any]: ...
+    def user_stats(self, user_id: str) -> dict[str, Any]: ...
+    def popular_items(self, k: int, *, now: float | None = None) -> list[tuple[str, float]]: ...
+    def counts_by_type_per_day(self) -> list[tuple[str, str, int]]: ...
+    def delete_user(self, user_id: str) -> int: ...
+    def get_profile(self, user_id: str) -> bytes | None: ...
+    def put_profile(self, user_id: str, data: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+Opener = Callable[..., EventStore]
+_BACKENDS: dict[str, Opener] = {}
+
+
+def register_backend(prefix: str, opener: Opener) -> None:
+    """``opener(url, category_of=..., config=...)`` serves every URL starting with ``prefix``."""
+    _BACKENDS[prefix] = opener
+
+
+def open_event_store(url: str, *, category_of: CategoryOf | None = None,
+                     config: FeatureConfig | None = None) -> EventStore:
+    """The store for ``url``; raises :class:`ConfigError` for an unknown scheme."""
+    for prefix in sorted(_BACKENDS, key=len, reverse=True):
+        if url.startswith(prefix):
+            return _BACKENDS[prefix](url, category_of=category_of, config=config)
+    raise ConfigError(f"event store: unknown URL {url!r}; use one of {', '.join(sorted(_BACKENDS))}")
+
+
+def _row_event(row: Sequence[Any]) -> Event:
+    seq, event_id, user_id, etype, item_id, value, query, ts = row
+    return Event(event_id=event_id, user_id=user_id, type=EventType(etype), timestamp=ts,
+                 item_id=item_id, value=value, query=query, seq=seq)
+
+
+class SQLiteEventStore:
+    """Events and their features in one SQLite file. Thread-safe and multi-process safe."""
+
+    def __init__(self, path: str | Path, *, category_of: CategoryOf | None = None,
+                 config: FeatureConfig | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.category_of = category_of
+        self.config = config or FeatureConfig()
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._lock_fd = -1
+        self._pending: list[_Pending] = []
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        # (table, column) pairs whose rows delete_user removes.
+        self.user_tables: list[tuple[str, str]] = [("events", "user_id"), ("profiles", "user_id")]
+        self.user_tables += [(t, "user_id") for t in features.USER_TABLES]
+        self._init_schema()
+
+    # -- connections and transactions
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA secure_delete = ON")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid:  # forked: never share the parent's connections or lock
+            self._pid, self._local, self._conns, self._lock_fd = os.getpid(), threading.local(), [], -1
+            self._pending = []
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the database write lock from its start."""
+        with self._write_lock, self._transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the cross-process lock; the caller holds ``_write_lock``."""
+        conn = self._conn()
+        if self._lock_fd < 0:
+            self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees the same snapshot."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "event_id TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL, type TEXT NOT NULL, item_id TEXT, "
+                "value REAL, query TEXT, ts REAL NOT NULL, received_at REAL NOT NULL)"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts, seq)")
+            conn.execute("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, data BLOB NOT NULL, "
+                         "updated_at REAL NOT NULL) WITHOUT ROWID")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for ddl in features.SCHEMA:
+                conn.execute(ddl)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if meta.setdefault("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+                raise ConfigError(f"{self.path}: event store schema {meta['schema_version']}, "
+                                  f"this version reads {SCHEMA_VERSION}")
+            if meta.get("features") != self.config.key():
+                if "features" in meta:  # settings changed: stored scores use the old ones
+                    self._rebuild(conn, self.category_of)
+                meta["features"] = self.config.key()
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+
+    def register_user_table(self, table: str, ddl: str | None = None, column: str = "user_id") -> None:
+        """Have :meth:`delete_user` also clear ``table`` (created with ``ddl`` if given) by ``column``."""
+        if not (_IDENT.match(table) and _IDENT.match(column)):
+            raise ValueError(f"not a plain SQL identifier: {table!r}.{column!r}")
+        if ddl:
+            with self._write() as conn:
+                conn.execute(ddl)
+        if (table, column) not in self.user_tables:
+            self.user_tables.append((table, column))
+
+    # -- writes
+
+    def add_many(self, events: Sequence[Event], *, category_of: CategoryOf | None = None) -> AddResult:
+        """Store ``events`` and update features in one durable transaction; idempotent on ``event_id``.
+
+        A duplicate (stored before, or earlier in this batch) is reported and skipped, whatever its content.
+        Calls that arrive while another thread writes are committed together (group commit: one fsync
+        for all); each call still returns only once its own events are on disk.
+        """
+        self._conn()  # notices a fork
+        mine = _Pending(events, category_of or self.category_of)
+        with self._lock:
+            self._pending.append(mine)
+        with self._write_lock:
+            if mine.result is None and mine.error is None:  # else a previous leader committed it
+                with self._lock:
+                    group, self._pending = self._pending, []
+                try:
+                    with self._transaction() as conn:
+                        for p in group:
+                            self._add_one(conn, p)
+                except BaseException as e:
+                    for p in group:
+                        p.error = e
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+    def _add_one(self, conn: sqlite3.Connection, p: _Pending) -> None:
+        """One caller's batch, in a savepoint so that its failure does not undo the others'."""
+        result, stored, now = AddResult(), [], time.time()
+        conn.execute("SAVEPOINT add_many")
+        try:
+            for e in p.events:
+                cur = conn.execute(
+                    "INSERT INTO events (event_id, user_id, type, item_id, value, query, ts, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                    (e.event_id, e.user_id, e.type.value, e.item_id, e.value, e.query, e.timestamp, now),
+                )
+                if cur.rowcount == 1:
+                    result.accepted.append(e.event_id)
+                    stored.append(e)
+                else:
+                    result.duplicates.append(e.event_id)
+            features.add(conn, stored, self.config, p.category_of)
+        except Exception as e:
+            conn.execute("ROLLBACK TO add_many")
+            conn.execute("RELEASE add_many")
+            p.error = e
+            return
+        conn.execute("RELEASE add_many")
+        p.result = result
+
+    def delete_user(self, user_id: str) -> int:
+        """Remove the user's events (also from the item features), features, profile and every row of a
+        registered user table, in one transaction; returns the number of events removed."""
+        with self._write() as conn:
+            rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events WHERE user_id = ?", (user_id,)).fetchall()
+            features.subtract_items(conn, [_row_event(r) for r in rows], self.config)
+            for table, column in self.user_tables:
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,))
+        self._fold_wal()
+        return len(rows)
+
+    def _fold_wal(self) -> None:
+        """Best effort (waits at most 1 s for readers): copy the WAL, which still holds the old pages,
+        into the (securely deleted) database file and truncate it."""
+        conn = self._conn()
+        conn.execute("PRAGMA busy_timeout = 1000")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError:
+            pass  # busy: the next checkpoint (automatic, or at close) does it
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+    def put_profile(self, user_id: str, data: bytes) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)", (user_id, bytes(data), time.time()))
+
+    def rebuild_features(self, category_of: CategoryOf | None = None) -> None:
+        """Recompute every feature from the events table (after changing categories, for instance)."""
+        with self._write() as conn:
+            self._rebuild(conn, category_of or self.category_of)
+
+    def _rebuild(self, conn: sqlite3.Connection, category_of: CategoryOf | None) -> None:
+        features.clear(conn)
+        last = 0
+        while True:
+            rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events WHERE seq > ? ORDER BY seq LIMIT 5000",
+                                (last,)).fetchall()
+            if not rows:
+                return
+            features.add(conn, [_row_event(r) for r in rows], self.config, category_of)
+            last = rows[-1][0]
+
+    # -- reads
+
+    def get_event(self, event_id: str) -> Event | None:
+        row = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return None if row is None else _row_event(row)
+
+    def user_events(self, user_id: str, limit: int | None = None) -> list[Event]:
+        """The user's events in (timestamp, seq) order; with ``limit``, only the most recent ``limit``."""
+        if limit is None:
+            rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE user_id = ? ORDER BY ts, seq",
+                                        (user_id,)).fetchall()
+            return [_row_event(r) for r in rows]
+        rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE user_id = ? "
+                                    "ORDER BY ts DESC, seq DESC LIMIT ?", (user_id, max(limit, 0))).fetchall()
+        return [_row_event(r) for r in reversed(rows)]
+
+    def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]:
+        """Up to ``limit`` events with ``seq`` greater than ``seq``, in seq (storage) order."""
+        rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (seq, limit)).fetchall()
+        return [_row_event(r) for r in rows]
+
+    def count(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def item_stats(self, item_id: str, *, now: float | None = None) -> dict[str, Any]:
+        """See :mod:`engine.events.features`; popularity is decayed to ``now`` (default: the clock)."""
+        return features.item_stats(self._conn(), item_id, time.time() if now is None else now, self.config)
+
+    def user_stats(self, user_id: str) -> dict[str, Any]:
+        with self._read() as conn:
+            return features.user_stats(conn, user_id)
+
+    def popular_items(self, k: int, *, now: float | None = None) -> list[tuple[str, float]]:
+        """The ``k`` items with the highest decayed popularity at ``now``, best first (scans every item)."""
+        now = time.time() if now is None else now
+        hl = self.config.half_life_s
+        with self._read() as conn:
+            scored = [(features.score_at(s, t, now, hl), i) for i, s, t in features.popularity_scan(conn) if s > 0]
+        scored.sort(key=lambda x: (-x[0], x[1]))
+        return [(i, s) for s, i in scored[:k]]
+
+    def counts_by_type_per_day(self) -> list[tuple[str, str, int]]:
+        """(UTC day ``YYYY-MM-DD``, type, events) for every day and type with events, in order."""
+        return [(d, t, int(n)) for d, t, n in self._conn().execute(
+            "SELECT date(ts, 'unixepoch') AS day, type, count(*) FROM events GROUP BY day, type ORDER BY day, type")]
+
+    def get_profile(self, user_id: str) -> bytes | None:
+        row = self._conn().execute("SELECT data FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._local = threading.local()
+        for conn in conns:
+            conn.close()
+        with self._write_lock:
+            if self._lock_fd >= 0 and self._pid == os.getpid():
+                os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _open_sqlite(url: str, *, category_of: CategoryOf | None = None,
+                 config: FeatureConfig | None = None) -> SQLiteEventStore:
+    path = url[len("sqlite:///"):]
+    if not path or path == ":memory:":
+        raise ConfigError(f"event store: {url!r} needs a file path (sqlite:///events.db or sqlite:////abs/events.db)")
+    return SQLiteEventStore(path, category_of=category_of, config=config)
+
+
+register_backend("sqlite:///", _open_sqlite)
