@@ -186,6 +186,27 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.events.importer import import_events
+    from engine.service import Engine
+
+    engine = Engine(config)
+    try:
+        known = engine.snapshot().catalog.__contains__
+    except IndexNotBuilt:
+        known = None  # no catalog published yet: item ids are not checked
+    try:
+        report = import_events(engine.events, Path(args.file), batch_size=args.batch_size, known_item=known)
+    finally:
+        engine.events.close()
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.summary_lines():
+            print(line)
+    return 0 if not report.rejected else EXIT_FAILED
+
+
 def cmd_eval_search(config: EngineConfig, args: argparse.Namespace) -> int:
     from engine.evaluation.search_eval import run_search_eval
 
@@ -295,6 +316,13 @@ def _parser() -> argparse.ArgumentParser:
     add("rollback", cmd_rollback, "point `current` back at the previous version")
     i = add("info", cmd_info, "show the published version and its manifest")
     i.add_argument("--json", action="store_true")
+
+    evs = sub.add_parser("events", help="shopper events").add_subparsers(metavar="ACTION")
+    imp = evs.add_parser("import", help="bulk-load events from CSV or JSON Lines (idempotent)")
+    imp.set_defaults(func=cmd_events_import)
+    imp.add_argument("file")
+    imp.add_argument("--batch-size", type=int, default=1000)
+    imp.add_argument("--json", action="store_true")
 
     ev = sub.add_parser("eval", help="measure quality on real data sets").add_subparsers(metavar="WHAT")
     es = ev.add_parser("search", help="search nDCG@10 of BM25, vector and hybrid")

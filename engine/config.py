@@ -44,8 +44,11 @@ class EngineConfig:
     ivf_nprobe: int = 16
     target_recall: float = 0.95
     keep_versions: int = 3
+    # Shopper events (SQLite, WAL): the store URL; relative sqlite paths are relative to the working dir.
+    events_url: str = "sqlite:///instance/events.db"
     # HTTP.
     admin_key: str | None = None
+    ingest_key: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -75,6 +78,9 @@ class EngineConfig:
         need(self.encode_batch_size >= 1, "encode_batch_size", "must be >= 1")
         need(self.torch_threads >= 1, "torch_threads", "must be >= 1")
         need(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
+        need(self.ingest_key is None or len(self.ingest_key) >= 8, "ingest_key", "must be at least 8 characters")
+        need(bool(self.admin_key is None or self.admin_key != self.ingest_key), "ingest_key",
+             "must differ from admin_key (separate scopes)")
 
     @property
     def models_path(self) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 from engine.catalog import Product
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
+from engine.events import EventStore, open_event_store, validate_many
 from engine.errors import IndexNotBuilt, InvalidQuery
 from engine.index import store
 from engine.search import Hit, hybrid_search, similar_items
@@ -61,6 +62,8 @@ class Engine:
         self._reload_lock = threading.Lock()
         self._encoder_lock = threading.Lock()
         self._embed_cached = functools.lru_cache(maxsize=config.query_cache_size)(self._embed_uncached)
+        self._events: EventStore | None = None
+        self._events_lock = threading.Lock()
 
     # -- versions -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -155,6 +158,45 @@ class Engine:
             "encoder": self.encoder.name if self._encoder is not None else None,
             "manifest": snap.manifest,
         }
+
+    # -- shoppers -----------------------------------------------------------------------------
+    @property
+    def events(self) -> EventStore:
+        """The event store (opened on first use; category look-ups go to the served catalog)."""
+        if self._events is None:
+            with self._events_lock:
+                if self._events is None:
+                    self._events = open_event_store(self.config.events_url, category_of=self._category_of)
+        return self._events
+
+    def ingest(self, objs: list[Any]) -> dict[str, Any]:
+        """Validate each event, store the valid ones durably; returns accepted, duplicate and rejected ones."""
+        snap = self.snapshot()
+        events, rejected = validate_many(objs, known_item=snap.catalog.__contains__, now=time.time())
+        result = self.events.add_many(events)
+        return {
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "rejected": [r.to_dict() for r in rejected],
+        }
+
+    def item_stats(self, item_id: str) -> dict[str, Any]:
+        self.item(item_id)  # NotFound for unknown items
+        return self.events.item_stats(item_id)
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        """Features of a shopper; an unknown shopper gets zeros (cold start), not an error."""
+        return self.events.user_stats(user_id)
+
+    def delete_user(self, user_id: str) -> int:
+        return self.events.delete_user(user_id)
+
+    def _category_of(self, item_id: str) -> str | None:
+        try:
+            product = self.snapshot().catalog.get(item_id)
+        except IndexNotBuilt:
+            return None
+        return product.category_path if product is not None and product.category else None
 
     # -- embedding ----------------------------------------------------------------------------
     @property

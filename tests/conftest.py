@@ -26,11 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_CATALOG = ROOT / "tests" / "fixtures" / "products.jsonl"
 DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.jsonl"
 ADMIN_KEY = "test-admin-key-0123"
+INGEST_KEY = "test-ingest-key-4567"
 
 
 def make_config(index_dir: Path, models_dir: Path, **overrides: Any) -> EngineConfig:
     values: dict[str, Any] = dict(
-        index_dir=index_dir, models_dir=models_dir, admin_key=ADMIN_KEY, reload_check_seconds=0.0,
+        index_dir=index_dir, models_dir=models_dir, admin_key=ADMIN_KEY, ingest_key=INGEST_KEY,
+        reload_check_seconds=0.0, events_url=f"sqlite:///{index_dir.parent / 'events.db'}",
         data_dir=ROOT.parent / "shared" / "data",
     )
     values.update(overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,31 +20,39 @@ from engine import pipeline
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.index import store
-from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, ROOT, free_port
+from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, free_port
 
 
-@pytest.fixture
-def server(config: EngineConfig) -> Iterator[str]:
+def start_server(config: EngineConfig) -> tuple[subprocess.Popen[str], str]:
+    """`vitrine serve` (gunicorn, 2 workers) on a free port; returns once /healthz answers."""
     port = free_port()
     env = dict(os.environ, VITRINE_MODELS_DIR=str(config.models_path), VITRINE_ADMIN_KEY=ADMIN_KEY,
+               VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_EVENTS_URL=config.events_url,
                VITRINE_RELOAD_CHECK_SECONDS="0.1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "--index-dir", str(config.index_dir), "serve",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--threads", "4"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("server did not start")
+
+
+@pytest.fixture
+def server(config: EngineConfig) -> Iterator[str]:
+    proc, base = start_server(config)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
-            pytest.fail("server did not start")
         yield base
     finally:
         proc.terminate()
@@ -115,3 +124,31 @@ def test_publish_and_rollback_while_clients_query(server: str, config: EngineCon
     assert set(published) <= versions | {published[0]}  # every published version was served
     final = requests.get(f"{server}/v1/info", timeout=10).json()["version"]
     assert final == published[1]  # after the rollback
+
+
+def test_acknowledged_events_survive_kill_9(config: EngineConfig) -> None:
+    proc, base = start_server(config)
+    auth = {"Authorization": f"Bearer {INGEST_KEY}"}
+    acked: list[str] = []
+    try:
+        for b in range(5):
+            batch = [{"event_id": f"k{b}-{i}", "user_id": f"u{i % 7}", "type": "view", "item_id": "goggles"}
+                     for i in range(100)]
+            r = requests.post(f"{base}/v1/events", json=batch, headers=auth, timeout=30)
+            assert r.status_code == 200
+            acked += r.json()["accepted"]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # master and workers, no chance to flush anything
+        proc.wait(timeout=30)
+    assert len(acked) == 500
+    proc, base = start_server(config)
+    try:
+        again = requests.post(f"{base}/v1/events", json=[{"event_id": e, "user_id": "u0", "type": "view",
+                                                          "item_id": "goggles"} for e in acked[:1000]],
+                              headers=auth, timeout=30).json()
+        assert again["duplicates"] == acked and again["accepted"] == []  # every acknowledged event is stored
+        stats = requests.get(f"{base}/v1/items/goggles", timeout=10).json()["stats"]
+        assert stats["counts"]["view"] == 500
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -25,9 +25,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from web import admin, api, errors
+    from web import admin, api, errors, shoppers
 
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(shoppers.bp)
     errors.register_error_handlers(app)
     return app

@@ -5,7 +5,6 @@ they are off, never open.
 """
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -14,7 +13,7 @@ from engine import jobs
 from engine.errors import InvalidQuery
 from engine.index import store
 from web.engine_ext import get_config
-from web.errors import error_response
+from web.auth import check_key
 from web.params import get_bool, get_str
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
@@ -22,14 +21,7 @@ bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
 @bp.before_request
 def require_admin_key() -> tuple[Response, int] | None:
-    key = get_config().admin_key
-    if not key:
-        return error_response(403, "admin_disabled", "admin routes are off: set VITRINE_ADMIN_KEY to enable them")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-        return error_response(401, "unauthorized", "send the admin key as 'Authorization: Bearer <key>'")
-    return None
+    return check_key("admin")
 
 
 @bp.post("/rebuild")

@@ -38,7 +38,8 @@ def similar(item_id: str) -> Response:
 
 @bp.get("/v1/items/<path:item_id>")
 def item(item_id: str) -> Response:
-    return jsonify(get_engine().item(item_id).to_dict())
+    engine = get_engine()
+    return jsonify({**engine.item(item_id).to_dict(), "stats": engine.item_stats(item_id)})
 
 
 @bp.get("/v1/info")

@@ -23,6 +23,7 @@ def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
 _ERR = {"description": "error", **_json("Error")}
 _ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 _ADMIN_ERRORS = {"401": _ERR, "403": _ERR}
+_INGEST: list[dict[str, list[str]]] = [{"ingest": []}]
 
 _HIT = {
     "type": "object",
@@ -69,6 +70,21 @@ def openapi_document() -> dict[str, Any]:
             "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
             "/healthz": {"get": {"summary": "Liveness and the published version",
                                  "responses": {"200": {"description": "OK"}}}},
+            "/v1/events": {"post": {
+                "summary": "Record shopper events (one, a list, or {events: [...]}; at most 1,000). "
+                           "Idempotent on event_id; durable before the answer",
+                "security": _INGEST,
+                "requestBody": {"required": True, **_json("EventBatch")},
+                "responses": {"200": _ok("IngestResult"), "400": _ERR, **_ADMIN_ERRORS},
+            }},
+            "/v1/users/{user_id}": {
+                "get": {"summary": "A shopper's features (zeros for an unknown shopper)",
+                        "parameters": [_path("user_id", "the shop's user id")],
+                        "responses": {"200": {"description": "OK"}}},
+                "delete": {"summary": "Delete the shopper's events, features and profile", "security": _ADMIN,
+                           "parameters": [_path("user_id", "the shop's user id")],
+                           "responses": {"200": {"description": "OK"}, **_ADMIN_ERRORS}},
+            },
             "/v1/admin/rebuild": {"post": {
                 "summary": "Start a background rebuild (re-embeds only changed items unless full)",
                 "security": _ADMIN,
@@ -86,7 +102,8 @@ def openapi_document() -> dict[str, Any]:
             }},
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin key"},
+                                "ingest": {"type": "http", "scheme": "bearer", "description": "ingest key"}},
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
@@ -104,6 +121,23 @@ def openapi_document() -> dict[str, Any]:
                     "price": {"type": ["number", "null"]}, "in_stock": {"type": ["boolean", "null"]},
                     "url": {"type": "string"}, "image_url": {"type": "string"},
                     "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "Event": {"type": "object", "required": ["event_id", "user_id", "type"], "properties": {
+                    "event_id": {"type": "string", "maxLength": 128}, "user_id": {"type": "string", "maxLength": 128},
+                    "type": {"type": "string", "enum": ["view", "click", "add_to_cart", "remove_from_cart",
+                                                       "purchase", "search", "rating"]},
+                    "item_id": {"type": "string"}, "value": {"type": "number"}, "query": {"type": "string"},
+                    "timestamp": {"type": ["number", "string"], "description": "epoch seconds or ISO-8601"}}},
+                "EventBatch": {"oneOf": [
+                    {"$ref": "#/components/schemas/Event"},
+                    {"type": "array", "maxItems": 1000, "items": {"$ref": "#/components/schemas/Event"}},
+                    {"type": "object", "properties": {"events": {"type": "array", "maxItems": 1000,
+                                                                  "items": {"$ref": "#/components/schemas/Event"}}}}]},
+                "IngestResult": {"type": "object", "properties": {
+                    "accepted": {"type": "array", "items": {"type": "string"}},
+                    "duplicates": {"type": "array", "items": {"type": "string"}},
+                    "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                        "index": {"type": "integer"}, "event_id": {"type": ["string", "null"]},
+                        "field": {"type": "string"}, "message": {"type": "string"}}}}}},
                 "Info": {"type": "object", "properties": {
                     "version": {"type": "string"}, "items": {"type": "integer"},
                     "versions": {"type": "array", "items": {"type": "string"}}, "manifest": {"type": "object"}}},
