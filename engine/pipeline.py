@@ -98,7 +98,9 @@ def build(
         if encoder is None:
             from engine.embedding.factory import build_encoder
 
-            encoder = build_encoder(config.encoder, cache_dir=config.models_path, max_seq_length=config.max_seq_length)
+            # A build may use every core (the server's encoders use ``torch_threads``, 1 by default).
+            encoder = build_encoder(config.encoder, cache_dir=config.models_path, threads=os.cpu_count() or 1,
+                                    max_seq_length=config.max_seq_length)
         vectors, embedded, embed_seconds = _embed(config, catalog, encoder, full, say)
         say({"stage": "index", "done": 0, "total": len(catalog)})
         faiss_index, info = build_vector_index(
