@@ -186,6 +186,18 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_recommend(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.evaluation.recommend_eval import run_recommend_eval
+
+    report = run_recommend_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return 0
+
+
 def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
     from engine.events.importer import import_events
     from engine.service import Engine
@@ -330,6 +342,11 @@ def _parser() -> argparse.ArgumentParser:
     es.add_argument("--dataset", default="crowdflower", choices=["crowdflower"])
     es.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
     es.add_argument("--json", action="store_true")
+    er = ev.add_parser("recommend", help="next-item Recall/NDCG@10/50 of popularity, content, co-occurrence, blend")
+    er.set_defaults(func=cmd_eval_recommend)
+    er.add_argument("--dataset", default="scientific", choices=["scientific", "movielens100k"])
+    er.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
+    er.add_argument("--json", action="store_true")
     return p
 
 

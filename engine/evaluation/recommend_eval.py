@@ -7,7 +7,9 @@ Protocol (leave-one-out, the split of UniSRec and most sequential-recommendation
   contains a validation or test target of any user. The models are *not* refit for the test: the test
   only uses the longer history (the validation item is part of it), as a live system would;
 - validation: target = the second-to-last item, history = everything before it. Every weight and
-  hyper-parameter is chosen here, by coordinate search on R@10 + N@10;
+  hyper-parameter is chosen here, by coordinate search on R@10 + N@10: first each source alone (its
+  own row in the table), then the blend's weights jointly with the sources' scoring-time parameters
+  (recency decays, exponents, kernel sharpness), starting from the standalone optimum;
 - test: target = the last item, history = everything before it. Reported, never tuned on;
 - full ranking over every item of the catalog; the user's history items are excluded (a target that is
   itself in the history counts as a miss); ties are broken by catalog row, lowest first.
@@ -85,8 +87,9 @@ POP_SPACE: dict[str, list[float | None]] = {"scientific": [None], "movielens100k
 # The blend's joint search re-tunes these scoring-time parameters of the sources along with the weights.
 JOINT_CO = ("history_decay", "source_exponent", "target_exponent")
 JOINT_CONTENT = ("position_decay", "beta", "interests")
+JOINT_INTERESTS = ["8@1.0", "8@0.9", "8@0.8"]  # the single vector ("1@0") is the standalone ablation row
 BLEND_SPACE = {"content": [0.0, 0.2, 0.35, 0.5, 0.7, 1.0, 1.3, 1.7], "popular": [0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7]}
-ALS_SPACE = {"factors": [128, 64, 256], "regularization": [5.0, 1.0, 20.0, 50.0], "alpha": [10.0, 5.0, 40.0],
+ALS_SPACE: dict[str, list[Any]] = {"factors": [128, 64, 256], "regularization": [5.0, 1.0, 20.0, 50.0], "alpha": [10.0, 5.0, 40.0],
              "iterations": [15]}
 
 
@@ -103,6 +106,7 @@ class RecData:
     seqs: list[np.ndarray]  # per user: int64 rows, oldest first
     times: list[np.ndarray] | None = None  # per user: float64 epoch seconds (None: no timestamps)
     index_version: str = ""
+    item_vectors: str = ""  # where the vectors come from
 
     _gram: np.ndarray | None = field(default=None, repr=False)
 
@@ -202,7 +206,8 @@ def load_scientific(config: EngineConfig, data_dir: Path, encoder: Any = None) -
     ids = list(catalog.ids)
     row = {x: i for i, x in enumerate(ids)}
     seqs = [np.array([row[x] for x in g], np.int64) for _, g in inter.groupby("user_index", sort=True)["item_id"]]
-    return RecData("scientific", ids, [p.title for p in catalog], vectors, seqs, None, version)
+    return RecData("scientific", ids, [p.title for p in catalog], vectors, seqs, None, version,
+                   f"vectors.npy of index version {version} in {eval_dir} (the demo catalog, served vectors)")
 
 
 def _reusable_version(eval_dir: Path, catalog_file: Path) -> str | None:
@@ -265,7 +270,8 @@ def load_movielens(config: EngineConfig, data_dir: Path, encoder: Any = None) ->
     finally:
         cache.close()
     vectors = np.ascontiguousarray(np.stack([known[h] for h in hashes]), np.float32)
-    return RecData("movielens100k", ids, titles, vectors, seqs, times, f"{encoder.name}")
+    return RecData("movielens100k", ids, titles, vectors, seqs, times, "",
+                   f"{encoder.name} embeddings of 'title. genres' (cached in <index_dir>/eval/movielens100k/cache)")
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -482,6 +488,7 @@ class RecommendEvalReport:
     timings: dict[str, float]
     targets_in_history: dict[str, int]
     index_version: str = ""
+    item_vectors: str = ""
     search: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def target_check(self) -> dict[str, Any] | None:
@@ -511,6 +518,7 @@ class RecommendEvalReport:
             "tuned": self.tuned,
             "timings_s": self.timings,
             "index_version": self.index_version,
+            "item_vectors": self.item_vectors,
         }
 
     def lines(self) -> list[str]:
@@ -596,7 +604,8 @@ def run_recommend_eval(
     z_ct = _Lru(lambda p: _zscores(content_scores(data, val, p), val.excluded))
     space: dict[str, list[Any]] = {f"w.{k}": v for k, v in BLEND_SPACE.items()}
     space.update({f"co.{k}": _with(CO_SPACE[dataset][k], co_p[k]) for k in JOINT_CO})
-    space.update({f"ct.{k}": _with(CONTENT_SPACE[dataset][k], ct_p[k]) for k in JOINT_CONTENT})
+    space.update({f"ct.{k}": _with(CONTENT_SPACE[dataset][k], ct_p[k]) for k in JOINT_CONTENT if k != "interests"})
+    space["ct.interests"] = _with(JOINT_INTERESTS, ct_p["interests"])
     begin = {"w.content": 1.0, "w.popular": 0.0, **{f"co.{k}": co_p[k] for k in JOINT_CO},
              **{f"ct.{k}": ct_p[k] for k in JOINT_CONTENT}}
 
@@ -607,14 +616,17 @@ def run_recommend_eval(
 
     def blend_eval(q: Mapping[str, Any]) -> dict[str, float]:
         cp, tp, w = unpack(q)
-        terms = [(1.0, z_co(cp))] + [(x, z) for x, z in ((w.content, z_ct(tp) if w.content else None),
-                                                        (w.popular, z_pop)) if x]
+        terms = [(1.0, z_co(cp))]
+        if w.content:
+            terms.append((w.content, z_ct(tp)))
+        if w.popular:
+            terms.append((w.popular, z_pop))
         ranks = np.empty(val.n_users, np.int64)
         for lo in range(0, val.n_users, 512):  # chunk by chunk: no users x items temporaries
             hi = min(lo + 512, val.n_users)
             total = terms[0][1][lo:hi].copy()
             for x, z in terms[1:]:
-                total += np.float32(x) * z[lo:hi]  # type: ignore[index]
+                total += np.float32(x) * z[lo:hi]
             ranks[lo:hi] = target_ranks(total, val.targets[lo:hi], val.excluded[lo:hi])
         return loo_metrics(ranks)
 
@@ -668,5 +680,5 @@ def run_recommend_eval(
     in_hist = {ph.name: int(ph.excluded[np.arange(ph.n_users), ph.targets].sum()) for ph in (val, test)}
     return RecommendEvalReport(
         dataset, val.n_users, n, interactions, validation, results, tuned, PUBLISHED.get(dataset, {"rows": {}}),
-        {k: round(v, 1) for k, v in clock.items()}, in_hist, data.index_version, search,
+        {k: round(v, 1) for k, v in clock.items()}, in_hist, data.index_version, data.item_vectors, search,
     )

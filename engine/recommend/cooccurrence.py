@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -164,7 +164,7 @@ class CooccurrenceModel:
     def scores_dense(
         self,
         history: Sequence[tuple[Key, float]],
-        rows: Mapping[Key, int],
+        rows: Mapping[Any, int],
         n: int,
         *,
         source_exponent: float = 0.25,
@@ -181,7 +181,7 @@ class CooccurrenceModel:
                 because[r] = rows.get(h, -1)
         return scores, because
 
-    def count_csr(self, rows: Mapping[Key, int], n: int) -> sp.csr_matrix:
+    def count_csr(self, rows: Mapping[Any, int], n: int) -> sp.csr_matrix:
         """The raw counts ``C`` as an ``(n, n)`` float64 CSR matrix over catalog rows (keys without a row
         are left out)."""
         r_idx: list[int] = []
@@ -201,7 +201,7 @@ class CooccurrenceModel:
                              shape=(n, n))
 
     def to_csr(
-        self, rows: Mapping[Key, int], n: int, *, source_exponent: float = 0.25, target_exponent: float = 0.15,
+        self, rows: Mapping[Any, int], n: int, *, source_exponent: float = 0.25, target_exponent: float = 0.15,
         counts: sp.csr_matrix | None = None,
     ) -> sp.csr_matrix:
         """The similarity ``S`` as an ``(n, n)`` float32 CSR matrix over catalog rows, so that ``H @ S`` scores
@@ -212,7 +212,7 @@ class CooccurrenceModel:
         right = sp.diags(mass ** -target_exponent)
         return sp.csr_matrix(left @ c @ right, dtype=np.float32)
 
-    def mass_array(self, rows: Mapping[Key, int], n: int) -> np.ndarray:
+    def mass_array(self, rows: Mapping[Any, int], n: int) -> np.ndarray:
         """``mass`` over catalog rows, ``(n,)`` float64 (0 for items never seen)."""
         out = np.zeros(n, np.float64)
         for k, m in self.mass.items():

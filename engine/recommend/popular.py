@@ -9,7 +9,7 @@ overflows. Events may arrive slightly out of order; the formula holds for any or
 """
 from __future__ import annotations
 
-from typing import Hashable, Mapping
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class TrendingModel:
         """Decayed score at ``now`` (default: the latest event time)."""
         return self.acc.get(item, 0.0) * self._factor(now)
 
-    def scores_dense(self, rows: Mapping[Key, int], n: int, now: float | None = None) -> np.ndarray:
+    def scores_dense(self, rows: Mapping[Any, int], n: int, now: float | None = None) -> np.ndarray:
         """Scores over catalog rows, ``(n,)`` float64 (0 for items without events)."""
         out = np.zeros(n, np.float64)
         f = self._factor(now)
