@@ -8,6 +8,7 @@ one. No request ever sees a half-loaded version or fails because of a publish.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import threading
@@ -21,6 +22,10 @@ from engine.catalog import Product
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.events import EventStore, open_event_store, validate_many
+from engine.recommend.blend import Blender
+from engine.recommend.compose import Touch, profile_from, recommend
+from engine.recommend.content import InterestProfile
+from engine.recommend.live import LiveModels
 from engine.errors import IndexNotBuilt, InvalidQuery
 from engine.index import store
 from engine.search import Hit, hybrid_search, similar_items
@@ -64,6 +69,7 @@ class Engine:
         self._embed_cached = functools.lru_cache(maxsize=config.query_cache_size)(self._embed_uncached)
         self._events: EventStore | None = None
         self._events_lock = threading.Lock()
+        self._live: LiveModels | None = None
 
     # -- versions -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -174,11 +180,61 @@ class Engine:
         snap = self.snapshot()
         events, rejected = validate_many(objs, known_item=snap.catalog.__contains__, now=time.time())
         result = self.events.add_many(events)
+        self._update_profiles([e for e in events if e.event_id in set(result.accepted)], snap)
         return {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
             "rejected": [r.to_dict() for r in rejected],
         }
+
+    def recommend(
+        self,
+        user_id: str | None = None,
+        *,
+        recent: list[str] | None = None,
+        k: int | None = None,
+        category: str | None = None,
+        min_price: float | None = None,
+        max_price: float | None = None,
+        exclude: list[str] | None = None,
+        diversity: float = 0.0,
+    ) -> dict[str, Any]:
+        """Recommendations for a known shopper (their stored history and profile) or an anonymous
+        session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers."""
+        k = self._check_k(k)
+        if not 0.0 <= diversity <= 1.0:
+            raise InvalidQuery("diversity", f"must be in 0..1, got {diversity}")
+        snap = self.snapshot()
+        mask = snap.filter_mask(category, min_price, max_price)
+        profile = None
+        if user_id is not None:
+            history = [Touch(e.item_id, e.type.value, e.timestamp)
+                       for e in self.events.user_events(user_id, limit=200) if e.item_id]
+            profile = self._load_profile(user_id)
+        else:
+            history = [Touch(i, "view") for i in (recent or [])]
+        if self._live is None:
+            self._live = LiveModels(self.events)
+        recs = recommend(snap, self._live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
+                         profile=profile, filter_mask=mask, exclude=exclude or [])
+        return {"user_id": user_id, "version": snap.version, "k": k, "recommendations": recs}
+
+    def _load_profile(self, user_id: str) -> InterestProfile | None:
+        raw = self.events.get_profile(user_id)
+        return InterestProfile.from_dict(json.loads(raw)) if raw else None
+
+    def _update_profiles(self, events: list[Any], snap: Snapshot) -> None:
+        """O(1) per event: fold each accepted item event into its shopper's stored profile."""
+        by_user: dict[str, list[Any]] = {}
+        for e in events:
+            if e.item_id and e.item_id in snap.catalog:
+                by_user.setdefault(e.user_id, []).append(e)
+        for user_id, evs in by_user.items():
+            profile = self._load_profile(user_id)
+            touches = [Touch(e.item_id, e.type.value, e.timestamp)
+                       for e in sorted(evs, key=lambda e: (e.timestamp, e.seq or 0))]
+            profile = profile_from(touches, snap, profile)
+            self.events.put_profile(user_id, json.dumps(profile.to_dict()).encode())
 
     def item_stats(self, item_id: str) -> dict[str, Any]:
         self.item(item_id)  # NotFound for unknown items

@@ -77,6 +77,27 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, **_json("EventBatch")},
                 "responses": {"200": _ok("IngestResult"), "400": _ERR, **_ADMIN_ERRORS},
             }},
+            "/v1/users/{user_id}/recommendations": {"get": {
+                "summary": "Blended recommendations (content, co-occurrence, trending) with a reason each; "
+                           "cold-start answers for an unknown shopper",
+                "parameters": [_path("user_id", "the shop's user id"), k,
+                               _q("category", {"type": "string"}, "category path prefix"),
+                               _q("min_price", {"type": "number"}, "lowest price"),
+                               _q("max_price", {"type": "number"}, "highest price"),
+                               _q("exclude", {"type": "string"}, "comma-separated item ids to leave out"),
+                               _q("diversity", {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+                                  "MMR diversity: 0 = by score only")],
+                "responses": {"200": _ok("Recommendations"), "400": _ERR, "503": _ERR},
+            }},
+            "/v1/recommendations": {"post": {
+                "summary": "Recommendations for an anonymous session from its recent items",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["items"], "properties": {
+                        "items": {"type": "array", "items": {"type": "string"}}, "k": {"type": "integer"},
+                        "category": {"type": "string"}, "exclude": {"type": "array", "items": {"type": "string"}},
+                        "diversity": {"type": "number"}}}}}},
+                "responses": {"200": _ok("Recommendations"), "400": _ERR, "503": _ERR},
+            }},
             "/v1/users/{user_id}": {
                 "get": {"summary": "A shopper's features (zeros for an unknown shopper)",
                         "parameters": [_path("user_id", "the shop's user id")],
@@ -138,6 +159,14 @@ def openapi_document() -> dict[str, Any]:
                     "rejected": {"type": "array", "items": {"type": "object", "properties": {
                         "index": {"type": "integer"}, "event_id": {"type": ["string", "null"]},
                         "field": {"type": "string"}, "message": {"type": "string"}}}}}},
+                "Recommendations": {"type": "object", "properties": {
+                    "user_id": {"type": ["string", "null"]}, "version": {"type": "string"}, "k": {"type": "integer"},
+                    "recommendations": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"},
+                        "reason": {"type": "string"},
+                        "source": {"type": "string", "enum": ["content", "cooccurrence", "popular"]},
+                        "because_item": {"type": ["string", "null"]},
+                        "score_parts": {"type": "object"}}}}}},
                 "Info": {"type": "object", "properties": {
                     "version": {"type": "string"}, "items": {"type": "integer"},
                     "versions": {"type": "array", "items": {"type": "string"}}, "manifest": {"type": "object"}}},

@@ -67,6 +67,7 @@ class EventStore(Protocol):
     def popular_items(self, k: int, *, now: float | None = None) -> list[tuple[str, float]]: ...
     def counts_by_type_per_day(self) -> list[tuple[str, str, int]]: ...
     def delete_user(self, user_id: str) -> int: ...
+    def deletion_epoch(self) -> int: ...
     def get_profile(self, user_id: str) -> bytes | None: ...
     def put_profile(self, user_id: str, data: bytes) -> None: ...
     def close(self) -> None: ...
@@ -270,8 +271,17 @@ class SQLiteEventStore:
             features.subtract_items(conn, [_row_event(r) for r in rows], self.config)
             for table, column in self.user_tables:
                 conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,))
+            conn.execute("INSERT INTO meta VALUES ('deletions', '1') "
+                         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
         self._fold_wal()
         return len(rows)
+
+    def deletion_epoch(self) -> int:
+        """Counts ``delete_user`` calls: a reader that folded events into a model of its own (the live
+        recommenders) rebuilds when it changes, so a deleted shopper leaves no trace there either."""
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'deletions'").fetchone()
+        return int(row[0]) if row else 0
 
     def _fold_wal(self) -> None:
         """Best effort (waits at most 1 s for readers): copy the WAL, which still holds the old pages,

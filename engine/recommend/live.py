@@ -1,0 +1,59 @@
+"""Serving-side recommendation state, kept current from the event log.
+
+``LiveModels`` folds every stored event into the co-occurrence and trending models, in ``seq`` order,
+and on each ``refresh`` reads only the events stored since (an indexed range read), so a click is in the
+next answer without a rebuild, in every server process. When a shopper is deleted anywhere
+(``deletion_epoch`` moves), the models are rebuilt from the remaining events.
+Thread-safe: ``refresh`` and reads of the models take one lock.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+from engine.events import Event, EventStore
+from engine.recommend.content import DEFAULT_EVENT_WEIGHTS, event_weight
+from engine.recommend.cooccurrence import CooccurrenceModel
+from engine.recommend.popular import TrendingModel
+
+TRENDING_HALF_LIFE_S = 7 * 86400.0
+
+
+class LiveModels:
+    def __init__(self, store: EventStore, *, event_weights: Mapping[str, float] | None = None,
+                 trending_half_life_s: float = TRENDING_HALF_LIFE_S) -> None:
+        self.store = store
+        self.event_weights = dict(DEFAULT_EVENT_WEIGHTS if event_weights is None else event_weights)
+        self.trending_half_life_s = trending_half_life_s
+        self._lock = threading.Lock()
+        self._reset(-1)
+
+    def _reset(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.seq = 0
+        self.cooccurrence = CooccurrenceModel()
+        self.trending = TrendingModel(self.trending_half_life_s)
+
+    @contextmanager
+    def current(self) -> Iterator["LiveModels"]:
+        """Refresh from the event log, then hold the models still while the caller reads them."""
+        with self._lock:
+            epoch = self.store.deletion_epoch()
+            if epoch != self.epoch:
+                self._reset(epoch)
+            while True:
+                batch = self.store.events_after(self.seq, limit=10000)
+                if not batch:
+                    break
+                for event in batch:
+                    self._apply(event)
+                self.seq = batch[-1].seq or self.seq
+            yield self
+
+    def _apply(self, e: Event) -> None:
+        w = event_weight(e.type, self.event_weights)
+        if e.item_id is None or w <= 0:
+            return
+        self.cooccurrence.add_event(e.user_id, e.item_id, w)
+        self.trending.add_event(e.item_id, w, e.timestamp)

@@ -1,0 +1,77 @@
+"""Recommendations over HTTP: real time (an event changes the next answer), reasons, cold start."""
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import ADMIN_KEY, INGEST_KEY
+
+INGEST = {"Authorization": f"Bearer {INGEST_KEY}"}
+
+
+def events(client: Any, *evs: tuple[str, str, str, str]) -> None:
+    body = [{"event_id": e, "user_id": u, "type": t, "item_id": i} for e, u, t, i in evs]
+    resp = client.post("/v1/events", json=body, headers=INGEST).get_json()
+    assert len(resp["accepted"]) == len(body), resp
+
+
+def recs(client: Any, user: str, **params: Any) -> list[dict[str, Any]]:
+    resp = client.get(f"/v1/users/{user}/recommendations", query_string=params)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    out: list[dict[str, Any]] = resp.get_json()["recommendations"]
+    return out
+
+
+def test_unknown_shopper_gets_cold_start_answers(client: Any) -> None:
+    events(client, ("p1", "other", "purchase", "multimeter"), ("p2", "other2", "purchase", "multimeter"))
+    got = recs(client, "never-seen", k=3)
+    assert got and got[0]["id"] == "multimeter" and got[0]["reason"].startswith("trending")
+
+
+def test_a_purchase_changes_the_next_answer(client: Any) -> None:
+    # Others bought the soldering iron after the solder wire.
+    for n in range(3):
+        events(client, (f"o{n}a", f"o{n}", "purchase", "solder-wire"), (f"o{n}b", f"o{n}", "purchase", "solder-iron"))
+    before = [r["id"] for r in recs(client, "shopper", k=5)]
+    events(client, ("s1", "shopper", "purchase", "solder-wire"))
+    after = recs(client, "shopper", k=5)
+    ids = [r["id"] for r in after]
+    assert ids != before
+    assert ids[0] == "solder-iron"
+    assert "solder-wire" not in ids  # purchased items are excluded
+    top = after[0]
+    assert top["reason"] in ("often bought after Lead-Free Solder Wire 0.8mm, 100g, Rosin Core",
+                             "because you viewed Lead-Free Solder Wire 0.8mm, 100g, Rosin Core")
+    assert top["because_item"] == "solder-wire"
+
+
+def test_content_reason_and_filters(client: Any) -> None:
+    events(client, ("c1", "fan", "view", "fil-pla-red"), ("c2", "fan", "click", "fil-pla-black"))
+    got = recs(client, "fan", k=4, category="Industrial & Scientific > 3D Printing > Filament")
+    assert got and all(r["category"].endswith("Filament") for r in got)
+    assert any(r["reason"].startswith("because you viewed") for r in got)
+    assert "fil-petg-green" not in [r["id"] for r in got]  # out of stock
+    excluded = recs(client, "fan", k=4, exclude="fil-abs-white,fil-tpu-flex")
+    assert not {"fil-abs-white", "fil-tpu-flex"} & {r["id"] for r in excluded}
+
+
+def test_anonymous_session(client: Any) -> None:
+    resp = client.post("/v1/recommendations", json={"items": ["gloves-nitrile-m"], "k": 3})
+    got = resp.get_json()["recommendations"]
+    assert resp.status_code == 200 and len(got) == 3
+    assert "gloves-nitrile-m" in {r["because_item"] for r in got}
+    bad = client.post("/v1/recommendations", json={"items": "x", "k": 0})
+    assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "k"
+    assert client.post("/v1/recommendations", json=[1]).get_json()["error"]["field"] == "body"
+    assert client.post("/v1/recommendations", json={"items": [1]}).get_json()["error"]["field"] == "items"
+
+
+def test_deleted_shopper_leaves_no_trace_in_recommendations(client: Any) -> None:
+    for n in range(2):
+        events(client, (f"d{n}a", f"d{n}", "purchase", "calipers"), (f"d{n}b", f"d{n}", "purchase", "scale-digital"))
+    events(client, ("me1", "me", "purchase", "calipers"))
+    assert recs(client, "me", k=1)[0]["id"] == "scale-digital"
+    for user in ("d0", "d1"):
+        assert client.delete(f"/v1/users/{user}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+    after = recs(client, "me", k=3)
+    assert all(r["source"] != "cooccurrence" for r in after)  # nobody else's sequence is left
+    assert client.get("/v1/users/d0").get_json()["counts"]["purchase"] == 0
