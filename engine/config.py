@@ -39,6 +39,8 @@ class EngineConfig:
     candidate_pool: int = 200
     hybrid_weight: float = 0.9
     fusion: str = "zscore"
+    # Personalized search: default strength when a shopper is given (0 = off, 1 = profile only).
+    personalize: float = 0.5
     # Vector index choice: exact inner product up to this many items, IVF above.
     approx_threshold: int = 20000
     ivf_nprobe: int = 16
@@ -68,6 +70,7 @@ class EngineConfig:
         need(self.max_offset >= 0, "max_offset", "must be >= 0")
         need(self.candidate_pool >= self.max_k, "candidate_pool", "must be >= max_k")
         need(0.0 <= self.hybrid_weight <= 1.0, "hybrid_weight", "must be in 0..1")
+        need(0.0 <= self.personalize <= 1.0, "personalize", "must be in 0..1")
         need(self.fusion in ("minmax", "zscore", "rrf"), "fusion", "must be minmax, zscore or rrf")
         need(self.approx_threshold >= 1000, "approx_threshold", "must be >= 1000")
         need(self.ivf_nprobe >= 1, "ivf_nprobe", "must be >= 1")

@@ -7,7 +7,7 @@ raw scores (BM25 from the full score array, cosine from the stored vectors), the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,7 @@ class Hit:
     score: float
     bm25: float
     vector: float
+    personal: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,7 +37,8 @@ class Hit:
             "price": self.price,
             "in_stock": self.in_stock,
             "score": round(self.score, 6),
-            "score_parts": {"bm25": round(self.bm25, 6), "vector": round(self.vector, 6)},
+            "score_parts": {"bm25": round(self.bm25, 6), "vector": round(self.vector, 6)}
+            | ({} if self.personal is None else {"personal": round(self.personal, 6)}),
         }
 
 
@@ -69,20 +71,37 @@ def hybrid_search(
     pool: int,
     weight: float,
     fusion: str,
+    affinity: Callable[[np.ndarray], np.ndarray] | None = None,
+    personalize: float = 0.0,
 ) -> list[Hit]:
+    """``affinity(rows)`` gives the shopper's raw affinity to candidate rows; with ``personalize`` p in
+    (0, 1] the order is by ``(1 - p) * z(fused) + p * z(affinity)`` over the candidates (p = 0: off)."""
     bm25_all = snap.keyword.scores(query)
     rows = candidates(snap, bm25_all, qvec, max(pool, offset + k), mask)
     if len(rows) == 0:
         return []
     bm25, vec = score_parts(snap, bm25_all, qvec, rows)
     fused = fuse(bm25, vec, weight, fusion)
+    personal = None
+    if affinity is not None and personalize > 0:
+        personal = np.asarray(affinity(rows), np.float64)
+        fused = (1 - personalize) * _z(fused) + personalize * _z(personal)
     order = np.lexsort((rows, -fused))[offset : offset + k]
-    return [_hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i])) for i in order]
+    return [
+        _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
+             None if personal is None else float(personal[i]))
+        for i in order
+    ]
 
 
-def _hit(snap: Snapshot, row: int, score: float, bm25: float, vector: float) -> Hit:
+def _z(x: np.ndarray) -> np.ndarray:
+    sd = float(x.std())
+    return (x - float(x.mean())) / sd if sd > 0 else np.zeros_like(x)
+
+
+def _hit(snap: Snapshot, row: int, score: float, bm25: float, vector: float, personal: float | None = None) -> Hit:
     p = snap.catalog[row]
-    return Hit(p.id, p.title, p.category_path, p.brand, p.price, p.in_stock, score, bm25, vector)
+    return Hit(p.id, p.title, p.category_path, p.brand, p.price, p.in_stock, score, bm25, vector, personal)
 
 
 def similar_items(snap: Snapshot, row: int, *, k: int, same_category: bool) -> list[Hit]:

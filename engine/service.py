@@ -23,7 +23,7 @@ from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.events import EventStore, open_event_store, validate_many
 from engine.recommend.blend import Blender
-from engine.recommend.compose import Touch, profile_from, recommend
+from engine.recommend.compose import BETA, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile
 from engine.recommend.live import LiveModels
 from engine.errors import IndexNotBuilt, InvalidQuery
@@ -114,6 +114,8 @@ class Engine:
         max_price: float | None = None,
         in_stock: bool | None = None,
         weight: float | None = None,
+        user: str | None = None,
+        personalize: float | None = None,
     ) -> SearchResult:
         t0 = time.perf_counter()
         query = " ".join((query or "").split())
@@ -131,8 +133,17 @@ class Engine:
             raise InvalidQuery("min_price", f"must not exceed max_price ({min_price} > {max_price})")
         if weight is not None and not 0.0 <= weight <= 1.0:
             raise InvalidQuery("weight", f"must be in 0..1, got {weight}")
+        if personalize is not None and not 0.0 <= personalize <= 1.0:
+            raise InvalidQuery("personalize", f"must be in 0..1 (0 = off), got {personalize}")
+        if user is not None and not user.strip():
+            raise InvalidQuery("user", "must not be empty")
         snap = self.snapshot()
         mask = snap.filter_mask(category, min_price, max_price, in_stock)
+        strength = (self.config.personalize if personalize is None else personalize) if user else 0.0
+        profile = self.profile(user, snap) if user and strength > 0 else None
+        affinity = None
+        if profile is not None and len(profile.mass):
+            affinity = lambda rows: profile.score(np.asarray(snap.vectors[rows]), BETA)[0]  # noqa: E731
         hits = hybrid_search(
             snap,
             query,
@@ -143,6 +154,8 @@ class Engine:
             pool=self.config.candidate_pool,
             weight=self.config.hybrid_weight if weight is None else weight,
             fusion=self.config.fusion,
+            affinity=affinity,
+            personalize=strength,
         )
         return SearchResult(query, snap.version, k, offset, hits, (time.perf_counter() - t0) * 1000)
 
@@ -218,6 +231,27 @@ class Engine:
         recs = recommend(snap, self._live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
                          profile=profile, filter_mask=mask, exclude=exclude or [])
         return {"user_id": user_id, "version": snap.version, "k": k, "recommendations": recs}
+
+    def profile(self, user_id: str, snap: Snapshot) -> InterestProfile:
+        """The shopper's stored profile, or one built from their stored history (empty if none)."""
+        stored = self._load_profile(user_id)
+        if stored is not None:
+            return stored
+        history = [Touch(e.item_id, e.type.value, e.timestamp)
+                   for e in self.events.user_events(user_id, limit=200) if e.item_id]
+        return profile_from(history, snap)
+
+    def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
+        """Items most often taken together with ``item_id`` by other shoppers (co-occurrence), best first."""
+        snap = self.snapshot()
+        snap.catalog.row(item_id)
+        if self._live is None:
+            self._live = LiveModels(self.events)
+        with self._live.current() as models:
+            scored = models.cooccurrence.scores([(item_id, 1.0)])
+        ranked = sorted(((s, j) for j, (s, _) in scored.items() if j in snap.catalog and j != item_id),
+                        key=lambda e: (-e[0], e[1]))[:k]
+        return [{"id": j, "title": snap.catalog[snap.catalog.row(j)].title, "score": round(s, 6)} for s, j in ranked]
 
     def _load_profile(self, user_id: str) -> InterestProfile | None:
         raw = self.events.get_profile(user_id)

@@ -75,3 +75,26 @@ def test_deleted_shopper_leaves_no_trace_in_recommendations(client: Any) -> None
     after = recs(client, "me", k=3)
     assert all(r["source"] != "cooccurrence" for r in after)  # nobody else's sequence is left
     assert client.get("/v1/users/d0").get_json()["counts"]["purchase"] == 0
+
+
+def test_personalized_search_reranks_for_the_shopper(client: Any) -> None:
+    plain = client.get("/v1/search", query_string={"q": "gloves", "k": 4}).get_json()["hits"]
+    events(client, ("g1", "latex-fan", "purchase", "gloves-latex"), ("g2", "latex-fan", "view", "gloves-latex"))
+    mine = client.get("/v1/search", query_string={"q": "gloves", "k": 4, "user": "latex-fan",
+                                                  "personalize": 1.0}).get_json()["hits"]
+    assert mine[0]["id"] == "gloves-latex" and "personal" in mine[0]["score_parts"]
+    off = client.get("/v1/search", query_string={"q": "gloves", "k": 4, "user": "latex-fan",
+                                                 "personalize": 0}).get_json()["hits"]
+    assert [h["id"] for h in off] == [h["id"] for h in plain]
+    unknown = client.get("/v1/search", query_string={"q": "gloves", "k": 4, "user": "nobody"}).get_json()["hits"]
+    assert [h["id"] for h in unknown] == [h["id"] for h in plain]  # no profile: plain order
+    bad = client.get("/v1/search", query_string={"q": "gloves", "user": "x", "personalize": 2})
+    assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "personalize"
+
+
+def test_similar_items_gain_also_bought(client: Any) -> None:
+    for n in range(2):
+        events(client, (f"ab{n}a", f"ab{n}", "purchase", "beaker-set"), (f"ab{n}b", f"ab{n}", "purchase", "ph-meter"))
+    body = client.get("/v1/items/beaker-set/similar?k=3").get_json()
+    assert body["also_bought"][0]["id"] == "ph-meter"
+    assert "beaker-set" not in [a["id"] for a in body["also_bought"]]

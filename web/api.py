@@ -24,6 +24,8 @@ def search() -> Response:
         min_price=get_float(a, "min_price"),
         max_price=get_float(a, "max_price"),
         in_stock=get_bool(a, "in_stock"),
+        user=get_str(a, "user"),
+        personalize=get_float(a, "personalize"),
     )
     return jsonify(result.to_dict())
 
@@ -32,8 +34,10 @@ def search() -> Response:
 def similar(item_id: str) -> Response:
     a = request.args
     engine = get_engine()
-    hits = engine.similar(item_id, k=get_int(a, "k"), same_category=bool(get_bool(a, "same_category", False)))
-    return jsonify(item_id=item_id, version=engine.snapshot().version, similar=[h.to_dict() for h in hits])
+    k = get_int(a, "k")
+    hits = engine.similar(item_id, k=k, same_category=bool(get_bool(a, "same_category", False)))
+    return jsonify(item_id=item_id, version=engine.snapshot().version, similar=[h.to_dict() for h in hits],
+                   also_bought=engine.also_bought(item_id, k=len(hits) or 10))
 
 
 @bp.get("/v1/items/<path:item_id>")

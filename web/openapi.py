@@ -51,6 +51,9 @@ def openapi_document() -> dict[str, Any]:
                     _q("min_price", {"type": "number", "minimum": 0}, "lowest price (excludes unpriced items)"),
                     _q("max_price", {"type": "number", "minimum": 0}, "highest price (excludes unpriced items)"),
                     _q("in_stock", {"type": "boolean"}, "true: only items not marked out of stock"),
+                    _q("user", {"type": "string"}, "re-rank for this shopper's profile"),
+                    _q("personalize", {"type": "number", "minimum": 0, "maximum": 1},
+                       "personalization strength with `user` (0 = off; default from config)"),
                 ],
                 "responses": {"200": _ok("SearchResult"), "400": _ERR, "503": _ERR},
             }},
@@ -135,7 +138,9 @@ def openapi_document() -> dict[str, Any]:
                     "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
                 "Similar": {"type": "object", "properties": {
                     "item_id": {"type": "string"}, "version": {"type": "string"},
-                    "similar": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
+                    "similar": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+                    "also_bought": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"}}}}}},
                 "Product": {"type": "object", "required": ["id", "title"], "properties": {
                     "id": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
                     "category": {"type": "string"}, "brand": {"type": "string"},
