@@ -37,8 +37,8 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python bench/bench_build.py
-	$(BIN)/python bench/bench_search.py
+	$(BIN)/python bench/bench_build.py --record
+	$(BIN)/python bench/bench_search.py --record
 
 eval: install
 	$(BIN)/vitrine eval search --dataset crowdflower

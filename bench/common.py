@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -268,6 +268,18 @@ def machine() -> str:
             f"Python {platform.python_version()}; {libs}")
 
 
+def engine_commit() -> str:
+    """``git`` commit of the working tree, marked when ``engine/`` or ``web/`` has uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    return sha + (" + uncommitted changes in engine/ or web/" if git("status", "--porcelain", "engine", "web") else "")
+
+
 def header(script: str, argv: Sequence[str], load_at_start: str) -> str:
     cmd = "HF_HUB_OFFLINE=1 .venv/bin/python " + " ".join(shlex.quote(a) for a in [f"bench/{script}", *argv])
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -275,6 +287,7 @@ def header(script: str, argv: Sequence[str], load_at_start: str) -> str:
         f"- command: `{cmd}`",
         f"- date: {now}",
         f"- machine: {machine()}",
+        f"- code: commit {engine_commit()}",
         f"- load average at start: {load_at_start}; at end: {load_avg()} (the machine is shared: "
         "other people's tests may run at the same time)",
     ])
@@ -303,9 +316,3 @@ def record(section: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     RESULTS.write_text(text, encoding="utf-8")
     print(f"recorded section {section!r} in {RESULTS.relative_to(ROOT)}", file=sys.stderr)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - t0

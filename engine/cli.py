@@ -198,6 +198,19 @@ def cmd_eval_recommend(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_personalized(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.evaluation.personalized_eval import run_personalized_eval
+
+    report = run_personalized_eval(config, dataset=args.dataset,
+                                   data_dir=Path(args.data_dir) if args.data_dir else None)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return 0
+
+
 def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
     from engine.events.importer import import_events
     from engine.service import Engine
@@ -347,6 +360,11 @@ def _parser() -> argparse.ArgumentParser:
     er.add_argument("--dataset", default="scientific", choices=["scientific", "movielens100k"])
     er.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
     er.add_argument("--json", action="store_true")
+    ep = ev.add_parser("personalized-search", help="MRR/NDCG@10 of search with personalization off and on")
+    ep.set_defaults(func=cmd_eval_personalized)
+    ep.add_argument("--dataset", default="scientific", choices=["scientific"])
+    ep.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
+    ep.add_argument("--json", action="store_true")
     return p
 
 

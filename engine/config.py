@@ -40,7 +40,7 @@ class EngineConfig:
     hybrid_weight: float = 0.9
     fusion: str = "zscore"
     # Personalized search: default strength when a shopper is given (0 = off, 1 = profile only).
-    personalize: float = 0.5
+    personalize: float = 0.03
     # Vector index choice: exact inner product up to this many items, IVF above.
     approx_threshold: int = 20000
     ivf_nprobe: int = 16

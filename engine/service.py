@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -23,12 +23,12 @@ from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.events import EventStore, open_event_store, validate_many
 from engine.recommend.blend import Blender
-from engine.recommend.compose import BETA, Touch, profile_from, recommend
+from engine.recommend.compose import BETA, HISTORY_DECAY, HISTORY_LIMIT, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile
 from engine.recommend.live import LiveModels
 from engine.errors import IndexNotBuilt, InvalidQuery
 from engine.index import store
-from engine.search import Hit, hybrid_search, similar_items
+from engine.search import COOC_WEIGHT, Hit, hybrid_search, personal_score, similar_items
 from engine.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,7 @@ class Engine:
         snap = self.snapshot()
         mask = snap.filter_mask(category, min_price, max_price, in_stock)
         strength = (self.config.personalize if personalize is None else personalize) if user else 0.0
-        profile = self.profile(user, snap) if user and strength > 0 else None
-        affinity = None
-        if profile is not None and len(profile.mass):
-            affinity = lambda rows: profile.score(np.asarray(snap.vectors[rows]), BETA)[0]  # noqa: E731
+        affinity = self._affinity(user, snap) if user and strength > 0 else None
         hits = hybrid_search(
             snap,
             query,
@@ -221,33 +218,52 @@ class Engine:
         mask = snap.filter_mask(category, min_price, max_price)
         profile = None
         if user_id is not None:
-            history = [Touch(e.item_id, e.type.value, e.timestamp)
-                       for e in self.events.user_events(user_id, limit=200) if e.item_id]
+            history = self._history(user_id, snap)
             profile = self._load_profile(user_id)
         else:
             history = [Touch(i, "view") for i in (recent or [])]
-        if self._live is None:
-            self._live = LiveModels(self.events)
-        recs = recommend(snap, self._live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
+        recs = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
                          profile=profile, filter_mask=mask, exclude=exclude or [])
         return {"user_id": user_id, "version": snap.version, "k": k, "recommendations": recs}
 
-    def profile(self, user_id: str, snap: Snapshot) -> InterestProfile:
-        """The shopper's stored profile, or one built from their stored history (empty if none)."""
-        stored = self._load_profile(user_id)
-        if stored is not None:
-            return stored
-        history = [Touch(e.item_id, e.type.value, e.timestamp)
-                   for e in self.events.user_events(user_id, limit=200) if e.item_id]
-        return profile_from(history, snap)
+    def _history(self, user_id: str, snap: Snapshot) -> list[Touch]:
+        """The shopper's last ``HISTORY_LIMIT`` item events on served items, oldest first."""
+        return [Touch(e.item_id, e.type.value, e.timestamp)
+                for e in self.events.user_events(user_id, limit=HISTORY_LIMIT) if e.item_id in snap.catalog]
+
+    def _affinity(self, user_id: str, snap: Snapshot) -> Callable[[np.ndarray], np.ndarray] | None:
+        """``rows -> personal_score`` for this shopper (content profile + co-occurrence with their
+        recent items), or None for a shopper without history (then search is not personalized)."""
+        history = self._history(user_id, snap)
+        if not history:
+            return None
+        profile = self._load_profile(user_id) or profile_from(history, snap)
+        recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
+        with self.live.current() as models:
+            scored = models.cooccurrence.scores(recent)
+        ids = snap.catalog.ids
+
+        def affinity(rows: np.ndarray) -> np.ndarray:
+            content, _ = profile.score(np.asarray(snap.vectors[rows]), BETA)
+            cooc = np.array([scored.get(ids[r], (0.0, None))[0] for r in rows], np.float64)
+            return personal_score(content, cooc, COOC_WEIGHT)
+
+        return affinity
+
+    @property
+    def live(self) -> LiveModels:
+        if self._live is None:
+            events = self.events
+            with self._events_lock:
+                if self._live is None:
+                    self._live = LiveModels(events)
+        return self._live
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
         """Items most often taken together with ``item_id`` by other shoppers (co-occurrence), best first."""
         snap = self.snapshot()
         snap.catalog.row(item_id)
-        if self._live is None:
-            self._live = LiveModels(self.events)
-        with self._live.current() as models:
+        with self.live.current() as models:
             scored = models.cooccurrence.scores([(item_id, 1.0)])
         ranked = sorted(((s, j) for j, (s, _) in scored.items() if j in snap.catalog and j != item_id),
                         key=lambda e: (-e[0], e[1]))[:k]
