@@ -186,31 +186,6 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval_recommend(config: EngineConfig, args: argparse.Namespace) -> int:
-    from engine.evaluation.recommend_eval import run_recommend_eval
-
-    report = run_recommend_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        for line in report.lines():
-            print(line)
-    return 0
-
-
-def cmd_eval_personalized(config: EngineConfig, args: argparse.Namespace) -> int:
-    from engine.evaluation.personalized_eval import run_personalized_eval
-
-    report = run_personalized_eval(config, dataset=args.dataset,
-                                   data_dir=Path(args.data_dir) if args.data_dir else None)
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        for line in report.lines():
-            print(line)
-    return 0
-
-
 def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
     from engine.events.importer import import_events
     from engine.service import Engine
@@ -232,16 +207,26 @@ def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0 if not report.rejected else EXIT_FAILED
 
 
-def cmd_eval_search(config: EngineConfig, args: argparse.Namespace) -> int:
-    from engine.evaluation.search_eval import run_search_eval
+def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`eval search|recommend|personalized-search`: run the evaluation, print its lines or its JSON."""
+    import importlib
 
-    report = run_search_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
+    module, func = _EVALS[args.what]
+    run = getattr(importlib.import_module(module), func)
+    report = run(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
     if args.json:
         _print_json(report.to_dict())
     else:
         for line in report.lines():
             print(line)
     return 0
+
+
+_EVALS = {
+    "search": ("engine.evaluation.search_eval", "run_search_eval"),
+    "recommend": ("engine.evaluation.recommend_eval", "run_recommend_eval"),
+    "personalized-search": ("engine.evaluation.personalized_eval", "run_personalized_eval"),
+}
 
 
 # -- plumbing -----------------------------------------------------------------------------------
@@ -350,21 +335,17 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--json", action="store_true")
 
     ev = sub.add_parser("eval", help="measure quality on real data sets").add_subparsers(metavar="WHAT")
-    es = ev.add_parser("search", help="search nDCG@10 of BM25, vector and hybrid")
-    es.set_defaults(func=cmd_eval_search)
-    es.add_argument("--dataset", default="crowdflower", choices=["crowdflower"])
-    es.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
-    es.add_argument("--json", action="store_true")
-    er = ev.add_parser("recommend", help="next-item Recall/NDCG@10/50 of popularity, content, co-occurrence, blend")
-    er.set_defaults(func=cmd_eval_recommend)
-    er.add_argument("--dataset", default="scientific", choices=["scientific", "movielens100k"])
-    er.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
-    er.add_argument("--json", action="store_true")
-    ep = ev.add_parser("personalized-search", help="MRR/NDCG@10 of search with personalization off and on")
-    ep.set_defaults(func=cmd_eval_personalized)
-    ep.add_argument("--dataset", default="scientific", choices=["scientific"])
-    ep.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
-    ep.add_argument("--json", action="store_true")
+    for what, datasets, help_text in (
+        ("search", ["crowdflower"], "search nDCG@10 of BM25, vector and hybrid"),
+        ("recommend", ["scientific", "movielens100k"],
+         "next-item Recall/NDCG@10/50 of popularity, content, co-occurrence, blend"),
+        ("personalized-search", ["scientific"], "MRR/NDCG@10 of search with personalization off and on"),
+    ):
+        e = ev.add_parser(what, help=help_text)
+        e.set_defaults(func=cmd_eval, what=what)
+        e.add_argument("--dataset", default=datasets[0], choices=datasets)
+        e.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
+        e.add_argument("--json", action="store_true")
     return p
 
 

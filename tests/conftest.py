@@ -96,3 +96,18 @@ def app(config: EngineConfig, encoder: Encoder) -> Iterator[Any]:
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
+
+
+def scientific_slice(tmp_path: Path, n_users: int) -> Path:
+    """A data dir holding the first ``n_users`` shoppers of the shared Scientific set (and their items)."""
+    import pandas as pd
+
+    src = ROOT.parent / "shared" / "data" / "amazon_scientific_unisrec"
+    inter = pd.read_csv(src / "interactions.csv.gz")
+    part = inter[inter["user_index"].isin(sorted(inter["user_index"].unique())[:n_users])]
+    items = pd.read_csv(src / "items.csv.gz", keep_default_na=False)
+    out = tmp_path / "data" / "amazon_scientific_unisrec"
+    out.mkdir(parents=True)
+    part.to_csv(out / "interactions.csv.gz", index=False)
+    items[items["item_id"].isin(set(part["item_id"]))].to_csv(out / "items.csv.gz", index=False)
+    return tmp_path / "data"

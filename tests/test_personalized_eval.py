@@ -4,13 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from engine.evaluation.personalized_eval import Case, category_query, metrics, run_personalized_eval
-from tests.conftest import ROOT, make_config
-
-SHARED = ROOT.parent / "shared" / "data"
+from tests.conftest import make_config, scientific_slice
 
 
 def test_rank_and_metrics_by_hand() -> None:
@@ -31,16 +28,8 @@ def test_category_query_drops_the_root() -> None:
 
 
 def test_eval_on_a_slice(tmp_path: Path, models_dir: Path) -> None:
-    src = SHARED / "amazon_scientific_unisrec"
-    inter = pd.read_csv(src / "interactions.csv.gz")
-    users = sorted(inter["user_index"].unique())[:60]
-    part = inter[inter["user_index"].isin(users)]
-    items = pd.read_csv(src / "items.csv.gz", keep_default_na=False)
-    out = tmp_path / "data" / "amazon_scientific_unisrec"
-    out.mkdir(parents=True)
-    part.to_csv(out / "interactions.csv.gz", index=False)
-    items[items["item_id"].isin(set(part["item_id"]))].to_csv(out / "items.csv.gz", index=False)
-    report = run_personalized_eval(make_config(tmp_path / "indexes", models_dir), data_dir=tmp_path / "data")
+    data_dir = scientific_slice(tmp_path, 60)
+    report = run_personalized_eval(make_config(tmp_path / "indexes", models_dir), data_dir=data_dir)
     data = report.to_dict()
     assert data["users"] == 60 and "derived" in data["queries"]
     for split in ("valid", "test"):

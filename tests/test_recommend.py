@@ -24,7 +24,7 @@ from engine.recommend import (
     DEFAULT_EVENT_WEIGHTS, BlendWeights, Blender, CooccurrenceModel, InterestProfile, TrendingModel, eligible_mask,
     event_weight, normalize_scores, score_profiles,
 )
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, make_config, scientific_slice
 
 SHARED = ROOT.parent / "shared" / "data"
 E = np.eye(4, dtype=np.float32)  # unit vectors e0..e3
@@ -399,15 +399,8 @@ def _check_report(report, rows: set[str]) -> dict:
 
 
 def test_eval_on_a_scientific_slice(tmp_path: Path, models_dir: Path, encoder: Encoder) -> None:
-    src = SHARED / "amazon_scientific_unisrec"
-    inter = pd.read_csv(src / "interactions.csv.gz")
-    users = sorted(inter["user_index"].unique())[:50]
-    part = inter[inter["user_index"].isin(users)]
-    items = pd.read_csv(src / "items.csv.gz", keep_default_na=False)
-    out = tmp_path / "data" / "amazon_scientific_unisrec"
-    out.mkdir(parents=True)
-    part.to_csv(out / "interactions.csv.gz", index=False)
-    items[items["item_id"].isin(set(part["item_id"]))].to_csv(out / "items.csv.gz", index=False)
+    data_dir = scientific_slice(tmp_path, 50)
+    part = pd.read_csv(data_dir / "amazon_scientific_unisrec" / "interactions.csv.gz")
     config = make_config(tmp_path / "indexes", models_dir)
     report = run_recommend_eval(config, "scientific", data_dir=tmp_path / "data", encoder=encoder)
     data = _check_report(report, {"popularity", "content", "content, 1 vector", "co-occurrence", "blend"})
