@@ -39,6 +39,7 @@ test: install
 bench: install
 	$(BIN)/python bench/bench_build.py --record
 	$(BIN)/python bench/bench_search.py --record
+	$(BIN)/python bench/bench_shoppers.py --record
 
 eval: install
 	$(BIN)/vitrine eval search --dataset crowdflower

@@ -8,7 +8,6 @@ one. No request ever sees a half-loaded version or fails because of a publish.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import threading
@@ -24,7 +23,7 @@ from engine.embedding.base import Encoder
 from engine.events import EventStore, open_event_store, validate_many
 from engine.recommend.blend import Blender
 from engine.recommend.compose import BETA, HISTORY_DECAY, HISTORY_LIMIT, Touch, profile_from, recommend
-from engine.recommend.content import InterestProfile
+from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
 from engine.errors import IndexNotBuilt, InvalidQuery
 from engine.index import store
@@ -271,20 +270,25 @@ class Engine:
 
     def _load_profile(self, user_id: str) -> InterestProfile | None:
         raw = self.events.get_profile(user_id)
-        return InterestProfile.from_dict(json.loads(raw)) if raw else None
+        return decode_profile(raw) if raw else None
 
     def _update_profiles(self, events: list[Any], snap: Snapshot) -> None:
-        """O(1) per event: fold each accepted item event into its shopper's stored profile."""
+        """O(1) per event: fold each accepted item event into its shopper's stored profile; the batch's
+        profiles are read in one query and written in one transaction."""
         by_user: dict[str, list[Any]] = {}
         for e in events:
             if e.item_id and e.item_id in snap.catalog:
                 by_user.setdefault(e.user_id, []).append(e)
+        if not by_user:
+            return
+        stored = self.events.get_profiles(list(by_user))
+        updated = {}
         for user_id, evs in by_user.items():
-            profile = self._load_profile(user_id)
             touches = [Touch(e.item_id, e.type.value, e.timestamp)
                        for e in sorted(evs, key=lambda e: (e.timestamp, e.seq or 0))]
-            profile = profile_from(touches, snap, profile)
-            self.events.put_profile(user_id, json.dumps(profile.to_dict()).encode())
+            raw = stored.get(user_id)
+            updated[user_id] = encode_profile(profile_from(touches, snap, decode_profile(raw) if raw else None))
+        self.events.put_profiles(updated)
 
     def item_stats(self, item_id: str) -> dict[str, Any]:
         self.item(item_id)  # NotFound for unknown items

@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +70,8 @@ class EventStore(Protocol):
     def deletion_epoch(self) -> int: ...
     def get_profile(self, user_id: str) -> bytes | None: ...
     def put_profile(self, user_id: str, data: bytes) -> None: ...
+    def put_profiles(self, profiles: Mapping[str, bytes]) -> None: ...
+    def get_profiles(self, user_ids: Sequence[str]) -> dict[str, bytes]: ...
     def close(self) -> None: ...
 
 
@@ -296,8 +298,24 @@ class SQLiteEventStore:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def put_profile(self, user_id: str, data: bytes) -> None:
+        self.put_profiles({user_id: data})
+
+    def put_profiles(self, profiles: Mapping[str, bytes]) -> None:
+        """Store several profiles in one transaction (one disk sync)."""
+        now = time.time()
         with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)", (user_id, bytes(data), time.time()))
+            conn.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
+                             [(u, bytes(d), now) for u, d in profiles.items()])
+
+    def get_profiles(self, user_ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        ids = list(dict.fromkeys(user_ids))
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(conn.execute(f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk))
+        return found
 
     def rebuild_features(self, category_of: CategoryOf | None = None) -> None:
         """Recompute every feature from the events table (after changing categories, for instance)."""

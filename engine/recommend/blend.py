@@ -151,6 +151,11 @@ class Blender:
         rows = np.flatnonzero(ok)
         if not len(rows) or k <= 0:
             return []
+        m = max(self.mmr_pool, k)
+        if len(rows) > m:  # only the best m can be picked: select them in O(n), sort those
+            top = total[rows]
+            cut = np.partition(top, len(top) - m)[len(top) - m]
+            rows = rows[top >= cut]  # ties at the cut all kept, so the order below is exact
         order = rows[np.lexsort((rows, -total[rows]))]
         if self.mmr_lambda < 1.0 and item_vectors is not None:
             chosen = self._mmr(order[: max(self.mmr_pool, k)], total, item_vectors, k)

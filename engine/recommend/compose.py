@@ -82,7 +82,7 @@ def recommend(
     recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(known))]
     with live.current() as models:
         cooc, cooc_because = models.cooccurrence.scores_dense(recent, rows, n)
-        popular = models.trending.scores_dense(rows, n)
+        popular = models.trending_dense(snap.catalog)
     purchased = [snap.catalog.row(t.item_id) for t in known if t.type == "purchase"]
     given = [snap.catalog.row(i) for i in exclude if i in snap.catalog]
     picks = blender.recommend(

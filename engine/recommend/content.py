@@ -29,6 +29,7 @@ joined each interest, used for the reason "because you viewed <title>").
 """
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -180,6 +181,20 @@ class InterestProfile:
         p.last_t = d["last_t"]
         p.n_events = int(d["n_events"])
         return p
+
+
+def encode_profile(p: InterestProfile) -> bytes:
+    """Compact storage form: a JSON header line, then the centers as raw little-endian float32."""
+    header = p.to_dict()
+    del header["centers"]
+    return json.dumps(header).encode() + b"\n" + np.ascontiguousarray(p.centers, "<f4").tobytes()
+
+
+def decode_profile(data: bytes) -> InterestProfile:
+    header, _, raw = data.partition(b"\n")
+    d = json.loads(header)
+    d["centers"] = np.frombuffer(raw, "<f4").reshape(-1, int(d["dim"]))
+    return InterestProfile.from_dict(d)
 
 
 def score_profiles(

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Hashable, Iterator, Mapping
 
+import numpy as np
+
+from engine.catalog import Catalog
 from engine.events import Event, EventStore
 from engine.recommend.content import DEFAULT_EVENT_WEIGHTS, event_weight
 from engine.recommend.cooccurrence import CooccurrenceModel
@@ -34,6 +37,24 @@ class LiveModels:
         self.seq = 0
         self.cooccurrence = CooccurrenceModel()
         self.trending = TrendingModel(self.trending_half_life_s)
+        self._dense: tuple[object, object, np.ndarray] | None = None  # (catalog, t_ref, array)
+        self._touched: set[Hashable] = set()
+
+    def trending_dense(self, catalog: Catalog) -> np.ndarray:
+        """Trending scores over ``catalog`` rows, ``(n,)`` float64, up to one common decay factor (which the
+        blender's z-scores ignore). Kept up to date item by item instead of rebuilt per request."""
+        t = self.trending
+        if self._dense is None or self._dense[0] is not catalog or self._dense[1] != t.t_ref:
+            dense = np.zeros(len(catalog), np.float64)
+            touched: set[Hashable] = set(t.acc)
+            self._dense = (catalog, t.t_ref, dense)
+        else:
+            dense, touched = self._dense[2], self._touched
+        for key in touched:
+            if key in catalog:
+                dense[catalog.row(str(key))] = t.acc[key]
+        self._touched = set()
+        return dense
 
     @contextmanager
     def current(self) -> Iterator["LiveModels"]:
@@ -57,3 +78,4 @@ class LiveModels:
             return
         self.cooccurrence.add_event(e.user_id, e.item_id, w)
         self.trending.add_event(e.item_id, w, e.timestamp)
+        self._touched.add(e.item_id)
