@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import requests
 
-from common import (DEMO_CATALOG, SIZES, Server, engine_config, ensure_index, header, load_avg, parse_sizes, read_rows,
+from common import (DEMO_CATALOG, SIZES, Server, run_clients, engine_config, ensure_index, header, load_avg, parse_sizes, read_rows,
                     record, rss_mb, stats_ms, table)
 
 CROWDFLOWER = Path("/work/shared/data/crowdflower_search_relevance/train.csv.gz")
@@ -121,21 +121,13 @@ def http_run(size: str, index: Path, workers: int, threads: int, clients: int, q
         warm_up(server, warmup)
         parts = [queries[i::clients] for i in range(clients)]
         results: list[list[tuple[float, float | None]]] = [[] for _ in range(clients)]
-        start = threading.Barrier(clients + 1)
 
-        def client(i: int) -> None:
+        def client(i: int, start: threading.Barrier) -> None:
             with requests.Session() as s:
                 start.wait()
                 results[i] = [ask(s, server.base, q) for q in parts[i]]
 
-        pool = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        for t in pool:
-            t.start()
-        start.wait()
-        t0 = time.perf_counter()
-        for t in pool:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_clients(clients, client)
         rss, pss = server.memory_mb()
     flat = [r for rs in results for r in rs]
     ok = [r for r in flat if r[1] is not None]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from common import (OUT, ROOT, SIZES, Server, catalog_path, engine_config, ensure_index, header, load_avg,
+from common import (OUT, ROOT, SIZES, Server, run_clients, catalog_path, engine_config, ensure_index, header, load_avg,
                     parse_sizes, read_rows, record, stats_ms, table)
 
 WORK = OUT / "shoppers"
@@ -91,9 +91,8 @@ def ingest_run(index: Path, items: list[str], clients: int, n_batches: int) -> d
         lat: list[list[float]] = [[] for _ in range(clients)]
         accepted = [0] * clients
         errors = [0] * clients
-        start = threading.Barrier(clients + 1)
 
-        def client(i: int) -> None:
+        def client(i: int, start: threading.Barrier) -> None:
             with requests.Session() as s:
                 start.wait()
                 for b in parts[i]:
@@ -107,14 +106,7 @@ def ingest_run(index: Path, items: list[str], clients: int, n_batches: int) -> d
                     else:
                         errors[i] += len(b)
 
-        pool = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        for t in pool:
-            t.start()
-        start.wait()
-        t0 = time.perf_counter()
-        for t in pool:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_clients(clients, client)
     flat = [x for xs in lat for x in xs]
     return {"clients": clients, "batches": len(flat), "accepted": sum(accepted), "errors": sum(errors),
             "wall": wall, "eps": sum(accepted) / wall, "lat": stats_ms(flat)}
@@ -200,21 +192,14 @@ def rec_run(size: str, index: Path, events_url: str, users: list[str], n_req: in
             out["seq"] = (res, time.perf_counter() - t0)
         parts = [par[i::CLIENTS] for i in range(CLIENTS)]
         results: list[list[tuple[float, bool, int]]] = [[] for _ in range(CLIENTS)]
-        start = threading.Barrier(CLIENTS + 1)
 
-        def client(i: int) -> None:
+        def client(i: int, start: threading.Barrier) -> None:
             with requests.Session() as s:
                 start.wait()
                 results[i] = [get(s, u) for u in parts[i]]
 
-        pool = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-        for t in pool:
-            t.start()
-        start.wait()
-        t0 = time.perf_counter()
-        for t in pool:
-            t.join()
-        out["par"] = ([r for rs in results for r in rs], time.perf_counter() - t0)
+        wall = run_clients(CLIENTS, client)
+        out["par"] = ([r for rs in results for r in rs], wall)
         out["rss_pss"] = server.memory_mb()
     return out
 

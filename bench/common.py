@@ -13,11 +13,12 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -316,3 +317,17 @@ def record(section: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     RESULTS.write_text(text, encoding="utf-8")
     print(f"recorded section {section!r} in {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+
+
+def run_clients(n: int, client: Callable[[int, threading.Barrier], None]) -> float:
+    """Run ``client(i, start)`` in ``n`` threads that all begin at ``start.wait()``; wall seconds from
+    the common start to the last thread's end."""
+    start = threading.Barrier(n + 1)
+    pool = [threading.Thread(target=client, args=(i, start)) for i in range(n)]
+    for t in pool:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - t0
