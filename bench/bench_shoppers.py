@@ -222,7 +222,6 @@ REC_PARTS = ("history (user_events)", "profile from history", "content scores", 
 def rec_breakdown(index: Path, events_url: str, users: list[str]) -> dict[str, dict[str, float]]:
     """Per-request seconds of the parts of ``Engine.recommend`` in this process (same settings as the server)."""
     from engine.recommend.compose import BETA, CONTENT_CANDIDATES, EXACT_LIMIT, HISTORY_DECAY, profile_from
-    from engine.recommend.compose import _Rows
     from engine.service import Engine
 
     engine = Engine(engine_config(index).replace(events_url=events_url))
@@ -244,9 +243,9 @@ def rec_breakdown(index: Path, events_url: str, users: list[str]) -> dict[str, d
         t3 = time.perf_counter()
         recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
         with engine.live.current() as models:
-            models.cooccurrence.scores_dense(recent, _Rows(snap), n)
+            models.cooccurrence.scores_dense(recent, snap.catalog.id_map, n)
             t4 = time.perf_counter()
-            models.trending.scores_dense(_Rows(snap), n)
+            models.trending.scores_dense(snap.catalog.id_map, n)
         t5 = time.perf_counter()
         engine.recommend(u, k=10)
         t6 = time.perf_counter()

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Any
 
 from engine.errors import CatalogError, NotFound
@@ -180,6 +181,11 @@ class Catalog:
             return self._rows[item_id]
         except KeyError:
             raise NotFound(f"unknown item {item_id!r}") from None
+
+    @property
+    def id_map(self) -> Mapping[str, int]:
+        """Read-only ``{item id: row}``; rows never leave the engine."""
+        return MappingProxyType(self._rows)
 
     def get(self, item_id: str) -> Product | None:
         i = self._rows.get(item_id)

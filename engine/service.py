@@ -189,7 +189,8 @@ class Engine:
         snap = self.snapshot()
         events, rejected = validate_many(objs, known_item=snap.catalog.__contains__, now=time.time())
         result = self.events.add_many(events)
-        self._update_profiles([e for e in events if e.event_id in set(result.accepted)], snap)
+        accepted = set(result.accepted)
+        self._update_profiles([e for e in events if e.event_id in accepted], snap)
         return {
             "accepted": result.accepted,
             "duplicates": result.duplicates,

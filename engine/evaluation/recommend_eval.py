@@ -635,30 +635,25 @@ def run_recommend_eval(
     bco_p, bct_p, weights = unpack(bq)
     blender = Blender(weights)
     single = {**ct_p, "interests": "1@0"}
-    raw_val = {"cooccurrence": co.scores(bco_p, val), "content": content_scores(data, val, bct_p),
-               "popular": popularity_scores(data, train, train_t, val, best_hl)}
-    validation = {
-        "popularity": evaluate(raw_val["popular"], val),
-        "content": evaluate(content_scores(data, val, ct_p), val),
-        "content, 1 vector": evaluate(content_scores(data, val, single), val),
-        "co-occurrence": evaluate(co.scores(co_p, val), val),
-        "blend": evaluate(blender.combine(raw_val, ~val.excluded), val),
-    }
-    del raw_val
+
+    def all_rows(phase: Phase) -> dict[str, dict[str, float]]:
+        """Every row of the report on one phase: each source alone and the blend."""
+        raw = {"cooccurrence": co.scores(bco_p, phase), "content": content_scores(data, phase, bct_p),
+               "popular": popularity_scores(data, train, train_t, phase, best_hl)}
+        return {
+            "popularity": evaluate(raw["popular"], phase),
+            "content": evaluate(content_scores(data, phase, ct_p), phase),
+            "content, 1 vector": evaluate(content_scores(data, phase, single), phase),
+            "co-occurrence": evaluate(co.scores(co_p, phase), phase),
+            "blend": evaluate(blender.combine(raw, ~phase.excluded), phase),
+        }
+
+    validation = all_rows(val)
     clock["tune_blend"] = time.time() - t
 
     # Test: the same fitted models and parameters, the longer history.
     t = time.time()
-    raw_test = {"cooccurrence": co.scores(bco_p, test), "content": content_scores(data, test, bct_p),
-                "popular": popularity_scores(data, train, train_t, test, best_hl)}
-    results = {
-        "popularity": evaluate(raw_test["popular"], test),
-        "content": evaluate(content_scores(data, test, ct_p), test),
-        "content, 1 vector": evaluate(content_scores(data, test, single), test),
-        "co-occurrence": evaluate(co.scores(co_p, test), test),
-        "blend": evaluate(blender.combine(raw_test, ~test.excluded), test),
-    }
-    del raw_test
+    results = all_rows(test)
     clock["test"] = time.time() - t
 
     tuned: dict[str, Any] = {

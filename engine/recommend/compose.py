@@ -33,16 +33,6 @@ class Touch:
     timestamp: float | None = None
 
 
-class _Rows:
-    """``{item id: catalog row}`` view of a snapshot, for the models keyed by item id."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.catalog = snap.catalog
-
-    def get(self, key: Any, default: int | None = None) -> int | None:
-        return self.catalog.row(key) if key in self.catalog else default
-
-
 def profile_from(history: Sequence[Touch], snap: Snapshot, profile: InterestProfile | None = None) -> InterestProfile:
     """Fold ``history`` (oldest first) into ``profile`` (a new one if None): O(1) per event."""
     profile = profile if profile is not None else InterestProfile(snap.vectors.shape[1])
@@ -65,7 +55,7 @@ def recommend(
     exclude: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     n = len(snap)
-    rows = _Rows(snap)
+    rows = snap.catalog.id_map
     known = [t for t in history if t.item_id in snap.catalog][-HISTORY_LIMIT:]
     profile = profile if profile is not None else profile_from(known, snap)
     content = np.zeros(n, np.float32)
