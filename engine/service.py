@@ -55,6 +55,11 @@ class SearchResult:
         }
 
 
+# Profiles are folded from the event log on read; see Engine._profile.
+PROFILE_FOLD_LIMIT = 500
+PROFILE_WRITE_BACK = 10
+
+
 class Engine:
     """The serving façade. Create one per process and share it between threads."""
 
@@ -189,8 +194,6 @@ class Engine:
         snap = self.snapshot()
         events, rejected = validate_many(objs, known_item=snap.catalog.__contains__, now=time.time())
         result = self.events.add_many(events)
-        accepted = set(result.accepted)
-        self._update_profiles([e for e in events if e.event_id in accepted], snap)
         return {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
@@ -219,7 +222,7 @@ class Engine:
         profile = None
         if user_id is not None:
             history = self._history(user_id, snap)
-            profile = self._load_profile(user_id)
+            profile = self._profile(user_id, snap) if history else None
         else:
             history = [Touch(i, "view") for i in (recent or [])]
         recs = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
@@ -237,7 +240,7 @@ class Engine:
         history = self._history(user_id, snap)
         if not history:
             return None
-        profile = self._load_profile(user_id) or profile_from(history, snap)
+        profile = self._profile(user_id, snap) or profile_from(history, snap)
         recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
         with self.live.current() as models:
             scored = models.cooccurrence.scores(recent)
@@ -269,27 +272,22 @@ class Engine:
                         key=lambda e: (-e[0], e[1]))[:k]
         return [{"id": j, "title": snap.catalog[snap.catalog.row(j)].title, "score": round(s, 6)} for s, j in ranked]
 
-    def _load_profile(self, user_id: str) -> InterestProfile | None:
-        raw = self.events.get_profile(user_id)
-        return decode_profile(raw) if raw else None
+    def _profile(self, user_id: str, snap: Snapshot) -> InterestProfile | None:
+        """The shopper's profile, current to their last event: the stored one (a cache of the fold up to
+        some event seq) with every later event folded in, O(1) each, oldest first; None without events.
 
-    def _update_profiles(self, events: list[Any], snap: Snapshot) -> None:
-        """O(1) per event: fold each accepted item event into its shopper's stored profile; the batch's
-        profiles are read in one query and written in one transaction."""
-        by_user: dict[str, list[Any]] = {}
-        for e in events:
-            if e.item_id and e.item_id in snap.catalog:
-                by_user.setdefault(e.user_id, []).append(e)
-        if not by_user:
-            return
-        stored = self.events.get_profiles(list(by_user))
-        updated = {}
-        for user_id, evs in by_user.items():
-            touches = [Touch(e.item_id, e.type.value, e.timestamp)
-                       for e in sorted(evs, key=lambda e: (e.timestamp, e.seq or 0))]
-            raw = stored.get(user_id)
-            updated[user_id] = encode_profile(profile_from(touches, snap, decode_profile(raw) if raw else None))
-        self.events.put_profiles(updated)
+        The fold goes back at most ``PROFILE_FOLD_LIMIT`` events past the stored profile (with the default
+        position decay, older ones weigh under 0.35**500). A read that folded ``PROFILE_WRITE_BACK`` or more
+        events stores the result, so no event is folded more than about that many times."""
+        stored = self.events.get_profile(user_id)
+        profile, seq = (decode_profile(stored[0], snap.vectors_of), stored[1]) if stored else (None, 0)
+        new = self.events.user_events(user_id, limit=PROFILE_FOLD_LIMIT, after_seq=seq)
+        if not new:
+            return profile
+        profile = profile_from([Touch(e.item_id, e.type.value, e.timestamp) for e in new if e.item_id], snap, profile)
+        if len(new) >= PROFILE_WRITE_BACK:
+            self.events.put_profile(user_id, encode_profile(profile, snap.vectors_of), max(e.seq or 0 for e in new))
+        return profile
 
     def item_stats(self, item_id: str) -> dict[str, Any]:
         self.item(item_id)  # NotFound for unknown items

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -74,6 +74,13 @@ class Snapshot:
 
     def __len__(self) -> int:
         return len(self.catalog)
+
+    def vectors_of(self, item_ids: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, vectors)``: which of ``item_ids`` this version serves, and their unit vectors
+        ``(len(item_ids), dim)`` (row 0's vector where not found)."""
+        rows = np.fromiter((self.catalog.id_map.get(i, -1) for i in item_ids), np.int64, len(item_ids))
+        found = rows >= 0
+        return found, np.asarray(self.vectors)[np.where(found, rows, 0)]
 
     def filter_mask(
         self,

@@ -337,6 +337,19 @@ def rows_mentioning(db: Path, needle: str) -> dict[str, int]:
         conn.close()
 
 
+def test_put_profile_keeps_the_newest_fold_of_the_shopper_own_events(tmp_path: Path) -> None:
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    add(store, [ev("a1", "ann"), ev("a2", "ann", "click"), ev("b1", "bob")])
+    first, second = (e.seq for e in store.user_events("ann"))
+    bob_seq = store.user_events("bob")[0].seq
+    assert store.get_profile("ann") is None
+    assert store.put_profile("ann", b"after-a2", second)
+    assert not store.put_profile("ann", b"after-a1", first)  # older than the stored one
+    assert not store.put_profile("ann", b"bob-event", bob_seq)  # not one of ann's events
+    assert store.get_profile("ann") == (b"after-a2", second)
+    assert [e.event_id for e in store.user_events("ann", after_seq=first)] == ["a2"]
+
+
 def test_delete_user_leaves_no_trace(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     gone, kept = "shopper-to-forget-7f3a", "shopper-who-stays-19c2"
@@ -349,8 +362,9 @@ def test_delete_user_leaves_no_trace(tmp_path: Path) -> None:
             ev("k1", kept, timestamp=NOW - HOUR), ev("k2", kept, "click", timestamp=NOW - 10),
             ev("k3", kept, "rating", "drill", value=5)]
     add(store, both)
-    store.put_profile(gone, json.dumps({"user": gone, "vector": [0.1, 0.2]}).encode())
-    store.put_profile(kept, b"kept-profile")
+    gone_seq, kept_seq = store.user_events(gone)[-1].seq, store.user_events(kept)[-1].seq
+    assert store.put_profile(gone, json.dumps({"user": gone, "vector": [0.1, 0.2]}).encode(), gone_seq)
+    assert store.put_profile(kept, b"kept-profile", kept_seq)
     store._conn().execute("INSERT INTO user_notes VALUES (?, 'likes drills')", (gone,))
     assert sum(rows_mentioning(db, gone).values()) > 0
 
@@ -359,7 +373,10 @@ def test_delete_user_leaves_no_trace(tmp_path: Path) -> None:
     assert store.user_events(gone) == [] and store.get_profile(gone) is None
     assert store.user_stats(gone)["events"] == 0
     assert set(rows_mentioning(db, gone).values()) == {0}
-    assert rows_mentioning(db, kept)["events"] == 3 and store.get_profile(kept) == b"kept-profile"
+    assert rows_mentioning(db, kept)["events"] == 3 and store.get_profile(kept) == (b"kept-profile", kept_seq)
+    # a reader that folded the shopper's events before the deletion cannot store its profile after it
+    assert not store.put_profile(gone, b"late-fold", gone_seq)
+    assert store.get_profile(gone) is None
     assert store.user_stats(kept)["events"] == 3
 
     # the item features now hold only what the other shopper did

@@ -136,6 +136,30 @@ def test_batched_scores_equal_each_profile_and_json_round_trip() -> None:
     assert np.allclose(again.score(V)[0], profiles[3].score(V)[0])
 
 
+def test_profile_codec_stores_single_item_interests_by_reference() -> None:
+    from engine.recommend.content import decode_profile, encode_profile
+
+    def vectors_of(items: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        found = np.array([i in served for i in items], bool)
+        return found, np.array([served.get(i, E[0]) for i in items], np.float32).reshape(-1, 4)
+
+    served = {"a": E[0], "b": E[1], "c": unit([0, 0, 1, 1])}
+    p = InterestProfile(4, max_interests=3, merge_threshold=0.5)
+    p.add(E[0], 2.0, item="a")  # interest 0: 2 * e0, a single item
+    p.add(unit([1, 0.2, 0, 0]), 1.0, item="a2")  # cos 0.98 with e0 >= 0.5: merges, anchor "a2" (not served)
+    p.add(E[1], 1.0, item="b")  # interest 1: 1 * e1
+    p.add(served["c"], 3.0, item="c")  # interest 2
+    raw = encode_profile(p, vectors_of)
+    assert len(raw.split(b"\n", 1)[1]) == 4 * 4  # only the merged interest keeps its floats
+    back = decode_profile(raw, vectors_of)
+    assert back.anchors == p.anchors and np.allclose(back.mass, p.mass) and np.allclose(back.centers, p.centers)
+    with pytest.raises(ValueError):
+        decode_profile(raw)  # interests by reference need the look-up
+    del served["b"]  # b is no longer served: its interest goes, the others stay
+    gone = decode_profile(raw, vectors_of)
+    assert gone.anchors == ["a2", "c"] and np.allclose(gone.centers, p.centers[[0, 2]])
+
+
 def test_profile_search_through_faiss_matches_exact_scores() -> None:
     from engine.index.vector import VectorIndex, build_vector_index
 
@@ -250,6 +274,11 @@ def test_normalize_scores_by_hand() -> None:
     assert not normalize_scores(np.full(5, 3.0)).any()
     batch = normalize_scores(np.array([[0.0, 2.0], [5.0, 5.0]]))
     assert np.allclose(batch, [[-1.0, 1.0], [0.0, 0.0]])
+    rng = np.random.default_rng(4)  # one row (the serving path) agrees with the batched form
+    x, ok = rng.normal(size=(3, 50)), rng.random(50) > 0.3
+    batched = normalize_scores(x, ok)
+    for i, row in enumerate(x):
+        assert np.allclose(normalize_scores(row, ok), batched[i]) and np.allclose(normalize_scores(row), normalize_scores(x)[i])
 
 
 def _catalog() -> dict:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tests.conftest import ADMIN_KEY, INGEST_KEY
 
 INGEST = {"Authorization": f"Bearer {INGEST_KEY}"}
@@ -98,3 +100,33 @@ def test_similar_items_gain_also_bought(client: Any) -> None:
     body = client.get("/v1/items/beaker-set/similar?k=3").get_json()
     assert body["also_bought"][0]["id"] == "ph-meter"
     assert "beaker-set" not in [a["id"] for a in body["also_bought"]]
+
+
+def test_profile_is_the_fold_of_the_event_log_stored_back_as_a_cache(engine: Any) -> None:
+    from engine.recommend.compose import Touch, profile_from
+    from engine.service import PROFILE_WRITE_BACK
+
+    snap = engine.snapshot()
+    items = list(snap.catalog.ids)
+    evs = [{"event_id": f"f{n}", "user_id": "folder", "type": ("view", "click", "purchase")[n % 3],
+            "item_id": items[n % len(items)], "timestamp": 1_700_000_000 + n} for n in range(PROFILE_WRITE_BACK + 3)]
+
+    def same(a: Any, b: Any) -> None:
+        assert a.anchors == b.anchors and a.n_events == b.n_events
+        assert np.allclose(a.mass, b.mass) and np.allclose(a.centers, b.centers, atol=1e-5)
+
+    def expected(n: int) -> Any:
+        return profile_from([Touch(e["item_id"], e["type"], e["timestamp"]) for e in evs[:n]], snap)
+
+    engine.ingest(evs[:3])
+    same(engine._profile("folder", snap), expected(3))
+    assert engine.events.get_profile("folder") is None  # fewer than PROFILE_WRITE_BACK new events: not stored
+    engine.ingest(evs[3:PROFILE_WRITE_BACK])
+    same(engine._profile("folder", snap), expected(PROFILE_WRITE_BACK))
+    stored = engine.events.get_profile("folder")
+    assert stored is not None and stored[1] == engine.events.user_events("folder")[-1].seq
+    assert len(stored[0]) < 1000  # interests stored by reference to their items, not as 384 floats each
+    engine.ingest(evs[PROFILE_WRITE_BACK:])  # folded onto the stored profile, O(1) each
+    same(engine._profile("folder", snap), expected(len(evs)))
+    assert engine.delete_user("folder") == len(evs)
+    assert engine._profile("folder", snap) is None and engine.events.get_profile("folder") is None

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from engine import Engine, EngineConfig
+from engine.index.vector import set_search_threads
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -21,6 +22,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     config = app.config.get("ENGINE_CONFIG") or EngineConfig.load()
     app.config["ENGINE_CONFIG"] = config
+    set_search_threads(config.faiss_threads)
     app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -9,6 +9,11 @@ transactions with a busy timeout, so threads and processes (gunicorn workers) ca
 Writers also queue on a lock (a thread lock, then ``flock`` on ``<file>.lock`` across processes):
 SQLite's own busy handler polls with sleeps of up to 100 ms, which made the batch p99 ten times worse.
 ``add_many`` calls that queue up in one process are committed together (group commit, one fsync).
+
+Profiles are a cache derived from the events: each row holds a shopper's folded profile and the ``seq``
+of the last event folded into it. Readers fold what came after (see ``Engine._profile``) and may store
+the result back with :meth:`SQLiteEventStore.put_profile`, which never waits for the write lock and
+never re-creates the profile of a deleted shopper.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +64,7 @@ class _Pending:
 class EventStore(Protocol):
     def add_many(self, events: Sequence[Event], *, category_of: CategoryOf | None = None) -> AddResult: ...
     def get_event(self, event_id: str) -> Event | None: ...
-    def user_events(self, user_id: str, limit: int | None = None) -> list[Event]: ...
+    def user_events(self, user_id: str, limit: int | None = None, after_seq: int = 0) -> list[Event]: ...
     def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]: ...
     def count(self) -> int: ...
     def item_stats(self, item_id: str, *, now: float | None = None) -> dict[str, Any]: ...
@@ -68,10 +73,8 @@ class EventStore(Protocol):
     def counts_by_type_per_day(self) -> list[tuple[str, str, int]]: ...
     def delete_user(self, user_id: str) -> int: ...
     def deletion_epoch(self) -> int: ...
-    def get_profile(self, user_id: str) -> bytes | None: ...
-    def put_profile(self, user_id: str, data: bytes) -> None: ...
-    def put_profiles(self, profiles: Mapping[str, bytes]) -> None: ...
-    def get_profiles(self, user_ids: Sequence[str]) -> dict[str, bytes]: ...
+    def get_profile(self, user_id: str) -> tuple[bytes, int] | None: ...
+    def put_profile(self, user_id: str, data: bytes, seq: int) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -186,8 +189,11 @@ class SQLiteEventStore:
                 "value REAL, query TEXT, ts REAL NOT NULL, received_at REAL NOT NULL)"
             )
             conn.execute("CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts, seq)")
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(profiles)")]
+            if cols and "seq" not in cols:  # profiles of an earlier layout: a cache, so drop and refold
+                conn.execute("DROP TABLE profiles")
             conn.execute("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, data BLOB NOT NULL, "
-                         "updated_at REAL NOT NULL) WITHOUT ROWID")
+                         "seq INTEGER NOT NULL, updated_at REAL NOT NULL)")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             for ddl in features.SCHEMA:
                 conn.execute(ddl)
@@ -297,25 +303,40 @@ class SQLiteEventStore:
         finally:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
-    def put_profile(self, user_id: str, data: bytes) -> None:
-        self.put_profiles({user_id: data})
-
-    def put_profiles(self, profiles: Mapping[str, bytes]) -> None:
-        """Store several profiles in one transaction (one disk sync)."""
-        now = time.time()
-        with self._write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
-                             [(u, bytes(d), now) for u, d in profiles.items()])
-
-    def get_profiles(self, user_ids: Sequence[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        ids = list(dict.fromkeys(user_ids))
-        with self._read() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update(conn.execute(f"SELECT user_id, data FROM profiles WHERE user_id IN ({marks})", chunk))
-        return found
+    def put_profile(self, user_id: str, data: bytes, seq: int) -> bool:
+        """Store ``user_id``'s profile folded up to event ``seq``, unless the write lock is busy, a newer
+        one is stored, or that event is gone (the shopper was deleted meanwhile). A cache write: not
+        synced on its own (the next durable commit syncs it). Returns whether it was stored."""
+        conn = self._conn()
+        if not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._lock_fd < 0:
+                self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                cur = conn.execute(
+                    "INSERT INTO profiles SELECT ?, ?, ?, ? WHERE EXISTS "
+                    "(SELECT 1 FROM events WHERE seq = ? AND user_id = ?) "
+                    "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, seq = excluded.seq, "
+                    "updated_at = excluded.updated_at WHERE excluded.seq > profiles.seq",
+                    (user_id, bytes(data), seq, time.time(), seq, user_id))
+                conn.execute("COMMIT")
+                return cur.rowcount == 1
+            except sqlite3.OperationalError:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return False
+            finally:
+                conn.execute("PRAGMA synchronous = FULL")
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._write_lock.release()
 
     def rebuild_features(self, category_of: CategoryOf | None = None) -> None:
         """Recompute every feature from the events table (after changing categories, for instance)."""
@@ -339,14 +360,16 @@ class SQLiteEventStore:
         row = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return None if row is None else _row_event(row)
 
-    def user_events(self, user_id: str, limit: int | None = None) -> list[Event]:
-        """The user's events in (timestamp, seq) order; with ``limit``, only the most recent ``limit``."""
+    def user_events(self, user_id: str, limit: int | None = None, after_seq: int = 0) -> list[Event]:
+        """The user's events stored after ``after_seq``, in (timestamp, seq) order; with ``limit``, only
+        the most recent ``limit`` of them."""
+        where = "WHERE user_id = ? AND seq > ?"
         if limit is None:
-            rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE user_id = ? ORDER BY ts, seq",
-                                        (user_id,)).fetchall()
+            rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events {where} ORDER BY ts, seq",
+                                        (user_id, after_seq)).fetchall()
             return [_row_event(r) for r in rows]
-        rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE user_id = ? "
-                                    "ORDER BY ts DESC, seq DESC LIMIT ?", (user_id, max(limit, 0))).fetchall()
+        rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events {where} ORDER BY ts DESC, seq DESC LIMIT ?",
+                                    (user_id, after_seq, max(limit, 0))).fetchall()
         return [_row_event(r) for r in reversed(rows)]
 
     def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]:
@@ -380,9 +403,10 @@ class SQLiteEventStore:
         return [(d, t, int(n)) for d, t, n in self._conn().execute(
             "SELECT date(ts, 'unixepoch') AS day, type, count(*) FROM events GROUP BY day, type ORDER BY day, type")]
 
-    def get_profile(self, user_id: str) -> bytes | None:
-        row = self._conn().execute("SELECT data FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
-        return None if row is None else bytes(row[0])
+    def get_profile(self, user_id: str) -> tuple[bytes, int] | None:
+        """The stored profile and the seq of the last event folded into it."""
+        row = self._conn().execute("SELECT data, seq FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]))
 
     def close(self) -> None:
         """Close every connection this object opened (in any thread)."""

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 SMALL_FILTER_SHARE = 0.05
 
 
+def set_search_threads(n: int) -> None:
+    """OpenMP threads per FAISS call in this process (the server sets ``faiss_threads``; builds keep all)."""
+    faiss.omp_set_num_threads(max(1, int(n)))
+
+
 @dataclass(frozen=True)
 class IndexInfo:
     """How the index was built and how good it is: recorded in the manifest."""

@@ -53,6 +53,19 @@ def normalize_scores(x: np.ndarray, eligible: np.ndarray | None = None) -> np.nd
 
     Ineligible entries come out as 0, and so does a source with zero spread over the eligible rows."""
     x = np.asarray(x, np.float64)
+    if x.ndim == 1:  # one shopper (the serving path): fewer passes over the catalog
+        e1 = None if eligible is None else np.asarray(eligible, bool)
+        xe = x if e1 is None else x[e1]
+        if not len(xe):
+            return np.zeros_like(x)
+        mean = xe.mean()
+        std = float(np.sqrt(np.mean((xe - mean) ** 2)))
+        if std <= 1e-12:
+            return np.zeros_like(x)
+        out = (x - mean) / std
+        if e1 is not None:
+            out[~e1] = 0.0
+        return out
     e = np.ones(x.shape, bool) if eligible is None else np.broadcast_to(np.asarray(eligible, bool), x.shape)
     cnt = np.maximum(e.sum(axis=-1, keepdims=True), 1)
     xe = np.where(e, x, 0.0)

@@ -65,9 +65,9 @@ def recommend(
             content, best = profile.score(np.asarray(snap.vectors), BETA)
             content_because = profile.because_rows(best, rows)
         else:
-            cand, scores = profile.search(snap.vector_index, CONTENT_CANDIDATES, beta=BETA, allowed=filter_mask)
+            cand, scores, best = profile.search_explained(snap.vector_index, CONTENT_CANDIDATES, beta=BETA,
+                                                          allowed=filter_mask)
             content[cand] = scores
-            _, best = profile.score(np.asarray(snap.vectors[cand]), BETA)
             content_because[cand] = profile.because_rows(best, rows)
     recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(known))]
     with live.current() as models:

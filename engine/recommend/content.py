@@ -30,7 +30,7 @@ joined each interest, used for the reason "because you viewed <title>").
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -152,21 +152,31 @@ class InterestProfile:
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` rows through a FAISS :class:`engine.index.vector.VectorIndex`: the nearest ``k`` of each
         interest, re-scored exactly. Returns (rows, scores), best first, ties by row."""
+        rows, scores, _ = self.search_explained(vector_index, k, beta=beta, allowed=allowed)
+        return rows, scores
+
+    def search_explained(self, vector_index: "VectorIndex", k: int, *, beta: float = 5.0,
+                         allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`search`, plus for each row the interest contributing most (as :meth:`score` gives it)."""
         if not len(self.mass):
-            return np.empty(0, np.int64), np.empty(0, np.float32)
+            return np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64)
         hits = vector_index.search(self.unit_centers(), k, allowed=allowed)
         rows = np.unique(hits.rows[hits.rows >= 0])
-        vecs = np.asarray(vector_index.vectors[rows], np.float32)
-        scores, _ = self.score(vecs, beta)
+        vecs = np.asarray(vector_index.vectors)[rows]  # plain-array gather: indexing a memmap is slower
+        scores, best = self.score(vecs, beta)
         order = np.lexsort((rows, -scores))[:k]
-        return rows[order], scores[order]
+        return rows[order], scores[order], best[order]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state (no pickle): vectors as lists."""
+        return dict(self._header(), centers=self.centers.tolist())
+
+    def _header(self) -> dict[str, Any]:
+        """Everything but the centers."""
         return {
             "dim": self.dim, "max_interests": self.max_interests, "merge_threshold": self.merge_threshold,
             "position_decay": self.position_decay, "half_life_s": self.half_life_s,
-            "centers": self.centers.tolist(), "mass": self.mass.tolist(), "anchors": list(self.anchors),
+            "mass": self.mass.tolist(), "anchors": list(self.anchors),
             "sizes": list(self.sizes), "last_t": self.last_t, "n_events": self.n_events,
         }
 
@@ -183,17 +193,52 @@ class InterestProfile:
         return p
 
 
-def encode_profile(p: InterestProfile) -> bytes:
-    """Compact storage form: a JSON header line, then the centers as raw little-endian float32."""
-    header = p.to_dict()
-    del header["centers"]
-    return json.dumps(header).encode() + b"\n" + np.ascontiguousarray(p.centers, "<f4").tobytes()
+# An interest whose center is (to this relative tolerance) its mass times its anchor item's vector is
+# stored by reference: with the default merge_threshold 1.0 that is every interest.
+BY_ANCHOR_RTOL = 1e-4
+# item keys -> (found: (K,) bool, vectors: (K, dim) float32, rows where not found are arbitrary)
+VectorsOf = Callable[[Sequence[Hashable]], "tuple[np.ndarray, np.ndarray]"]
 
 
-def decode_profile(data: bytes) -> InterestProfile:
+def encode_profile(p: InterestProfile, vectors_of: VectorsOf | None = None) -> bytes:
+    """Compact storage form: a JSON header line, then the centers not stored by reference as raw
+    little-endian float32.
+
+    With ``vectors_of`` (anchor items -> their unit vectors), an interest equal to ``mass * vector`` is
+    stored as its anchor alone (a few bytes instead of ``4 * dim``); :func:`decode_profile` then needs
+    the same look-up and rebuilds it from the item's vector as served at that time."""
+    by_ref = np.zeros(len(p.mass), bool)
+    if vectors_of is not None and len(p.mass):
+        found, vecs = vectors_of(p.anchors)
+        err = np.abs(p.centers - p.mass.astype(np.float32)[:, None] * vecs).max(axis=1)
+        by_ref = found & (err <= BY_ANCHOR_RTOL * np.maximum(p.mass, 1e-12))
+    header = p._header()
+    header["by_anchor"] = np.flatnonzero(by_ref).tolist()
+    return json.dumps(header).encode() + b"\n" + np.ascontiguousarray(p.centers[~by_ref], "<f4").tobytes()
+
+
+def decode_profile(data: bytes, vectors_of: VectorsOf | None = None) -> InterestProfile:
+    """Inverse of :func:`encode_profile`. An interest stored by reference whose anchor item is no longer
+    served is dropped."""
     header, _, raw = data.partition(b"\n")
     d = json.loads(header)
-    d["centers"] = np.frombuffer(raw, "<f4").reshape(-1, int(d["dim"]))
+    dim = int(d["dim"])
+    mass = np.array(d["mass"], np.float64)
+    by_ref = np.zeros(len(mass), bool)
+    by_ref[d.pop("by_anchor", [])] = True
+    centers = np.empty((len(mass), dim), np.float32)
+    centers[~by_ref] = np.frombuffer(raw, "<f4").reshape(-1, dim)
+    keep = np.ones(len(mass), bool)
+    if by_ref.any():
+        if vectors_of is None:
+            raise ValueError("this profile stores interests by anchor item: decoding needs vectors_of")
+        found, vecs = vectors_of([a for a, r in zip(d["anchors"], by_ref) if r])
+        centers[by_ref] = mass[by_ref].astype(np.float32)[:, None] * vecs
+        keep[np.flatnonzero(by_ref)[~found]] = False
+    d["centers"] = centers[keep]
+    d["mass"] = mass[keep]
+    for key in ("anchors", "sizes"):
+        d[key] = [x for x, kept in zip(d[key], keep) if kept]
     return InterestProfile.from_dict(d)
 
 
