@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO_CATALOG := data/demo/catalog.jsonl
+DEMO_EVENTS  := data/demo/events.csv.gz
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-index serve test bench eval clean
+.PHONY: install chromium demo demo-index demo-events serve test bench eval clean
 
 install: $(STAMP)
 
@@ -26,14 +27,29 @@ $(STAMP): pyproject.toml
 demo-index: install
 	$(BIN)/vitrine build --catalog $(DEMO_CATALOG)
 
-demo: demo-index
-	@echo "Serving the demo catalog on http://$(HOST):$(PORT)/v1/search?q=pla+filament"
-	$(BIN)/vitrine serve --host $(HOST) --port $(PORT)
+# Real shoppers of the demo catalog (data/demo/SOURCE.md); importing twice stores nothing new.
+demo-events: demo-index
+	$(BIN)/vitrine events import $(DEMO_EVENTS)
+
+# The admin page needs an admin key: the demo makes one (instance/demo-admin-key) unless
+# VITRINE_ADMIN_KEY is set.
+demo: demo-events
+	@mkdir -p instance
+	@test -s instance/demo-admin-key || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(18))" > instance/demo-admin-key
+	@echo "Storefront: http://$(HOST):$(PORT)/    Admin: http://$(HOST):$(PORT)/admin  (admin key: $${VITRINE_ADMIN_KEY:-$$(cat instance/demo-admin-key)})"
+	VITRINE_ADMIN_KEY=$${VITRINE_ADMIN_KEY:-$$(cat instance/demo-admin-key)} $(BIN)/vitrine serve --host $(HOST) --port $(PORT)
 
 serve: install
 	$(BIN)/vitrine serve --host $(HOST) --port $(PORT)
 
-test: install
+# The browser tests drive Debian's Chromium (tests/test_browser.py); installed here when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install chromium
 	$(BIN)/python -m pytest
 
 bench: install

@@ -51,6 +51,12 @@ class EngineConfig:
     # HTTP.
     admin_key: str | None = None
     ingest_key: str | None = None
+    # Browser sessions (storefront shopper, admin page): cookies are signed with ``secret_key``, else with
+    # a random key kept in ``secret_key_file`` (created on first use, shared by every worker).
+    secret_key: str | None = None
+    secret_key_file: str = "instance/secret_key"
+    # The storefront pages may record their session shopper's own events (no ingest key in the browser).
+    storefront_events: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -84,6 +90,7 @@ class EngineConfig:
         need(self.encode_batch_size >= 1, "encode_batch_size", "must be >= 1")
         need(self.torch_threads >= 1, "torch_threads", "must be >= 1")
         need(self.faiss_threads >= 1, "faiss_threads", "must be >= 1")
+        need(self.secret_key is None or len(self.secret_key) >= 16, "secret_key", "must be at least 16 characters")
         need(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
         need(self.ingest_key is None or len(self.ingest_key) >= 8, "ingest_key", "must be at least 8 characters")
         need(bool(self.admin_key is None or self.admin_key != self.ingest_key), "ingest_key",
@@ -143,6 +150,11 @@ def _coerce(key: str, type_name: Any, value: Any) -> Any:
             return None if value in (None, "") else str(value)
         if t == "str":
             return str(value)
+        if t == "bool" and not isinstance(value, bool):
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(value)
+            return text in ("1", "true", "yes", "on")
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}: cannot read {value!r} as {t}") from e
     return value

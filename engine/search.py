@@ -1,18 +1,33 @@
-"""Hybrid search over one snapshot: BM25 and vector candidates, fused, filtered, paged.
+"""Hybrid search over one snapshot: BM25 and vector candidates, fused, filtered, paged, with facets.
 
 Candidates are the top ``pool`` rows of each side within the filter; every candidate gets both
 raw scores (BM25 from the full score array, cosine from the stored vectors), then
 ``engine.ranking.fusion.fuse`` orders them.
+
+Facets (:func:`facets`) describe the query's candidate rows without the category and price filters
+(the in-stock filter still applies), so that a shopper can switch category or widen the price range:
+
+- ``category``: counts of those rows within the price filter, one level below the selected
+  ``category`` filter (its children). Without a category filter, at the first depth where the rows'
+  categories differ (the children of their longest common path; that path itself when they all share
+  it). Uncategorised rows are not counted. Sorted by count, descending, then path; at most
+  ``MAX_FACET_CATEGORIES``;
+- ``price``: ``{"min", "max"}`` over those rows that have a price, ignoring the price filter
+  (``None`` when none has one).
+
+With neither a category nor a price filter, those rows are the search's own candidates; otherwise
+one more candidates pass (same query vector, same BM25 score array) finds them.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from engine.ranking.fusion import fuse
-from engine.snapshot import Snapshot
+from engine.snapshot import CATEGORY_SEP, Snapshot, category_key
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,15 @@ def candidates(
     return np.union1d(positive, vec_rows).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """One page of hits, every candidate row of the query (within the filters) and the BM25 score array."""
+
+    hits: list[Hit]
+    rows: np.ndarray
+    bm25_all: np.ndarray
+
+
 def hybrid_search(
     snap: Snapshot,
     query: str,
@@ -74,12 +98,31 @@ def hybrid_search(
     affinity: Callable[[np.ndarray], np.ndarray] | None = None,
     personalize: float = 0.0,
 ) -> list[Hit]:
+    """The page of hits of :func:`ranked_search`."""
+    return ranked_search(snap, query, qvec, k=k, offset=offset, mask=mask, pool=pool, weight=weight,
+                         fusion=fusion, affinity=affinity, personalize=personalize).hits
+
+
+def ranked_search(
+    snap: Snapshot,
+    query: str,
+    qvec: np.ndarray,
+    *,
+    k: int,
+    offset: int,
+    mask: np.ndarray | None,
+    pool: int,
+    weight: float,
+    fusion: str,
+    affinity: Callable[[np.ndarray], np.ndarray] | None = None,
+    personalize: float = 0.0,
+) -> Ranked:
     """``affinity(rows)`` gives the shopper's raw affinity to candidate rows; with ``personalize`` p in
     (0, 1] the order is by ``(1 - p) * z(fused) + p * z(affinity)`` over the candidates (p = 0: off)."""
     bm25_all = snap.keyword.scores(query)
     rows = candidates(snap, bm25_all, qvec, max(pool, offset + k), mask)
     if len(rows) == 0:
-        return []
+        return Ranked([], rows, bm25_all)
     bm25, vec = score_parts(snap, bm25_all, qvec, rows)
     fused = fuse(bm25, vec, weight, fusion)
     personal = None
@@ -87,11 +130,82 @@ def hybrid_search(
         personal = np.asarray(affinity(rows), np.float64)
         fused = (1 - personalize) * _z(fused) + personalize * _z(personal)
     order = np.lexsort((rows, -fused))[offset : offset + k]
-    return [
+    return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]))
         for i in order
-    ]
+    ], rows, bm25_all)
+
+
+MAX_FACET_CATEGORIES = 20
+
+
+def facets(
+    snap: Snapshot,
+    bm25_all: np.ndarray,
+    qvec: np.ndarray,
+    pool: int,
+    rows: np.ndarray,
+    *,
+    category: str | None = None,
+    min_price: float | None = None,
+    max_price: float | None = None,
+    in_stock: bool | None = None,
+) -> dict[str, Any]:
+    """``{"category": [{"path", "name", "count"}], "price": {"min", "max"}}`` (see the module docstring).
+
+    ``rows`` are the search's candidates under the given filters (from :func:`ranked_search`, with the
+    same ``pool``); ``bm25_all`` and ``qvec`` are the query's, reused for the pass without the category
+    and price filters when one of them is set."""
+    if category is not None or min_price is not None or max_price is not None:
+        rows = candidates(snap, bm25_all, qvec, pool, snap.filter_mask(in_stock=in_stock))
+    catalog = snap.catalog
+    prices = snap.price[rows]  # float32: find the rows, report their catalog (float64) prices
+    priced = ~np.isnan(prices)
+    price: dict[str, float | None] = {"min": None, "max": None}
+    if priced.any():
+        lo, hi = prices[priced].min(), prices[priced].max()
+        price = {"min": min(_prices(snap, rows[prices == lo])), "max": max(_prices(snap, rows[prices == hi]))}
+    counted = rows
+    if min_price is not None or max_price is not None:  # as Snapshot.filter_mask: no price, no match
+        within = priced.copy()
+        if min_price is not None:
+            within &= prices >= min_price
+        if max_price is not None:
+            within &= prices <= max_price
+        counted = rows[within]
+    paths = Counter(catalog[int(r)].category for r in counted)
+    return {"category": _category_facet(paths, category), "price": price}
+
+
+def _prices(snap: Snapshot, rows: np.ndarray) -> list[float]:
+    return [p for p in (snap.catalog[int(r)].price for r in rows) if p is not None]
+
+
+def _category_facet(paths: Counter[tuple[str, ...]], selected: str | None) -> list[dict[str, Any]]:
+    """Facet entries from the candidates' category paths (with their multiplicities); see the module docstring."""
+    lower = {path: tuple(s.lower() for s in path) for path in paths if path}
+    if selected is not None:
+        within = tuple(category_key(selected).split(CATEGORY_SEP))
+        depth = len(within) + 1
+        chosen = [path for path, low in lower.items() if low[: depth - 1] == within]
+    else:
+        chosen = list(lower)
+        if not chosen:
+            return []
+        first = lower[chosen[0]]
+        common = min(len(low) for low in lower.values())
+        for low in lower.values():
+            while common and low[:common] != first[:common]:
+                common -= 1
+        depth = common + 1 if any(len(low) > common for low in lower.values()) else common
+    counts: dict[tuple[str, ...], list[Any]] = {}  # lower-cased path -> [path as first seen, count]
+    for path in chosen:
+        if len(path) >= depth:
+            slot = counts.setdefault(lower[path][:depth], [path[:depth], 0])
+            slot[1] += paths[path]
+    ranked = sorted(counts.values(), key=lambda e: (-e[1], CATEGORY_SEP.join(e[0])))[:MAX_FACET_CATEGORIES]
+    return [{"path": CATEGORY_SEP.join(path), "name": path[-1], "count": n} for path, n in ranked]
 
 
 COOC_WEIGHT = 8.0  # co-occurrence beside content in a shopper's affinity (tuned: eval personalized-search)

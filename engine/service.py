@@ -7,12 +7,13 @@ one. No request ever sees a half-loaded version or fails because of a publish.
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -20,19 +21,28 @@ import numpy as np
 from engine.catalog import Product
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
-from engine.events import EventStore, open_event_store, validate_many
+from engine.events import EventStore, EventType, open_event_store, validate_many
 from engine.recommend.blend import Blender
 from engine.recommend.compose import BETA, HISTORY_DECAY, HISTORY_LIMIT, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
 from engine.errors import IndexNotBuilt, InvalidQuery
 from engine.index import store
-from engine.search import COOC_WEIGHT, Hit, hybrid_search, personal_score, similar_items
+from engine.search import COOC_WEIGHT, Hit, facets, personal_score, ranked_search, similar_items
 from engine.snapshot import Snapshot
+from engine.suggest import DEFAULT_K as DEFAULT_SUGGESTIONS
+from engine.suggest import MAX_K as MAX_SUGGESTIONS
+from engine.suggest import MAX_QUERY_CHARS as MAX_SUGGEST_CHARS
+from engine.suggest import Suggester
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 500
+MAX_STATS_DAYS = 366
+MAX_SAMPLE_SHOPPERS = 1000
+# sample_shoppers scans every event: its answer is kept this long (this engine's own ingests and
+# deletions clear it at once; other processes' events show up within this time).
+SAMPLE_SHOPPERS_TTL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,10 @@ class SearchResult:
     offset: int
     hits: list[Hit]
     took_ms: float
+    # Candidate rows after every filter: about how many results paging can reach.
+    total_candidates: int = 0
+    # See engine.search.facets: {"category": [{"path", "name", "count"}], "price": {"min", "max"}}.
+    facets: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +65,8 @@ class SearchResult:
             "k": self.k,
             "offset": self.offset,
             "took_ms": round(self.took_ms, 3),
+            "total_candidates": self.total_candidates,
+            "facets": self.facets,
             "hits": [h.to_dict() for h in self.hits],
         }
 
@@ -74,6 +90,9 @@ class Engine:
         self._events: EventStore | None = None
         self._events_lock = threading.Lock()
         self._live: LiveModels | None = None
+        self._suggester: tuple[str, Suggester] | None = None
+        self._suggester_lock = threading.Lock()
+        self._top_users: dict[int, tuple[float, list[tuple[str, int, str | None]]]] = {}
 
     # -- versions -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -145,20 +164,53 @@ class Engine:
         mask = snap.filter_mask(category, min_price, max_price, in_stock)
         strength = (self.config.personalize if personalize is None else personalize) if user else 0.0
         affinity = self._affinity(user, snap) if user and strength > 0 else None
-        hits = hybrid_search(
+        qvec = self.embed_query(query)
+        pool = max(self.config.candidate_pool, offset + k)
+        ranked = ranked_search(
             snap,
             query,
-            self.embed_query(query),
+            qvec,
             k=k,
             offset=offset,
             mask=mask,
-            pool=self.config.candidate_pool,
+            pool=pool,
             weight=self.config.hybrid_weight if weight is None else weight,
             fusion=self.config.fusion,
             affinity=affinity,
             personalize=strength,
         )
-        return SearchResult(query, snap.version, k, offset, hits, (time.perf_counter() - t0) * 1000)
+        facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, category=category, min_price=min_price,
+                       max_price=max_price, in_stock=in_stock)
+        return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
+                            total_candidates=len(ranked.rows), facets=facet)
+
+    def suggest(self, q: str, k: int | None = None) -> dict[str, Any]:
+        """Type-ahead suggestions for the typed text ``q`` (see :mod:`engine.suggest`):
+        ``{"q", "version", "suggestions": [{"text", "kind", "id"?, "category", "count"?}]}``."""
+        k = DEFAULT_SUGGESTIONS if k is None else k
+        if not isinstance(q, str) or not q.strip():
+            raise InvalidQuery("q", "must not be empty")
+        if len(q) > MAX_SUGGEST_CHARS:
+            raise InvalidQuery("q", f"must be at most {MAX_SUGGEST_CHARS} characters, got {len(q)}")
+        if not 1 <= k <= MAX_SUGGESTIONS:
+            raise InvalidQuery("k", f"must be in 1..{MAX_SUGGESTIONS}, got {k}")
+        snap = self.snapshot()
+        return {"q": q, "version": snap.version, "suggestions": self.suggester(snap).suggest(q, k)}
+
+    def suggester(self, snap: Snapshot) -> Suggester:
+        """The suggestion index of ``snap``'s version, built on first use (once per version and process)."""
+        cached = self._suggester
+        if cached is not None and cached[0] == snap.version:
+            return cached[1]
+        with self._suggester_lock:
+            cached = self._suggester
+            if cached is None or cached[0] != snap.version:
+                t0 = time.perf_counter()
+                cached = (snap.version, Suggester.from_products(snap.catalog))
+                self._suggester = cached
+                log.info("suggestion index for %s: %d entries, %d words in %.2f s", snap.version,
+                         len(cached[1]), len(cached[1].vocab), time.perf_counter() - t0)
+            return cached[1]
 
     def similar(self, item_id: str, *, k: int | None = None, same_category: bool = False) -> list[Hit]:
         k = self._check_k(k)
@@ -194,6 +246,8 @@ class Engine:
         snap = self.snapshot()
         events, rejected = validate_many(objs, known_item=snap.catalog.__contains__, now=time.time())
         result = self.events.add_many(events)
+        if result.accepted:
+            self._top_users.clear()
         return {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
@@ -298,7 +352,50 @@ class Engine:
         return self.events.user_stats(user_id)
 
     def delete_user(self, user_id: str) -> int:
-        return self.events.delete_user(user_id)
+        removed = self.events.delete_user(user_id)
+        self._top_users.clear()
+        return removed
+
+    def event_stats(self, days: int = 30, *, now: float | None = None) -> dict[str, Any]:
+        """Event counts of the last ``days`` UTC calendar days, today included (by event timestamp):
+        ``{"days", "since", "events_per_day": [{"day", "type", "count"}], "totals": {type: n},
+        "events", "shoppers"}``. ``totals`` has every event type; ``shoppers`` counts distinct users."""
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_STATS_DAYS:
+            raise InvalidQuery("days", f"must be an integer in 1..{MAX_STATS_DAYS}, got {days!r}")
+        today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date()
+        first = today - dt.timedelta(days=days - 1)
+        since = dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc).timestamp()
+        per_day = self.events.counts_by_type_per_day(since=since)
+        totals = {t.value: 0 for t in EventType}
+        for _, etype, n in per_day:
+            totals[etype] = totals.get(etype, 0) + n
+        return {
+            "days": days,
+            "since": first.isoformat(),
+            "events_per_day": [{"day": d, "type": t, "count": n} for d, t, n in per_day],
+            "totals": totals,
+            "events": sum(totals.values()),
+            "shoppers": self.events.count_users(since=since),
+        }
+
+    def sample_shoppers(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The ``limit`` shoppers with the most item events, most first (ties by id), for a "pick a demo
+        shopper" menu: ``[{"user_id", "events", "last_item_id", "last_item_title"}]``; the title is None
+        when the served version lacks that item. The store's answer (a scan of every event) is reused for
+        ``SAMPLE_SHOPPERS_TTL_S``; this engine's ingests and deletions refresh it at once."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SAMPLE_SHOPPERS:
+            raise InvalidQuery("limit", f"must be an integer in 1..{MAX_SAMPLE_SHOPPERS}, got {limit!r}")
+        snap = self.snapshot()
+        now = time.monotonic()
+        cached = self._top_users.get(limit)
+        if cached is None or now - cached[0] >= SAMPLE_SHOPPERS_TTL_S:
+            cached = self._top_users[limit] = (now, self.events.top_users(limit))
+        out = []
+        for user_id, n, item_id in cached[1]:
+            product = snap.catalog.get(item_id) if item_id is not None else None
+            out.append({"user_id": user_id, "events": n, "last_item_id": item_id,
+                        "last_item_title": product.title if product is not None else None})
+        return out
 
     def _category_of(self, item_id: str) -> str | None:
         try:

@@ -27,11 +27,12 @@ FIXTURE_CATALOG = ROOT / "tests" / "fixtures" / "products.jsonl"
 DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.jsonl"
 ADMIN_KEY = "test-admin-key-0123"
 INGEST_KEY = "test-ingest-key-4567"
+SECRET_KEY = "test-session-secret-0123456789"
 
 
 def make_config(index_dir: Path, models_dir: Path, **overrides: Any) -> EngineConfig:
     values: dict[str, Any] = dict(
-        index_dir=index_dir, models_dir=models_dir, admin_key=ADMIN_KEY, ingest_key=INGEST_KEY,
+        index_dir=index_dir, models_dir=models_dir, admin_key=ADMIN_KEY, ingest_key=INGEST_KEY, secret_key=SECRET_KEY,
         reload_check_seconds=0.0, events_url=f"sqlite:///{index_dir.parent / 'events.db'}",
         data_dir=ROOT.parent / "shared" / "data",
     )
@@ -111,3 +112,11 @@ def scientific_slice(tmp_path: Path, n_users: int) -> Path:
     part.to_csv(out / "interactions.csv.gz", index=False)
     items[items["item_id"].isin(set(part["item_id"]))].to_csv(out / "items.csv.gz", index=False)
     return tmp_path / "data"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item (``item.rep_call``), so fixtures can tell a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

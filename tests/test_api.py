@@ -11,6 +11,7 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
+from engine.errors import InvalidQuery
 from engine.index import store
 from engine.service import Engine
 from tests.conftest import ADMIN_KEY, make_config
@@ -171,8 +172,95 @@ def test_openapi_describes_every_route(app: Any, client: Any) -> None:
     assert doc["openapi"].startswith("3.")
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("pages."):  # HTML pages: not the JSON API
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, f"{method} {path} missing from openapi.json"
+
+
+DAY = 86400
+
+
+def today_midnight() -> int:
+    return int(time.time()) // DAY * DAY
+
+
+def utc_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def test_admin_stats_counts_events_of_the_last_days(client: Any, engine: Engine) -> None:
+    t0 = today_midnight()
+    events = [  # (event_id, user, type, timestamp)
+        ("today-view", "u1", "view", t0 + 1),
+        ("today-search", "u4", "search", t0 + 2),
+        ("yesterday-view", "u1", "view", t0 - DAY),  # the first second of the 2-day window
+        ("yesterday-click", "u2", "click", t0 - DAY + 200),
+        ("before-yesterday", "u6", "view", t0 - DAY - 1),  # the last second before it
+        ("five-days-ago", "u3", "purchase", t0 - 5 * DAY),
+        ("forty-days-ago", "u5", "view", t0 - 40 * DAY),
+    ]
+    result = engine.ingest([
+        {"event_id": e, "user_id": u, "type": t, "timestamp": ts} | (
+            {"query": "gloves"} if t == "search" else {"item_id": "goggles"})
+        for e, u, t, ts in events])
+    assert len(result["accepted"]) == len(events)
+
+    body = client.get("/v1/admin/stats", query_string={"days": 2}, headers=AUTH).get_json()
+    today, yesterday = utc_day(t0), utc_day(t0 - DAY)
+    assert body["events_per_day"] == [
+        {"day": yesterday, "type": "click", "count": 1}, {"day": yesterday, "type": "view", "count": 1},
+        {"day": today, "type": "search", "count": 1}, {"day": today, "type": "view", "count": 1}]
+    assert body["totals"] == {"view": 2, "click": 1, "add_to_cart": 0, "remove_from_cart": 0, "purchase": 0,
+                              "search": 1, "rating": 0}
+    assert (body["events"], body["shoppers"], body["days"], body["since"]) == (4, 3, 2, yesterday)
+
+    default = client.get("/v1/admin/stats", headers=AUTH).get_json()  # 30 days
+    assert (default["days"], default["events"], default["shoppers"]) == (30, 6, 5)
+    assert default["totals"]["purchase"] == 1 and default["totals"]["view"] == 3
+    year = engine.event_stats(366)
+    assert (year["events"], year["shoppers"]) == (7, 6)
+    assert sum(e["count"] for e in year["events_per_day"]) == 7
+
+
+@pytest.mark.parametrize("days", ["0", "367", "-1", "abc", "1.5"])
+def test_admin_stats_bad_days(client: Any, days: str) -> None:
+    err = error_of(client.get("/v1/admin/stats", query_string={"days": days}, headers=AUTH), 400)
+    assert err["field"] == "days" and "days" in err["message"]
+
+
+def test_admin_stats_needs_the_key(client: Any) -> None:
+    error_of(client.get("/v1/admin/stats"), 401)
+    error_of(client.get("/v1/admin/stats", headers={"Authorization": "Bearer wrong-key-000"}), 401)
+
+
+def test_sample_shoppers_most_item_events_first(engine: Engine) -> None:
+    t0 = time.time() - DAY
+    events = [  # (user, item or None for a search, seconds after t0); stored out of time order
+        ("ann", "goggles", 30), ("ann", "earplugs", 10), ("ann", None, 40), ("ann", "calipers", 20),
+        ("bob", "zip-ties", 5), ("bob", "multimeter", 50), ("bob", "screws-m3", 1),
+        ("cy", "magnet-neodymium", 3),
+        ("dee", None, 7), ("dee", None, 8),
+    ]
+    engine.ingest([{"event_id": f"e{n}", "user_id": u, "type": "search" if item is None else "view",
+                    "timestamp": t0 + s} | ({"query": "x"} if item is None else {"item_id": item})
+                   for n, (u, item, s) in enumerate(events)])
+    titles = {i: engine.item(i).title for i in ("goggles", "multimeter", "magnet-neodymium")}
+    # ann and bob have 3 item events each (ann's search does not count), so by id; dee has none
+    assert engine.sample_shoppers() == [
+        {"user_id": "ann", "events": 3, "last_item_id": "goggles", "last_item_title": titles["goggles"]},
+        {"user_id": "bob", "events": 3, "last_item_id": "multimeter", "last_item_title": titles["multimeter"]},
+        {"user_id": "cy", "events": 1, "last_item_id": "magnet-neodymium",
+         "last_item_title": titles["magnet-neodymium"]},
+    ]
+    assert [s["user_id"] for s in engine.sample_shoppers(limit=2)] == ["ann", "bob"]
+    # a new event is counted at once (the cached answer is dropped on ingest)
+    engine.ingest([{"event_id": f"cy-{n}", "user_id": "cy", "type": "click", "item_id": "goggles",
+                    "timestamp": t0 + 60 + n} for n in range(3)])
+    assert engine.sample_shoppers(limit=1) == [
+        {"user_id": "cy", "events": 4, "last_item_id": "goggles", "last_item_title": titles["goggles"]}]
+    for bad in (0, 1001):
+        with pytest.raises(InvalidQuery) as e:
+            engine.sample_shoppers(limit=bad)
+        assert e.value.field == "limit"

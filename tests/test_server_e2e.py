@@ -20,7 +20,7 @@ from engine import pipeline
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.index import store
-from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, free_port
+from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, SECRET_KEY, free_port
 
 
 def start_server(config: EngineConfig) -> tuple[subprocess.Popen[str], str]:
@@ -28,7 +28,7 @@ def start_server(config: EngineConfig) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     env = dict(os.environ, VITRINE_MODELS_DIR=str(config.models_path), VITRINE_ADMIN_KEY=ADMIN_KEY,
                VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_EVENTS_URL=config.events_url,
-               VITRINE_RELOAD_CHECK_SECONDS="0.1")
+               VITRINE_RELOAD_CHECK_SECONDS="0.1", VITRINE_SECRET_KEY=SECRET_KEY)
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "--index-dir", str(config.index_dir), "serve",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--threads", "4"],

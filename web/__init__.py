@@ -9,6 +9,7 @@ from flask import Flask
 
 from engine import Engine, EngineConfig
 from engine.index.vector import set_search_threads
+from web.auth import load_secret_key
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -23,12 +24,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     config = app.config.get("ENGINE_CONFIG") or EngineConfig.load()
     app.config["ENGINE_CONFIG"] = config
     set_search_threads(config.faiss_threads)
+    app.secret_key = load_secret_key(config)
+    app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True)
     app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from web import admin, api, errors, shoppers
+    from web import admin, api, errors, pages, shoppers
 
+    app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(shoppers.bp)

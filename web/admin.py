@@ -1,4 +1,4 @@
-"""Admin API under /v1/admin: rebuild (background job), job progress, rollback.
+"""Admin API under /v1/admin: rebuild (background job), job progress, rollback, event statistics.
 
 Needs ``Authorization: Bearer <admin_key>``. With no admin key configured the routes answer 403:
 they are off, never open.
@@ -12,9 +12,9 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from engine import jobs
 from engine.errors import InvalidQuery
 from engine.index import store
-from web.engine_ext import get_config
+from web.engine_ext import get_config, get_engine
 from web.auth import check_key
-from web.params import get_bool, get_str
+from web.params import get_bool, get_int, get_str
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -52,6 +52,12 @@ def job(job: str) -> Response:
 def rollback() -> Response:
     old, new = store.rollback(get_config().index_dir)
     return jsonify(previous=old, current=new)
+
+
+@bp.get("/stats")
+def stats() -> Response:
+    days = get_int(request.args, "days")
+    return jsonify(get_engine().event_stats(30 if days is None else days))
 
 
 def _current_catalog() -> str | None:

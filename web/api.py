@@ -30,6 +30,12 @@ def search() -> Response:
     return jsonify(result.to_dict())
 
 
+@bp.get("/v1/suggest")
+def suggest() -> Response:
+    a = request.args
+    return jsonify(get_engine().suggest(get_str(a, "q", "") or "", k=get_int(a, "k")))
+
+
 @bp.get("/v1/items/<path:item_id>/similar")
 def similar(item_id: str) -> Response:
     a = request.args

@@ -57,6 +57,17 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 "responses": {"200": _ok("SearchResult"), "400": _ERR, "503": _ERR},
             }},
+            "/v1/suggest": {"get": {
+                "summary": "Type-ahead suggestions: category names and item titles matching the typed text. "
+                           "Earlier words match whole words, the last one as a prefix; words of 4+ characters "
+                           "may have one typo, of 8+ two. Exact and prefix matches first, then categories "
+                           "(more items first), then shorter texts",
+                "parameters": [
+                    _q("q", {"type": "string", "minLength": 1, "maxLength": 100}, "the text typed so far", True),
+                    _q("k", {"type": "integer", "minimum": 1, "maximum": 20, "default": 8}, "number of suggestions"),
+                ],
+                "responses": {"200": _ok("Suggestions"), "400": _ERR, "503": _ERR},
+            }},
             "/v1/items/{item_id}": {"get": {
                 "summary": "One catalog item",
                 "parameters": [_path("item_id", "the catalog id")],
@@ -120,6 +131,14 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_path("job", "job id from POST /v1/admin/rebuild")],
                 "responses": {"200": _ok("Job"), "404": _ERR, **_ADMIN_ERRORS},
             }},
+            "/v1/admin/stats": {"get": {
+                "summary": "Event counts per UTC day and type over the last `days` calendar days (today "
+                           "included, by event timestamp), totals per type, events and distinct shoppers",
+                "security": _ADMIN,
+                "parameters": [_q("days", {"type": "integer", "minimum": 1, "maximum": 366, "default": 30},
+                                  "days to cover, today included")],
+                "responses": {"200": _ok("EventStats"), "400": _ERR, **_ADMIN_ERRORS},
+            }},
             "/v1/admin/rollback": {"post": {
                 "summary": "Point the served version back at the previous one", "security": _ADMIN,
                 "responses": {"200": {"description": "OK"}, "404": _ERR, **_ADMIN_ERRORS},
@@ -135,7 +154,42 @@ def openapi_document() -> dict[str, Any]:
                 "SearchResult": {"type": "object", "properties": {
                     "query": {"type": "string"}, "version": {"type": "string"}, "k": {"type": "integer"},
                     "offset": {"type": "integer"}, "took_ms": {"type": "number"},
+                    "total_candidates": {"type": "integer", "description":
+                                         "candidate rows after every filter: about how many results paging reaches"},
+                    "facets": {"$ref": "#/components/schemas/Facets"},
                     "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
+                "Facets": {"type": "object", "description":
+                    "Over the query's candidate rows (BM25 matches and the candidate_pool nearest by meaning) "
+                    "found without the category and price filters; the in_stock filter applies.",
+                    "properties": {
+                        "category": {"type": "array", "maxItems": 20, "description":
+                            "counts of those rows within the price filter, one level below the `category` filter "
+                            "(its children); without one, at the first depth where the rows' categories differ. "
+                            "By count, descending, then path",
+                            "items": {"type": "object", "properties": {
+                                "path": {"type": "string", "description": "usable as the `category` filter"},
+                                "name": {"type": "string"}, "count": {"type": "integer"}}}},
+                        "price": {"type": "object", "description": "over those rows with a price, ignoring the "
+                                  "price filter; null when none has one", "properties": {
+                                      "min": {"type": ["number", "null"]}, "max": {"type": ["number", "null"]}}}}},
+                "Suggestions": {"type": "object", "properties": {
+                    "q": {"type": "string", "description": "the q given, unchanged"}, "version": {"type": "string"},
+                    "suggestions": {"type": "array", "items": {"type": "object", "required": ["text", "kind"],
+                                                                "properties": {
+                        "text": {"type": "string"}, "kind": {"type": "string", "enum": ["category", "item"]},
+                        "id": {"type": "string", "description": "items only"},
+                        "category": {"type": "string", "description":
+                                     "the category path (of a category: its own, usable as the search `category` filter)"},
+                        "count": {"type": "integer", "description": "categories only: items under it"}}}}}},
+                "EventStats": {"type": "object", "properties": {
+                    "days": {"type": "integer"}, "since": {"type": "string", "format": "date"},
+                    "events_per_day": {"type": "array", "items": {"type": "object", "properties": {
+                        "day": {"type": "string", "format": "date"}, "type": {"type": "string"},
+                        "count": {"type": "integer"}}}},
+                    "totals": {"type": "object", "additionalProperties": {"type": "integer"},
+                               "description": "events per type, every type present"},
+                    "events": {"type": "integer"},
+                    "shoppers": {"type": "integer", "description": "distinct users with an event in the window"}}},
                 "Similar": {"type": "object", "properties": {
                     "item_id": {"type": "string"}, "version": {"type": "string"},
                     "similar": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},

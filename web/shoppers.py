@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from engine.errors import InvalidQuery
-from web.auth import requires
+from web.auth import requires, session_shopper
+from web.errors import error_response
 from web.engine_ext import get_engine
 from web.params import get_float, get_int, get_str
 
@@ -15,7 +16,7 @@ bp = Blueprint("shoppers", __name__)
 
 @bp.post("/v1/events")
 @requires("ingest")
-def events() -> Response:
+def events() -> Response | tuple[Response, int]:
     """One event object, a list of events, or ``{"events": [...]}``; at most 1,000 per request."""
     body = request.get_json(silent=True)
     if body is None:
@@ -25,6 +26,11 @@ def events() -> Response:
         batch = [batch]
     if not isinstance(batch, list):
         raise InvalidQuery("events", "must be a list of event objects")
+    if g.get("auth") == "session":  # a storefront page: only its own shopper's events
+        shopper = session_shopper()
+        if any(not isinstance(e, dict) or e.get("user_id") != shopper for e in batch):
+            return error_response(403, "forbidden", f"a storefront session sends events of its shopper "
+                                                    f"({shopper!r}) only", "user_id")
     return jsonify(get_engine().ingest(batch))
 
 

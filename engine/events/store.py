@@ -70,7 +70,9 @@ class EventStore(Protocol):
     def item_stats(self, item_id: str, *, now: float | None = None) -> dict[str, Any]: ...
     def user_stats(self, user_id: str) -> dict[str, Any]: ...
     def popular_items(self, k: int, *, now: float | None = None) -> list[tuple[str, float]]: ...
-    def counts_by_type_per_day(self) -> list[tuple[str, str, int]]: ...
+    def counts_by_type_per_day(self, since: float | None = None) -> list[tuple[str, str, int]]: ...
+    def count_users(self, since: float | None = None) -> int: ...
+    def top_users(self, limit: int) -> list[tuple[str, int, str | None]]: ...
     def delete_user(self, user_id: str) -> int: ...
     def deletion_epoch(self) -> int: ...
     def get_profile(self, user_id: str) -> tuple[bytes, int] | None: ...
@@ -398,10 +400,30 @@ class SQLiteEventStore:
         scored.sort(key=lambda x: (-x[0], x[1]))
         return [(i, s) for s, i in scored[:k]]
 
-    def counts_by_type_per_day(self) -> list[tuple[str, str, int]]:
-        """(UTC day ``YYYY-MM-DD``, type, events) for every day and type with events, in order."""
+    def counts_by_type_per_day(self, since: float | None = None) -> list[tuple[str, str, int]]:
+        """(UTC day ``YYYY-MM-DD``, type, events) for every day and type with events timestamped at or
+        after ``since`` (epoch seconds; every event when None), in order. One pass over the events."""
+        where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
         return [(d, t, int(n)) for d, t, n in self._conn().execute(
-            "SELECT date(ts, 'unixepoch') AS day, type, count(*) FROM events GROUP BY day, type ORDER BY day, type")]
+            f"SELECT date(ts, 'unixepoch') AS day, type, count(*) FROM events {where} "
+            "GROUP BY day, type ORDER BY day, type", args)]
+
+    def count_users(self, since: float | None = None) -> int:
+        """Distinct shoppers with an event timestamped at or after ``since`` (any event when None); one
+        pass over the ``(user_id, ts)`` index."""
+        where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
+        return int(self._conn().execute(f"SELECT count(DISTINCT user_id) FROM events {where}", args).fetchone()[0])
+
+    def top_users(self, limit: int) -> list[tuple[str, int, str | None]]:
+        """``(user_id, item events, item id of their latest item event)`` of the ``limit`` shoppers with
+        the most item events (events with an item), most first, ties by user_id. Scans every event."""
+        rows = self._conn().execute(
+            "SELECT t.user_id, t.n, (SELECT e.item_id FROM events AS e WHERE e.user_id = t.user_id "
+            "AND e.item_id IS NOT NULL ORDER BY e.ts DESC, e.seq DESC LIMIT 1) "
+            "FROM (SELECT user_id, count(*) AS n FROM events WHERE item_id IS NOT NULL "
+            "GROUP BY user_id ORDER BY n DESC, user_id LIMIT ?) AS t ORDER BY t.n DESC, t.user_id",
+            (max(limit, 0),)).fetchall()
+        return [(u, int(n), item) for u, n, item in rows]
 
     def get_profile(self, user_id: str) -> tuple[bytes, int] | None:
         """The stored profile and the seq of the last event folded into it."""

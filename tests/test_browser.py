@@ -1,0 +1,377 @@
+"""The storefront and admin pages in a real browser: Debian's Chromium driven by Playwright, against a real
+server process (`vitrine serve`, gunicorn, 2 workers) over HTTP.
+
+Chromium is installed by `make test` (Debian's package) when missing. Screenshots of every page go to
+`test-artifacts/screenshots/`; a failing test also leaves `<test>-FAILED.png` there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from engine import pipeline
+from engine.embedding.base import Encoder
+from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, SECRET_KEY, free_port, make_config
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("VITRINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+FILAMENT = "Industrial & Scientific > 3D Printing > Filament"
+# Demo shoppers for the picker: real histories sent through the API before the pages are opened.
+SHOPPER = "maker-anna"
+HISTORIES = {
+    SHOPPER: ["fil-pla-red", "fil-pla-black"],
+    "solder-sam": ["solder-wire", "solder-iron", "tape-kapton"],
+    "solder-sue": ["solder-wire", "solder-iron"],
+    "lab-lee": ["gloves-nitrile-m", "goggles"],
+}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models_dir: Path,
+         encoder: Encoder) -> Iterator[dict[str, Any]]:
+    """A server on a private index of a catalog copy (the admin test edits it and rebuilds)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package")
+    work = tmp_path_factory.mktemp("site")
+    index_dir = work / "indexes"
+    shutil.copytree(built_index_dir, index_dir, symlinks=True)  # keeps the embedding cache
+    catalog = work / "catalog.jsonl"
+    shutil.copy(FIXTURE_CATALOG, catalog)
+    config = make_config(index_dir, models_dir, events_url=f"sqlite:///{work / 'events.db'}")
+    pipeline.build(config, catalog, encoder=encoder)  # the served manifest now names the copy
+    port = free_port()
+    env = dict(os.environ, VITRINE_MODELS_DIR=str(models_dir), VITRINE_ADMIN_KEY=ADMIN_KEY,
+               VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_SECRET_KEY=SECRET_KEY, VITRINE_EVENTS_URL=config.events_url,
+               VITRINE_RELOAD_CHECK_SECONDS="0.1")
+    log = (work / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "--index-dir", str(index_dir), "serve", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--threads", "4"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(proc, base, work / "server.log")
+        events = [{"event_id": f"seed-{u}-{i}", "user_id": u, "type": "purchase", "item_id": item,
+                   "timestamp": time.time() - 3600 * (len(items) - i)}
+                  for u, items in HISTORIES.items() for i, item in enumerate(items)]
+        r = requests.post(f"{base}/v1/events", json=events, headers={"Authorization": f"Bearer {INGEST_KEY}"},
+                          timeout=30)
+        assert r.status_code == 200 and len(r.json()["accepted"]) == len(events), r.text
+        yield {"base": base, "catalog": catalog, "index_dir": index_dir}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert "Traceback" not in (work / "server.log").read_text(), (work / "server.log").read_text()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {log.read_text()}")
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    pytest.fail("server did not start")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, site: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context (own cookies) whose every request must stay on the server: no CDN."""
+    context = browser.new_context(base_url=site["base"], viewport={"width": 1200, "height": 900})
+    foreign: list[str] = []
+    context.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(site["base"]) else None)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(15000)
+    yield pg
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        pg.screenshot(path=str(SHOTS / f"{request.node.name}-FAILED.png"), full_page=True)
+    context.close()
+    assert not foreign, f"requests left the server: {foreign}"
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def shot(pg: Any, name: str) -> None:
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def hit_ids(pg: Any, selector: str = "#hits li.card") -> list[str]:
+    return [str(x) for x in pg.locator(selector).evaluate_all("els => els.map(e => e.dataset.item)")]
+
+
+def as_shopper(pg: Any, shopper: str) -> None:
+    pg.goto("/")
+    with pg.expect_navigation():
+        pg.select_option("#shopper-select", shopper)  # the page submits the picker on change
+    assert pg.locator('meta[name="shopper"]').get_attribute("content") == shopper
+
+
+# -- search ------------------------------------------------------------------------------------
+
+def test_type_a_query_and_see_results(page: Any) -> None:
+    page.goto("/")
+    shot(page, "home")
+    page.fill("#q", "pla filament")
+    with page.expect_navigation():
+        page.press("#q", "Enter")
+    ids = hit_ids(page)
+    assert ids[0] in {"fil-pla-red", "fil-pla-black", "pla-dup-title"}
+    assert page.locator("#results-title").inner_text().startswith("Results for")
+    shot(page, "search-results")
+
+
+def test_plain_search_works_without_javascript(browser: Any, site: dict[str, Any]) -> None:
+    context = browser.new_context(base_url=site["base"], java_script_enabled=False)
+    pg = context.new_page()
+    pg.goto("/")
+    pg.fill("#q", "nitrile gloves")
+    with pg.expect_navigation():
+        pg.click("form.search button[type=submit]")
+    assert "gloves-nitrile-m" in hit_ids(pg)[:3]
+    shot(pg, "search-no-javascript")
+    context.close()
+
+
+def test_follow_a_suggestion_with_the_keyboard(page: Any) -> None:
+    page.goto("/")
+    page.click("#q")
+    page.keyboard.type("filam")  # a prefix
+    page.wait_for_selector("#suggestions li[role=option]")
+    assert page.get_attribute("#q", "aria-expanded") == "true"
+    texts = page.locator("#suggestions li .text").all_inner_texts()
+    assert any("Filament" in t for t in texts), texts
+    shot(page, "suggestions")
+    idx = next(i for i, t in enumerate(texts) if "Filament" in t)
+    for _ in range(idx + 1):
+        page.keyboard.press("ArrowDown")
+    assert page.get_attribute("#q", "aria-activedescendant") == f"suggestion-{idx}"
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    url = urlsplit(page.url)
+    if url.path.startswith("/items/"):  # an item suggestion: its page
+        assert page.locator("article.product h1").inner_text()
+    else:  # a category suggestion: a search filtered to it
+        assert parse_qs(url.query)["category"][0].endswith("Filament")
+        assert hit_ids(page)
+
+
+def test_a_typo_still_suggests(page: Any) -> None:
+    page.goto("/")
+    page.fill("#q", "solderng")  # one letter missing
+    page.wait_for_selector("#suggestions li[role=option]")
+    assert any("Solder" in t for t in page.locator("#suggestions li .text").all_inner_texts())
+
+
+def facet_count(pg: Any, name: str) -> int:
+    link = pg.locator("#category-facet a", has_text=name).first
+    return int(link.locator("xpath=..").locator(".count").inner_text())
+
+
+def test_filter_by_category_with_the_facet(page: Any) -> None:
+    page.goto("/?q=filament")  # the facet starts below the catalog's one root
+    assert facet_count(page, "3D Printing") >= facet_count(page, "Lab & Safety")
+    with page.expect_navigation():
+        page.locator("#category-facet a", has_text="3D Printing").first.click()
+    assert parse_qs(urlsplit(page.url).query)["category"] == ["Industrial & Scientific > 3D Printing"]
+    count = facet_count(page, "Filament")  # now one level down
+    with page.expect_navigation():
+        page.locator("#category-facet a", has_text="Filament").first.click()
+    assert parse_qs(urlsplit(page.url).query)["category"] == [FILAMENT]
+    cats = page.locator("#hits .category").all_inner_texts()
+    assert cats and set(cats) == {"Filament"} and len(cats) == count
+    shot(page, "search-category-filter")
+
+
+def test_price_filter(page: Any) -> None:
+    page.goto("/?q=filament")
+    page.fill("#max_price", "20")
+    with page.expect_navigation():
+        page.click(".price-filter button")
+    prices = [float(p.strip("$")) for p in page.locator("#hits .price").all_inner_texts()]
+    assert prices and max(prices) <= 20.0
+
+
+def test_why_this_result_shows_score_parts(page: Any) -> None:
+    page.goto("/?q=soldering")
+    first = page.locator("#hits li.card").first
+    assert not first.locator("dl.why").is_visible()
+    page.check("#debug-toggle")
+    assert first.locator("dl.why").is_visible()
+    parts = first.locator("dl.why dt").all_inner_texts()
+    assert {"bm25", "vector"} <= set(parts)
+    shot(page, "search-why")
+
+
+# -- items -------------------------------------------------------------------------------------
+
+def test_open_an_item_and_see_similar_items(page: Any) -> None:
+    page.goto("/?q=soldering iron")
+    first = page.locator("#hits a.item-link").first
+    title = first.inner_text()
+    with page.expect_navigation():
+        first.click()
+    assert page.locator("article.product h1").inner_text() == title
+    similar = page.locator("#similar a.item-link")
+    assert similar.count() >= 3
+    next_title = similar.first.inner_text()
+    shot(page, "item")
+    with page.expect_navigation():
+        similar.first.click()
+    assert page.locator("article.product h1").inner_text() == next_title
+
+
+def test_often_bought_together_links_on(page: Any) -> None:
+    page.goto("/items/solder-wire")
+    together = page.locator("#also-bought a.item-link")
+    assert "solder-iron" in [str(x) for x in together.evaluate_all("els => els.map(e => e.dataset.item)")]
+    with page.expect_navigation():
+        page.locator('#also-bought a[data-item="solder-iron"]').click()
+    assert urlsplit(page.url).path == "/items/solder-iron"
+
+
+def test_unknown_item_is_a_404_page(page: Any) -> None:
+    resp = page.goto("/items/no-such-item")
+    assert resp.status == 404 and "Not found" in page.locator("h1").inner_text()
+
+
+# -- shopper mode ------------------------------------------------------------------------------
+
+def for_you(pg: Any) -> list[str]:
+    return hit_ids(pg, "#for-you li.card")
+
+
+def test_a_demo_shopper_clicks_and_for_you_changes(page: Any, site: dict[str, Any]) -> None:
+    as_shopper(page, SHOPPER)
+    assert page.locator("#shopper-select option", has_text=f"{SHOPPER} (2 events)").count() == 1
+    before = for_you(page)
+    assert before, "a shopper with a history gets recommendations"
+    shot(page, "shopper-home")
+    page.goto("/?q=soldering")
+    with page.expect_navigation():
+        page.locator('#hits a.item-link[data-item="solder-wire"]').click()
+    page.wait_for_function("document.querySelector('#for-you').dataset.updated")  # after the view event
+    page.evaluate("window.__same_page = true")
+    page.locator('button.event[data-type="purchase"]').click()
+    page.wait_for_function("document.querySelector('.actions .status').textContent === 'Bought.'")
+    page.wait_for_function(
+        "ids => { const now = [...document.querySelectorAll('#for-you li.card')].map(e => e.dataset.item);"
+        " return now.length && now.join() !== ids.join(); }", arg=before)
+    after = for_you(page)
+    assert page.evaluate("window.__same_page") is True  # changed without a reload
+    assert after != before and "solder-iron" in after[:3]  # others bought the iron after the wire
+    reasons = page.locator("#for-you .reason").all_inner_texts()
+    assert any("Lead-Free Solder Wire" in r for r in reasons), reasons
+    shot(page, "shopper-for-you-changed")
+    history = requests.get(f"{site['base']}/v1/users/{SHOPPER}", timeout=10).json()
+    assert history["counts"]["purchase"] == 3 and history["counts"]["view"] >= 1 and history["counts"]["click"] >= 1
+
+
+def test_personalization_toggle_compares_with_plain_results(page: Any) -> None:
+    as_shopper(page, SHOPPER)
+    page.goto("/?q=filament")
+    assert "Personalized for" in page.locator(".personal-toggle").inner_text()
+    with page.expect_navigation():
+        page.click("#personal-off")
+    assert "Not personalized" in page.locator(".personal-toggle").inner_text()
+    assert parse_qs(urlsplit(page.url).query)["personal"] == ["0"]
+    shot(page, "search-not-personalized")
+
+
+def test_a_fresh_anonymous_shopper_starts_cold(page: Any) -> None:
+    page.goto("/")
+    with page.expect_navigation():
+        page.select_option("#shopper-select", "new")
+    anon = page.locator('meta[name="shopper"]').get_attribute("content")
+    assert anon.startswith("anon-")
+    page.goto("/items/goggles")
+    page.wait_for_function("document.querySelector('#for-you').dataset.updated")
+    assert for_you(page), "cold start: trending, then the viewed item's neighbours"
+
+
+def test_readable_on_a_phone(browser: Any, site: dict[str, Any]) -> None:
+    context = browser.new_context(base_url=site["base"], viewport={"width": 390, "height": 844})
+    pg = context.new_page()
+    pg.goto("/?q=pla filament")
+    assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shot(pg, "phone-search")
+    context.close()
+
+
+# -- admin -------------------------------------------------------------------------------------
+
+def test_admin_login_rebuild_and_rollback(page: Any, site: dict[str, Any]) -> None:
+    page.goto("/admin")
+    page.fill("#admin-key", "not the key")
+    with page.expect_navigation():
+        page.click(".admin-login button[type=submit]")
+    assert page.locator("#login-error").is_visible()
+    page.fill("#admin-key", ADMIN_KEY)
+    with page.expect_navigation():
+        page.click(".admin-login button[type=submit]")
+    old_version = page.locator("#current-version").inner_text()
+    page.wait_for_selector("#events-chart svg rect")  # the seeded events, by type per day
+    assert "purchase" in page.locator("#events-chart .legend").inner_text()
+    shot(page, "admin")
+
+    rows = [json.loads(line) for line in site["catalog"].read_text().splitlines()]
+    rows[0]["title"] += " (new edition)"
+    site["catalog"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page.click("#rebuild")
+    page.wait_for_selector("#job:not([hidden])")
+    page.wait_for_function("document.querySelector('#job').dataset.state === 'succeeded'", timeout=120000)
+    assert page.locator("#job-progress").evaluate("p => p.value") == 1
+    new_version = page.locator("#current-version").inner_text()
+    assert new_version != old_version and "now serving" in page.locator("#job-status").inner_text()
+    assert page.locator("#manifest-embedded").inner_text().startswith("1 /")  # only the edited item
+    assert page.locator("#versions li.current").inner_text().startswith(new_version)
+    shot(page, "admin-rebuilt")
+
+    page.click("#rollback")
+    page.wait_for_function("v => document.querySelector('#current-version').textContent === v", arg=old_version)
+    assert "rolled back" in page.locator("#admin-message").inner_text()
+    served = requests.get(f"{site['base']}/v1/info", timeout=10).json()["version"]
+    assert served == old_version
+    shot(page, "admin-rolled-back")
+
+
+def test_admin_needs_the_key(browser: Any, site: dict[str, Any]) -> None:
+    # no session: the page asks for the key, and the API refuses the browser
+    context = browser.new_context(base_url=site["base"])
+    pg = context.new_page()
+    pg.goto("/admin")
+    assert pg.locator("#admin-key").is_visible()
+    status = pg.evaluate("fetch('/v1/admin/stats').then(r => r.status)")
+    assert status == 401
+    context.close()

@@ -1,0 +1,168 @@
+"""The storefront and admin pages: server-rendered templates, small vanilla JavaScript in web/static.
+
+Plain search, filters, paging, the item page and the shopper picker work without JavaScript (forms and
+links); the scripts add type-ahead suggestions, events as the person browses, a "for you" strip that
+refreshes without a reload, the "why this result" toggle and the admin page's live parts.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, session, url_for
+
+from engine.errors import IndexNotBuilt, InvalidQuery, NotFound
+from engine.index import store
+from web.auth import admin_login, csrf_token, is_admin_session, session_shopper
+from web.engine_ext import get_config, get_engine
+from web.params import get_float, get_int
+
+bp = Blueprint("pages", __name__)  # templates and /static come from the app (web/templates, web/static)
+
+PAGE_SIZE = 10
+STRIP_SIZE = 8
+SHOPPER_CHOICES = 12
+
+
+@bp.app_context_processor
+def _globals() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "shopper": session_shopper(), "debug": request.args.get("debug") == "1"}
+
+
+def _shoppers() -> list[dict[str, Any]]:
+    """Real shoppers with the longest histories, for the picker (none when there is no event store)."""
+    try:
+        return get_engine().sample_shoppers(limit=SHOPPER_CHOICES)
+    except Exception:  # the picker must never take the page down
+        return []
+
+
+def _for_you(shopper: str | None) -> list[dict[str, Any]]:
+    if not shopper:
+        return []
+    recs: list[dict[str, Any]] = get_engine().recommend(shopper, k=STRIP_SIZE)["recommendations"]
+    return recs
+
+
+def _page_url(args: dict[str, Any], **changes: Any) -> str:
+    merged = {k: v for k, v in {**args, **changes}.items() if v not in (None, "", False)}
+    return url_for("pages.search") + ("?" + urlencode(merged) if merged else "")
+
+
+@bp.get("/")
+def search() -> tuple[str, int]:
+    a = request.args
+    q = " ".join((a.get("q") or "").split())
+    shopper = session_shopper()
+    personal = a.get("personal") != "0"
+    form = {"q": q, "category": a.get("category") or "", "min_price": a.get("min_price") or "",
+            "max_price": a.get("max_price") or "", "personal": "" if personal else "0",
+            "debug": "1" if a.get("debug") == "1" else ""}
+    ctx: dict[str, Any] = {"form": form, "personal": personal, "result": None, "error": None,
+                           "page": 1, "pages": 1, "page_url": lambda **c: _page_url(form, **c)}
+    status = 200
+    try:
+        page = get_int(a, "page", 1)
+        if page is None or page < 1:
+            raise InvalidQuery("page", "must be >= 1")
+        ctx["page"] = page
+        if q:
+            result = get_engine().search(
+                q, k=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, category=form["category"] or None,
+                min_price=get_float(a, "min_price"), max_price=get_float(a, "max_price"),
+                user=shopper if personal else None,
+            ).to_dict()
+            ctx["result"] = result
+            total = int(result.get("total_candidates") or 0)
+            ctx["pages"] = max(page, math.ceil(total / PAGE_SIZE)) if total else page
+        else:
+            ctx["trending"] = get_engine().recommend(None, k=STRIP_SIZE)["recommendations"]
+        ctx["for_you"] = _for_you(shopper)
+    except InvalidQuery as e:
+        ctx["error"] = e
+        status = 400
+    except IndexNotBuilt as e:
+        ctx["error"] = e
+        status = 503
+    ctx["shoppers"] = _shoppers()
+    return render_template("search.html", **ctx), status
+
+
+@bp.get("/items/<path:item_id>")
+def item(item_id: str) -> tuple[str, int]:
+    engine = get_engine()
+    try:
+        product = engine.item(item_id)
+    except NotFound as e:
+        return render_template("error.html", status=404, message=str(e), shoppers=_shoppers()), 404
+    similar = engine.similar(item_id, k=STRIP_SIZE)
+    return render_template(
+        "item.html", product=product.to_dict(), stats=engine.item_stats(item_id),
+        similar=[h.to_dict() for h in similar], also_bought=engine.also_bought(item_id, k=STRIP_SIZE),
+        for_you=_for_you(session_shopper()), shoppers=_shoppers(),
+    ), 200
+
+
+def _check_form_csrf() -> None:
+    given, expected = request.form.get("csrf", ""), session.get("csrf", "")
+    if not expected or not secrets.compare_digest(given, str(expected)):
+        abort(400, description="the form is stale: reload the page and try again (csrf)")
+
+
+def _safe_next(default: str) -> str:
+    """A same-site path to go back to (never another host)."""
+    target = request.form.get("next") or default
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc and target.startswith("/") else default
+
+
+@bp.post("/shopper")
+def choose_shopper() -> Response:
+    """Browse as a demo shopper, as a fresh anonymous one ("new"), or as nobody ("")."""
+    _check_form_csrf()
+    choice = (request.form.get("shopper") or "").strip()
+    if choice == "new":
+        session["shopper"] = "anon-" + secrets.token_hex(6)
+    elif not choice:
+        session.pop("shopper", None)
+    elif len(choice) > 200:
+        abort(400, description="shopper: at most 200 characters")
+    else:
+        session["shopper"] = choice
+    return redirect(_safe_next(url_for("pages.search")), 303)
+
+
+@bp.get("/admin")
+def admin() -> tuple[str, int]:
+    config = get_config()
+    if not config.admin_key:
+        return render_template("admin_login.html", disabled=True, failed=False), 403
+    if not is_admin_session():
+        return render_template("admin_login.html", disabled=False, failed=False), 200
+    engine = get_engine()
+    try:
+        info: dict[str, Any] | None = engine.info()
+    except IndexNotBuilt:
+        info = None
+    versions = store.list_versions(config.index_dir)
+    return render_template("admin.html", info=info, versions=list(reversed(versions)),
+                           current=store.current_version(config.index_dir)), 200
+
+
+@bp.post("/admin/login")
+def admin_login_form() -> Response | tuple[str, int]:
+    _check_form_csrf()
+    if not get_config().admin_key:
+        return render_template("admin_login.html", disabled=True, failed=False), 403
+    if not admin_login(request.form.get("key", "")):
+        return render_template("admin_login.html", disabled=False, failed=True), 401
+    return redirect(url_for("pages.admin"), 303)
+
+
+@bp.post("/admin/logout")
+def admin_logout() -> Response:
+    _check_form_csrf()
+    session.pop("admin", None)
+    return redirect(url_for("pages.admin"), 303)

@@ -1,0 +1,160 @@
+// Vitrine admin page: rebuild with live progress, rollback, and the events-per-day chart.
+// The session (logged in with the admin key) authorizes the /v1/admin calls, with the CSRF header.
+"use strict";
+
+(function () {
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  const TYPES = ["view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "rating"];
+
+  function make(node, attrs, text) {
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  const el = (tag, attrs, text) => make(document.createElement(tag), attrs, text);
+  const svgEl = (tag, attrs, text) => make(document.createElementNS("http://www.w3.org/2000/svg", tag), attrs, text);
+
+  async function api(method, path, body) {
+    const init = { method, credentials: "same-origin", headers: { "X-CSRF-Token": csrf } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, init);
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error((data.error && data.error.message) || `HTTP ${r.status}`);
+    return data;
+  }
+
+  function say(text) {
+    document.getElementById("admin-message").textContent = text;
+  }
+
+  // -- serving version and versions list, refreshed after a rebuild or rollback ---------------
+  async function refreshServing() {
+    const info = await api("GET", "/v1/info");
+    const m = info.manifest || {};
+    const set = (id, v) => { const n = document.getElementById(id); if (n) n.textContent = v; };
+    set("current-version", info.version);
+    set("manifest-items", info.items);
+    set("manifest-created", m.created_at || "");
+    if (m.counts) set("manifest-embedded", `${m.counts.embedded} / ${m.counts.from_cache}`);
+    const ol = document.getElementById("versions");
+    ol.replaceChildren(...(info.versions || []).slice().reverse().map((v) => {
+      const li = el("li", v === info.version ? { class: "current", "aria-current": "true" } : {}, v);
+      if (v === info.version) { li.append(" "); li.append(el("strong", {}, "(serving)")); }
+      return li;
+    }));
+    document.getElementById("rollback").disabled = (info.versions || []).length < 2;
+  }
+
+  // -- rebuild: start the job, poll its state until it ends ------------------------------------
+  async function rebuild() {
+    const button = document.getElementById("rebuild");
+    const box = document.getElementById("job");
+    const bar = document.getElementById("job-progress");
+    const status = document.getElementById("job-status");
+    button.disabled = true;
+    box.hidden = false;
+    bar.value = 0;
+    status.textContent = "starting…";
+    try {
+      const job = await api("POST", "/v1/admin/rebuild", { full: document.getElementById("rebuild-full").checked });
+      box.dataset.job = job.job;
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 400));
+        const s = await api("GET", job.status_url);
+        box.dataset.state = s.state;
+        if (s.state === "succeeded") {
+          bar.value = 1;
+          status.textContent = `done: now serving ${s.version}`;
+          break;
+        }
+        if (s.state === "failed") {
+          status.textContent = `failed: ${s.error || "see the server log"}`;
+          break;
+        }
+        const frac = s.total ? s.done / s.total : 0;
+        bar.value = Math.max(0, Math.min(1, frac));
+        status.textContent = `${s.state}${s.stage ? ": " + s.stage : ""}${s.total ? ` ${s.done}/${s.total}` : ""}`;
+      }
+      await refreshServing();
+    } catch (e) {
+      status.textContent = "could not rebuild: " + e.message;
+      box.dataset.state = "failed";
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function rollback() {
+    const button = document.getElementById("rollback");
+    button.disabled = true;
+    try {
+      const r = await api("POST", "/v1/admin/rollback");
+      say(`rolled back: ${r.previous} → ${r.current}`);
+      await refreshServing();
+    } catch (e) {
+      say("could not roll back: " + e.message);
+      button.disabled = false;
+    }
+  }
+
+  // -- events per day: stacked bars as inline SVG, and the same numbers as a table -------------
+  function drawChart(rows) {
+    const box = document.getElementById("events-chart");
+    const tbody = document.querySelector("#events-table tbody");
+    tbody.replaceChildren(...rows.map((r) => {
+      const tr = el("tr");
+      tr.append(el("td", {}, r.day), el("td", {}, r.type), el("td", {}, String(r.count)));
+      return tr;
+    }));
+    if (!rows.length) { box.textContent = "No events yet."; return; }
+    const days = [...new Set(rows.map((r) => r.day))].sort();
+    const types = TYPES.filter((t) => rows.some((r) => r.type === t));
+    const per = {};
+    for (const r of rows) (per[r.day] = per[r.day] || {})[r.type] = r.count;
+    const totals = days.map((d) => types.reduce((s, t) => s + ((per[d] || {})[t] || 0), 0));
+    const max = Math.max(...totals, 1);
+    const W = 640, H = 200, pad = 24, bw = Math.max(2, (W - pad) / days.length - 2);
+    const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H + 20}`, width: "100%", class: "bars" });
+    days.forEach((d, i) => {
+      let y = H;
+      types.forEach((t, k) => {
+        const v = (per[d] || {})[t] || 0;
+        if (!v) return;
+        const h = (v / max) * (H - 10);
+        y -= h;
+        const rect = svgEl("rect", { x: pad + i * (bw + 2), y, width: bw, height: h, class: `t${k}` });
+        rect.append(svgEl("title", {}, `${d} ${t}: ${v}`));
+        svg.append(rect);
+      });
+    });
+    svg.append(svgEl("text", { x: 0, y: 12, class: "axis" }, String(max)));
+    svg.append(svgEl("text", { x: pad, y: H + 16, class: "axis" }, days[0]));
+    svg.append(svgEl("text", { x: W, y: H + 16, class: "axis", "text-anchor": "end" }, days[days.length - 1]));
+    const legend = el("ul", { class: "legend" });
+    types.forEach((t, k) => {
+      const li = el("li");
+      li.append(el("span", { class: `swatch t${k}` }), document.createTextNode(t));
+      legend.append(li);
+    });
+    box.replaceChildren(svg, legend);
+    box.dataset.days = String(days.length);
+  }
+
+  async function loadStats() {
+    try {
+      const s = await api("GET", "/v1/admin/stats?days=60");
+      drawChart(s.events_per_day || []);
+    } catch (e) {
+      document.getElementById("events-chart").textContent = "could not load the event counts: " + e.message;
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    document.getElementById("rebuild").addEventListener("click", rebuild);
+    document.getElementById("rollback").addEventListener("click", rollback);
+    loadStats();
+  });
+})();
