@@ -138,13 +138,13 @@ def http_run(size: str, index: Path, workers: int, threads: int, clients: int, q
 # -- in-process breakdown --------------------------------------------------------------------
 
 PARTS = ("embed_query (uncached)", "BM25 scores (tokenize + score all rows)", "candidates (BM25 top + FAISS)",
-         "FAISS search alone", "score + fuse + order", "hybrid_search total", "Engine.search, embedding cached")
+         "FAISS search alone", "score + fuse + order", "ranked_search total", "Engine.search, embedding cached")
 
 
 def breakdown(index: Path, queries: list[str], warmup: list[str]) -> dict[str, dict[str, float]]:
     """Per-query seconds of each part of ``Engine.search`` (same default settings as the server)."""
     from engine.ranking.fusion import fuse
-    from engine.search import candidates, hybrid_search, score_parts
+    from engine.search import candidates, ranked_search, score_parts
     from engine.service import Engine
 
     config = engine_config(index)
@@ -173,9 +173,9 @@ def breakdown(index: Path, queries: list[str], warmup: list[str]) -> dict[str, d
         bm25, vec = score_parts(snap, bm25_all, qvec, rows)
         np.lexsort((rows, -fuse(bm25, vec, weight, config.fusion)))
         t = clock("score + fuse + order", t)
-        hits = hybrid_search(snap, q, qvec, k=config.default_k, offset=0, mask=None, pool=pool, weight=weight,
-                             fusion=config.fusion)
-        t = clock("hybrid_search total", t)
+        hits = ranked_search(snap, q, qvec, k=config.default_k, offset=0, mask=None, pool=pool, weight=weight,
+                             fusion=config.fusion).hits
+        t = clock("ranked_search total", t)
         result = engine.search(q)
         clock("Engine.search, embedding cached", t)
         assert [h.id for h in result.hits] == [h.id for h in hits], q
@@ -236,7 +236,7 @@ def main() -> None:
         *(["Targets at 100k (sequential p50 <= 8 ms, p99 <= 15 ms):", "\n".join(checks)] if checks else []),
         f"In-process cost of `Engine.search` over {BREAKDOWN_QUERIES} of the queries, p50 / mean ms (one thread; "
         "the parts are timed one after the other; 'FAISS search alone' repeats work done inside 'candidates', "
-        "and 'hybrid_search total' repeats the BM25 to order parts):",
+        "and 'ranked_search total' repeats the BM25 to order parts):",
         table(["part", *sizes], part_rows),
     ])
     print(body)

@@ -84,25 +84,6 @@ class Ranked:
     bm25_all: np.ndarray
 
 
-def hybrid_search(
-    snap: Snapshot,
-    query: str,
-    qvec: np.ndarray,
-    *,
-    k: int,
-    offset: int,
-    mask: np.ndarray | None,
-    pool: int,
-    weight: float,
-    fusion: str,
-    affinity: Callable[[np.ndarray], np.ndarray] | None = None,
-    personalize: float = 0.0,
-) -> list[Hit]:
-    """The page of hits of :func:`ranked_search`."""
-    return ranked_search(snap, query, qvec, k=k, offset=offset, mask=mask, pool=pool, weight=weight,
-                         fusion=fusion, affinity=affinity, personalize=personalize).hits
-
-
 def ranked_search(
     snap: Snapshot,
     query: str,

@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+import requests  # noqa: E402
 
 from engine import pipeline  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
@@ -120,3 +124,41 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+def start_server(config: EngineConfig) -> tuple[subprocess.Popen[str], str]:
+    """`vitrine serve` (gunicorn, 2 workers) on a free port; returns once /healthz answers."""
+    port = free_port()
+    env = dict(os.environ, VITRINE_MODELS_DIR=str(config.models_path), VITRINE_ADMIN_KEY=ADMIN_KEY,
+               VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_EVENTS_URL=config.events_url,
+               VITRINE_RELOAD_CHECK_SECONDS="0.1", VITRINE_SECRET_KEY=SECRET_KEY)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "--index-dir", str(config.index_dir), "serve",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--threads", "4"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("server did not start")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> str:
+    """Terminate the server; returns what it printed, having checked it logged no traceback."""
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert "Traceback" not in (out or ""), out
+    return out or ""

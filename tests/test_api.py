@@ -12,7 +12,6 @@ import pytest
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.errors import InvalidQuery
-from engine.index import store
 from engine.service import Engine
 from tests.conftest import ADMIN_KEY, make_config
 

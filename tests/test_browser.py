@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +19,7 @@ import requests
 
 from engine import pipeline
 from engine.embedding.base import Encoder
-from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, SECRET_KEY, free_port, make_config
+from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, make_config, start_server, stop_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -52,18 +50,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
     shutil.copy(FIXTURE_CATALOG, catalog)
     config = make_config(index_dir, models_dir, events_url=f"sqlite:///{work / 'events.db'}")
     pipeline.build(config, catalog, encoder=encoder)  # the served manifest now names the copy
-    port = free_port()
-    env = dict(os.environ, VITRINE_MODELS_DIR=str(models_dir), VITRINE_ADMIN_KEY=ADMIN_KEY,
-               VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_SECRET_KEY=SECRET_KEY, VITRINE_EVENTS_URL=config.events_url,
-               VITRINE_RELOAD_CHECK_SECONDS="0.1")
-    log = (work / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--index-dir", str(index_dir), "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2", "--threads", "4"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(config)
     try:
-        _wait_healthy(proc, base, work / "server.log")
         events = [{"event_id": f"seed-{u}-{i}", "user_id": u, "type": "purchase", "item_id": item,
                    "timestamp": time.time() - 3600 * (len(items) - i)}
                   for u, items in HISTORIES.items() for i, item in enumerate(items)]
@@ -72,27 +60,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
         assert r.status_code == 200 and len(r.json()["accepted"]) == len(events), r.text
         yield {"base": base, "catalog": catalog, "index_dir": index_dir}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    assert "Traceback" not in (work / "server.log").read_text(), (work / "server.log").read_text()
-
-
-def _wait_healthy(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {log.read_text()}")
-        try:
-            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    pytest.fail("server did not start")
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

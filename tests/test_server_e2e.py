@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -20,33 +18,7 @@ from engine import pipeline
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.index import store
-from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, SECRET_KEY, free_port
-
-
-def start_server(config: EngineConfig) -> tuple[subprocess.Popen[str], str]:
-    """`vitrine serve` (gunicorn, 2 workers) on a free port; returns once /healthz answers."""
-    port = free_port()
-    env = dict(os.environ, VITRINE_MODELS_DIR=str(config.models_path), VITRINE_ADMIN_KEY=ADMIN_KEY,
-               VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_EVENTS_URL=config.events_url,
-               VITRINE_RELOAD_CHECK_SECONDS="0.1", VITRINE_SECRET_KEY=SECRET_KEY)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--index-dir", str(config.index_dir), "serve",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--threads", "4"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return proc, base
-        except requests.RequestException:
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("server did not start")
+from tests.conftest import FIXTURE_CATALOG, INGEST_KEY, start_server, stop_server
 
 
 @pytest.fixture
@@ -55,13 +27,7 @@ def server(config: EngineConfig) -> Iterator[str]:
     try:
         yield base
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        assert "Traceback" not in (out or ""), out
+        stop_server(proc)
 
 
 def test_real_server_answers_over_http(server: str) -> None:
