@@ -133,13 +133,13 @@
 
   function recCard(r) {
     const li = el("li", { class: "card", "data-item": r.id });
-    li.append(el("a", { class: "item-link", href: "/items/" + encodeURIComponent(r.id), "data-item": r.id }, r.title));
+    li.append(el("a", { class: "item-link", href: "/items/" + encodeURIComponent(r.id), "data-item": r.id, title: r.title }, r.title));
     const meta = el("div", { class: "meta" });
     if (r.category) meta.append(el("span", { class: "category" }, r.category.split(" > ").pop()));
     if (r.brand) meta.append(el("span", { class: "brand" }, r.brand));
     meta.append(el("span", { class: "price" }, r.price === null || r.price === undefined ? "no price" : "$" + Number(r.price).toFixed(2)));
     li.append(meta);
-    if (r.reason) li.append(el("p", { class: "reason" }, r.reason));
+    if (r.reason) li.append(el("p", { class: "reason", title: r.reason }, r.reason));
     if (r.source) li.append(el("p", { class: "why source" }, "source: " + r.source));
     if (r.score_parts) {
       const dl = el("dl", { class: "why" });
