@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python bench/bench_build.py --record
 	$(BIN)/python bench/bench_search.py --record
 	$(BIN)/python bench/bench_shoppers.py --record
+	$(BIN)/python bench/bench_pages.py --record
 
 eval: install
 	$(BIN)/vitrine eval search --dataset crowdflower

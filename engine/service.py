@@ -79,8 +79,12 @@ PROFILE_WRITE_BACK = 10
 class Engine:
     """The serving façade. Create one per process and share it between threads."""
 
-    def __init__(self, config: EngineConfig, encoder: Encoder | None = None) -> None:
+    def __init__(self, config: EngineConfig, encoder: Encoder | None = None, *,
+                 warm_suggestions: bool = False) -> None:
+        """``warm_suggestions``: build each new version's suggestion index in the background as soon as
+        the version is loaded (the server does), instead of on the first suggestion request."""
         self.config = config
+        self._warm_suggestions = warm_suggestions
         self._encoder = encoder
         self._snap: Snapshot | None = None
         self._checked_at = 0.0
@@ -121,6 +125,9 @@ class Engine:
                 self._check_encoder(loaded)
                 self._snap = loaded
                 log.info("serving index version %s (%d items)", loaded.version, len(loaded))
+                if self._warm_suggestions:
+                    threading.Thread(target=self.suggester, args=(loaded,), kwargs={"wait": True},
+                                     name="warm-suggestions", daemon=True).start()
             return self._snap
         finally:
             self._reload_lock.release()
@@ -197,12 +204,15 @@ class Engine:
         snap = self.snapshot()
         return {"q": q, "version": snap.version, "suggestions": self.suggester(snap).suggest(q, k)}
 
-    def suggester(self, snap: Snapshot) -> Suggester:
-        """The suggestion index of ``snap``'s version, built on first use (once per version and process)."""
+    def suggester(self, snap: Snapshot, *, wait: bool = False) -> Suggester:
+        """The suggestion index of ``snap``'s version, built once per version and process. While another
+        thread builds it (about 2 s at 100k items), the previous version's index answers, unless ``wait``."""
         cached = self._suggester
         if cached is not None and cached[0] == snap.version:
             return cached[1]
-        with self._suggester_lock:
+        if not self._suggester_lock.acquire(blocking=wait or cached is None):
+            return cached[1]  # type: ignore[index]  # being built: the previous version's answers meanwhile
+        try:
             cached = self._suggester
             if cached is None or cached[0] != snap.version:
                 t0 = time.perf_counter()
@@ -211,6 +221,8 @@ class Engine:
                 log.info("suggestion index for %s: %d entries, %d words in %.2f s", snap.version,
                          len(cached[1]), len(cached[1].vocab), time.perf_counter() - t0)
             return cached[1]
+        finally:
+            self._suggester_lock.release()
 
     def similar(self, item_id: str, *, k: int | None = None, same_category: bool = False) -> list[Hit]:
         k = self._check_k(k)

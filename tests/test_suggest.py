@@ -255,3 +255,31 @@ def test_suggest_bad_parameters(client: Any, params: dict[str, str], field: str)
     assert resp.status_code == 400 and resp.is_json
     err = resp.get_json()["error"]
     assert err["field"] == field and field in err["message"]
+
+
+def test_the_server_builds_each_version_index_in_the_background(config: Any, encoder: Any, tmp_path: Any) -> None:
+    import time
+
+    from engine import pipeline
+
+    def wait_for(version: str) -> None:
+        deadline = time.time() + 30
+        while (engine._suggester is None or engine._suggester[0] != version) and time.time() < deadline:
+            time.sleep(0.02)
+        assert engine._suggester is not None and engine._suggester[0] == version
+
+    engine = Engine(config, encoder=encoder, warm_suggestions=True)
+    first = engine.snapshot().version
+    wait_for(first)  # built without any suggestion request
+    rows = [json.loads(line) for line in FIXTURE_CATALOG.read_text().splitlines()]
+    for r in rows:
+        if r["id"] == "goggles":
+            r["title"] = "Zeppelin Safety Goggles, Anti-Fog"
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    second = pipeline.build(config, catalog, encoder=encoder).version
+    with engine._suggester_lock:  # as while the new version's index is being built
+        stale = engine.suggest("zeppel")
+    assert stale["suggestions"] == []  # answered at once, from the previous version's index
+    wait_for(second)
+    assert [s.get("id") for s in engine.suggest("zeppel")["suggestions"]] == ["goggles"]

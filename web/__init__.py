@@ -26,7 +26,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     set_search_threads(config.faiss_threads)
     app.secret_key = load_secret_key(config)
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True)
-    app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config)
+    app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config, warm_suggestions=True)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
