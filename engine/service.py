@@ -28,6 +28,7 @@ from engine.recommend.content import InterestProfile, decode_profile, encode_pro
 from engine.recommend.live import LiveModels
 from engine.errors import IndexNotBuilt, InvalidQuery
 from engine.index import store
+from engine.memory import release_free_memory
 from engine.search import COOC_WEIGHT, Hit, facets, personal_score, ranked_search, similar_items
 from engine.snapshot import Snapshot
 from engine.suggest import DEFAULT_K as DEFAULT_SUGGESTIONS
@@ -124,6 +125,7 @@ class Engine:
                     return self._snap
                 self._check_encoder(loaded)
                 self._snap = loaded
+                release_free_memory()
                 log.info("serving index version %s (%d items)", loaded.version, len(loaded))
                 if self._warm_suggestions:
                     threading.Thread(target=self.suggester, args=(loaded,), kwargs={"wait": True},
@@ -218,6 +220,7 @@ class Engine:
                 t0 = time.perf_counter()
                 cached = (snap.version, Suggester.from_products(snap.catalog))
                 self._suggester = cached
+                release_free_memory()
                 log.info("suggestion index for %s: %d entries, %d words in %.2f s", snap.version,
                          len(cached[1]), len(cached[1].vocab), time.perf_counter() - t0)
             return cached[1]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from array import array
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def typo_budget(word: str) -> int:
     return 1 if len(word) < 8 else 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     kind: str  # "category" | "item"
     text: str
@@ -92,18 +93,16 @@ class _Entry:
 class Suggester:
     """Suggestions over one catalog. Build with :meth:`from_products`; :meth:`suggest` is thread-safe."""
 
-    def __init__(self, entries: list[_Entry], entry_words: list[list[str]]) -> None:
-        """``entries`` in rank order, without duplicates; ``entry_words[i]`` the folded words of entry i."""
+    def __init__(self, entries: list[_Entry], words: np.ndarray, lengths: np.ndarray, first_seen: list[str]) -> None:
+        """``entries`` in rank order, without duplicates; entry i holds the ``lengths[i]`` words that
+        follow in ``words``, as ids into ``first_seen`` (the folded words, numbered as first seen)."""
         self.entries = entries
-        first_seen: dict[str, int] = {}
-        flat = np.fromiter((first_seen.setdefault(w, len(first_seen)) for ws in entry_words for w in ws), np.int32)
         self.vocab: list[str] = sorted(first_seen)
-        renumber = np.empty(len(first_seen), np.int32)
-        renumber[np.fromiter((first_seen[w] for w in self.vocab), np.int32, len(self.vocab))] = np.arange(
-            len(self.vocab), dtype=np.int32)
-        words = renumber[flat]
-        owners = np.repeat(np.arange(len(entries), dtype=np.int32),
-                           np.fromiter(map(len, entry_words), np.int64, len(entry_words)))
+        position = {w: i for i, w in enumerate(self.vocab)}
+        renumber = np.fromiter((position[w] for w in first_seen), np.int32, len(first_seen))
+        del position
+        words = renumber[words]
+        owners = np.repeat(np.arange(len(entries), dtype=np.int32), lengths)
         order = np.lexsort((owners, words))  # by word, then entry (rank)
         words, owners = words[order], owners[order]
         first = np.concatenate(([True], (words[1:] != words[:-1]) | (owners[1:] != owners[:-1])))[: len(words)]
@@ -133,36 +132,46 @@ class Suggester:
         cats: dict[str, list[Any]] = {}  # category_key of each path prefix -> [segments, items]
         keys: dict[tuple[str, ...], list[str]] = {}  # a product's category -> its prefixes' keys
         items: list[_Entry] = []
+        paths: dict[tuple[str, ...], str] = {}  # one shared string per category path
         for p in products:
             prefixes = keys.get(p.category)
             if prefixes is None:
                 prefixes = keys[p.category] = [category_key(p.category[:d]) for d in range(1, len(p.category) + 1)]
+                paths[p.category] = p.category_path
             for depth, key in enumerate(prefixes, 1):
                 slot = cats.get(key)
                 if slot is None:
                     cats[key] = [p.category[:depth], 1]
                 else:
                     slot[1] += 1
-            items.append(_Entry("item", p.title, p.id, p.category_path, None))
+            items.append(_Entry("item", p.title, p.id, paths[p.category], None))
         entries = [_Entry("category", path[-1], None, CATEGORY_SEP.join(path), n) for path, n in cats.values()]
         entries += items
+        del items, keys
         folded = [" ".join(fold(e.text).split()) for e in entries]
 
         def rank(i: int) -> tuple[bool, int, int, str, str]:
             e = entries[i]
             return (e.kind != "category", -(e.count or 0), len(e.text), folded[i], e.id or e.category)
 
+        # Words go straight to ids (no list of strings per entry): the build's peak memory is what a
+        # server worker keeps as RSS afterwards.
         kept: list[_Entry] = []
-        kept_words: list[list[str]] = []
+        word_id: dict[str, int] = {}
+        flat, lengths = array("i"), array("i")
         seen: set[str] = set()
         for i in sorted(range(len(entries)), key=rank):
-            words = _WORD.findall(folded[i])
-            if folded[i] in seen or not words:
+            if folded[i] in seen:
+                continue
+            before = len(flat)
+            flat.extend(word_id.setdefault(w, len(word_id)) for w in _WORD.findall(folded[i]))
+            if len(flat) == before:
                 continue
             seen.add(folded[i])
             kept.append(entries[i])
-            kept_words.append(words)
-        return cls(kept, kept_words)
+            lengths.append(len(flat) - before)
+        del entries, folded, seen
+        return cls(kept, np.frombuffer(flat, np.int32).copy(), np.frombuffer(lengths, np.int32).copy(), list(word_id))
 
     def __len__(self) -> int:
         return len(self.entries)
