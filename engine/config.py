@@ -45,6 +45,9 @@ class EngineConfig:
     approx_threshold: int = 20000
     ivf_nprobe: int = 16
     target_recall: float = 0.95
+    # An incremental build reuses the previous version's IVF centroids (no k-means) until the items
+    # embedded or removed since they were trained pass this share of the catalog; 0 always retrains.
+    ivf_retrain_share: float = 0.2
     keep_versions: int = 3
     # Shopper events (SQLite, WAL): the store URL; relative sqlite paths are relative to the working dir.
     events_url: str = "sqlite:///instance/events.db"
@@ -84,6 +87,7 @@ class EngineConfig:
         need(self.approx_threshold >= 1000, "approx_threshold", "must be >= 1000")
         need(self.ivf_nprobe >= 1, "ivf_nprobe", "must be >= 1")
         need(0.0 < self.target_recall <= 1.0, "target_recall", "must be in (0, 1]")
+        need(0.0 <= self.ivf_retrain_share <= 1.0, "ivf_retrain_share", "must be in 0..1")
         need(self.keep_versions >= 2, "keep_versions", "must be >= 2 (rollback needs one earlier version)")
         need(1 <= self.port <= 65535, "port", "must be in 1..65535")
         need(self.workers >= 1 and self.threads >= 1, "workers", "workers and threads must be >= 1")

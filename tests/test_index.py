@@ -98,3 +98,14 @@ def test_keyword_index_scores_and_round_trip(tmp_path: Path) -> None:
     index.save(tmp_path / "bm25")
     loaded = KeywordIndex.load(tmp_path / "bm25", len(docs))
     assert np.allclose(loaded.scores("nitrile gloves"), index.scores("nitrile gloves"))
+
+
+def test_ivf_reuses_the_previous_centroids(demo_vectors: np.ndarray) -> None:
+    old, first = build_vector_index(demo_vectors[:1200], spec="IVF32,Flat", nprobe=1, target_recall=0.95)
+    assert first.quantizer == "trained"
+    new, info = build_vector_index(demo_vectors, spec="IVF32,Flat", nprobe=1, target_recall=0.95, reuse=old)
+    assert info.quantizer == "reused" and info.recall_at_10 >= 0.95 and new.ntotal == len(demo_vectors)
+    centroids = [faiss.extract_index_ivf(i).quantizer.reconstruct_n(0, 32) for i in (old, new)]
+    assert np.array_equal(centroids[0], centroids[1])
+    other, again = build_vector_index(demo_vectors, spec="IVF16,Flat", nprobe=1, target_recall=0.95, reuse=old)
+    assert again.quantizer == "trained" and faiss.extract_index_ivf(other).nlist == 16  # 32 lists do not fit

@@ -144,3 +144,26 @@ def test_build_killed_half_way_leaves_the_previous_version_serving(config: Engin
     result = pipeline.build(config, FIXTURE_CATALOG, encoder=encoder)
     assert store.current_version(config.index_dir) == result.version
     shutil.rmtree(config.index_dir / "cache", ignore_errors=True)
+
+
+def test_incremental_builds_reuse_ivf_centroids_until_the_catalog_drifts(config: EngineConfig, encoder: Encoder,
+                                                                         tmp_path: Path) -> None:
+    config = config.replace(approx_threshold=1000)
+    rows = [json.loads(line) for _, line in zip(range(1400), DEMO_CATALOG.open(encoding="utf-8"))]
+    catalog = tmp_path / "catalog.jsonl"
+
+    def build(items: list[dict]) -> dict:
+        catalog.write_text("".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
+        return pipeline.build(config, catalog, encoder=encoder).manifest["index"]
+
+    first = build(rows)
+    assert first["kind"] == "ivf" and first["quantizer"] == "trained"
+    v1 = store.current_version(config.index_dir)
+    assert first["centroids"] == {"trained_in": v1, "changed_since_training": 0}
+    rows[5]["title"] += " (2027 edition)"
+    second = build(rows)
+    assert second["quantizer"] == "reused" and second["recall_at_10"] >= config.target_recall
+    assert second["centroids"] == {"trained_in": v1, "changed_since_training": 1}
+    third = build(rows[:1100])  # 300 items gone: 301 changed since training > 20% of 1,100
+    assert third["quantizer"] == "trained"
+    assert third["centroids"] == {"trained_in": store.current_version(config.index_dir), "changed_since_training": 0}

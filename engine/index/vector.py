@@ -38,6 +38,8 @@ class IndexInfo:
     nprobe: int
     recall_at_10: float
     recall_queries: int
+    # IVF only: "trained" (k-means on these vectors) or "reused" (the previous version's centroids)
+    quantizer: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -59,15 +61,21 @@ def build_vector_index(
     target_recall: float = 0.95,
     spec: str | None = None,
     seed: int = 1234,
+    reuse: faiss.Index | None = None,
 ) -> tuple[faiss.Index, IndexInfo]:
     """Build the index for ``vectors`` (float32, shape (n, dim), unit rows).
 
     For IVF, recall@10 against exact search is measured on up to 500 catalog vectors used as
     queries, and ``nprobe`` is doubled from its starting value until ``target_recall`` is met.
+    ``reuse``: an IVF index of the same spec whose coarse centroids are taken instead of training
+    k-means again (6.2 of the 6.5 s at 100k items); the recall check still runs.
     """
     n, dim = vectors.shape
     spec = spec or choose_spec(n, approx_threshold)
-    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    index = _with_centroids_of(reuse, spec, dim) if reuse is not None and spec != "Flat" else None
+    quantizer = "reused" if index is not None else "trained"
+    if index is None:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         faiss.seed_global_rng(seed) if hasattr(faiss, "seed_global_rng") else None
         index.cp.seed = seed  # type: ignore[attr-defined]
@@ -88,8 +96,27 @@ def build_vector_index(
         if recall >= target_recall or nprobe >= ivf.nlist:
             break
         nprobe = min(nprobe * 2, ivf.nlist)
-    log.info("%s: recall@10 %.4f at nprobe %d", spec, recall, nprobe)
-    return index, IndexInfo(spec, "ivf", int(ivf.nlist), int(nprobe), round(recall, 4), len(probe))
+    log.info("%s (%s centroids): recall@10 %.4f at nprobe %d", spec, quantizer, recall, nprobe)
+    return index, IndexInfo(spec, "ivf", int(ivf.nlist), int(nprobe), round(recall, 4), len(probe), quantizer)
+
+
+def _with_centroids_of(old: faiss.Index, spec: str, dim: int) -> faiss.Index | None:
+    """An empty, trained ``spec`` index on ``old``'s coarse centroids; None when they do not fit."""
+    if not spec.startswith("IVF") or not spec.endswith(",Flat"):
+        return None
+    try:
+        ivf = faiss.extract_index_ivf(old)
+    except RuntimeError:
+        return None
+    if ivf.d != dim or f"IVF{ivf.nlist},Flat" != spec or ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    coarse = faiss.IndexFlatIP(dim)
+    coarse.add(centroids)
+    index = faiss.IndexIVFFlat(coarse, dim, int(ivf.nlist), faiss.METRIC_INNER_PRODUCT)
+    coarse.this.disown()  # the IVF index owns and frees it
+    index.own_fields = True
+    return index
 
 
 def recall_at_k(truth: np.ndarray, got: np.ndarray) -> float:
