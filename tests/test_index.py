@@ -109,3 +109,17 @@ def test_ivf_reuses_the_previous_centroids(demo_vectors: np.ndarray) -> None:
     assert np.array_equal(centroids[0], centroids[1])
     other, again = build_vector_index(demo_vectors, spec="IVF16,Flat", nprobe=1, target_recall=0.95, reuse=old)
     assert again.quantizer == "trained" and faiss.extract_index_ivf(other).nlist == 16  # 32 lists do not fit
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF32,Flat"])
+def test_loaded_index_is_memory_mapped_and_answers_the_same(demo_vectors: np.ndarray, spec: str,
+                                                           tmp_path: Path) -> None:
+    index, info = build_vector_index(demo_vectors, spec=spec, nprobe=8, target_recall=0.9)
+    built = VectorIndex(index, demo_vectors, info.nprobe)
+    path = tmp_path / f"{spec.split(',')[0]}.faiss"
+    built.save(path)
+    loaded = VectorIndex.load(path, demo_vectors, info.nprobe)
+    maps = Path("/proc/self/maps").read_text()
+    assert str(path) in maps  # shared through the page cache, not read into each worker
+    a, b = built.search(demo_vectors[:50], 10), loaded.search(demo_vectors[:50], 10)
+    assert np.array_equal(a.rows, b.rows) and np.allclose(a.scores, b.scores)
