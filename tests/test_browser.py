@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -22,11 +23,13 @@ from engine.embedding.base import Encoder
 from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, make_config, start_server, stop_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
+expect = playwright_api.expect
 
 CHROMIUM = os.environ.get("VITRINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 FILAMENT = "Industrial & Scientific > 3D Printing > Filament"
+UPDATED = re.compile(r"^\d+$")  # the "for you" strip's data-updated after a refresh
 # Demo shoppers for the picker: real histories sent through the API before the pages are opened.
 SHOPPER = "maker-anna"
 HISTORIES = {
@@ -81,6 +84,9 @@ def page(browser: Any, site: dict[str, Any], request: pytest.FixtureRequest) -> 
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    # console errors other than HTTP statuses the tests provoke on purpose (a 404 page, a wrong admin key)
+    pg.on("console", lambda m: errors.append(f"console: {m.text}")
+          if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
     pg.set_default_timeout(15000)
     yield pg
     failed = getattr(request.node, "rep_call", None)
@@ -88,7 +94,7 @@ def page(browser: Any, site: dict[str, Any], request: pytest.FixtureRequest) -> 
         pg.screenshot(path=str(SHOTS / f"{request.node.name}-FAILED.png"), full_page=True)
     context.close()
     assert not foreign, f"requests left the server: {foreign}"
-    assert not errors, f"JavaScript errors: {errors}"
+    assert not errors, f"JavaScript or console errors (a CSP violation shows here): {errors}"
 
 
 def shot(pg: Any, name: str) -> None:
@@ -249,16 +255,16 @@ def test_a_demo_shopper_clicks_and_for_you_changes(page: Any, site: dict[str, An
     page.goto("/?q=soldering")
     with page.expect_navigation():
         page.locator('#hits a.item-link[data-item="solder-wire"]').click()
-    page.wait_for_function("document.querySelector('#for-you').dataset.updated")  # after the view event
+    expect(page.locator("#for-you")).to_have_attribute("data-updated", UPDATED)  # after the view event
+    stamp = page.locator("#for-you").get_attribute("data-updated")
     page.evaluate("window.__same_page = true")
     page.locator('button.event[data-type="purchase"]').click()
-    page.wait_for_function("document.querySelector('.actions .status').textContent === 'Bought.'")
-    page.wait_for_function(
-        "ids => { const now = [...document.querySelectorAll('#for-you li.card')].map(e => e.dataset.item);"
-        " return now.length && now.join() !== ids.join(); }", arg=before)
+    expect(page.locator(".actions .status")).to_have_text("Bought.")
+    expect(page.locator("#for-you")).not_to_have_attribute("data-updated", stamp or "")  # refreshed again
     after = for_you(page)
     assert page.evaluate("window.__same_page") is True  # changed without a reload
     assert after != before and "solder-iron" in after[:3]  # others bought the iron after the wire
+    assert "solder-wire" not in after  # just bought: excluded
     reasons = page.locator("#for-you .reason").all_inner_texts()
     assert any("Lead-Free Solder Wire" in r for r in reasons), reasons
     shot(page, "shopper-for-you-changed")
@@ -284,7 +290,7 @@ def test_a_fresh_anonymous_shopper_starts_cold(page: Any) -> None:
     anon = page.locator('meta[name="shopper"]').get_attribute("content")
     assert anon.startswith("anon-")
     page.goto("/items/goggles")
-    page.wait_for_function("document.querySelector('#for-you').dataset.updated")
+    expect(page.locator("#for-you")).to_have_attribute("data-updated", UPDATED)
     assert for_you(page), "cold start: trending, then the viewed item's neighbours"
 
 
@@ -318,7 +324,7 @@ def test_admin_login_rebuild_and_rollback(page: Any, site: dict[str, Any]) -> No
     site["catalog"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     page.click("#rebuild")
     page.wait_for_selector("#job:not([hidden])")
-    page.wait_for_function("document.querySelector('#job').dataset.state === 'succeeded'", timeout=120000)
+    expect(page.locator("#job")).to_have_attribute("data-state", "succeeded", timeout=120000)
     assert page.locator("#job-progress").evaluate("p => p.value") == 1
     new_version = page.locator("#current-version").inner_text()
     assert new_version != old_version and "now serving" in page.locator("#job-status").inner_text()
@@ -327,7 +333,7 @@ def test_admin_login_rebuild_and_rollback(page: Any, site: dict[str, Any]) -> No
     shot(page, "admin-rebuilt")
 
     page.click("#rollback")
-    page.wait_for_function("v => document.querySelector('#current-version').textContent === v", arg=old_version)
+    expect(page.locator("#current-version")).to_have_text(old_version)
     assert "rolled back" in page.locator("#admin-message").inner_text()
     served = requests.get(f"{site['base']}/v1/info", timeout=10).json()["version"]
     assert served == old_version

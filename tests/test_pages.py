@@ -105,3 +105,10 @@ def test_api_keys_still_work_beside_sessions(client: Any) -> None:
     ev = {"event_id": "k1", "user_id": "api-user", "type": "view", "item_id": "goggles"}
     assert client.post("/v1/events", json=ev, headers={"Authorization": f"Bearer {INGEST_KEY}"}).status_code == 200
     assert client.post("/v1/events", json=ev, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_pages_allow_only_their_own_server(client: Any) -> None:
+    headers = client.get("/").headers
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert headers["X-Content-Type-Options"] == "nosniff"

@@ -6,6 +6,7 @@ refreshes without a reload, the "why this result" toggle and the admin page's li
 """
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from typing import Any
@@ -21,9 +22,22 @@ from web.params import get_float, get_int
 
 bp = Blueprint("pages", __name__)  # templates and /static come from the app (web/templates, web/static)
 
+log = logging.getLogger(__name__)
+
+# Everything the pages load comes from this server (web/static): the browser refuses anything else.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 PAGE_SIZE = 10
 STRIP_SIZE = 8
 SHOPPER_CHOICES = 12
+
+
+@bp.after_request
+def _headers(resp: Response) -> Response:
+    resp.headers.setdefault("Content-Security-Policy", CSP)
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("Referrer-Policy", "same-origin")
+    return resp
 
 
 @bp.app_context_processor
@@ -36,6 +50,7 @@ def _shoppers() -> list[dict[str, Any]]:
     try:
         return get_engine().sample_shoppers(limit=SHOPPER_CHOICES)
     except Exception:  # the picker must never take the page down
+        log.exception("cannot list shoppers for the picker")
         return []
 
 
