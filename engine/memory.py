@@ -10,16 +10,18 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _trim() -> "ctypes._CFuncPtr | None":
+def _trim() -> Callable[[int], Any] | None:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
+        trim: Callable[[int], Any] = libc.malloc_trim
+        return trim
     except (OSError, AttributeError):
         return None
 

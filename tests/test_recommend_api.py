@@ -104,7 +104,7 @@ def test_similar_items_gain_also_bought(client: Any) -> None:
 
 def test_profile_is_the_fold_of_the_event_log_stored_back_as_a_cache(engine: Any) -> None:
     from engine.recommend.compose import Touch, profile_from
-    from engine.service import PROFILE_WRITE_BACK
+    from engine.shoppers import PROFILE_WRITE_BACK
 
     snap = engine.snapshot()
     items = list(snap.catalog.ids)

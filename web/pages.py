@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response as Redirect
 
 from engine.errors import IndexNotBuilt, InvalidQuery, NotFound
 from engine.index import store
@@ -134,7 +135,7 @@ def _safe_next(default: str) -> str:
 
 
 @bp.post("/shopper")
-def choose_shopper() -> Response:
+def choose_shopper() -> Redirect:
     """Browse as a demo shopper, as a fresh anonymous one ("new"), or as nobody ("")."""
     _check_form_csrf()
     choice = (request.form.get("shopper") or "").strip()
@@ -167,7 +168,7 @@ def admin() -> tuple[str, int]:
 
 
 @bp.post("/admin/login")
-def admin_login_form() -> Response | tuple[str, int]:
+def admin_login_form() -> Redirect | tuple[str, int]:
     _check_form_csrf()
     if not get_config().admin_key:
         return render_template("admin_login.html", disabled=True, failed=False), 403
@@ -177,7 +178,7 @@ def admin_login_form() -> Response | tuple[str, int]:
 
 
 @bp.post("/admin/logout")
-def admin_logout() -> Response:
+def admin_logout() -> Redirect:
     _check_form_csrf()
     session.pop("admin", None)
     return redirect(url_for("pages.admin"), 303)

@@ -116,7 +116,7 @@ def _with_centroids_of(old: faiss.Index, spec: str, dim: int) -> faiss.Index | N
     coarse = faiss.IndexFlatIP(dim)
     coarse.add(centroids)
     index = faiss.IndexIVFFlat(coarse, dim, int(ivf.nlist), faiss.METRIC_INNER_PRODUCT)
-    coarse.this.disown()  # the IVF index owns and frees it
+    coarse.this.disown()  # type: ignore[attr-defined]  # the IVF index owns and frees it
     index.own_fields = True
     return index
 
