@@ -26,8 +26,8 @@ from engine.snapshot import Snapshot
 
 MAX_STATS_DAYS = 366
 MAX_SAMPLE_SHOPPERS = 1000
-# sample_shoppers scans every event: its answer is kept this long (this engine's own ingests and
-# deletions clear it at once; other processes' events show up within this time).
+# sample_shoppers reads one row per shopper: its answer is kept this long, so that a storefront page
+# does not pay it on every render (deleting a shopper clears it at once; new events show within this time).
 SAMPLE_SHOPPERS_TTL_S = 30.0
 
 # Profiles are folded from the event log on read; see Engine._profile.
@@ -64,8 +64,6 @@ class ShopperMixin:
         snap = self.snapshot()
         events, rejected = validate_many(objs, known_item=snap.catalog.__contains__, now=time.time())
         result = self.events.add_many(events)
-        if result.accepted:
-            self._top_users.clear()
         return {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
@@ -201,8 +199,8 @@ class ShopperMixin:
     def sample_shoppers(self, limit: int = 20) -> list[dict[str, Any]]:
         """The ``limit`` shoppers with the most item events, most first (ties by id), for a "pick a demo
         shopper" menu: ``[{"user_id", "events", "last_item_id", "last_item_title"}]``; the title is None
-        when the served version lacks that item. The store's answer (a scan of every event) is reused for
-        ``SAMPLE_SHOPPERS_TTL_S``; this engine's ingests and deletions refresh it at once."""
+        when the served version lacks that item. The store's answer (one row per shopper) is reused for
+        ``SAMPLE_SHOPPERS_TTL_S``; a deletion through this engine refreshes it at once."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SAMPLE_SHOPPERS:
             raise InvalidQuery("limit", f"must be an integer in 1..{MAX_SAMPLE_SHOPPERS}, got {limit!r}")
         snap = self.snapshot()

@@ -254,11 +254,14 @@ def test_sample_shoppers_most_item_events_first(engine: Engine) -> None:
          "last_item_title": titles["magnet-neodymium"]},
     ]
     assert [s["user_id"] for s in engine.sample_shoppers(limit=2)] == ["ann", "bob"]
-    # a new event is counted at once (the cached answer is dropped on ingest)
+    # the counts come from the per-shopper features, kept as events arrive (limit 1 is not cached yet)
     engine.ingest([{"event_id": f"cy-{n}", "user_id": "cy", "type": "click", "item_id": "goggles",
                     "timestamp": t0 + 60 + n} for n in range(3)])
     assert engine.sample_shoppers(limit=1) == [
         {"user_id": "cy", "events": 4, "last_item_id": "goggles", "last_item_title": titles["goggles"]}]
+    # a deleted shopper leaves the menu at once (the cached answers are dropped on deletion)
+    engine.delete_user("ann")
+    assert [s["user_id"] for s in engine.sample_shoppers()] == ["cy", "bob"]  # and cy's new events count
     for bad in (0, 1001):
         with pytest.raises(InvalidQuery) as e:
             engine.sample_shoppers(limit=bad)

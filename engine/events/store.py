@@ -416,14 +416,18 @@ class SQLiteEventStore:
 
     def top_users(self, limit: int) -> list[tuple[str, int, str | None]]:
         """``(user_id, item events, item id of their latest item event)`` of the ``limit`` shoppers with
-        the most item events (events with an item), most first, ties by user_id. Scans every event."""
-        rows = self._conn().execute(
-            "SELECT t.user_id, t.n, (SELECT e.item_id FROM events AS e WHERE e.user_id = t.user_id "
-            "AND e.item_id IS NOT NULL ORDER BY e.ts DESC, e.seq DESC LIMIT 1) "
-            "FROM (SELECT user_id, count(*) AS n FROM events WHERE item_id IS NOT NULL "
-            "GROUP BY user_id ORDER BY n DESC, user_id LIMIT ?) AS t ORDER BY t.n DESC, t.user_id",
-            (max(limit, 0),)).fetchall()
-        return [(u, int(n), item) for u, n, item in rows]
+        the most item events (events of the item types), most first, ties by user_id. Reads the per-user
+        counts (one row per shopper), not the events."""
+        total = " + ".join(f"n_{t.value}" for t in features.ITEM_COUNTS)
+        out: list[tuple[str, int, str | None]] = []
+        with self._read() as conn:
+            top = conn.execute(f"SELECT user_id, {total} AS n FROM user_features WHERE {total} > 0 "
+                               "ORDER BY n DESC, user_id LIMIT ?", (max(limit, 0),)).fetchall()
+            for user, n in top:
+                last = conn.execute("SELECT item_id FROM events WHERE user_id = ? AND item_id IS NOT NULL "
+                                    "ORDER BY ts DESC, seq DESC LIMIT 1", (user,)).fetchone()
+                out.append((user, int(n), last[0] if last else None))
+        return out
 
     def get_profile(self, user_id: str) -> tuple[bytes, int] | None:
         """The stored profile and the seq of the last event folded into it."""
