@@ -6,7 +6,6 @@ with the line number, and never drops anything silently. ``write_catalog_jsonl``
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import io
@@ -19,8 +18,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any
+from typing import Any
 
+from engine.csv_rows import csv_rows
 from engine.errors import CatalogError, NotFound
 from engine.text import WHITESPACE_NORMALISED, clean_text
 
@@ -246,45 +246,26 @@ def read_catalog(path: str | Path) -> tuple[Catalog, CatalogReport]:
     return builder.finish()
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return path.open("r", encoding="utf-8-sig", newline="")
-
-
 def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
 
 def _read_csv(path: Path, b: _Builder) -> None:
-    with _open_text(path) as fh:
-        first = fh.readline()
-        delimiter = max(",;\t|", key=lambda d: (first.count(d), d == ","))
-        fh.seek(0)
-        reader = csv.reader(fh, delimiter=delimiter, strict=True)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise CatalogError(f"{path}: empty file, expected a header row with id and title")
-            columns = b.set_columns(header)
-            width = len(header)
-            while True:
-                line = reader.line_num + 1
-                try:
-                    cells = next(reader)
-                except StopIteration:
-                    break
-                if not any(c.strip() for c in cells):
-                    continue
-                b.report.rows_read += 1
-                if len(cells) > width:
-                    b.reject(line, f"{len(cells)} fields but the header has {width} (unquoted delimiter?)")
-                    continue
-                if len(cells) < width:
-                    b.warn(line, f"{len(cells)} fields but the header has {width}; missing fields left empty")
-                b.add_row(line, dict(zip(columns, cells)))
-        except csv.Error as e:
-            raise CatalogError(f"{path}: line {reader.line_num}: malformed CSV: {e}") from e
+    rows = csv_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise CatalogError(f"{path}: empty file, expected a header row with id and title")
+    header = first[1]
+    columns = b.set_columns(header)
+    width = len(header)
+    for line, cells in rows:
+        b.report.rows_read += 1
+        if len(cells) > width:
+            b.reject(line, f"{len(cells)} fields but the header has {width} (unquoted delimiter?)")
+            continue
+        if len(cells) < width:
+            b.warn(line, f"{len(cells)} fields but the header has {width}; missing fields left empty")
+        b.add_row(line, dict(zip(columns, cells)))
 
 
 def _read_jsonl(path: Path, b: _Builder) -> None:

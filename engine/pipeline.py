@@ -103,8 +103,8 @@ def build(
                                     max_seq_length=config.max_seq_length)
         vectors, embedded, embed_seconds = _embed(config, catalog, encoder, full, say)
         say({"stage": "index", "done": 0, "total": len(catalog)})
-        previous, drift = (None, 0) if full else _previous_ivf(index_dir, len(catalog), embedded, encoder,
-                                                               config.ivf_retrain_share)
+        previous, drift, trained_in = (None, 0, None) if full else _previous_ivf(
+            index_dir, len(catalog), embedded, encoder, config.ivf_retrain_share)
         faiss_index, info = build_vector_index(
             vectors,
             approx_threshold=config.approx_threshold,
@@ -126,10 +126,8 @@ def build(
         )
         if info.kind == "ivf":
             reused = info.quantizer == "reused"
-            manifest["index"]["centroids"] = {
-                "trained_in": _previous_manifest(index_dir)["index"]["centroids"]["trained_in"] if reused else version,
-                "changed_since_training": drift if reused else 0,
-            }
+            manifest["index"]["centroids"] = {"trained_in": trained_in if reused else version,
+                                              "changed_since_training": drift if reused else 0}
         (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         say({"stage": "publish", "done": len(catalog), "total": len(catalog)})
         path = store.publish(index_dir, staging, version)
@@ -138,29 +136,26 @@ def build(
     return BuildResult(version, path, manifest, report, pruned)
 
 
-def _previous_manifest(index_dir: Path) -> dict[str, Any]:
-    return store.read_manifest(store.current_dir(index_dir))
-
-
-def _previous_ivf(index_dir: Path, n: int, embedded: int, encoder: Encoder, retrain_share: float) -> tuple[Any, int]:
+def _previous_ivf(index_dir: Path, n: int, embedded: int, encoder: Encoder,
+                  retrain_share: float) -> tuple[Any, int, str | None]:
     """The served version's FAISS index when its IVF centroids may be reused (the items changed since
-    they were trained, counting this build, are at most ``retrain_share`` of ``n``), and that count;
-    ``(None, 0)`` when k-means must run."""
+    they were trained, counting this build, are at most ``retrain_share`` of ``n``), that count and the
+    version they were trained in; ``(None, 0, None)`` when k-means must run."""
     try:
-        old = _previous_manifest(index_dir)
+        old = store.read_manifest(store.current_dir(index_dir))
     except Exception:
-        return None, 0
+        return None, 0, None
     centroids = old.get("index", {}).get("centroids")
     if (old["index"].get("kind") != "ivf" or not centroids or old.get("dims") != encoder.dim
             or old.get("embedding", {}).get("family") != encoder.family):
-        return None, 0
+        return None, 0, None
     removed = max(int(old["counts"]["items"]) - n, 0)  # net: an edited item counts once, as embedded
     drift = int(centroids["changed_since_training"]) + embedded + removed
     if drift > retrain_share * n or retrain_share == 0:
-        return None, 0
+        return None, 0, None
     import faiss
 
-    return faiss.read_index(str(store.current_dir(index_dir) / "vectors.faiss")), drift
+    return faiss.read_index(str(store.current_dir(index_dir) / "vectors.faiss")), drift, str(centroids["trained_in"])
 
 
 def _embed(

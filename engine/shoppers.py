@@ -109,9 +109,9 @@ class ShopperMixin:
         """``rows -> personal_score`` for this shopper (content profile + co-occurrence with their
         recent items), or None for a shopper without history (then search is not personalized)."""
         history = self._history(user_id, snap)
-        if not history:
+        profile = self._profile(user_id, snap) if history else None
+        if profile is None:
             return None
-        profile = self._profile(user_id, snap) or profile_from(history, snap)
         recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
         with self.live.current() as models:
             scored = models.cooccurrence.scores(recent)

@@ -13,20 +13,19 @@ ignored and listed in the report. Defaults for what a file does not give:
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import gzip
 import hashlib
-import io
 import json
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from engine.catalog import Rejected
+from engine.csv_rows import csv_rows
 from engine.errors import CatalogError
 from engine.events.model import Event, InvalidEvent, validate_event
 from engine.events.store import EventStore
@@ -172,42 +171,23 @@ def _number_or_text(text: str) -> float | str:
         return text  # validate_event explains what is wrong with it
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return path.open("r", encoding="utf-8-sig", newline="")
-
-
 def _csv_rows(path: Path, report: ImportReport) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open_text(path) as fh:
-        first = fh.readline()
-        delimiter = max(",;\t|", key=lambda d: (first.count(d), d == ","))
-        fh.seek(0)
-        reader = csv.reader(fh, delimiter=delimiter, strict=True)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if "user_id" not in header:
-            raise CatalogError(f"{path}: no user_id column; found: {', '.join(header) or 'nothing'}")
-        report.ignored_columns = [h for h in header if h not in COLUMNS]
-        width = len(header)
-        while True:
-            line = reader.line_num + 1
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise CatalogError(f"{path}: line {line}: malformed CSV: {e}") from e
-            if not any(c.strip() for c in cells):
-                continue
-            if len(cells) != width:
-                report.rows_read += 1
-                report.rejected.append(Rejected(line, f"{len(cells)} fields but the header has {width}"))
-                continue
-            row: dict[str, Any] = {k: v.strip() for k, v in zip(header, cells)}
-            for key in ("value", "timestamp"):
-                if row.get(key):
-                    row[key] = _number_or_text(row[key])
-            yield line, row
+    rows = csv_rows(path)
+    header = [h.strip().lower() for h in next(rows, (0, []))[1]]
+    if "user_id" not in header:
+        raise CatalogError(f"{path}: no user_id column; found: {', '.join(header) or 'nothing'}")
+    report.ignored_columns = [h for h in header if h not in COLUMNS]
+    width = len(header)
+    for line, cells in rows:
+        if len(cells) != width:
+            report.rows_read += 1
+            report.rejected.append(Rejected(line, f"{len(cells)} fields but the header has {width}"))
+            continue
+        row: dict[str, Any] = {k: v.strip() for k, v in zip(header, cells)}
+        for key in ("value", "timestamp"):
+            if row.get(key):
+                row[key] = _number_or_text(row[key])
+        yield line, row
 
 
 def _jsonl_rows(path: Path, report: ImportReport) -> Iterator[tuple[int, dict[str, Any]]]:

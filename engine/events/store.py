@@ -155,12 +155,13 @@ class SQLiteEventStore:
             yield conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the cross-process lock; the caller holds ``_write_lock``."""
+    def _transaction(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the cross-process lock; the caller holds ``_write_lock``.
+        ``wait=False``: ``BlockingIOError`` when another process holds that lock."""
         conn = self._conn()
         if self._lock_fd < 0:
             self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -312,32 +313,20 @@ class SQLiteEventStore:
         conn = self._conn()
         if not self._write_lock.acquire(blocking=False):
             return False
+        conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            if self._lock_fd < 0:
-                self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            conn.execute("PRAGMA synchronous = NORMAL")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with self._transaction(wait=False):
                 cur = conn.execute(
                     "INSERT INTO profiles SELECT ?, ?, ?, ? WHERE EXISTS "
                     "(SELECT 1 FROM events WHERE seq = ? AND user_id = ?) "
                     "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, seq = excluded.seq, "
                     "updated_at = excluded.updated_at WHERE excluded.seq > profiles.seq",
                     (user_id, bytes(data), seq, time.time(), seq, user_id))
-                conn.execute("COMMIT")
-                return cur.rowcount == 1
-            except sqlite3.OperationalError:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                return False
-            finally:
-                conn.execute("PRAGMA synchronous = FULL")
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            return cur.rowcount == 1
+        except (BlockingIOError, sqlite3.OperationalError):  # another process writes, or SQLite is busy
+            return False
         finally:
+            conn.execute("PRAGMA synchronous = FULL")
             self._write_lock.release()
 
     def rebuild_features(self, category_of: CategoryOf | None = None) -> None:
