@@ -32,12 +32,12 @@ demo-events: demo-index
 	$(BIN)/vitrine events import $(DEMO_EVENTS)
 
 # The admin page needs an admin key: the demo makes one (instance/demo-admin-key) unless
-# VITRINE_ADMIN_KEY is set.
+# VITRINE_ADMIN_KEY is set. The demo turns on the "shopping as" menu of real shoppers (demo_shopper_menu).
 demo: demo-events
 	@mkdir -p instance
 	@test -s instance/demo-admin-key || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(18))" > instance/demo-admin-key
 	@echo "Storefront: http://$(HOST):$(PORT)/    Admin: http://$(HOST):$(PORT)/admin  (admin key: $${VITRINE_ADMIN_KEY:-$$(cat instance/demo-admin-key)})"
-	VITRINE_ADMIN_KEY=$${VITRINE_ADMIN_KEY:-$$(cat instance/demo-admin-key)} $(BIN)/vitrine serve --host $(HOST) --port $(PORT)
+	VITRINE_DEMO_SHOPPER_MENU=$${VITRINE_DEMO_SHOPPER_MENU:-1} VITRINE_ADMIN_KEY=$${VITRINE_ADMIN_KEY:-$$(cat instance/demo-admin-key)} $(BIN)/vitrine serve --host $(HOST) --port $(PORT)
 
 serve: install
 	$(BIN)/vitrine serve --host $(HOST) --port $(PORT)

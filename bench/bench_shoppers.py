@@ -234,9 +234,9 @@ def rec_breakdown(index: Path, events_url: str, users: list[str]) -> dict[str, d
     times: dict[str, list[float]] = {p: [] for p in REC_PARTS}
     for u in users:
         t0 = time.perf_counter()
-        history = engine._history(u, snap)
+        history = engine.shoppers._history(u, snap)
         t1 = time.perf_counter()
-        profile = engine._profile(u, snap) or profile_from(history, snap)
+        profile = engine.shoppers._profile(u, snap) or profile_from(history, snap)
         t2 = time.perf_counter()
         if len(profile.mass):
             if n <= EXACT_LIMIT:
@@ -245,7 +245,7 @@ def rec_breakdown(index: Path, events_url: str, users: list[str]) -> dict[str, d
                 profile.search_explained(snap.vector_index, CONTENT_CANDIDATES, beta=BETA, allowed=None)
         t3 = time.perf_counter()
         recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
-        with engine.live.current() as models:
+        with engine.shoppers.live.current() as models:
             models.cooccurrence.scores_dense(recent, snap.catalog.id_map, n)
             t4 = time.perf_counter()
             models.trending_dense(snap.catalog)
@@ -294,7 +294,7 @@ def profile_costs(index: Path, items: list[str]) -> dict[str, dict[str, float]]:
     engine.ingest([{"event_id": f"seed-{u}-{j}", "user_id": u, "type": "view", "item_id": rng.choice(items),
                     "timestamp": now - 86400 + j} for u in users for j in range(10)])
     for u in users:  # 10 new events: the read stores the folded profile
-        engine._profile(u, snap)
+        engine.shoppers._profile(u, snap)
     assert all(engine.events.get_profile(u) for u in users)
     ingest_s, read_s, put_s = [], [], []
     for i in range(UPDATES):
@@ -304,7 +304,7 @@ def profile_costs(index: Path, items: list[str]) -> dict[str, dict[str, float]]:
         t0 = time.perf_counter()
         res = engine.ingest([e])
         t1 = time.perf_counter()
-        p = engine._profile(u, snap)
+        p = engine.shoppers._profile(u, snap)
         t2 = time.perf_counter()
         assert res["accepted"] == [e["event_id"]] and p is not None, res
         ingest_s.append(t1 - t0)
@@ -313,7 +313,7 @@ def profile_costs(index: Path, items: list[str]) -> dict[str, dict[str, float]]:
         u = users[i % len(users)]
         stored = engine.events.get_profile(u)
         assert stored is not None
-        p = engine._profile(u, snap)
+        p = engine.shoppers._profile(u, snap)
         assert p is not None
         t0 = time.perf_counter()
         engine.events.put_profile(u, encode_profile(p, snap.vectors_of), stored[1] + 1)

@@ -115,10 +115,10 @@ def engine_config(index: Path) -> EngineConfig:
 def ensure_index(size: str) -> Path:
     """The index dir of ``size``, built (incrementally, default settings) if nothing is published there."""
     from engine import pipeline
-    from engine.index import store
+    from engine.index import versions
 
     index = index_dir(size)
-    if store.current_version(index) is None:
+    if versions.current_version(index) is None:
         print(f"[{size}] no index in {index}; building it (run bench_build.py for timings)", file=sys.stderr)
         pipeline.build(engine_config(index), catalog_path(size))
     return index

@@ -22,11 +22,24 @@ from typing import Any
 
 from engine.csv_rows import csv_rows
 from engine.errors import CatalogError, NotFound
-from engine.text import WHITESPACE_NORMALISED, clean_text
+from engine import text as _text
 
 FIELDS = ("id", "title", "description", "category", "brand", "price", "in_stock", "url", "image_url", "attributes")
 REQUIRED = ("id", "title")
 CATEGORY_SEP = " > "
+
+
+def category_segments(path: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"A > B"`` (or a list of segments) -> ``("A", "B")``: segments stripped, empty ones dropped."""
+    if not path:
+        return ()
+    parts = path.split(">") if isinstance(path, str) else path
+    return tuple(s.strip() for s in parts if s.strip())
+
+
+def category_key(path: str | Sequence[str]) -> str:
+    """Normalised category path for prefix matching: segments stripped, lower-cased, joined by ' > '."""
+    return CATEGORY_SEP.join(s.lower() for s in category_segments(path))
 
 _FORMATS = {
     ".csv": "csv", ".csv.gz": "csv",
@@ -34,8 +47,6 @@ _FORMATS = {
     ".json": "jsonl", ".json.gz": "jsonl",
     ".parquet": "parquet", ".pq": "parquet",
 }
-_TRUE = frozenset({"true", "1", "yes", "y", "in stock", "in_stock", "instock"})
-_FALSE = frozenset({"false", "0", "no", "n", "out of stock", "out_of_stock", "outofstock"})
 _CURRENCY = re.compile(r"^(?:[A-Z]{3}|[$€£¥₹])?\s*(.*?)\s*(?:[A-Z]{3}|[$€£¥₹])?$")
 
 
@@ -70,12 +81,11 @@ class Product:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Product:
         """Inverse of :meth:`to_dict`, without cleaning: for catalogs this module wrote."""
-        cat = d.get("category") or ()
-        segments = tuple(s.strip() for s in cat.split(">")) if isinstance(cat, str) else tuple(cat)
+        segments = category_segments(d.get("category"))
         price = d.get("price")
         return cls(
             id=str(d["id"]), title=str(d["title"]), description=d.get("description") or "",
-            category=tuple(s for s in segments if s), brand=d.get("brand") or "",
+            category=segments, brand=d.get("brand") or "",
             price=None if price is None else float(price), in_stock=d.get("in_stock"),
             url=d.get("url") or "", image_url=d.get("image_url") or "",
             attributes=dict(d.get("attributes") or {}),
@@ -370,7 +380,7 @@ class _Builder:
     def _text(self, value: Any) -> str:
         if _missing(value):
             return ""
-        text, applied = clean_text(_to_str(value))
+        text, applied = _text.clean_text(_to_str(value))
         self._count(applied)
         return text
 
@@ -381,7 +391,7 @@ class _Builder:
             return
         item_id = "" if _missing(raw_id) else _to_str(raw_id)
         if item_id != item_id.strip():
-            self._count({WHITESPACE_NORMALISED})
+            self._count({_text.WHITESPACE_NORMALISED})
             item_id = item_id.strip()
         if not item_id:
             self.reject(line, "missing id")
@@ -413,7 +423,7 @@ class _Builder:
     def _url(self, value: Any) -> str:
         text = "" if _missing(value) else _to_str(value)
         if text != text.strip():
-            self._count({WHITESPACE_NORMALISED})
+            self._count({_text.WHITESPACE_NORMALISED})
         return text.strip()
 
     def _category(self, line: int, value: Any) -> tuple[str, ...]:
@@ -524,14 +534,13 @@ def parse_bool(value: Any) -> tuple[bool | None, str | None]:
         if value in (0, 1):
             return bool(value), None
         return None, f"not a yes/no value {value!r}"
-    text = str(value).strip().lower()
-    if not text:
+    word = str(value).strip()
+    if not word:
         return None, None
-    if text in _TRUE:
-        return True, None
-    if text in _FALSE:
-        return False, None
-    return None, f"not a yes/no value {str(value).strip()!r}"
+    try:
+        return _text.parse_bool(word), None
+    except ValueError:
+        return None, f"not a yes/no value {word!r}"
 
 
 # --------------------------------------------------------------------------- saved catalogs

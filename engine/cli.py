@@ -66,7 +66,7 @@ def _print_json(data: Any) -> None:
 
 def cmd_build(config: EngineConfig, args: argparse.Namespace) -> int:
     from engine import pipeline
-    from engine.jobs import write_job
+    from engine.jobs import job_error, write_job
 
     catalog = Path(args.catalog) if args.catalog else config.catalog
     if catalog is None:
@@ -89,7 +89,7 @@ def cmd_build(config: EngineConfig, args: argparse.Namespace) -> int:
         result = pipeline.build(config, catalog, full=args.full, progress=progress)
     except Exception as e:
         if job_file:
-            state.update(state="failed", error=str(e), finished_at=time.time())
+            state.update(state="failed", error=job_error(e), finished_at=time.time())
             write_job(job_file, state)
         raise
     bar.close()
@@ -117,12 +117,12 @@ def cmd_catalog_check(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_search(config: EngineConfig, args: argparse.Namespace) -> int:
+    from engine.filters import Filters
     from engine.service import Engine
 
-    result = Engine(config).search(
-        args.query, k=args.k, offset=args.offset, category=args.category,
-        min_price=args.min_price, max_price=args.max_price, in_stock=args.in_stock,
-    )
+    filters = Filters(category=args.category, min_price=args.min_price, max_price=args.max_price,
+                      in_stock=args.in_stock)
+    result = Engine(config).search(args.query, k=args.k, offset=args.offset, filters=filters)
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -137,7 +137,7 @@ def cmd_similar(config: EngineConfig, args: argparse.Namespace) -> int:
 
     engine = Engine(config)
     source = engine.item(args.item_id)
-    hits = engine.similar(args.item_id, k=args.k, same_category=args.same_category)
+    hits = engine.similar(args.item_id, k=args.k, same_category=args.same_category).hits
     if args.json:
         _print_json({"item": source.to_dict(), "similar": [h.to_dict() for h in hits]})
         return 0
@@ -148,13 +148,13 @@ def cmd_similar(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_info(config: EngineConfig, args: argparse.Namespace) -> int:
-    from engine.index import store
+    from engine.admin import Admin
 
-    version = store.current_version(config.index_dir)
-    if version is None:
-        raise IndexNotBuilt(f"no index published in {config.index_dir}; run `vitrine build --catalog FILE`")
-    manifest = store.read_manifest(store.current_dir(config.index_dir))
-    info = {"current": version, "versions": store.list_versions(config.index_dir), "manifest": manifest}
+    admin = Admin(config)
+    manifest = admin.manifest()
+    seen = admin.versions()
+    version = seen.current
+    info = {"current": version, "versions": seen.on_disk, "served": seen.served, "manifest": manifest}
     if args.json:
         _print_json(info)
         return 0
@@ -168,9 +168,9 @@ def cmd_info(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(config: EngineConfig, args: argparse.Namespace) -> int:
-    from engine.index import store
+    from engine.pipeline import rollback
 
-    old, new = store.rollback(config.index_dir)
+    old, new = rollback(config)
     print(f"rolled back: current is now {new} (was {old})")
     return 0
 
@@ -269,12 +269,12 @@ class _ProgressBar:
 
 
 def _bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "y"):
-        return True
-    if v in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    from engine.text import parse_bool
+
+    try:
+        return parse_bool(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -323,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, help="worker processes (default 1)")
     sv.add_argument("--threads", type=int, help="threads per worker (default 8)")
 
-    add("rollback", cmd_rollback, "point `current` back at the previous version")
+    add("rollback", cmd_rollback, "serve the version served before the current one (walks back the history)")
     i = add("info", cmd_info, "show the published version and its manifest")
     i.add_argument("--json", action="store_true")
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from enum import Enum
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from engine.errors import ConfigError
+from engine.text import parse_bool
+from engine.types import EncoderKind, Fusion
 
 ENV_PREFIX = "VITRINE_"
 CONFIG_FILE_ENV = "VITRINE_CONFIG"
@@ -27,8 +30,8 @@ class EngineConfig:
     catalog: Path | None = None
     # Where the ONNX export of the model lives (default: <index_dir>/models).
     models_dir: Path | None = None
-    # Encoder: "onnx" (exported from the packaged weights, fp32, same vectors as torch) or "torch".
-    encoder: str = "onnx"
+    # Encoder: onnx (exported from the packaged weights, fp32, same vectors as torch) or torch.
+    encoder: EncoderKind = EncoderKind.ONNX
     encode_batch_size: int = 64
     max_seq_length: int = 256
     query_cache_size: int = 4096
@@ -38,7 +41,7 @@ class EngineConfig:
     max_offset: int = 1000
     candidate_pool: int = 200
     hybrid_weight: float = 0.9
-    fusion: str = "zscore"
+    fusion: Fusion = Fusion.ZSCORE
     # Personalized search: default strength when a shopper is given (0 = off, 1 = profile only).
     personalize: float = 0.03
     # Vector index choice: exact inner product up to this many items, IVF above.
@@ -51,9 +54,24 @@ class EngineConfig:
     keep_versions: int = 3
     # Shopper events (SQLite, WAL): the store URL; relative sqlite paths are relative to the working dir.
     events_url: str = "sqlite:///instance/events.db"
-    # HTTP.
+    # Where an admin rebuild may read catalogs from (``catalog_dirs``; comma-separated in the environment).
+    # Empty: the folder of the catalog the current version was built from, and ``data/``.
+    catalog_dirs: tuple[Path, ...] = ()
+    # HTTP. Keys of the scopes: read (shopper data), ingest (events), admin (everything). Unset: scope off.
     admin_key: str | None = None
     ingest_key: str | None = None
+    read_key: str | None = None
+    # The shop's secret for signed shopper tokens (see engine.tokens); unset: no tokens are accepted.
+    shopper_secret: str | None = None
+    # The storefront's "shopping as" menu of real shoppers: a demo feature (``make demo`` turns it on).
+    demo_shopper_menu: bool = False
+    # Events from storefront sessions and shopper tokens (not from the ingest key): token buckets per
+    # session and per client IP, shared by every worker (``limits_path``); over the limit: 429.
+    events_per_second_session: float = 5.0
+    events_burst_session: int = 40
+    events_per_second_ip: float = 20.0
+    events_burst_ip: int = 200
+    limits_path: Path = Path("instance/limits.db")
     # Browser sessions (storefront shopper, admin page): cookies are signed with ``secret_key``, else with
     # a random key kept in ``secret_key_file`` (created on first use, shared by every worker).
     secret_key: str | None = None
@@ -76,14 +94,14 @@ class EngineConfig:
             if not cond:
                 raise ConfigError(f"{key}: {msg}")
 
-        need(self.encoder in ("onnx", "torch"), "encoder", f"must be 'onnx' or 'torch', got {self.encoder!r}")
+        need(isinstance(self.encoder, EncoderKind), "encoder", f"must be one of {_values(EncoderKind)}")
         need(1 <= self.default_k <= self.max_k, "default_k", f"must be in 1..max_k ({self.max_k})")
         need(1 <= self.max_k <= 1000, "max_k", "must be in 1..1000")
         need(self.max_offset >= 0, "max_offset", "must be >= 0")
         need(self.candidate_pool >= self.max_k, "candidate_pool", "must be >= max_k")
         need(0.0 <= self.hybrid_weight <= 1.0, "hybrid_weight", "must be in 0..1")
         need(0.0 <= self.personalize <= 1.0, "personalize", "must be in 0..1")
-        need(self.fusion in ("minmax", "zscore", "rrf"), "fusion", "must be minmax, zscore or rrf")
+        need(isinstance(self.fusion, Fusion), "fusion", f"must be one of {_values(Fusion)}")
         need(self.approx_threshold >= 1000, "approx_threshold", "must be >= 1000")
         need(self.ivf_nprobe >= 1, "ivf_nprobe", "must be >= 1")
         need(0.0 < self.target_recall <= 1.0, "target_recall", "must be in (0, 1]")
@@ -96,9 +114,17 @@ class EngineConfig:
         need(self.faiss_threads >= 1, "faiss_threads", "must be >= 1")
         need(self.secret_key is None or len(self.secret_key) >= 16, "secret_key", "must be at least 16 characters")
         need(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
-        need(self.ingest_key is None or len(self.ingest_key) >= 8, "ingest_key", "must be at least 8 characters")
-        need(bool(self.admin_key is None or self.admin_key != self.ingest_key), "ingest_key",
-             "must differ from admin_key (separate scopes)")
+        for name in ("ingest_key", "read_key"):
+            value = getattr(self, name)
+            need(value is None or len(value) >= 8, name, "must be at least 8 characters")
+        keys = [k for k in (self.admin_key, self.ingest_key, self.read_key) if k]
+        need(len(keys) == len(set(keys)), "ingest_key", "admin_key, ingest_key and read_key must differ (separate scopes)")
+        need(self.shopper_secret is None or len(self.shopper_secret) >= 16, "shopper_secret",
+             "must be at least 16 characters")
+        for name in ("events_per_second_session", "events_per_second_ip"):
+            need(getattr(self, name) > 0, name, "must be > 0")
+        for name in ("events_burst_session", "events_burst_ip"):
+            need(getattr(self, name) >= 1, name, "must be >= 1")
 
     @property
     def models_path(self) -> Path:
@@ -141,9 +167,25 @@ class EngineConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _values(enum: type[Enum]) -> str:
+    return ", ".join(str(e.value) for e in enum)
+
+
+_ENUMS: dict[str, type[Enum]] = {"EncoderKind": EncoderKind, "Fusion": Fusion}
+
+
 def _coerce(key: str, type_name: Any, value: Any) -> Any:
     t = str(type_name)
     try:
+        if t in _ENUMS:
+            enum = _ENUMS[t]
+            try:
+                return enum(value)
+            except ValueError:
+                raise ConfigError(f"{key}: must be one of {_values(enum)}, got {value!r}") from None
+        if t == "tuple[Path, ...]":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(Path(str(v).strip()) for v in items if str(v).strip())
         if t.startswith("Path"):
             return None if value in (None, "") else Path(value)
         if t == "int":
@@ -155,10 +197,7 @@ def _coerce(key: str, type_name: Any, value: Any) -> Any:
         if t == "str":
             return str(value)
         if t == "bool" and not isinstance(value, bool):
-            text = str(value).strip().lower()
-            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ValueError(value)
-            return text in ("1", "true", "yes", "on")
+            return parse_bool(str(value))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}: cannot read {value!r} as {t}") from e
     return value

@@ -36,3 +36,29 @@ class BuildInProgress(VitrineError):
 
 class ConfigError(VitrineError):
     """A configuration value is invalid; the message names the key."""
+
+
+class StoreUnavailable(VitrineError):
+    """The event store cannot write (read-only or immutable file or folder, full disk, I/O error) or
+    cannot be opened at all (HTTP 503). Nothing of the failed call was stored; retry once it is fixed.
+
+    ``str(e)`` and ``e.reason`` are the short reason, without paths: ``"event store is read-only"``,
+    ``"disk full"``, ...
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Unauthorized(VitrineError):
+    """A credential (key, shopper token) is missing, wrong or expired for what was asked (HTTP 401)."""
+
+
+class RateLimited(VitrineError):
+    """Too many requests from one session, IP or shopper; ``retry_after`` seconds until one is allowed
+    (HTTP 429 with ``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -24,7 +24,7 @@ from engine.config import EngineConfig
 from engine.embedding.base import MODEL_NAME, Encoder
 from engine.embedding.cache import EmbeddingCache, text_hash
 from engine.errors import BuildInProgress, CatalogError
-from engine.index import store
+from engine.index import publish, versions
 from engine.index.keyword import B, K1, KeywordIndex
 from engine.index.vector import VectorIndex, build_vector_index
 from engine.item_text import embedding_text, keyword_text
@@ -73,6 +73,14 @@ def build_lock(index_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def rollback(config: EngineConfig) -> tuple[str, str]:
+    """Serve the version served before the current one, under the build lock; returns (from, to).
+
+    Raises ``NotFound`` when there is no earlier version, ``BuildInProgress`` while a build runs."""
+    with build_lock(config.index_dir):
+        return publish.rollback(config.index_dir)
+
+
 def build(
     config: EngineConfig,
     catalog_path: Path,
@@ -90,7 +98,7 @@ def build(
     say = progress or (lambda event: None)
     index_dir = config.index_dir
     with build_lock(index_dir):
-        store.remove_stale_staging(index_dir)
+        publish.remove_stale_staging(index_dir)
         say({"stage": "catalog", "done": 0, "total": 0})
         catalog, report = read_catalog(catalog_path)
         if len(catalog) == 0:
@@ -114,8 +122,8 @@ def build(
         )
         del previous
         keyword = KeywordIndex.build([keyword_text(p) for p in catalog])
-        version = store.new_version_name(catalog.content_hash())
-        staging = index_dir / f"{store.STAGING_PREFIX}{version}"
+        version = publish.new_version_name(catalog.content_hash())
+        staging = index_dir / f"{versions.STAGING_PREFIX}{version}"
         staging.mkdir()
         write_catalog_jsonl(catalog, staging / "items.jsonl")
         np.save(staging / "vectors.npy", vectors, allow_pickle=False)
@@ -128,10 +136,10 @@ def build(
             reused = info.quantizer == "reused"
             manifest["index"]["centroids"] = {"trained_in": trained_in if reused else version,
                                               "changed_since_training": drift if reused else 0}
-        (staging / store.MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        (staging / versions.MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         say({"stage": "publish", "done": len(catalog), "total": len(catalog)})
-        path = store.publish(index_dir, staging, version)
-        pruned = store.prune(index_dir, config.keep_versions)
+        path = publish.publish(index_dir, staging, version)
+        pruned = publish.prune(index_dir, config.keep_versions)
     log.info("published %s with %d items", version, len(catalog))
     return BuildResult(version, path, manifest, report, pruned)
 
@@ -142,7 +150,7 @@ def _previous_ivf(index_dir: Path, n: int, embedded: int, encoder: Encoder,
     they were trained, counting this build, are at most ``retrain_share`` of ``n``), that count and the
     version they were trained in; ``(None, 0, None)`` when k-means must run."""
     try:
-        old = store.read_manifest(store.current_dir(index_dir))
+        old = versions.read_manifest(versions.current_dir(index_dir))
     except Exception:
         return None, 0, None
     centroids = old.get("index", {}).get("centroids")
@@ -155,7 +163,7 @@ def _previous_ivf(index_dir: Path, n: int, embedded: int, encoder: Encoder,
         return None, 0, None
     import faiss
 
-    return faiss.read_index(str(store.current_dir(index_dir) / "vectors.faiss")), drift, str(centroids["trained_in"])
+    return faiss.read_index(str(versions.current_dir(index_dir) / "vectors.faiss")), drift, str(centroids["trained_in"])
 
 
 def _embed(

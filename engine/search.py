@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from engine.catalog import CATEGORY_SEP, category_key
+from engine.filters import Filters
 from engine.ranking.fusion import fuse
-from engine.snapshot import CATEGORY_SEP, Snapshot, category_key
+from engine.recommend.personal import Affinity, personalized
+from engine.snapshot import Snapshot
+from engine.types import Fusion
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,12 @@ def ranked_search(
     mask: np.ndarray | None,
     pool: int,
     weight: float,
-    fusion: str,
-    affinity: Callable[[np.ndarray], np.ndarray] | None = None,
+    fusion: Fusion,
+    affinity: Affinity | None = None,
     personalize: float = 0.0,
 ) -> Ranked:
-    """``affinity(rows)`` gives the shopper's raw affinity to candidate rows; with ``personalize`` p in
-    (0, 1] the order is by ``(1 - p) * z(fused) + p * z(affinity)`` over the candidates (p = 0: off)."""
+    """``affinity(rows)`` gives the shopper's affinity to candidate rows; with ``personalize`` p in (0, 1]
+    the order is :func:`engine.recommend.personal.personalized` over the candidates (p = 0: off)."""
     bm25_all = snap.keyword.scores(query)
     rows = candidates(snap, bm25_all, qvec, max(pool, offset + k), mask)
     if len(rows) == 0:
@@ -109,7 +113,7 @@ def ranked_search(
     personal = None
     if affinity is not None and personalize > 0:
         personal = np.asarray(affinity(rows), np.float64)
-        fused = (1 - personalize) * _z(fused) + personalize * _z(personal)
+        fused = personalized(fused, personal, personalize)
     order = np.lexsort((rows, -fused))[offset : offset + k]
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
@@ -127,19 +131,15 @@ def facets(
     qvec: np.ndarray,
     pool: int,
     rows: np.ndarray,
-    *,
-    category: str | None = None,
-    min_price: float | None = None,
-    max_price: float | None = None,
-    in_stock: bool | None = None,
+    filters: Filters,
 ) -> dict[str, Any]:
     """``{"category": [{"path", "name", "count"}], "price": {"min", "max"}}`` (see the module docstring).
 
     ``rows`` are the search's candidates under the given filters (from :func:`ranked_search`, with the
     same ``pool``); ``bm25_all`` and ``qvec`` are the query's, reused for the pass without the category
     and price filters when one of them is set."""
-    if category is not None or min_price is not None or max_price is not None:
-        rows = candidates(snap, bm25_all, qvec, pool, snap.filter_mask(in_stock=in_stock))
+    if filters.narrows_category_or_price:
+        rows = candidates(snap, bm25_all, qvec, pool, snap.filter_mask(filters.stock_only()))
     catalog = snap.catalog
     prices = snap.price[rows]  # float32: find the rows, report their catalog (float64) prices
     priced = ~np.isnan(prices)
@@ -148,15 +148,15 @@ def facets(
         lo, hi = prices[priced].min(), prices[priced].max()
         price = {"min": min(_prices(snap, rows[prices == lo])), "max": max(_prices(snap, rows[prices == hi]))}
     counted = rows
-    if min_price is not None or max_price is not None:  # as Snapshot.filter_mask: no price, no match
+    if filters.min_price is not None or filters.max_price is not None:  # as Snapshot.filter_mask: no price, no match
         within = priced.copy()
-        if min_price is not None:
-            within &= prices >= min_price
-        if max_price is not None:
-            within &= prices <= max_price
+        if filters.min_price is not None:
+            within &= prices >= filters.min_price
+        if filters.max_price is not None:
+            within &= prices <= filters.max_price
         counted = rows[within]
     paths = Counter(catalog[int(r)].category for r in counted)
-    return {"category": _category_facet(paths, category), "price": price}
+    return {"category": _category_facet(paths, filters.category), "price": price}
 
 
 def _prices(snap: Snapshot, rows: np.ndarray) -> list[float]:
@@ -189,19 +189,6 @@ def _category_facet(paths: Counter[tuple[str, ...]], selected: str | None) -> li
     return [{"path": CATEGORY_SEP.join(path), "name": path[-1], "count": n} for path, n in ranked]
 
 
-COOC_WEIGHT = 8.0  # co-occurrence beside content in a shopper's affinity (tuned: eval personalized-search)
-
-
-def personal_score(content: np.ndarray, cooccurrence: np.ndarray, cooc_weight: float = COOC_WEIGHT) -> np.ndarray:
-    """A shopper's affinity to candidates: ``z(content) + w * z(co-occurrence)`` over the candidate set."""
-    return _z(np.asarray(content, np.float64)) + cooc_weight * _z(np.asarray(cooccurrence, np.float64))
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    sd = float(x.std())
-    return (x - float(x.mean())) / sd if sd > 0 else np.zeros_like(x)
-
-
 def _hit(snap: Snapshot, row: int, score: float, bm25: float, vector: float, personal: float | None = None) -> Hit:
     p = snap.catalog[row]
     return Hit(p.id, p.title, p.category_path, p.brand, p.price, p.in_stock, score, bm25, vector, personal)
@@ -212,7 +199,7 @@ def similar_items(snap: Snapshot, row: int, *, k: int, same_category: bool) -> l
     (or an earlier neighbour's exact title)."""
     mask = None
     if same_category and snap.catalog[row].category:
-        mask = snap.filter_mask(category=snap.catalog[row].category_path)
+        mask = snap.filter_mask(Filters(category=snap.catalog[row].category_path))
     qvec = np.asarray(snap.vectors[row], np.float32)
     seen = {snap.title_keys[row]}
     out: list[Hit] = []

@@ -1,4 +1,5 @@
-"""Online serving: ``Engine`` answers search, similar items and item look-ups from the published version.
+"""Online serving: ``Engine`` answers search, suggestions, similar items, item look-ups and, through the
+``Shoppers`` it owns, events and recommendations, from the published version.
 
 Read-only over ``index_dir``. Thread-safe: requests share an immutable ``Snapshot``; at most every
 ``reload_check_seconds`` a request looks at the ``current`` pointer, and when it moved, that
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,13 +20,14 @@ import numpy as np
 from engine.catalog import Product
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
+from engine.errors import IndexNotBuilt, InvalidQuery, StoreUnavailable
 from engine.events import EventStore
-from engine.recommend.live import LiveModels
-from engine.errors import IndexNotBuilt, InvalidQuery
-from engine.index import store
+from engine.filters import NO_FILTERS, Filters
+from engine.index import versions
+from engine.index.vector import set_search_threads
 from engine.memory import release_free_memory
 from engine.search import Hit, facets, ranked_search, similar_items
-from engine.shoppers import ShopperMixin
+from engine.shoppers import EventStats, IngestResult, Recommendations, SampleShopper, Shoppers
 from engine.snapshot import Snapshot
 from engine.suggest import DEFAULT_K as DEFAULT_SUGGESTIONS
 from engine.suggest import MAX_K as MAX_SUGGESTIONS
@@ -64,7 +65,57 @@ class SearchResult:
         }
 
 
-class Engine(ShopperMixin):
+@dataclass(frozen=True)
+class Similar:
+    item_id: str
+    version: str  # the version the hits come from
+    hits: list[Hit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "version": self.version, "similar": [h.to_dict() for h in self.hits]}
+
+
+@dataclass(frozen=True)
+class Suggestions:
+    q: str
+    version: str
+    suggestions: list[dict[str, Any]]  # [{"text", "kind", "id"?, "category", "count"?}], best first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"q": self.q, "version": self.version, "suggestions": self.suggestions}
+
+
+@dataclass(frozen=True)
+class Info:
+    """What anyone may know of the served version: no paths, hashes or build details (see ``manifest``)."""
+
+    version: str
+    items: int
+    created_at: str | None
+    model: str | None
+    dims: int | None
+    encoder: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "items": self.items, "created_at": self.created_at,
+                "model": self.model, "dims": self.dims, "encoder": self.encoder}
+
+
+@dataclass(frozen=True)
+class Health:
+    """``status``: ``ok``; ``no_index`` (nothing published yet); ``degraded`` (serving, but ``reason`` says
+    what does not work, e.g. the event store cannot write)."""
+
+    status: str
+    index_version: str | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "index_version": self.index_version} | (
+            {"reason": self.reason} if self.reason else {})
+
+
+class Engine:
     """The serving façade. Create one per process and share it between threads."""
 
     def __init__(self, config: EngineConfig, encoder: Encoder | None = None, *,
@@ -79,12 +130,10 @@ class Engine(ShopperMixin):
         self._reload_lock = threading.Lock()
         self._encoder_lock = threading.Lock()
         self._embed_cached = functools.lru_cache(maxsize=config.query_cache_size)(self._embed_uncached)
-        self._events: EventStore | None = None
-        self._events_lock = threading.Lock()
-        self._live: LiveModels | None = None
         self._suggester: tuple[str, Suggester] | None = None
         self._suggester_lock = threading.Lock()
-        self._top_users: dict[int, tuple[float, list[tuple[str, int, str | None]]]] = {}
+        self.shoppers = Shoppers(config, self.snapshot)
+        set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -97,20 +146,22 @@ class Engine(ShopperMixin):
             return snap  # type: ignore[return-value]  # another thread is reloading; serve the old one
         try:
             self._checked_at = now
-            version = store.current_version(self.config.index_dir)
+            version = versions.current_version(self.config.index_dir)
             if version is None:
                 if self._snap is None:
                     raise IndexNotBuilt(f"no index published in {self.config.index_dir}; run `vitrine build`")
                 return self._snap
             if self._snap is None or self._snap.version != version:
                 try:
-                    loaded = Snapshot.load(store.current_dir(self.config.index_dir))
-                except (OSError, ValueError, KeyError) as e:
+                    loaded = Snapshot.load(versions.current_dir(self.config.index_dir))
+                    self._check_encoder(loaded)
+                except (OSError, ValueError, KeyError, IndexNotBuilt) as e:
                     if self._snap is None:
+                        if isinstance(e, IndexNotBuilt):
+                            raise
                         raise IndexNotBuilt(f"cannot load index version {version}: {e}") from e
-                    log.warning("cannot load version %s, still serving %s: %s", version, self._snap.version, e)
+                    log.warning("cannot serve version %s, still serving %s: %s", version, self._snap.version, e)
                     return self._snap
-                self._check_encoder(loaded)
                 self._snap = loaded
                 release_free_memory()
                 log.info("serving index version %s (%d items)", loaded.version, len(loaded))
@@ -128,14 +179,13 @@ class Engine(ShopperMixin):
         *,
         k: int | None = None,
         offset: int = 0,
-        category: str | None = None,
-        min_price: float | None = None,
-        max_price: float | None = None,
-        in_stock: bool | None = None,
+        filters: Filters = NO_FILTERS,
         weight: float | None = None,
         user: str | None = None,
         personalize: float | None = None,
     ) -> SearchResult:
+        """Hits, the number of candidates and the facets of ``query`` under ``filters``, re-ranked for
+        ``user`` (strength ``personalize``, default ``EngineConfig.personalize``) when given."""
         t0 = time.perf_counter()
         query = " ".join((query or "").split())
         if not query:
@@ -145,11 +195,6 @@ class Engine(ShopperMixin):
         k = self._check_k(k)
         if not 0 <= offset <= self.config.max_offset:
             raise InvalidQuery("offset", f"must be in 0..{self.config.max_offset}, got {offset}")
-        for name, value in (("min_price", min_price), ("max_price", max_price)):
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise InvalidQuery(name, f"must be a number >= 0, got {value}")
-        if min_price is not None and max_price is not None and min_price > max_price:
-            raise InvalidQuery("min_price", f"must not exceed max_price ({min_price} > {max_price})")
         if weight is not None and not 0.0 <= weight <= 1.0:
             raise InvalidQuery("weight", f"must be in 0..1, got {weight}")
         if personalize is not None and not 0.0 <= personalize <= 1.0:
@@ -157,9 +202,14 @@ class Engine(ShopperMixin):
         if user is not None and not user.strip():
             raise InvalidQuery("user", "must not be empty")
         snap = self.snapshot()
-        mask = snap.filter_mask(category, min_price, max_price, in_stock)
+        mask = snap.filter_mask(filters)
         strength = (self.config.personalize if personalize is None else personalize) if user else 0.0
-        affinity = self._affinity(user, snap) if user and strength > 0 else None
+        affinity = None
+        if user and strength > 0:
+            try:
+                affinity = self.shoppers.affinity(user, snap)
+            except StoreUnavailable as e:  # search still answers, unpersonalized
+                log.warning("search not personalized: %s", e)
         qvec = self.embed_query(query)
         pool = max(self.config.candidate_pool, offset + k)
         ranked = ranked_search(
@@ -175,14 +225,12 @@ class Engine(ShopperMixin):
             affinity=affinity,
             personalize=strength,
         )
-        facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, category=category, min_price=min_price,
-                       max_price=max_price, in_stock=in_stock)
+        facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
                             total_candidates=len(ranked.rows), facets=facet)
 
-    def suggest(self, q: str, k: int | None = None) -> dict[str, Any]:
-        """Type-ahead suggestions for the typed text ``q`` (see :mod:`engine.suggest`):
-        ``{"q", "version", "suggestions": [{"text", "kind", "id"?, "category", "count"?}]}``."""
+    def suggest(self, q: str, k: int | None = None) -> Suggestions:
+        """Type-ahead suggestions for the typed text ``q`` (see :mod:`engine.suggest`)."""
         k = DEFAULT_SUGGESTIONS if k is None else k
         if not isinstance(q, str) or not q.strip():
             raise InvalidQuery("q", "must not be empty")
@@ -191,7 +239,7 @@ class Engine(ShopperMixin):
         if not 1 <= k <= MAX_SUGGESTIONS:
             raise InvalidQuery("k", f"must be in 1..{MAX_SUGGESTIONS}, got {k}")
         snap = self.snapshot()
-        return {"q": q, "version": snap.version, "suggestions": self.suggester(snap).suggest(q, k)}
+        return Suggestions(q, snap.version, self.suggester(snap).suggest(q, k))
 
     def suggester(self, snap: Snapshot, *, wait: bool = False) -> Suggester:
         """The suggestion index of ``snap``'s version, built once per version and process. While another
@@ -214,24 +262,75 @@ class Engine(ShopperMixin):
         finally:
             self._suggester_lock.release()
 
-    def similar(self, item_id: str, *, k: int | None = None, same_category: bool = False) -> list[Hit]:
+    def similar(self, item_id: str, *, k: int | None = None, same_category: bool = False) -> Similar:
+        """Nearest neighbours of the item (itself and items with its exact title left out)."""
         k = self._check_k(k)
         snap = self.snapshot()
-        return similar_items(snap, snap.catalog.row(item_id), k=k, same_category=same_category)
+        return Similar(item_id, snap.version, similar_items(snap, snap.catalog.row(item_id), k=k,
+                                                            same_category=same_category))
 
     def item(self, item_id: str) -> Product:
         snap = self.snapshot()
         return snap.catalog[snap.catalog.row(item_id)]
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> Info:
+        """The served version, for anyone (the full manifest is ``Admin.manifest``, for the admin key)."""
         snap = self.snapshot()
-        return {
-            "version": snap.version,
-            "items": len(snap),
-            "versions": store.list_versions(self.config.index_dir),
-            "encoder": self.encoder.name if self._encoder is not None else None,
-            "manifest": snap.manifest,
-        }
+        m = snap.manifest
+        return Info(snap.version, len(snap), m.get("created_at"), m.get("model"), m.get("dims"),
+                    m.get("embedding", {}).get("encoder"))
+
+    def health(self) -> Health:
+        """Whether the engine serves, and what does not work when it is degraded (never raises)."""
+        version = versions.current_version(self.config.index_dir)
+        if version is None:
+            return Health("no_index", None)
+        try:
+            reason = self.shoppers.events.health()
+        except StoreUnavailable as e:
+            reason = str(e)
+        return Health("degraded", version, reason) if reason else Health("ok", version)
+
+    # -- shoppers (see engine.shoppers) ---------------------------------------------------------
+    @property
+    def events(self) -> EventStore:
+        return self.shoppers.events
+
+    def ingest(self, objs: list[Any]) -> IngestResult:
+        """Validate and durably store shopper events (see :meth:`Shoppers.ingest`)."""
+        return self.shoppers.ingest(objs)
+
+    def recommend(self, user_id: str | None = None, *, recent: list[str] | None = None, k: int | None = None,
+                  filters: Filters = NO_FILTERS, exclude: list[str] | None = None,
+                  diversity: float = 0.0) -> Recommendations:
+        """Recommendations for a shopper, or for an anonymous session's ``recent`` items (oldest first)."""
+        return self.shoppers.recommend(user_id, recent=recent, k=self._check_k(k), filters=filters,
+                                       exclude=exclude, diversity=diversity)
+
+    def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
+        """Items taken together with ``item_id`` (see :meth:`Shoppers.also_bought`); none while the event
+        store is unavailable, so that the similar-items answer still comes."""
+        try:
+            return self.shoppers.also_bought(item_id, k)
+        except StoreUnavailable as e:
+            log.warning("no also-bought items: %s", e)
+            return []
+
+    def item_stats(self, item_id: str) -> dict[str, Any]:
+        return self.shoppers.item_stats(item_id)
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        """Features of a shopper; an unknown shopper gets zeros (cold start), not an error."""
+        return self.shoppers.user(user_id)
+
+    def delete_user(self, user_id: str) -> int:
+        return self.shoppers.delete_user(user_id)
+
+    def event_stats(self, days: int = 30, *, now: float | None = None) -> EventStats:
+        return self.shoppers.event_stats(days, now=now)
+
+    def sample_shoppers(self, limit: int = 20) -> list[SampleShopper]:
+        return self.shoppers.sample_shoppers(limit)
 
     # -- embedding ----------------------------------------------------------------------------
     @property

@@ -20,7 +20,7 @@ def gunicorn_options(config: EngineConfig) -> dict[str, Any]:
         "bind": f"{config.host}:{config.port}",
         "workers": config.workers,
         "threads": config.threads,
-        "worker_class": "gthread",
+        "worker_class": "web.gunicorn_worker.JSONErrorWorker",  # gthread, answering its own errors in JSON
         "timeout": 120,
         "graceful_timeout": 10,
         "keepalive": 5,

@@ -1,27 +1,25 @@
-"""The shopper side of ``Engine``: events, features, profiles, recommendations, shopper stats.
+"""The shopper side of the engine: events, features, profiles, recommendations, shopper stats.
 
-A mixin, so that ``Engine`` keeps one public surface while this file holds one concern. It uses the
-engine's ``config``, ``snapshot()`` and ``_check_k``, and owns the event store, the live models and the
-shopper-sampler cache (created in ``Engine.__init__``).
+``Shoppers`` is owned by ``Engine`` (which hands it the current snapshot on every call) and owns the event
+store, the live models and the shopper-sampler cache. Thread-safe like the engine.
 """
 from __future__ import annotations
 
 import datetime as dt
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-import numpy as np
-
-from engine.catalog import Product
 from engine.config import EngineConfig
-from engine.errors import IndexNotBuilt, InvalidQuery
-from engine.events import EventStore, EventType, open_event_store, validate_many
+from engine.errors import InvalidQuery
+from engine.events import EventStore, EventType, RejectedEvent, open_event_store, validate_many
+from engine.filters import NO_FILTERS, Filters
 from engine.recommend.blend import Blender
-from engine.recommend.compose import BETA, HISTORY_DECAY, HISTORY_LIMIT, Touch, profile_from, recommend
+from engine.recommend.compose import HISTORY_LIMIT, Recommended, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
-from engine.search import COOC_WEIGHT, personal_score
+from engine.recommend.personal import Affinity, affinity
 from engine.snapshot import Snapshot
 
 MAX_STATS_DAYS = 366
@@ -30,65 +28,115 @@ MAX_SAMPLE_SHOPPERS = 1000
 # does not pay it on every render (deleting a shopper clears it at once; new events show within this time).
 SAMPLE_SHOPPERS_TTL_S = 30.0
 
-# Profiles are folded from the event log on read; see Engine._profile.
+# Profiles are folded from the event log on read; see Shoppers._profile.
 PROFILE_FOLD_LIMIT = 500
 PROFILE_WRITE_BACK = 10
 
 
+@dataclass(frozen=True)
+class IngestResult:
+    """Event ids stored now, ids stored before (or twice in the batch), and the events rejected, with why."""
 
-class ShopperMixin:
-    config: EngineConfig
-    _events: EventStore | None
-    _events_lock: threading.Lock
-    _live: LiveModels | None
-    _top_users: dict[int, tuple[float, list[tuple[str, int, str | None]]]]
+    accepted: list[str]
+    duplicates: list[str]
+    rejected: list[RejectedEvent]
 
-    if TYPE_CHECKING:  # provided by Engine
-        def snapshot(self) -> Snapshot: ...
+    def to_dict(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates,
+                "rejected": [r.to_dict() for r in self.rejected]}
 
-        def _check_k(self, k: int | None) -> int: ...
 
-        def item(self, item_id: str) -> Product: ...
+@dataclass(frozen=True)
+class Recommendations:
+    user_id: str | None
+    version: str
+    k: int
+    recommendations: list[Recommended]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "version": self.version, "k": self.k,
+                "recommendations": [r.to_dict() for r in self.recommendations]}
+
+
+@dataclass(frozen=True)
+class EventStats:
+    """Event counts of the last ``days`` UTC calendar days (see :meth:`Shoppers.event_stats`)."""
+
+    days: int
+    since: str
+    events_per_day: list[dict[str, Any]]
+    totals: dict[str, int]
+    events: int
+    shoppers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"days": self.days, "since": self.since, "events_per_day": self.events_per_day,
+                "totals": self.totals, "events": self.events, "shoppers": self.shoppers}
+
+
+@dataclass(frozen=True)
+class SampleShopper:
+    user_id: str
+    events: int
+    last_item_id: str | None
+    last_item_title: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "events": self.events, "last_item_id": self.last_item_id,
+                "last_item_title": self.last_item_title}
+
+
+class Shoppers:
+    """Events, profiles and recommendations of the shoppers, over the snapshot ``snapshot()`` returns."""
+
+    def __init__(self, config: EngineConfig, snapshot: Callable[[], Snapshot]) -> None:
+        self.config = config
+        self._snapshot = snapshot
+        self._events: EventStore | None = None
+        self._events_lock = threading.Lock()
+        self._live: LiveModels | None = None
+        self._top_users: dict[int, tuple[float, list[tuple[str, int, str | None]]]] = {}
 
     @property
     def events(self) -> EventStore:
-        """The event store (opened on first use; category look-ups go to the served catalog)."""
+        """The event store (opened on first use)."""
         if self._events is None:
             with self._events_lock:
                 if self._events is None:
-                    self._events = open_event_store(self.config.events_url, category_of=self._category_of)
+                    self._events = open_event_store(self.config.events_url)
         return self._events
 
-    def ingest(self, objs: list[Any]) -> dict[str, Any]:
-        """Validate each event, store the valid ones durably; returns accepted, duplicate and rejected ones."""
-        snap = self.snapshot()
+    def ingest(self, objs: list[Any]) -> IngestResult:
+        """Validate each event, store the valid ones durably; returns accepted, duplicate and rejected ones.
+
+        The item categories counted in the shopper features come from the served snapshot."""
+        snap = self._snapshot()
         events, rejected = validate_many(objs, known_item=snap.catalog.__contains__, now=time.time())
-        result = self.events.add_many(events)
-        return {
-            "accepted": result.accepted,
-            "duplicates": result.duplicates,
-            "rejected": [r.to_dict() for r in rejected],
-        }
+        categories = {}
+        for e in events:
+            if e.item_id is not None and e.item_id not in categories:
+                product = snap.catalog.get(e.item_id)
+                categories[e.item_id] = product.category_path if product is not None and product.category else None
+        result = self.events.add_many(events, categories=categories)
+        return IngestResult(result.accepted, result.duplicates, rejected)
 
     def recommend(
         self,
         user_id: str | None = None,
         *,
         recent: list[str] | None = None,
-        k: int | None = None,
-        category: str | None = None,
-        min_price: float | None = None,
-        max_price: float | None = None,
+        k: int,
+        filters: Filters = NO_FILTERS,
         exclude: list[str] | None = None,
         diversity: float = 0.0,
-    ) -> dict[str, Any]:
+    ) -> Recommendations:
         """Recommendations for a known shopper (their stored history and profile) or an anonymous
-        session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers."""
-        k = self._check_k(k)
+        session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers.
+        ``k`` is checked by the engine."""
         if not 0.0 <= diversity <= 1.0:
             raise InvalidQuery("diversity", f"must be in 0..1, got {diversity}")
-        snap = self.snapshot()
-        mask = snap.filter_mask(category, min_price, max_price)
+        snap = self._snapshot()
+        mask = snap.filter_mask(filters)
         profile = None
         if user_id is not None:
             history = self._history(user_id, snap)
@@ -97,7 +145,7 @@ class ShopperMixin:
             history = [Touch(i, "view") for i in (recent or [])]
         recs = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
                          profile=profile, filter_mask=mask, exclude=exclude or [])
-        return {"user_id": user_id, "version": snap.version, "k": k, "recommendations": recs}
+        return Recommendations(user_id, snap.version, k, recs)
 
     def _history(self, user_id: str, snap: Snapshot) -> list[Touch]:
         """The shopper's last ``HISTORY_LIMIT`` item events on served items, oldest first."""
@@ -105,24 +153,12 @@ class ShopperMixin:
                 for e in self.events.user_events(user_id, limit=HISTORY_LIMIT)
                 if e.item_id is not None and e.item_id in snap.catalog]
 
-    def _affinity(self, user_id: str, snap: Snapshot) -> Callable[[np.ndarray], np.ndarray] | None:
-        """``rows -> personal_score`` for this shopper (content profile + co-occurrence with their
-        recent items), or None for a shopper without history (then search is not personalized)."""
+    def affinity(self, user_id: str, snap: Snapshot) -> Affinity | None:
+        """``rows -> personal score`` for this shopper (see :mod:`engine.recommend.personal`), or None for a
+        shopper without history (then search is not personalized)."""
         history = self._history(user_id, snap)
         profile = self._profile(user_id, snap) if history else None
-        if profile is None:
-            return None
-        recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
-        with self.live.current() as models:
-            scored = models.cooccurrence.scores(recent)
-        ids = snap.catalog.ids
-
-        def affinity(rows: np.ndarray) -> np.ndarray:
-            content, _ = profile.score(np.asarray(snap.vectors[rows]), BETA)
-            cooc = np.array([scored.get(ids[r], (0.0, None))[0] for r in rows], np.float64)
-            return personal_score(content, cooc, COOC_WEIGHT)
-
-        return affinity
+        return None if profile is None else affinity(snap, self.live, history, profile)
 
     @property
     def live(self) -> LiveModels:
@@ -134,8 +170,9 @@ class ShopperMixin:
         return self._live
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
-        """Items most often taken together with ``item_id`` by other shoppers (co-occurrence), best first."""
-        snap = self.snapshot()
+        """Items most often taken together with ``item_id`` by other shoppers (co-occurrence), best first:
+        ``[{"id", "title", "score"}]``."""
+        snap = self._snapshot()
         snap.catalog.row(item_id)
         with self.live.current() as models:
             scored = models.cooccurrence.scores([(item_id, 1.0)])
@@ -162,7 +199,7 @@ class ShopperMixin:
         return profile
 
     def item_stats(self, item_id: str) -> dict[str, Any]:
-        self.item(item_id)  # NotFound for unknown items
+        self._snapshot().catalog.row(item_id)  # NotFound for unknown items
         return self.events.item_stats(item_id)
 
     def user(self, user_id: str) -> dict[str, Any]:
@@ -174,10 +211,10 @@ class ShopperMixin:
         self._top_users.clear()
         return removed
 
-    def event_stats(self, days: int = 30, *, now: float | None = None) -> dict[str, Any]:
+    def event_stats(self, days: int = 30, *, now: float | None = None) -> EventStats:
         """Event counts of the last ``days`` UTC calendar days, today included (by event timestamp):
-        ``{"days", "since", "events_per_day": [{"day", "type", "count"}], "totals": {type: n},
-        "events", "shoppers"}``. ``totals`` has every event type; ``shoppers`` counts distinct users."""
+        ``events_per_day`` as ``[{"day", "type", "count"}]``, ``totals`` for every event type, ``shoppers``
+        counts distinct users."""
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_STATS_DAYS:
             raise InvalidQuery("days", f"must be an integer in 1..{MAX_STATS_DAYS}, got {days!r}")
         today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date()
@@ -187,23 +224,17 @@ class ShopperMixin:
         totals = {t.value: 0 for t in EventType}
         for _, etype, n in per_day:
             totals[etype] = totals.get(etype, 0) + n
-        return {
-            "days": days,
-            "since": first.isoformat(),
-            "events_per_day": [{"day": d, "type": t, "count": n} for d, t, n in per_day],
-            "totals": totals,
-            "events": sum(totals.values()),
-            "shoppers": self.events.count_users(since=since),
-        }
+        return EventStats(days, first.isoformat(), [{"day": d, "type": t, "count": n} for d, t, n in per_day],
+                          totals, sum(totals.values()), self.events.count_users(since=since))
 
-    def sample_shoppers(self, limit: int = 20) -> list[dict[str, Any]]:
+    def sample_shoppers(self, limit: int = 20) -> list[SampleShopper]:
         """The ``limit`` shoppers with the most item events, most first (ties by id), for a "pick a demo
-        shopper" menu: ``[{"user_id", "events", "last_item_id", "last_item_title"}]``; the title is None
+        shopper" menu; the title is None
         when the served version lacks that item. The store's answer (one row per shopper) is reused for
         ``SAMPLE_SHOPPERS_TTL_S``; a deletion through this engine refreshes it at once."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SAMPLE_SHOPPERS:
             raise InvalidQuery("limit", f"must be an integer in 1..{MAX_SAMPLE_SHOPPERS}, got {limit!r}")
-        snap = self.snapshot()
+        snap = self._snapshot()
         now = time.monotonic()
         cached = self._top_users.get(limit)
         if cached is None or now - cached[0] >= SAMPLE_SHOPPERS_TTL_S:
@@ -211,14 +242,5 @@ class ShopperMixin:
         out = []
         for user_id, n, item_id in cached[1]:
             product = snap.catalog.get(item_id) if item_id is not None else None
-            out.append({"user_id": user_id, "events": n, "last_item_id": item_id,
-                        "last_item_title": product.title if product is not None else None})
+            out.append(SampleShopper(user_id, n, item_id, product.title if product is not None else None))
         return out
-
-    def _category_of(self, item_id: str) -> str | None:
-        try:
-            product = self.snapshot().catalog.get(item_id)
-        except IndexNotBuilt:
-            return None
-        return product.category_path if product is not None and product.category else None
-

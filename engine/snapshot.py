@@ -12,20 +12,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.catalog import Catalog, load_catalog_jsonl
-from engine.errors import InvalidQuery
-from engine.index import store
+from engine.catalog import Catalog, category_key, load_catalog_jsonl
+from engine.filters import Filters
+from engine.index import versions
 from engine.index.keyword import KeywordIndex
 from engine.index.vector import VectorIndex
-
-CATEGORY_SEP = " > "
-
-
-def category_key(path: str | tuple[str, ...] | list[str]) -> str:
-    """Normalised category path for prefix matching: segments stripped, lower-cased, joined by ' > '."""
-    parts = path.split(">") if isinstance(path, str) else list(path)
-    return CATEGORY_SEP.join(s.strip().lower() for s in parts if s.strip())
-
 
 def title_key(title: str) -> str:
     return " ".join(title.lower().split())
@@ -47,7 +38,7 @@ class Snapshot:
 
     @classmethod
     def load(cls, version_dir: Path) -> "Snapshot":
-        manifest = store.read_manifest(version_dir)
+        manifest = versions.read_manifest(version_dir)
         catalog = load_catalog_jsonl(version_dir / "items.jsonl")
         vectors = np.load(version_dir / "vectors.npy", mmap_mode="r", allow_pickle=False)
         vindex = VectorIndex.load(version_dir / "vectors.faiss", vectors, int(manifest["index"].get("nprobe", 0)))
@@ -82,34 +73,21 @@ class Snapshot:
         found = rows >= 0
         return found, np.asarray(self.vectors)[np.where(found, rows, 0)]
 
-    def filter_mask(
-        self,
-        category: str | None = None,
-        min_price: float | None = None,
-        max_price: float | None = None,
-        in_stock: bool | None = None,
-    ) -> np.ndarray | None:
-        """Bool mask of rows passing every given filter; ``None`` when no filter is set.
-
-        ``category`` matches a path prefix at segment boundaries, case-insensitively. A price bound
-        excludes items without a price. ``in_stock=True`` keeps items not marked out of stock.
-        """
+    def filter_mask(self, filters: Filters) -> np.ndarray | None:
+        """Bool mask of rows passing every filter set in ``filters``; ``None`` when none is set."""
         mask: np.ndarray | None = None
 
         def both(m: np.ndarray) -> np.ndarray:
             return m if mask is None else mask & m
 
-        if category is not None:
-            key = category_key(category)
-            if not key:
-                raise InvalidQuery("category", "must be a category path such as 'A > B'")
+        if filters.category is not None:
             m = np.zeros(len(self), bool)
-            m[self.category_rows.get(key, np.empty(0, np.int64))] = True
+            m[self.category_rows.get(category_key(filters.category), np.empty(0, np.int64))] = True
             mask = both(m)
-        if min_price is not None:
-            mask = both(self.price >= min_price)
-        if max_price is not None:
-            mask = both(self.price <= max_price)
-        if in_stock is not None:
-            mask = both(self.in_stock if in_stock else ~self.in_stock)
+        if filters.min_price is not None:
+            mask = both(self.price >= filters.min_price)
+        if filters.max_price is not None:
+            mask = both(self.price <= filters.max_price)
+        if filters.in_stock is not None:
+            mask = both(self.in_stock if filters.in_stock else ~self.in_stock)
         return mask

@@ -128,3 +128,18 @@ def _drop_control(s: str) -> tuple[str, bool, bool]:
         else:
             out.append(ch)
     return "".join(out), removed, spaced
+
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "y", "on", "in stock", "in_stock", "instock"})
+FALSE_WORDS = frozenset({"0", "false", "no", "n", "off", "out of stock", "out_of_stock", "outofstock"})
+
+
+def parse_bool(text: str) -> bool:
+    """The engine's one reading of a yes/no text (settings, query strings, catalog stock flags, the CLI):
+    case and surrounding space do not matter; anything else raises ``ValueError``."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")

@@ -1,9 +1,25 @@
-"""Plain result types shared across the engine."""
+"""Plain value types shared across the engine: enums of the settings, nearest-neighbour answers."""
 from __future__ import annotations
 
+from enum import Enum
 from typing import NamedTuple
 
 import numpy as np
+
+
+class Fusion(str, Enum):
+    """How hybrid search fuses its BM25 and vector scores (see :mod:`engine.ranking.fusion`)."""
+
+    MINMAX = "minmax"
+    ZSCORE = "zscore"
+    RRF = "rrf"
+
+
+class EncoderKind(str, Enum):
+    """``onnx``: the fp32 ONNX export of the packaged weights; ``torch``: sentence-transformers."""
+
+    ONNX = "onnx"
+    TORCH = "torch"
 
 
 class SearchHits(NamedTuple):

@@ -86,11 +86,17 @@ def test_unknown_route_and_method_are_json(client: Any) -> None:
     error_of(client.post("/v1/search"), 405)
 
 
-def test_info_and_health(client: Any) -> None:
+def test_info_and_health(client: Any, config: EngineConfig) -> None:
     info = client.get("/v1/info").get_json()
-    assert info["items"] == 31 and info["version"] in info["versions"]
+    assert info["items"] == 31 and info["version"] and info["dims"] == 384
     health = client.get("/healthz").get_json()
     assert health == {"status": "ok", "index_version": info["version"]}
+    # issue 8: no absolute paths or hashes to the public; the whole manifest to the admin key only
+    public = json.dumps(info) + json.dumps(health)
+    assert str(config.index_dir.parent) not in public and "sha256" not in public and "git_sha" not in public
+    manifest = client.get("/v1/admin/versions", headers=AUTH).get_json()["manifest"]
+    assert manifest["catalog"]["file_sha256"] and manifest["version"] == info["version"]
+    error_of(client.get("/v1/admin/versions"), 401)
 
 
 def test_no_index_is_503_not_500(tmp_path: Path, models_dir: Path, encoder: Encoder) -> None:
@@ -131,7 +137,11 @@ def test_admin_bad_input(client: Any) -> None:
     error_of(client.get("/v1/admin/rebuild/../../etc", headers=AUTH), 404)
 
 
-def test_admin_rebuild_runs_in_background_and_publishes(client: Any, config: EngineConfig, tmp_path: Path) -> None:
+def test_admin_rebuild_runs_in_background_and_publishes(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    from web import create_app
+
+    config = config.replace(catalog_dirs=(tmp_path,))
+    client = create_app({"TESTING": True, "ENGINE_CONFIG": config, "ENGINE": Engine(config, encoder=encoder)}).test_client()
     before = client.get("/v1/info").get_json()["version"]
     catalog = tmp_path / "new.jsonl"
     catalog.write_text(
@@ -204,7 +214,7 @@ def test_admin_stats_counts_events_of_the_last_days(client: Any, engine: Engine)
         {"event_id": e, "user_id": u, "type": t, "timestamp": ts} | (
             {"query": "gloves"} if t == "search" else {"item_id": "goggles"})
         for e, u, t, ts in events])
-    assert len(result["accepted"]) == len(events)
+    assert len(result.accepted) == len(events)
 
     body = client.get("/v1/admin/stats", query_string={"days": 2}, headers=AUTH).get_json()
     today, yesterday = utc_day(t0), utc_day(t0 - DAY)
@@ -219,8 +229,8 @@ def test_admin_stats_counts_events_of_the_last_days(client: Any, engine: Engine)
     assert (default["days"], default["events"], default["shoppers"]) == (30, 6, 5)
     assert default["totals"]["purchase"] == 1 and default["totals"]["view"] == 3
     year = engine.event_stats(366)
-    assert (year["events"], year["shoppers"]) == (7, 6)
-    assert sum(e["count"] for e in year["events_per_day"]) == 7
+    assert (year.events, year.shoppers) == (7, 6)
+    assert sum(e["count"] for e in year.events_per_day) == 7
 
 
 @pytest.mark.parametrize("days", ["0", "367", "-1", "abc", "1.5"])
@@ -247,21 +257,21 @@ def test_sample_shoppers_most_item_events_first(engine: Engine) -> None:
                    for n, (u, item, s) in enumerate(events)])
     titles = {i: engine.item(i).title for i in ("goggles", "multimeter", "magnet-neodymium")}
     # ann and bob have 3 item events each (ann's search does not count), so by id; dee has none
-    assert engine.sample_shoppers() == [
+    assert [s.to_dict() for s in engine.sample_shoppers()] == [
         {"user_id": "ann", "events": 3, "last_item_id": "goggles", "last_item_title": titles["goggles"]},
         {"user_id": "bob", "events": 3, "last_item_id": "multimeter", "last_item_title": titles["multimeter"]},
         {"user_id": "cy", "events": 1, "last_item_id": "magnet-neodymium",
          "last_item_title": titles["magnet-neodymium"]},
     ]
-    assert [s["user_id"] for s in engine.sample_shoppers(limit=2)] == ["ann", "bob"]
+    assert [s.user_id for s in engine.sample_shoppers(limit=2)] == ["ann", "bob"]
     # the counts come from the per-shopper features, kept as events arrive (limit 1 is not cached yet)
     engine.ingest([{"event_id": f"cy-{n}", "user_id": "cy", "type": "click", "item_id": "goggles",
                     "timestamp": t0 + 60 + n} for n in range(3)])
-    assert engine.sample_shoppers(limit=1) == [
+    assert [s.to_dict() for s in engine.sample_shoppers(limit=1)] == [
         {"user_id": "cy", "events": 4, "last_item_id": "goggles", "last_item_title": titles["goggles"]}]
     # a deleted shopper leaves the menu at once (the cached answers are dropped on deletion)
     engine.delete_user("ann")
-    assert [s["user_id"] for s in engine.sample_shoppers()] == ["cy", "bob"]  # and cy's new events count
+    assert [s.user_id for s in engine.sample_shoppers()] == ["cy", "bob"]  # and cy's new events count
     for bad in (0, 1001):
         with pytest.raises(InvalidQuery) as e:
             engine.sample_shoppers(limit=bad)

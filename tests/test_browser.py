@@ -20,7 +20,7 @@ import requests
 
 from engine import pipeline
 from engine.embedding.base import Encoder
-from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, ROOT, make_config, start_server, stop_server
+from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, ROOT, make_config, start_server, stop_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -51,7 +51,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
     shutil.copytree(built_index_dir, index_dir, symlinks=True)  # keeps the embedding cache
     catalog = work / "catalog.jsonl"
     shutil.copy(FIXTURE_CATALOG, catalog)
-    config = make_config(index_dir, models_dir, events_url=f"sqlite:///{work / 'events.db'}")
+    config = make_config(index_dir, models_dir, events_url=f"sqlite:///{work / 'events.db'}",
+                         demo_shopper_menu=True)
     pipeline.build(config, catalog, encoder=encoder)  # the served manifest now names the copy
     proc, base = start_server(config)
     try:
@@ -268,7 +269,8 @@ def test_a_demo_shopper_clicks_and_for_you_changes(page: Any, site: dict[str, An
     reasons = page.locator("#for-you .reason").all_inner_texts()
     assert any("Lead-Free Solder Wire" in r for r in reasons), reasons
     shot(page, "shopper-for-you-changed")
-    history = requests.get(f"{site['base']}/v1/users/{SHOPPER}", timeout=10).json()
+    history = requests.get(f"{site['base']}/v1/users/{SHOPPER}", timeout=10,
+                           headers={"Authorization": f"Bearer {READ_KEY}"}).json()
     assert history["counts"]["purchase"] == 3 and history["counts"]["view"] >= 1 and history["counts"]["click"] >= 1
 
 

@@ -39,14 +39,16 @@ def ev(event_id: Any, user_id: Any = "u1", type: str = "view", item_id: str | No
 
 
 def add(store: EventStore, objs: list[dict[str, Any]], now: float = NOW) -> Any:
+    """Validate and store ``objs``, with the categories of ``CATEGORIES`` (as the engine gives the served
+    catalog's)."""
     events, rejected = validate_many(objs, now=now)
     assert not rejected, rejected
-    return store.add_many(events)
+    return store.add_many(events, categories=CATEGORIES)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    s = open_event_store(f"sqlite:///{tmp_path / 'events.db'}", category_of=CATEGORIES.get,
+    s = open_event_store(f"sqlite:///{tmp_path / 'events.db'}",
                          config=FeatureConfig(half_life_s=HOUR))
     yield s
     s.close()
@@ -300,9 +302,9 @@ def test_user_features_and_category_affinity(store: SQLiteEventStore) -> None:
         "leaf": {"Tools > Power Tools > Drills": 2, "Garden > Hoses": 1, "Tools > Hand Tools": 1},
     }
     assert list(stats["categories"]["leaf"]) == ["Tools > Power Tools > Drills", "Garden > Hoses", "Tools > Hand Tools"]
-    # a lookup given per call wins over the store's
+    # the categories given with the events are the ones counted (the catalog's at event time)
     store.add_many(validate_many([ev("8", user_id="u3", item_id="drill")], now=NOW)[0],
-                   category_of=lambda _: "Toys > Robots")
+                   categories={"drill": "Toys > Robots"})
     assert store.user_stats("u3")["categories"] == {"top": {"Toys": 1}, "leaf": {"Toys > Robots": 1}}
     nobody = store.user_stats("nobody")
     assert (nobody["events"], nobody["first_event_at"], nobody["categories"]) == (0, None, {"top": {}, "leaf": {}})
@@ -353,7 +355,7 @@ def test_put_profile_keeps_the_newest_fold_of_the_shopper_own_events(tmp_path: P
 def test_delete_user_leaves_no_trace(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     gone, kept = "shopper-to-forget-7f3a", "shopper-who-stays-19c2"
-    store = open_event_store(f"sqlite:///{db}", category_of=CATEGORIES.get, config=FeatureConfig(half_life_s=HOUR))
+    store = open_event_store(f"sqlite:///{db}", config=FeatureConfig(half_life_s=HOUR))
     assert isinstance(store, SQLiteEventStore)
     store.register_user_table("user_notes", "CREATE TABLE IF NOT EXISTS user_notes (owner TEXT, note TEXT)", "owner")
     both = [ev("g1", gone, timestamp=NOW - HOUR), ev("g2", gone, "purchase", "saw", value=2, timestamp=NOW - 60),
@@ -536,15 +538,20 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     store.close()
 
 
-def test_group_commit_isolates_a_failing_batch(store: SQLiteEventStore) -> None:
-    def broken(item_id: str) -> str:
+class _BrokenCategories(dict[str, str]):
+    """Categories whose look-up fails: a batch whose feature update raises."""
+
+    def get(self, key: str, default: Any = None) -> Any:
         raise ValueError("category lookup failed")
 
+
+def test_group_commit_isolates_a_failing_batch(store: SQLiteEventStore) -> None:
+    broken = _BrokenCategories()
     outcomes: dict[str, Any] = {}
 
-    def call(name: str, objs: list[dict[str, Any]], category_of: Any) -> None:
+    def call(name: str, objs: list[dict[str, Any]], categories: Any) -> None:
         try:
-            outcomes[name] = store.add_many(validate_many(objs, now=NOW)[0], category_of=category_of)
+            outcomes[name] = store.add_many(validate_many(objs, now=NOW)[0], categories=categories)
         except ValueError as e:
             outcomes[name] = e
 

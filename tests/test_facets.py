@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from engine.filters import Filters
 from engine import pipeline
 from engine.embedding.base import Encoder
 from engine.search import MAX_FACET_CATEGORIES, candidates
@@ -40,7 +41,7 @@ def small_pool(built_index_dir: Path, models_dir: Path, encoder: Encoder) -> Eng
 def candidate_ids(engine: Engine, query: str, **filters: Any) -> list[str]:
     """The rows hybrid search considers for ``query`` under ``filters``, as item ids."""
     snap = engine.snapshot()
-    mask = snap.filter_mask(**filters)
+    mask = snap.filter_mask(Filters(**filters))
     rows = candidates(snap, snap.keyword.scores(query), engine.embed_query(query), engine.config.candidate_pool, mask)
     return [snap.catalog.ids[int(r)] for r in rows]
 
@@ -98,7 +99,7 @@ def test_a_category_filter_shows_its_children_counted_without_it(small_pool: Eng
     query = "lab safety"
     unfiltered = candidate_ids(small_pool, query)
     filtered = candidate_ids(small_pool, query, category=LAB_SAFETY)
-    result = small_pool.search(query, category=LAB_SAFETY)
+    result = small_pool.search(query, filters=Filters(category=LAB_SAFETY))
     assert result.total_candidates == len(filtered)
     expected = hand_count(FIXTURE, unfiltered, 3, under=LAB_SAFETY.split(" > "))
     assert result.facets["category"] == expected
@@ -106,20 +107,20 @@ def test_a_category_filter_shows_its_children_counted_without_it(small_pool: Eng
     assert hand_count(FIXTURE, filtered, 3, under=LAB_SAFETY.split(" > ")) != expected
     assert result.facets["price"] == price_range(FIXTURE, unfiltered)
     # the price range too: of "digital" items anywhere, not only of those in Lab & Safety
-    digital = small_pool.search("digital", category=LAB_SAFETY).facets["price"]
+    digital = small_pool.search("digital", filters=Filters(category=LAB_SAFETY)).facets["price"]
     assert digital == price_range(FIXTURE, candidate_ids(small_pool, "digital")) != price_range(
         FIXTURE, candidate_ids(small_pool, "digital", category=LAB_SAFETY))
     # the root as filter: its children, which is what no filter shows here
-    assert small_pool.search(query, category=ROOT).facets == small_pool.search(query).facets
+    assert small_pool.search(query, filters=Filters(category=ROOT)).facets == small_pool.search(query).facets
     # a leaf has no children; the path is matched case-insensitively
-    leaf = small_pool.search(query, category=f"{LAB_SAFETY} > Gloves".upper())
+    leaf = small_pool.search(query, filters=Filters(category=f"{LAB_SAFETY} > Gloves".upper()))
     assert leaf.facets == {"category": [], "price": price_range(FIXTURE, unfiltered)}
 
 
 def test_a_price_filter_limits_the_counts_but_not_the_price_range(small_pool: Engine) -> None:
     query, lo, hi = "filament", 20.0, 25.0
     unfiltered = candidate_ids(small_pool, query)
-    result = small_pool.search(query, min_price=lo, max_price=hi)
+    result = small_pool.search(query, filters=Filters(min_price=lo, max_price=hi))
     assert result.total_candidates == len(candidate_ids(small_pool, query, min_price=lo, max_price=hi))
     priced = [i for i in unfiltered if FIXTURE[i]["price"] is not None and lo <= FIXTURE[i]["price"] <= hi]
     depth = first_difference(FIXTURE, priced)
@@ -135,7 +136,7 @@ def test_the_in_stock_filter_applies_to_the_facets(small_pool: Engine) -> None:
     query = "gloves"
     in_stock = candidate_ids(small_pool, query, in_stock=True)
     assert in_stock != candidate_ids(small_pool, query)
-    result = small_pool.search(query, in_stock=True, category=LAB_SAFETY)
+    result = small_pool.search(query, filters=Filters(in_stock=True, category=LAB_SAFETY))
     assert result.facets == {"category": hand_count(FIXTURE, in_stock, 3, under=LAB_SAFETY.split(" > ")),
                              "price": price_range(FIXTURE, in_stock)}
     assert result.total_candidates == len(candidate_ids(small_pool, query, in_stock=True, category=LAB_SAFETY))
@@ -182,18 +183,18 @@ def test_the_level_is_the_first_depth_where_categories_differ(shop: Engine) -> N
         {"path": "Garden", "name": "Garden", "count": 1}]
     assert result.facets["price"] == price_range(catalog, ids) == {"min": 9.0, "max": 122.0}
     # within the price filter only Home's items remain, in two children: those children
-    cheap = shop.search("kitchen", max_price=15).facets["category"]
+    cheap = shop.search("kitchen", filters=Filters(max_price=15)).facets["category"]
     assert cheap == hand_count(catalog, ids, 2, hi=15) == [
         {"path": "Home > Bath", "name": "Bath", "count": 1}, {"path": "Home > Kitchen", "name": "Kitchen", "count": 1}]
     # all in one path: that path
-    assert shop.search("kitchen", min_price=26, max_price=40).facets["category"] == [
+    assert shop.search("kitchen", filters=Filters(min_price=26, max_price=40)).facets["category"] == [
         {"path": "Home > Kitchen", "name": "Kitchen", "count": 1}]
 
 
 def test_at_most_twenty_categories_by_count_then_path(shop: Engine) -> None:
-    facet = shop.search("spare part", category="parts").facets["category"]
+    facet = shop.search("spare part", filters=Filters(category="parts")).facets["category"]
     assert facet == [{"path": f"Parts > P{i:02d}", "name": f"P{i:02d}", "count": 1}
                      for i in range(1, MAX_FACET_CATEGORIES + 1)]
-    home = shop.search("kitchen", category="HOME").facets["category"]
+    home = shop.search("kitchen", filters=Filters(category="HOME")).facets["category"]
     assert home == [{"path": "Home > Kitchen", "name": "Kitchen", "count": 2},
                     {"path": "Home > Bath", "name": "Bath", "count": 1}]

@@ -5,10 +5,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.service import Engine
-from tests.conftest import ADMIN_KEY, INGEST_KEY
+from engine.tokens import ShopperToken
+from tests.conftest import ADMIN_KEY, INGEST_KEY, SHOPPER_SECRET
+
+
+@pytest.fixture
+def demo_client(config: EngineConfig, encoder: Encoder) -> Any:
+    """A storefront with the demo's "shopping as" menu on (``demo_shopper_menu``)."""
+    from web import create_app
+
+    demo = config.replace(demo_shopper_menu=True)
+    return create_app({"TESTING": True, "ENGINE_CONFIG": demo, "ENGINE": Engine(demo, encoder=encoder)}).test_client()
 
 
 def csrf_of(html: str) -> str:
@@ -47,7 +59,8 @@ def test_item_page_and_404(client: Any) -> None:
     assert missing.status_code == 404 and missing.mimetype == "text/html"
 
 
-def test_choosing_a_shopper_needs_the_form_token(client: Any) -> None:
+def test_choosing_a_shopper_needs_the_form_token(demo_client: Any) -> None:
+    client = demo_client
     assert client.post("/shopper", data={"shopper": "someone"}).status_code == 400
     token = csrf_of(client.get("/").get_data(as_text=True))
     resp = client.post("/shopper", data={"shopper": "someone", "csrf": token, "next": "https://evil.example/"})
@@ -55,7 +68,29 @@ def test_choosing_a_shopper_needs_the_form_token(client: Any) -> None:
     assert 'name="shopper" content="someone"' in client.get("/").get_data(as_text=True)
 
 
-def test_a_session_sends_events_of_its_own_shopper_only(client: Any) -> None:
+def test_without_the_demo_menu_a_session_is_never_a_shopper_it_was_not_given(client: Any) -> None:
+    """Issue 8: outside the demo, the shopper comes from the shop's signed token or is a fresh anonymous id."""
+    token = csrf_of(client.get("/").get_data(as_text=True))
+    assert client.post("/shopper", data={"shopper": "someone", "csrf": token}).status_code == 403
+    assert 'name="shopper" content=""' in client.get("/").get_data(as_text=True)
+    client.post("/shopper", data={"shopper": "new", "csrf": token})
+    anon = re.search(r'name="shopper" content="(anon-[0-9a-f]{16})"', client.get("/").get_data(as_text=True))
+    assert anon, "a fresh anonymous id made by the server"
+    ev = {"event_id": "a1", "user_id": anon.group(1), "type": "view", "item_id": "goggles"}
+    assert client.post("/v1/events", json=ev, headers={"X-CSRF-Token": token}).status_code == 200
+    # the shop signs its shopper in: ?shopper_token= binds the session, then the URL drops it
+    signed = ShopperToken.sign(SHOPPER_SECRET, "shop-user-42", ttl_s=600)
+    resp = client.get(f"/?q=pla&shopper_token={signed}")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/?q=pla"
+    assert 'name="shopper" content="shop-user-42"' in client.get("/").get_data(as_text=True)
+    forged = signed[:-2] + ("AA" if not signed.endswith("AA") else "BB")
+    assert client.get(f"/?shopper_token={forged}").status_code == 401
+    assert client.get("/v1/users/shop-user-42").status_code == 200  # its own data
+    assert client.get("/v1/users/someone-else").status_code == 403
+
+
+def test_a_session_sends_events_of_its_own_shopper_only(demo_client: Any) -> None:
+    client = demo_client
     token = csrf_of(client.get("/").get_data(as_text=True))
     client.post("/shopper", data={"shopper": "browser-bob", "csrf": token})
     own = {"event_id": "b1", "user_id": "browser-bob", "type": "view", "item_id": "goggles"}
@@ -65,7 +100,7 @@ def test_a_session_sends_events_of_its_own_shopper_only(client: Any) -> None:
     other = client.post("/v1/events", json=[dict(own, event_id="b2", user_id="someone-else")],
                         headers={"X-CSRF-Token": token})
     assert other.status_code == 403 and other.get_json()["error"]["field"] == "user_id"
-    assert client.get("/v1/users/someone-else").get_json()["events"] == 0
+    assert client.get("/v1/users/someone-else").status_code == 403  # another shopper's data
     assert client.post("/v1/events", json=dict(own, event_id="b3"), headers={"X-CSRF-Token": "forged"}).status_code == 401
 
 

@@ -16,7 +16,7 @@ from engine import pipeline
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.errors import BuildInProgress, CatalogError, NotFound
-from engine.index import store
+from engine.index import versions
 from engine.service import Engine
 from tests.conftest import DEMO_CATALOG, FIXTURE_CATALOG, ROOT
 
@@ -33,13 +33,13 @@ def edited_catalog(tmp_path: Path, changes: dict[str, str], name: str = "catalog
 
 
 def test_manifest_records_the_build(index_dir: Path) -> None:
-    manifest = store.read_manifest(store.current_dir(index_dir))
+    manifest = versions.read_manifest(versions.current_dir(index_dir))
     assert manifest["model"] == "all-MiniLM-L6-v2" and manifest["dims"] == 384
     assert manifest["counts"]["items"] == 31
     assert manifest["index"]["spec"] == "Flat" and manifest["index"]["recall_at_10"] == 1.0
     assert manifest["catalog"]["content_hash"] and manifest["catalog"]["file_sha256"]
     assert manifest["embedding"]["family"] == "all-MiniLM-L6-v2/fp32"
-    version_dir = store.current_dir(index_dir)
+    version_dir = versions.current_dir(index_dir)
     for name in ("items.jsonl", "vectors.npy", "vectors.faiss", "bm25"):
         assert (version_dir / name).exists()
     assert not list(version_dir.rglob("*.pkl")) and not list(version_dir.rglob("*.pickle"))
@@ -61,19 +61,42 @@ def test_new_version_is_served_and_rollback_restores(config: EngineConfig, encod
     second = pipeline.build(config, changed, encoder=encoder).version
     assert engine.snapshot().version == second
     assert engine.item("magnet-neodymium").title == "Quartz Crystal Oscillator 16MHz"
-    assert store.rollback(config.index_dir) == (second, first)
+    assert pipeline.rollback(config) == (second, first)
     assert engine.snapshot().version == first
     assert engine.item("magnet-neodymium").title.startswith("Neodymium")
     with pytest.raises(NotFound):
-        store.rollback(config.index_dir)
+        pipeline.rollback(config)
+
+
+def test_rollback_walks_back_the_served_history(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    """Issue 8: A -> build B -> rollback (A) -> build C -> rollback serves A, not B (the newest older folder)."""
+    a = versions.current_version(config.index_dir)
+    b = pipeline.build(config, edited_catalog(tmp_path, {"calipers": "Calipers B"}, "b.jsonl"), encoder=encoder).version
+    assert pipeline.rollback(config) == (b, a)
+    c = pipeline.build(config, edited_catalog(tmp_path, {"calipers": "Calipers C"}, "c.jsonl"), encoder=encoder).version
+    assert versions.served_history(config.index_dir)[-2:] == [a, c]
+    assert pipeline.rollback(config) == (c, a)
+    assert versions.current_version(config.index_dir) == a
+    assert b in versions.list_versions(config.index_dir)  # kept on disk, but no longer in the history
+    with pytest.raises(NotFound):
+        pipeline.rollback(config)
+
+
+def test_rollback_waits_for_no_build(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    pipeline.build(config, edited_catalog(tmp_path, {"calipers": "Calipers B"}), encoder=encoder)
+    before = versions.current_version(config.index_dir)
+    with pipeline.build_lock(config.index_dir):
+        with pytest.raises(BuildInProgress):
+            pipeline.rollback(config)
+    assert versions.current_version(config.index_dir) == before
 
 
 def test_keeps_the_last_versions(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
-    made = [store.current_version(config.index_dir)]
+    made = [versions.current_version(config.index_dir)]
     for i in range(4):
         made.append(pipeline.build(config, edited_catalog(tmp_path, {"calipers": f"Calipers v{i}"}), encoder=encoder).version)
-    assert store.list_versions(config.index_dir) == made[-3:]
-    assert store.current_version(config.index_dir) == made[-1]
+    assert versions.list_versions(config.index_dir) == made[-3:]
+    assert versions.current_version(config.index_dir) == made[-1]
 
 
 def test_one_build_at_a_time(config: EngineConfig, encoder: Encoder) -> None:
@@ -85,10 +108,10 @@ def test_one_build_at_a_time(config: EngineConfig, encoder: Encoder) -> None:
 def test_catalog_without_valid_rows_is_refused(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("id,title\n,no id\nx,\n", encoding="utf-8")
-    before = store.current_version(config.index_dir)
+    before = versions.current_version(config.index_dir)
     with pytest.raises(CatalogError):
         pipeline.build(config, bad, encoder=encoder)
-    assert store.current_version(config.index_dir) == before
+    assert versions.current_version(config.index_dir) == before
 
 
 def test_builds_from_csv(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
@@ -105,17 +128,17 @@ def test_builds_from_csv(config: EngineConfig, encoder: Encoder, tmp_path: Path)
 
 
 def test_leftover_staging_folder_is_ignored_then_removed(config: EngineConfig, encoder: Encoder) -> None:
-    staging = config.index_dir / f"{store.STAGING_PREFIX}v20990101-000000-000000-deadbeef"
+    staging = config.index_dir / f"{versions.STAGING_PREFIX}v20990101-000000-000000-deadbeef"
     (staging / "bm25").mkdir(parents=True)
     (staging / "manifest.json").write_text("{ half written", encoding="utf-8")
-    assert staging.name not in store.list_versions(config.index_dir)
+    assert staging.name not in versions.list_versions(config.index_dir)
     Engine(config, encoder=encoder).search("gloves")  # still serves the published version
     pipeline.build(config, FIXTURE_CATALOG, encoder=encoder)
     assert not staging.exists()
 
 
 def test_build_killed_half_way_leaves_the_previous_version_serving(config: EngineConfig, encoder: Encoder) -> None:
-    before = store.current_version(config.index_dir)
+    before = versions.current_version(config.index_dir)
     job = config.index_dir / "kill-job.json"
     env = dict(os.environ, VITRINE_INDEX_DIR=str(config.index_dir), VITRINE_MODELS_DIR=str(config.models_path))
     proc = subprocess.Popen(
@@ -137,12 +160,12 @@ def test_build_killed_half_way_leaves_the_previous_version_serving(config: Engin
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert store.current_version(config.index_dir) == before
+    assert versions.current_version(config.index_dir) == before
     engine = Engine(config, encoder=encoder)
     assert engine.search("pla filament").hits
     # The lock died with the process: the next build runs, and reuses what the killed one embedded.
     result = pipeline.build(config, FIXTURE_CATALOG, encoder=encoder)
-    assert store.current_version(config.index_dir) == result.version
+    assert versions.current_version(config.index_dir) == result.version
     shutil.rmtree(config.index_dir / "cache", ignore_errors=True)
 
 
@@ -158,7 +181,7 @@ def test_incremental_builds_reuse_ivf_centroids_until_the_catalog_drifts(config:
 
     first = build(rows)
     assert first["kind"] == "ivf" and first["quantizer"] == "trained"
-    v1 = store.current_version(config.index_dir)
+    v1 = versions.current_version(config.index_dir)
     assert first["centroids"] == {"trained_in": v1, "changed_since_training": 0}
     rows[5]["title"] += " (2027 edition)"
     second = build(rows)
@@ -166,4 +189,4 @@ def test_incremental_builds_reuse_ivf_centroids_until_the_catalog_drifts(config:
     assert second["centroids"] == {"trained_in": v1, "changed_since_training": 1}
     third = build(rows[:1100])  # 300 items gone: 301 changed since training > 20% of 1,100
     assert third["quantizer"] == "trained"
-    assert third["centroids"] == {"trained_in": store.current_version(config.index_dir), "changed_since_training": 0}
+    assert third["centroids"] == {"trained_in": versions.current_version(config.index_dir), "changed_since_training": 0}

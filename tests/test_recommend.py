@@ -22,8 +22,9 @@ from engine.evaluation.recommend_eval import (
 )
 from engine.recommend import (
     DEFAULT_EVENT_WEIGHTS, BlendWeights, Blender, CooccurrenceModel, InterestProfile, TrendingModel, eligible_mask,
-    event_weight, normalize_scores, score_profiles,
+    event_weight, score_profiles,
 )
+from engine.ranking.scores import zscore
 from tests.conftest import ROOT, make_config, scientific_slice
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -268,17 +269,17 @@ def test_trending_decay_by_hand() -> None:
 
 # -- blender ----------------------------------------------------------------------------------------
 
-def test_normalize_scores_by_hand() -> None:
-    z = normalize_scores(np.array([1.0, 2.0, 3.0, 100.0]), np.array([True, True, True, False]))
+def test_zscore_by_hand() -> None:
+    z = zscore(np.array([1.0, 2.0, 3.0, 100.0]), np.array([True, True, True, False]))
     assert np.allclose(z, [-math.sqrt(1.5), 0.0, math.sqrt(1.5), 0.0])  # mean 2, std sqrt(2/3)
-    assert not normalize_scores(np.full(5, 3.0)).any()
-    batch = normalize_scores(np.array([[0.0, 2.0], [5.0, 5.0]]))
+    assert not zscore(np.full(5, 3.0)).any()
+    batch = zscore(np.array([[0.0, 2.0], [5.0, 5.0]]))
     assert np.allclose(batch, [[-1.0, 1.0], [0.0, 0.0]])
     rng = np.random.default_rng(4)  # one row (the serving path) agrees with the batched form
     x, ok = rng.normal(size=(3, 50)), rng.random(50) > 0.3
-    batched = normalize_scores(x, ok)
+    batched = zscore(x, ok)
     for i, row in enumerate(x):
-        assert np.allclose(normalize_scores(row, ok), batched[i]) and np.allclose(normalize_scores(row), normalize_scores(x)[i])
+        assert np.allclose(zscore(row, ok), batched[i]) and np.allclose(zscore(row), zscore(x)[i])
 
 
 def _catalog() -> dict:

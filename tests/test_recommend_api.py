@@ -5,9 +5,10 @@ from typing import Any
 
 import numpy as np
 
-from tests.conftest import ADMIN_KEY, INGEST_KEY
+from tests.conftest import ADMIN_KEY, INGEST_KEY, READ_KEY
 
 INGEST = {"Authorization": f"Bearer {INGEST_KEY}"}
+READ = {"Authorization": f"Bearer {READ_KEY}"}
 
 
 def events(client: Any, *evs: tuple[str, str, str, str]) -> None:
@@ -17,7 +18,7 @@ def events(client: Any, *evs: tuple[str, str, str, str]) -> None:
 
 
 def recs(client: Any, user: str, **params: Any) -> list[dict[str, Any]]:
-    resp = client.get(f"/v1/users/{user}/recommendations", query_string=params)
+    resp = client.get(f"/v1/users/{user}/recommendations", query_string=params, headers=READ)
     assert resp.status_code == 200, resp.get_data(as_text=True)
     out: list[dict[str, Any]] = resp.get_json()["recommendations"]
     return out
@@ -76,21 +77,22 @@ def test_deleted_shopper_leaves_no_trace_in_recommendations(client: Any) -> None
         assert client.delete(f"/v1/users/{user}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
     after = recs(client, "me", k=3)
     assert all(r["source"] != "cooccurrence" for r in after)  # nobody else's sequence is left
-    assert client.get("/v1/users/d0").get_json()["counts"]["purchase"] == 0
+    assert client.get("/v1/users/d0", headers=READ).get_json()["counts"]["purchase"] == 0
 
 
 def test_personalized_search_reranks_for_the_shopper(client: Any) -> None:
     plain = client.get("/v1/search", query_string={"q": "gloves", "k": 4}).get_json()["hits"]
     events(client, ("g1", "latex-fan", "purchase", "gloves-latex"), ("g2", "latex-fan", "view", "gloves-latex"))
     mine = client.get("/v1/search", query_string={"q": "gloves", "k": 4, "user": "latex-fan",
-                                                  "personalize": 1.0}).get_json()["hits"]
+                                                  "personalize": 1.0}, headers=READ).get_json()["hits"]
     assert mine[0]["id"] == "gloves-latex" and "personal" in mine[0]["score_parts"]
     off = client.get("/v1/search", query_string={"q": "gloves", "k": 4, "user": "latex-fan",
-                                                 "personalize": 0}).get_json()["hits"]
+                                                 "personalize": 0}, headers=READ).get_json()["hits"]
     assert [h["id"] for h in off] == [h["id"] for h in plain]
-    unknown = client.get("/v1/search", query_string={"q": "gloves", "k": 4, "user": "nobody"}).get_json()["hits"]
+    unknown = client.get("/v1/search", query_string={"q": "gloves", "k": 4, "user": "nobody"},
+                         headers=READ).get_json()["hits"]
     assert [h["id"] for h in unknown] == [h["id"] for h in plain]  # no profile: plain order
-    bad = client.get("/v1/search", query_string={"q": "gloves", "user": "x", "personalize": 2})
+    bad = client.get("/v1/search", query_string={"q": "gloves", "user": "x", "personalize": 2}, headers=READ)
     assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "personalize"
 
 
@@ -119,14 +121,14 @@ def test_profile_is_the_fold_of_the_event_log_stored_back_as_a_cache(engine: Any
         return profile_from([Touch(e["item_id"], e["type"], e["timestamp"]) for e in evs[:n]], snap)
 
     engine.ingest(evs[:3])
-    same(engine._profile("folder", snap), expected(3))
+    same(engine.shoppers._profile("folder", snap), expected(3))
     assert engine.events.get_profile("folder") is None  # fewer than PROFILE_WRITE_BACK new events: not stored
     engine.ingest(evs[3:PROFILE_WRITE_BACK])
-    same(engine._profile("folder", snap), expected(PROFILE_WRITE_BACK))
+    same(engine.shoppers._profile("folder", snap), expected(PROFILE_WRITE_BACK))
     stored = engine.events.get_profile("folder")
     assert stored is not None and stored[1] == engine.events.user_events("folder")[-1].seq
     assert len(stored[0]) < 1000  # interests stored by reference to their items, not as 384 floats each
     engine.ingest(evs[PROFILE_WRITE_BACK:])  # folded onto the stored profile, O(1) each
-    same(engine._profile("folder", snap), expected(len(evs)))
+    same(engine.shoppers._profile("folder", snap), expected(len(evs)))
     assert engine.delete_user("folder") == len(evs)
-    assert engine._profile("folder", snap) is None and engine.events.get_profile("folder") is None
+    assert engine.shoppers._profile("folder", snap) is None and engine.events.get_profile("folder") is None

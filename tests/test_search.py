@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.filters import Filters
 from engine.errors import InvalidQuery, NotFound
 from engine.service import Engine
 
@@ -35,19 +36,19 @@ def test_hits_carry_score_parts_and_are_sorted(shared_engine: Engine) -> None:
 
 
 def test_category_filter_is_a_path_prefix(shared_engine: Engine) -> None:
-    hits = shared_engine.search("gloves", k=20, category="industrial & scientific > lab & safety").hits
+    hits = shared_engine.search("gloves", k=20, filters=Filters(category="industrial & scientific > lab & safety")).hits
     assert hits and all(h.category.startswith("Industrial & Scientific > Lab & Safety") for h in hits)
     # A prefix must end at a segment boundary: "Lab" is not "Lab & Safety" nor "Lab Supplies".
-    assert shared_engine.search("gloves", k=20, category="Industrial & Scientific > Lab").hits == []
+    assert shared_engine.search("gloves", k=20, filters=Filters(category="Industrial & Scientific > Lab")).hits == []
 
 
 def test_price_and_stock_filters(shared_engine: Engine) -> None:
-    hits = shared_engine.search("filament", k=20, min_price=20, max_price=25).hits
+    hits = shared_engine.search("filament", k=20, filters=Filters(min_price=20, max_price=25)).hits
     assert hits and all(h.price is not None and 20 <= h.price <= 25 for h in hits)
-    in_stock = shared_engine.search("filament", k=20, in_stock=True).hits
+    in_stock = shared_engine.search("filament", k=20, filters=Filters(in_stock=True)).hits
     assert "fil-petg-green" not in ids(in_stock)  # marked out of stock
     assert "fil-tpu-flex" in ids(in_stock)  # stock unknown counts as in stock
-    out = shared_engine.search("gloves", k=20, in_stock=False).hits
+    out = shared_engine.search("gloves", k=20, filters=Filters(in_stock=False)).hits
     assert ids(out) == ["gloves-nitrile-l"] or set(ids(out)) <= {"gloves-nitrile-l", "fil-petg-green"}
 
 
@@ -74,13 +75,14 @@ def test_pagination_pages_concatenate(shared_engine: Engine) -> None:
 )
 def test_bad_parameters_name_the_field(shared_engine: Engine, kwargs: dict, field: str) -> None:
     query = kwargs.pop("query")
+    filters = {name: kwargs.pop(name) for name in ("category", "min_price", "max_price") if name in kwargs}
     with pytest.raises(InvalidQuery) as e:
-        shared_engine.search(query, **kwargs)
+        shared_engine.search(query, filters=Filters(**filters), **kwargs)
     assert e.value.field == field
 
 
 def test_similar_excludes_itself_and_exact_title_duplicates(shared_engine: Engine) -> None:
-    hits = shared_engine.similar("fil-pla-red", k=5)
+    hits = shared_engine.similar("fil-pla-red", k=5).hits
     got = ids(hits)
     assert "fil-pla-red" not in got and "pla-dup-title" not in got
     assert got[0] == "fil-pla-black"
@@ -88,7 +90,7 @@ def test_similar_excludes_itself_and_exact_title_duplicates(shared_engine: Engin
 
 
 def test_similar_same_category(shared_engine: Engine) -> None:
-    hits = shared_engine.similar("nozzle-brass", k=10, same_category=True)
+    hits = shared_engine.similar("nozzle-brass", k=10, same_category=True).hits
     assert hits and all(h.category == "Industrial & Scientific > 3D Printing > Printer Parts" for h in hits)
     assert len(hits) == 2  # the category has three items
 

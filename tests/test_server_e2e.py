@@ -14,10 +14,10 @@ from typing import Iterator
 import pytest
 import requests
 
-from engine import pipeline
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
-from engine.index import store
+from engine import pipeline
+from engine.index import versions as index_versions
 from tests.conftest import FIXTURE_CATALOG, INGEST_KEY, start_server, stop_server
 
 
@@ -69,7 +69,7 @@ def test_publish_and_rollback_while_clients_query(server: str, config: EngineCon
     for t in threads:
         t.start()
     try:
-        published = [store.current_version(config.index_dir)]
+        published = [index_versions.current_version(config.index_dir)]
         for i in range(2):
             catalog = tmp_path / f"c{i}.jsonl"
             with FIXTURE_CATALOG.open() as src, catalog.open("w") as dst:
@@ -79,7 +79,7 @@ def test_publish_and_rollback_while_clients_query(server: str, config: EngineCon
                     dst.write(json.dumps(row) + "\n")
             published.append(pipeline.build(config, catalog, encoder=encoder).version)
             time.sleep(1.0)
-        store.rollback(config.index_dir)
+        pipeline.rollback(config)
         time.sleep(1.0)
     finally:
         stop.set()

@@ -6,9 +6,10 @@ from typing import Any
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.service import Engine
-from tests.conftest import ADMIN_KEY, INGEST_KEY
+from tests.conftest import ADMIN_KEY, INGEST_KEY, READ_KEY
 
 INGEST = {"Authorization": f"Bearer {INGEST_KEY}"}
+READ = {"Authorization": f"Bearer {READ_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
@@ -61,19 +62,19 @@ def test_bad_bodies(client: Any) -> None:
 
 
 def test_user_features_and_deletion(client: Any) -> None:
-    assert client.get("/v1/users/nobody").get_json()["counts"]["view"] == 0  # cold start, not 404
+    assert client.get("/v1/users/nobody", headers=READ).get_json()["counts"]["view"] == 0  # cold start, not 404
     post(client, [
         {"event_id": "b1", "user_id": "u9", "type": "view", "item_id": "gloves-latex"},
         {"event_id": "b2", "user_id": "u9", "type": "add_to_cart", "item_id": "gloves-latex"},
         {"event_id": "b3", "user_id": "u9", "type": "purchase", "item_id": "goggles"},
         {"event_id": "b4", "user_id": "u9", "type": "search", "query": "gloves"},
     ])
-    user = client.get("/v1/users/u9").get_json()
+    user = client.get("/v1/users/u9", headers=READ).get_json()
     assert user["counts"]["purchase"] == 1 and user["counts"]["add_to_cart"] == 1
     assert user["categories"]["top"]  # category affinity from the served catalog
     assert client.delete("/v1/users/u9", headers=INGEST).status_code == 401  # admin only
     gone = client.delete("/v1/users/u9", headers=ADMIN).get_json()
     assert gone["deleted_events"] == 4
-    user = client.get("/v1/users/u9").get_json()
+    user = client.get("/v1/users/u9", headers=READ).get_json()
     assert user["counts"]["purchase"] == 0 and not user["categories"]["top"]
     assert client.get("/v1/items/goggles").get_json()["stats"]["counts"]["purchase"] == 0

@@ -46,8 +46,8 @@ def texts(suggestions: list[dict[str, Any]]) -> list[str]:
 
 def test_prefix_gives_the_category_first_then_items_shorter_first(shared_engine: Engine) -> None:
     out = shared_engine.suggest("fila")
-    assert out["q"] == "fila" and out["version"] == shared_engine.snapshot().version
-    got = out["suggestions"]
+    assert out.q == "fila" and out.version == shared_engine.snapshot().version
+    got = out.suggestions
     filament = "Industrial & Scientific > 3D Printing > Filament"
     assert got[0] == {"text": "Filament", "kind": "category", "category": filament,
                       "count": category_counts()[filament]}
@@ -64,16 +64,16 @@ def test_prefix_gives_the_category_first_then_items_shorter_first(shared_engine:
 
 
 def test_earlier_words_match_whole_words_and_the_last_a_prefix(shared_engine: Engine) -> None:
-    got = shared_engine.suggest("pla fil", k=20)["suggestions"]
+    got = shared_engine.suggest("pla fil", k=20).suggestions
     expected = {p.title for p in fixture_products()
                 if "pla" in words(p.title) and any(w.startswith("fil") for w in words(p.title))}
     assert set(texts(got)) == expected and len(got) == len(expected) == 2
     assert all(s["kind"] == "item" for s in got)
     # "fil" is no whole word of any entry, and "Build Plate" does not have the word "pla"
-    assert shared_engine.suggest("fil pla")["suggestions"] == []
+    assert shared_engine.suggest("fil pla").suggestions == []
     # a trailing space ends the last word: "glass " is whole, "glass" a prefix (of "Glassware" too)
-    whole = texts(shared_engine.suggest("glass ", k=20)["suggestions"])
-    prefix = texts(shared_engine.suggest("glass", k=20)["suggestions"])
+    whole = texts(shared_engine.suggest("glass ", k=20).suggestions)
+    prefix = texts(shared_engine.suggest("glass", k=20).suggestions)
     assert "Glassware" in prefix and "Glassware" not in whole
     assert set(whole) == {p.title for p in fixture_products() if "glass" in words(p.title)}
 
@@ -87,27 +87,27 @@ def test_earlier_words_match_whole_words_and_the_last_a_prefix(shared_engine: En
     ("erlenmyer", "erlenmeyer"),
 ])
 def test_one_typo_in_a_word_of_four_or_more_letters(shared_engine: Engine, typed: str, wanted: str) -> None:
-    got = shared_engine.suggest(typed, k=20)["suggestions"]
+    got = shared_engine.suggest(typed, k=20).suggestions
     titles = {p.title for p in fixture_products() if wanted in words(p.title)}
     assert titles and titles <= set(texts(got))
 
 
 def test_two_typos_only_from_eight_letters(shared_engine: Engine) -> None:
     # a whole word (trailing space) two edits from "thermometer": transposition + deletion
-    got = shared_engine.suggest("thremometr ", k=20)["suggestions"]
+    got = shared_engine.suggest("thremometr ", k=20).suggestions
     assert texts(got) == [p.title for p in fixture_products() if "thermometer" in words(p.title)]
-    assert "Soldering" in texts(shared_engine.suggest("solderin")["suggestions"])
-    assert "Soldering" in texts(shared_engine.suggest("sodlerng")["suggestions"])  # 2 edits from "solderin"
+    assert "Soldering" in texts(shared_engine.suggest("solderin").suggestions)
+    assert "Soldering" in texts(shared_engine.suggest("sodlerng").suggestions)  # 2 edits from "solderin"
     # 6 letters, 2 edits from "gloves": too far
-    assert shared_engine.suggest("glaces", k=20)["suggestions"] == []
+    assert shared_engine.suggest("glaces", k=20).suggestions == []
     # under 4 letters: no typo allowed
-    assert shared_engine.suggest("plz")["suggestions"] == []
+    assert shared_engine.suggest("plz").suggestions == []
 
 
 def test_case_and_accents_do_not_matter(shared_engine: Engine) -> None:
-    plain = shared_engine.suggest("filament")["suggestions"]
-    assert shared_engine.suggest("FÍLAMENT")["suggestions"] == plain
-    assert shared_engine.suggest("Filament")["suggestions"] == plain
+    plain = shared_engine.suggest("filament").suggestions
+    assert shared_engine.suggest("FÍLAMENT").suggestions == plain
+    assert shared_engine.suggest("Filament").suggestions == plain
     s = Suggester.from_products([
         Product(id="torch", title="Crème Brûlée Torch", category=("Küche", "Brenner")),
         Product(id="pan", title="Paella Pan", category=("Küche",)),
@@ -119,11 +119,11 @@ def test_case_and_accents_do_not_matter(shared_engine: Engine) -> None:
 
 def test_an_empty_catalog_or_a_query_without_words_suggests_nothing(shared_engine: Engine) -> None:
     assert Suggester.from_products([]).suggest("filament") == []
-    assert shared_engine.suggest("-- !")["suggestions"] == []
+    assert shared_engine.suggest("-- !").suggestions == []
 
 
 def test_categories_rank_by_item_count_before_items(shared_engine: Engine) -> None:
-    got = shared_engine.suggest("p", k=20)["suggestions"]
+    got = shared_engine.suggest("p", k=20).suggestions
     counts = category_counts()
     leaves: dict[str, tuple[int, str]] = {}
     for path, n in counts.items():
@@ -137,9 +137,9 @@ def test_categories_rank_by_item_count_before_items(shared_engine: Engine) -> No
 
 
 def test_identical_texts_are_shown_once(shared_engine: Engine) -> None:
-    got = shared_engine.suggest("pla 3d printer filament", k=20)["suggestions"]
+    got = shared_engine.suggest("pla 3d printer filament", k=20).suggestions
     assert [s["id"] for s in got] == ["fil-pla-red"]  # pla-dup-title has the same title
-    test = [s for s in shared_engine.suggest("test instruments", k=20)["suggestions"] if s["kind"] == "category"]
+    test = [s for s in shared_engine.suggest("test instruments", k=20).suggestions if s["kind"] == "category"]
     counts = category_counts()
     assert test == [{"text": "Test Instruments", "kind": "category",
                      "category": "Industrial & Scientific > Test Instruments",
@@ -147,7 +147,7 @@ def test_identical_texts_are_shown_once(shared_engine: Engine) -> None:
     assert counts["Industrial & Scientific > Test Instruments"] > counts[
         "Industrial & Scientific > Lab Supplies > Test Instruments"]
     for q in ("i", "p", "fila", "gloves"):
-        shown = [t.lower() for t in texts(shared_engine.suggest(q, k=20)["suggestions"])]
+        shown = [t.lower() for t in texts(shared_engine.suggest(q, k=20).suggestions)]
         assert len(shown) == len(set(shown))
 
 
@@ -156,10 +156,10 @@ def test_k_limits_the_answer(shared_engine: Engine) -> None:
     matching |= {path.split(" > ")[-1].lower() for path in category_counts()
                  if any(w.startswith("p") for w in words(path.split(" > ")[-1]))}
     assert len(matching) > 20
-    assert len(shared_engine.suggest("p", k=3)["suggestions"]) == 3
-    assert len(shared_engine.suggest("p")["suggestions"]) == 8
-    everything = shared_engine.suggest("p", k=20)["suggestions"]
-    assert len(everything) == 20 and everything[:3] == shared_engine.suggest("p", k=3)["suggestions"]
+    assert len(shared_engine.suggest("p", k=3).suggestions) == 3
+    assert len(shared_engine.suggest("p").suggestions) == 8
+    everything = shared_engine.suggest("p", k=20).suggestions
+    assert len(everything) == 20 and everything[:3] == shared_engine.suggest("p", k=3).suggestions
     for k in (0, 21):
         with pytest.raises(InvalidQuery) as e:
             shared_engine.suggest("p", k=k)
@@ -280,6 +280,6 @@ def test_the_server_builds_each_version_index_in_the_background(config: Any, enc
     second = pipeline.build(config, catalog, encoder=encoder).version
     with engine._suggester_lock:  # as while the new version's index is being built
         stale = engine.suggest("zeppel")
-    assert stale["suggestions"] == []  # answered at once, from the previous version's index
+    assert stale.suggestions == []  # answered at once, from the previous version's index
     wait_for(second)
-    assert [s.get("id") for s in engine.suggest("zeppel")["suggestions"]] == ["goggles"]
+    assert [s.get("id") for s in engine.suggest("zeppel").suggestions] == ["goggles"]

@@ -7,8 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from engine import Engine, EngineConfig
-from engine.index.vector import set_search_threads
+from engine import Admin, Engine, EngineConfig, RateLimiter
 from web.auth import load_secret_key
 
 
@@ -23,10 +22,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     config = app.config.get("ENGINE_CONFIG") or EngineConfig.load()
     app.config["ENGINE_CONFIG"] = config
-    set_search_threads(config.faiss_threads)
     app.secret_key = load_secret_key(config)
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True)
     app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config, warm_suggestions=True)
+    app.extensions["vitrine_admin"] = Admin(config)
+    app.extensions["vitrine_limits"] = RateLimiter(config.limits_path)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

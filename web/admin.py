@@ -1,19 +1,17 @@
-"""Admin API under /v1/admin: rebuild (background job), job progress, rollback, event statistics.
+"""Admin API under /v1/admin: versions and manifest, rebuild (background job), job progress, rollback,
+event statistics.
 
-Needs ``Authorization: Bearer <admin_key>``. With no admin key configured the routes answer 403:
-they are off, never open.
+Needs the admin key (``Authorization: Bearer <admin_key>``) or the admin page's session. With no admin key
+configured the routes answer 403: they are off, never open.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from engine import jobs
-from engine.errors import InvalidQuery
-from engine.index import store
-from web.engine_ext import get_config, get_engine
+from engine import InvalidQuery
 from web.auth import check_key
+from web.body import json_body
+from web.engine_ext import get_admin, get_engine
 from web.params import get_bool, get_int, get_str
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
@@ -24,45 +22,37 @@ def require_admin_key() -> tuple[Response, int] | None:
     return check_key("admin")
 
 
+@bp.get("/versions")
+def versions() -> Response:
+    """The served version, the history a rollback walks back, the versions on disk and the full manifest."""
+    admin = get_admin()
+    body = admin.versions().to_dict()
+    body["manifest"] = admin.manifest() if body["current"] else None
+    return jsonify(body)
+
+
 @bp.post("/rebuild")
 def rebuild() -> tuple[Response, int]:
-    body = request.get_json(silent=True)
-    if request.data and body is None:
-        raise InvalidQuery("body", "must be a JSON object")
-    body = body or {}
+    body = json_body(required=False, empty={})  # no body at all: rebuild from the served catalog
     if not isinstance(body, dict):
         raise InvalidQuery("body", "must be a JSON object")
-    config = get_config()
-    catalog = get_str(body, "catalog")
-    if catalog is None:
-        catalog = _current_catalog() or (str(config.catalog) if config.catalog else None)
-    if not catalog:
-        raise InvalidQuery("catalog", "give the catalog file path (no index published yet to take it from)")
-    state = jobs.start_rebuild(config, Path(catalog), full=bool(get_bool(body, "full", False)))
+    state = get_admin().start_rebuild(get_str(body, "catalog"), full=bool(get_bool(body, "full", False)))
     resp = jsonify(job=state["job"], state=state["state"], status_url=url_for("admin.job", job=state["job"]))
     return resp, 202
 
 
 @bp.get("/rebuild/<job>")
 def job(job: str) -> Response:
-    return jsonify(jobs.read_job(get_config(), job))
+    return jsonify(get_admin().job(job))
 
 
 @bp.post("/rollback")
 def rollback() -> Response:
-    old, new = store.rollback(get_config().index_dir)
-    return jsonify(previous=old, current=new)
+    """Back to the version served before the current one (a history: see README, "Rollback")."""
+    return jsonify(get_admin().rollback().to_dict())
 
 
 @bp.get("/stats")
 def stats() -> Response:
     days = get_int(request.args, "days")
-    return jsonify(get_engine().event_stats(30 if days is None else days))
-
-
-def _current_catalog() -> str | None:
-    try:
-        path: str = store.read_manifest(store.current_dir(get_config().index_dir))["catalog"]["path"]
-        return path
-    except Exception:
-        return None
+    return jsonify(get_engine().event_stats(30 if days is None else days).to_dict())

@@ -1,30 +1,30 @@
 """Public read API under /v1, plus /healthz."""
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 
-from engine.index import store
-from web.engine_ext import get_config, get_engine
+from web.auth import check_shopper
+from web.engine_ext import get_engine
 from web.openapi import openapi_document
-from web.params import get_bool, get_float, get_int, get_str
+from web.params import get_bool, get_filters, get_float, get_int, get_str
 
 bp = Blueprint("api", __name__)
 
 
 @bp.get("/v1/search")
-def search() -> Response:
+def search() -> Response | tuple[Response, int]:
     a = request.args
+    user = get_str(a, "user")
+    if user:  # personalized for a named shopper: their data, so the read scope or their own token
+        denied = check_shopper(user)
+        if denied:
+            return denied
     result = get_engine().search(
         get_str(a, "q", "") or "",
         k=get_int(a, "k"),
         offset=get_int(a, "offset", 0) or 0,
-        category=get_str(a, "category") or None,
-        min_price=get_float(a, "min_price"),
-        max_price=get_float(a, "max_price"),
-        in_stock=get_bool(a, "in_stock"),
-        user=get_str(a, "user"),
+        filters=get_filters(a),
+        user=user,
         personalize=get_float(a, "personalize"),
     )
     return jsonify(result.to_dict())
@@ -33,7 +33,7 @@ def search() -> Response:
 @bp.get("/v1/suggest")
 def suggest() -> Response:
     a = request.args
-    return jsonify(get_engine().suggest(get_str(a, "q", "") or "", k=get_int(a, "k")))
+    return jsonify(get_engine().suggest(get_str(a, "q", "") or "", k=get_int(a, "k")).to_dict())
 
 
 @bp.get("/v1/items/<path:item_id>/similar")
@@ -41,9 +41,9 @@ def similar(item_id: str) -> Response:
     a = request.args
     engine = get_engine()
     k = get_int(a, "k")
-    hits = engine.similar(item_id, k=k, same_category=bool(get_bool(a, "same_category", False)))
-    return jsonify(item_id=item_id, version=engine.snapshot().version, similar=[h.to_dict() for h in hits],
-                   also_bought=engine.also_bought(item_id, k=len(hits) or 10))
+    similar = engine.similar(item_id, k=k, same_category=bool(get_bool(a, "same_category", False)))
+    return jsonify(item_id=item_id, version=similar.version, similar=[h.to_dict() for h in similar.hits],
+                   also_bought=engine.also_bought(item_id, k=len(similar.hits) or 10))
 
 
 @bp.get("/v1/items/<path:item_id>")
@@ -54,7 +54,8 @@ def item(item_id: str) -> Response:
 
 @bp.get("/v1/info")
 def info() -> Response:
-    return jsonify(get_engine().info())
+    """The served version for anyone: no paths or hashes (the manifest is under /v1/admin/versions)."""
+    return jsonify(get_engine().info().to_dict())
 
 
 @bp.get("/v1/openapi.json")
@@ -64,8 +65,6 @@ def openapi() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    version = store.current_version(get_config().index_dir)
-    body: dict[str, Any] = {"status": "ok", "index_version": version}
-    if version is None:
-        body["status"] = "no_index"
-    return jsonify(body), 200
+    """``ok``, ``no_index`` or ``degraded`` with the ``reason`` (see ``engine.Health``); always 200, so that a
+    load balancer keeps a degraded server, which still answers searches, in rotation."""
+    return jsonify(get_engine().health().to_dict()), 200

@@ -1,20 +1,30 @@
-"""Who may call what: bearer keys for API clients, signed-cookie sessions for the browser pages.
+"""Who may call what: bearer keys for API clients, signed shopper tokens, signed-cookie browser sessions.
 
-Scopes: ``admin`` (rebuild, rollback, stats, delete a shopper) and ``ingest`` (send events). A request
-with an ``Authorization`` header is judged by its key alone: ``Bearer <key>`` of the scope, else 401; a
-scope whose key is not configured is off (403), never open.
+Scopes, each with its own key (unset: the scope is off, 403, never open):
+- ``read``: a named shopper's data (``GET /v1/users/<id>``, their recommendations, search with ``user``);
+  the admin key may read too;
+- ``ingest``: send events (``POST /v1/events``);
+- ``admin``: rebuild, rollback, versions and manifest, stats, delete a shopper;
+- ``ads``: reserved for sponsored products.
+A request with an ``Authorization`` header is judged by its key alone: ``Bearer <key>`` of the scope, else
+401. Wrong keys count as failed logins of the client IP (see below).
 
-Without that header, the browser's session may stand in, and only with the session's CSRF token in the
-``X-CSRF-Token`` header (the pages put it in ``<meta name="csrf-token">``):
-- ``admin``: the session logged in on ``/admin`` with the admin key. The session holds an HMAC of the key,
-  never the key, so changing the key logs every session out;
-- ``ingest``: the storefront's session shopper, for their own events only (``storefront_events``; the
-  events route checks each event's ``user_id``).
+Without a key, a shopper may act for themself only:
+- with a shopper token (``X-Shopper-Token``, see :mod:`engine.tokens`) signed by the shop with
+  ``shopper_secret``: read their own data, send their own events;
+- in a storefront page's session, whose shopper is a token's (``?shopper_token=`` on any page), a fresh
+  anonymous id the server made, or, with ``demo_shopper_menu`` on, any shopper picked from the menu. Writes
+  need the session's CSRF token in ``X-CSRF-Token`` (the pages put it in ``<meta name="csrf-token">``).
+Events sent that way (not with the ingest key) are rate-limited per session (or token) and per IP.
+
+The admin session holds an HMAC of the admin key, never the key, so changing the key logs every session
+out. Admin logins, and wrong keys, are throttled per IP: after 5 failures, 429 with exponential back-off.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 from functools import wraps
@@ -23,12 +33,13 @@ from typing import Any, Callable, Literal
 
 from flask import Response, g, request, session
 
-from engine.config import EngineConfig
-from web.engine_ext import get_config
+from engine import EngineConfig, ShopperToken, Unauthorized
+from web.engine_ext import get_config, get_limiter
 from web.errors import error_response
 
-Scope = Literal["admin", "ingest"]
+Scope = Literal["admin", "ingest", "read"]
 CSRF_HEADER = "X-CSRF-Token"
+TOKEN_HEADER = "X-Shopper-Token"
 
 
 def load_secret_key(config: EngineConfig) -> bytes:
@@ -94,27 +105,90 @@ def session_shopper() -> str | None:
     return str(shopper) if shopper else None
 
 
+def session_id() -> str:
+    """A random id of this browser session (made on first use), the key of its rate limits."""
+    sid = session.get("sid")
+    if not sid:
+        sid = session["sid"] = secrets.token_urlsafe(12)
+    return str(sid)
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def too_many(what: str, wait: float) -> tuple[Response, int]:
+    resp, status = error_response(429, "rate_limited", f"too many {what}; retry after {math.ceil(wait)} s")
+    resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return resp, status
+
+
+def login_blocked() -> tuple[Response, int] | None:
+    """429 while this IP is backing off after failed logins or wrong keys, else None."""
+    wait = get_limiter().blocked_for(f"login:{client_ip()}")
+    return too_many("failed logins from this address", wait) if wait > 0 else None
+
+
+def token_shopper() -> str | None:
+    """The shopper of a valid ``X-Shopper-Token``; None without one. ``Unauthorized`` for a bad token."""
+    token = request.headers.get(TOKEN_HEADER)
+    if token is None:
+        return None
+    secret = get_config().shopper_secret
+    if not secret:
+        raise Unauthorized("shopper tokens are off on this server (no shopper_secret)")
+    return ShopperToken.verify(secret, token).user_id
+
+
+def _scope_key(config: EngineConfig, scope: Scope) -> str | None:
+    return {"admin": config.admin_key, "ingest": config.ingest_key, "read": config.read_key}[scope]
+
+
 def check_key(scope: Scope) -> tuple[Response, int] | None:
-    """None when the request may use the scope (and ``g.auth`` says how: "key" or "session");
-    else the 403/401 response."""
+    """None when the request may use the scope, with ``g.auth`` saying how ("key", "session" or "token")
+    and, for a shopper's session or token, ``g.shopper``; else the 401/403/429 response."""
     config = get_config()
-    key = config.admin_key if scope == "admin" else config.ingest_key
     header = request.headers.get("Authorization")
     if header is None:
         if scope == "admin" and is_admin_session() and csrf_ok():
             g.auth = "session"
             return None
-        if scope == "ingest" and config.storefront_events and session_shopper() and csrf_ok():
-            g.auth = "session"
-            return None
-    if not key:
+        if scope == "ingest":
+            shopper = token_shopper()
+            if shopper is not None:
+                g.auth, g.shopper = "token", shopper
+                return None
+            if config.storefront_events and session_shopper() and csrf_ok():
+                g.auth, g.shopper = "session", session_shopper()
+                return None
+    keys = [k for k in (_scope_key(config, scope), config.admin_key if scope == "read" else None) if k]
+    if not keys:
         env = f"VITRINE_{scope.upper()}_KEY"
         return error_response(403, f"{scope}_disabled", f"{scope} routes are off: set {env} to enable them")
     scheme, _, given = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given.strip().encode(), k.encode()) for k in keys):
+        if header is not None:
+            blocked = login_blocked()
+            if blocked:
+                return blocked
+            get_limiter().failed(f"login:{client_ip()}")
         return error_response(401, "unauthorized", f"send the {scope} key as 'Authorization: Bearer <key>'")
     g.auth = "key"
     return None
+
+
+def check_shopper(user_id: str) -> tuple[Response, int] | None:
+    """May this request read ``user_id``'s data? A key of the read scope (or the admin key), the shopper's
+    own token, or a storefront session of that shopper; else 401 (no credentials) or 403 (another's)."""
+    if request.headers.get("Authorization") is None:
+        shopper = token_shopper()
+        if shopper is None and session_shopper() is not None:
+            shopper = session_shopper()
+        if shopper is not None:
+            if shopper == user_id:
+                return None
+            return error_response(403, "forbidden", "a shopper may read their own data only", "user_id")
+    return check_key("read")
 
 
 def requires(scope: Scope) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

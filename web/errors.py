@@ -6,7 +6,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from engine.errors import BuildInProgress, IndexNotBuilt, InvalidQuery, NotFound
+from engine.errors import BuildInProgress, IndexNotBuilt, InvalidQuery, NotFound, StoreUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,26 @@ def register_error_handlers(app: Flask) -> None:
     def _busy(e: BuildInProgress) -> tuple[Response, int]:
         return error_response(409, "build_in_progress", str(e))
 
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(e: StoreUnavailable) -> tuple[Response, int]:
+        """The event store cannot write (or be opened): nothing was stored, the client may retry."""
+        resp, status = error_response(503, "store_unavailable", f"event store unavailable: {e}; retry later")
+        resp.headers["Retry-After"] = "5"
+        return resp, status
+
+    @app.errorhandler(Unauthorized)
+    def _unauthorized(e: Unauthorized) -> tuple[Response, int]:
+        return error_response(401, "unauthorized", str(e))
+
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException) -> tuple[Response, int]:
+        """Werkzeug's error as JSON, keeping its headers (``Allow`` on a 405, ``Retry-After``, ...)."""
         code = (e.name or "error").lower().replace(" ", "_")
-        return error_response(e.code or 500, code, e.description or e.name)
+        resp, status = error_response(e.code or 500, code, e.description or e.name)
+        for key, value in e.get_headers():
+            if key.lower() != "content-type":
+                resp.headers.add(key, value)
+        return resp, status
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> tuple[Response, int]:

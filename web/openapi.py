@@ -1,61 +1,106 @@
-"""The OpenAPI 3.1 description of every route (served at /v1/openapi.json; a test checks coverage)."""
+"""The OpenAPI 3.1 description of every route (served at /v1/openapi.json).
+
+Kept honest by two tests: tests/test_api.py checks that every route is described, tests/test_schemathesis.py
+fuzzes a real server against this document (status codes, content types and bodies of every answer).
+"""
 from __future__ import annotations
 
 from typing import Any
+
+# Ids in a URL path (``<path:...>``): any text without a line feed, not starting with '/'.
+_PATH_ID = {"type": "string", "minLength": 1, "pattern": "^[^/\\n][^\\n]*$"}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}, "description": "per event type"}
 
 
 def _q(name: str, schema: dict[str, Any], desc: str, required: bool = False) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": required, "schema": schema, "description": desc}
 
 
-def _path(name: str, desc: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": desc}
+def _path(name: str, desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or _PATH_ID, "description": desc}
 
 
-def _json(ref: str) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
 
 
 def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
-    return {"description": desc, **_json(ref)}
+    return {"description": desc, **_json(_ref(ref))}
 
 
-_ERR = {"description": "error", **_json("Error")}
+_ERRORS = {
+    "400": "invalid parameter or body (`field` names it)",
+    "401": "no key, a wrong key or a bad shopper token",
+    "403": "the scope is off (no key configured), or a shopper's token or session asks for another's data",
+    "404": "no such item, job or version; also an id the URL cannot carry (empty, or with a line feed)",
+    "409": "a build is running",
+    "413": "body over 16 MiB",
+    "414": "request line over the server's limit (a very long query)",
+    "429": "too many wrong keys from this address, or too many events from a shopper's session or token "
+           "(see the Retry-After header)",
+    "503": "no index published yet, or the event store is unavailable",
+}
+
+
+def _responses(ok: dict[str, Any], *errors: str, status: str = "200") -> dict[str, Any]:
+    """``ok`` under ``status``, and each of ``errors`` with the Error body."""
+    return {status: ok, **{code: {"description": _ERRORS[code], **_json(_ref("Error"))} for code in errors}}
+
+
 _ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
-_ADMIN_ERRORS = {"401": _ERR, "403": _ERR}
-_INGEST: list[dict[str, list[str]]] = [{"ingest": []}]
+_AUTH = ("401", "403", "429")
+_READ: list[dict[str, list[str]]] = [{"read": []}, {"bearer": []}, {"shopperToken": []}]
+_INGEST: list[dict[str, list[str]]] = [{"ingest": []}, {"shopperToken": []}]
 
 _HIT = {
     "type": "object",
+    "required": ["id", "title", "category", "brand", "price", "in_stock", "score", "score_parts"],
     "properties": {
         "id": {"type": "string"}, "title": {"type": "string"}, "category": {"type": "string"},
-        "brand": {"type": "string"}, "price": {"type": ["number", "null"]},
+        "brand": {"type": "string"}, "price": _NULLABLE_NUMBER,
         "in_stock": {"type": ["boolean", "null"]}, "score": {"type": "number"},
-        "score_parts": {"type": "object", "properties": {"bm25": {"type": "number"}, "vector": {"type": "number"}}},
+        "score_parts": {"type": "object", "required": ["bm25", "vector"], "properties": {
+            "bm25": {"type": "number"}, "vector": {"type": "number"},
+            "personal": {"type": "number", "description": "only when re-ranked for a `user`"}}},
     },
 }
 
 
 def openapi_document() -> dict[str, Any]:
-    k = _q("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "number of results (capped by max_k)")
+    k = _q("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+           "number of results, at most max_k (100 by default)")
+    filters = [
+        _q("category", {"type": "string"}, "category path prefix, 'A > B'"),
+        _q("min_price", {"type": "number", "minimum": 0}, "lowest price (excludes unpriced items)"),
+        _q("max_price", {"type": "number", "minimum": 0}, "highest price (excludes unpriced items)"),
+        _q("in_stock", {"type": "boolean"}, "true: only items not marked out of stock"),
+    ]
+    user_id = _path("user_id", "the shop's user id")
     return {
         "openapi": "3.1.0",
         "info": {"title": "Vitrine API", "version": "1"},
         "paths": {
             "/v1/search": {"get": {
-                "summary": "Hybrid (BM25 + vector) product search with filters and paging",
+                "summary": "Hybrid (BM25 + vector) product search with filters and paging; with `user`, "
+                           "re-ranked for that shopper (their data: the read scope, or their own token or "
+                           "session)",
+                "security": [{}, *_READ],
                 "parameters": [
-                    _q("q", {"type": "string", "maxLength": 500}, "the search box text", True), k,
-                    _q("offset", {"type": "integer", "minimum": 0, "default": 0}, "results to skip"),
-                    _q("category", {"type": "string"}, "category path prefix, 'A > B'"),
-                    _q("min_price", {"type": "number", "minimum": 0}, "lowest price (excludes unpriced items)"),
-                    _q("max_price", {"type": "number", "minimum": 0}, "highest price (excludes unpriced items)"),
-                    _q("in_stock", {"type": "boolean"}, "true: only items not marked out of stock"),
+                    _q("q", {"type": "string", "minLength": 1, "maxLength": 500},
+                       "the search box text (not blank)", True), k,
+                    _q("offset", {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0},
+                       "results to skip, at most max_offset (1000 by default)"),
+                    *filters,
                     _q("user", {"type": "string"}, "re-rank for this shopper's profile"),
                     _q("personalize", {"type": "number", "minimum": 0, "maximum": 1},
                        "personalization strength with `user` (0 = off; default from config)"),
                 ],
-                "responses": {"200": _ok("SearchResult"), "400": _ERR, "503": _ERR},
+                "responses": _responses(_ok("SearchResult"), "400", *_AUTH, "414", "503"),
             }},
             "/v1/suggest": {"get": {
                 "summary": "Type-ahead suggestions: category names and item titles matching the typed text. "
@@ -63,73 +108,77 @@ def openapi_document() -> dict[str, Any]:
                            "may have one typo, of 8+ two. Exact and prefix matches first, then categories "
                            "(more items first), then shorter texts",
                 "parameters": [
-                    _q("q", {"type": "string", "minLength": 1, "maxLength": 100}, "the text typed so far", True),
+                    _q("q", {"type": "string", "minLength": 1, "maxLength": 100}, "the text typed so far (not blank)",
+                       True),
                     _q("k", {"type": "integer", "minimum": 1, "maximum": 20, "default": 8}, "number of suggestions"),
                 ],
-                "responses": {"200": _ok("Suggestions"), "400": _ERR, "503": _ERR},
+                "responses": _responses(_ok("Suggestions"), "400", "414", "503"),
             }},
             "/v1/items/{item_id}": {"get": {
-                "summary": "One catalog item",
+                "summary": "One catalog item, with its event statistics",
                 "parameters": [_path("item_id", "the catalog id")],
-                "responses": {"200": _ok("Product"), "404": _ERR, "503": _ERR},
+                "responses": _responses(_ok("ItemDetail"), "404", "414", "503"),
             }},
             "/v1/items/{item_id}/similar": {"get": {
-                "summary": "Nearest neighbours of the item (itself and exact-title duplicates excluded)",
+                "summary": "Nearest neighbours of the item (itself and exact-title duplicates excluded), and "
+                           "the items most often taken with it",
                 "parameters": [_path("item_id", "the catalog id"), k,
                                _q("same_category", {"type": "boolean", "default": False}, "only the item's category")],
-                "responses": {"200": _ok("Similar"), "400": _ERR, "404": _ERR, "503": _ERR},
+                "responses": _responses(_ok("Similar"), "400", "404", "414", "503"),
             }},
-            "/v1/info": {"get": {"summary": "Served version, versions on disk and the manifest",
-                                 "responses": {"200": _ok("Info"), "503": _ERR}}},
-            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}},
-            "/healthz": {"get": {"summary": "Liveness and the published version",
-                                 "responses": {"200": {"description": "OK"}}}},
+            "/v1/info": {"get": {"summary": "The served version, for anyone (no paths or hashes)",
+                                 "responses": _responses(_ok("Info"), "503")}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
+                "description": "OK", **_json({"type": "object", "required": ["openapi", "info", "paths"]})}}}},
+            "/healthz": {"get": {"summary": "Liveness and the published version; always 200",
+                                 "responses": {"200": _ok("Health")}}},
             "/v1/events": {"post": {
                 "summary": "Record shopper events (one, a list, or {events: [...]}; at most 1,000). "
-                           "Idempotent on event_id; durable before the answer",
+                           "Idempotent on event_id; durable before the answer. A shopper's token or storefront "
+                           "session sends that shopper's events only, rate-limited",
                 "security": _INGEST,
-                "requestBody": {"required": True, **_json("EventBatch")},
-                "responses": {"200": _ok("IngestResult"), "400": _ERR, **_ADMIN_ERRORS},
+                "requestBody": {"required": True, **_json(_ref("EventBatch"))},
+                "responses": _responses(_ok("IngestResult"), "400", *_AUTH, "413", "503"),
             }},
             "/v1/users/{user_id}/recommendations": {"get": {
                 "summary": "Blended recommendations (content, co-occurrence, trending) with a reason each; "
                            "cold-start answers for an unknown shopper",
-                "parameters": [_path("user_id", "the shop's user id"), k,
-                               _q("category", {"type": "string"}, "category path prefix"),
-                               _q("min_price", {"type": "number"}, "lowest price"),
-                               _q("max_price", {"type": "number"}, "highest price"),
+                "security": _READ,
+                "parameters": [user_id, k, *filters,
                                _q("exclude", {"type": "string"}, "comma-separated item ids to leave out"),
                                _q("diversity", {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
                                   "MMR diversity: 0 = by score only")],
-                "responses": {"200": _ok("Recommendations"), "400": _ERR, "503": _ERR},
+                "responses": _responses(_ok("Recommendations"), "400", *_AUTH, "404", "414", "503"),
             }},
             "/v1/recommendations": {"post": {
                 "summary": "Recommendations for an anonymous session from its recent items",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["items"], "properties": {
-                        "items": {"type": "array", "items": {"type": "string"}}, "k": {"type": "integer"},
-                        "category": {"type": "string"}, "exclude": {"type": "array", "items": {"type": "string"}},
-                        "diversity": {"type": "number"}}}}}},
-                "responses": {"200": _ok("Recommendations"), "400": _ERR, "503": _ERR},
+                "requestBody": {"required": True, **_json(_ref("SessionRecommendationRequest"))},
+                "responses": _responses(_ok("Recommendations"), "400", "413", "503"),
             }},
             "/v1/users/{user_id}": {
-                "get": {"summary": "A shopper's features (zeros for an unknown shopper)",
-                        "parameters": [_path("user_id", "the shop's user id")],
-                        "responses": {"200": {"description": "OK"}}},
+                "get": {"summary": "A shopper's features (zeros for an unknown shopper)", "security": _READ,
+                        "parameters": [user_id],
+                        "responses": _responses(_ok("UserFeatures"), *_AUTH, "404", "414", "503")},
                 "delete": {"summary": "Delete the shopper's events, features and profile", "security": _ADMIN,
-                           "parameters": [_path("user_id", "the shop's user id")],
-                           "responses": {"200": {"description": "OK"}, **_ADMIN_ERRORS}},
+                           "parameters": [user_id],
+                           "responses": _responses(_ok("DeletedUser"), *_AUTH, "404", "414", "503")},
             },
+            "/v1/admin/versions": {"get": {
+                "summary": "The served version, the history a rollback walks back, the versions on disk and "
+                           "the served version's whole manifest",
+                "security": _ADMIN,
+                "responses": _responses(_ok("Versions"), *_AUTH),
+            }},
             "/v1/admin/rebuild": {"post": {
                 "summary": "Start a background rebuild (re-embeds only changed items unless full)",
                 "security": _ADMIN,
-                "requestBody": {"required": False, **_json("RebuildRequest")},
-                "responses": {"202": _ok("Job", "started"), "400": _ERR, "409": _ERR, **_ADMIN_ERRORS},
+                "requestBody": {"required": False, **_json(_ref("RebuildRequest"))},
+                "responses": _responses(_ok("JobStarted", "started"), "400", *_AUTH, "409", "413", status="202"),
             }},
             "/v1/admin/rebuild/{job}": {"get": {
                 "summary": "Progress of a rebuild job", "security": _ADMIN,
-                "parameters": [_path("job", "job id from POST /v1/admin/rebuild")],
-                "responses": {"200": _ok("Job"), "404": _ERR, **_ADMIN_ERRORS},
+                "parameters": [_path("job", "job id from POST /v1/admin/rebuild", {"type": "string", "minLength": 1})],
+                "responses": _responses(_ok("Job"), *_AUTH, "404", "414"),
             }},
             "/v1/admin/stats": {"get": {
                 "summary": "Event counts per UTC day and type over the last `days` calendar days (today "
@@ -137,28 +186,46 @@ def openapi_document() -> dict[str, Any]:
                 "security": _ADMIN,
                 "parameters": [_q("days", {"type": "integer", "minimum": 1, "maximum": 366, "default": 30},
                                   "days to cover, today included")],
-                "responses": {"200": _ok("EventStats"), "400": _ERR, **_ADMIN_ERRORS},
+                "responses": _responses(_ok("EventStats"), "400", *_AUTH, "414", "503"),
             }},
             "/v1/admin/rollback": {"post": {
-                "summary": "Point the served version back at the previous one", "security": _ADMIN,
-                "responses": {"200": {"description": "OK"}, "404": _ERR, **_ADMIN_ERRORS},
+                "summary": "Serve the version served before the current one (one step back in the history)",
+                "security": _ADMIN,
+                "responses": _responses(_ok("Rollback"), *_AUTH, "404", "409"),
             }},
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin key"},
-                                "ingest": {"type": "http", "scheme": "bearer", "description": "ingest key"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description":
+                           "the admin key (or the admin page's session with its X-CSRF-Token)"},
+                "ingest": {"type": "http", "scheme": "bearer", "description": "the ingest key"},
+                "read": {"type": "http", "scheme": "bearer", "description":
+                         "the read key (shoppers' data); the admin key reads too"},
+                "shopperToken": {"type": "apiKey", "in": "header", "name": "X-Shopper-Token", "description":
+                                 "a shopper's token signed by the shop: that shopper's own data and events "
+                                 "(a storefront session of the shopper, with X-CSRF-Token for writes, "
+                                 "stands in for it)"},
+            },
             "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string"}, "message": {"type": "string"},
+                        "field": {"type": "string", "description": "the parameter, body field or request part"}}}}},
+                "Health": {"type": "object", "required": ["status", "index_version"], "properties": {
+                    "status": {"type": "string", "enum": ["ok", "no_index", "degraded"]},
+                    "index_version": {"type": ["string", "null"]},
+                    "reason": {"type": "string", "description": "degraded only: what does not work"}}},
                 "Hit": _HIT,
-                "SearchResult": {"type": "object", "properties": {
+                "SearchResult": {"type": "object", "required": ["query", "version", "k", "offset", "took_ms",
+                                                                "total_candidates", "facets", "hits"],
+                                 "properties": {
                     "query": {"type": "string"}, "version": {"type": "string"}, "k": {"type": "integer"},
                     "offset": {"type": "integer"}, "took_ms": {"type": "number"},
                     "total_candidates": {"type": "integer", "description":
                                          "candidate rows after every filter: about how many results paging reaches"},
-                    "facets": {"$ref": "#/components/schemas/Facets"},
-                    "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
-                "Facets": {"type": "object", "description":
+                    "facets": _ref("Facets"),
+                    "hits": {"type": "array", "items": _ref("Hit")}}},
+                "Facets": {"type": "object", "required": ["category", "price"], "description":
                     "Over the query's candidate rows (BM25 matches and the candidate_pool nearest by meaning) "
                     "found without the category and price filters; the in_stock filter applies.",
                     "properties": {
@@ -166,13 +233,13 @@ def openapi_document() -> dict[str, Any]:
                             "counts of those rows within the price filter, one level below the `category` filter "
                             "(its children); without one, at the first depth where the rows' categories differ. "
                             "By count, descending, then path",
-                            "items": {"type": "object", "properties": {
+                            "items": {"type": "object", "required": ["path", "name", "count"], "properties": {
                                 "path": {"type": "string", "description": "usable as the `category` filter"},
                                 "name": {"type": "string"}, "count": {"type": "integer"}}}},
-                        "price": {"type": "object", "description": "over those rows with a price, ignoring the "
-                                  "price filter; null when none has one", "properties": {
-                                      "min": {"type": ["number", "null"]}, "max": {"type": ["number", "null"]}}}}},
-                "Suggestions": {"type": "object", "properties": {
+                        "price": {"type": "object", "required": ["min", "max"], "description":
+                                  "over those rows with a price, ignoring the price filter; both null when none "
+                                  "has one", "properties": {"min": _NULLABLE_NUMBER, "max": _NULLABLE_NUMBER}}}},
+                "Suggestions": {"type": "object", "required": ["q", "version", "suggestions"], "properties": {
                     "q": {"type": "string", "description": "the q given, unchanged"}, "version": {"type": "string"},
                     "suggestions": {"type": "array", "items": {"type": "object", "required": ["text", "kind"],
                                                                 "properties": {
@@ -181,63 +248,129 @@ def openapi_document() -> dict[str, Any]:
                         "category": {"type": "string", "description":
                                      "the category path (of a category: its own, usable as the search `category` filter)"},
                         "count": {"type": "integer", "description": "categories only: items under it"}}}}}},
-                "EventStats": {"type": "object", "properties": {
+                "EventStats": {"type": "object", "required": ["days", "since", "events_per_day", "totals", "events",
+                                                              "shoppers"], "properties": {
                     "days": {"type": "integer"}, "since": {"type": "string", "format": "date"},
-                    "events_per_day": {"type": "array", "items": {"type": "object", "properties": {
+                    "events_per_day": {"type": "array", "items": {"type": "object",
+                                                                  "required": ["day", "type", "count"], "properties": {
                         "day": {"type": "string", "format": "date"}, "type": {"type": "string"},
                         "count": {"type": "integer"}}}},
-                    "totals": {"type": "object", "additionalProperties": {"type": "integer"},
-                               "description": "events per type, every type present"},
+                    "totals": {**_COUNTS, "description": "events per type, every type present"},
                     "events": {"type": "integer"},
                     "shoppers": {"type": "integer", "description": "distinct users with an event in the window"}}},
-                "Similar": {"type": "object", "properties": {
+                "Similar": {"type": "object", "required": ["item_id", "version", "similar", "also_bought"],
+                            "properties": {
                     "item_id": {"type": "string"}, "version": {"type": "string"},
-                    "similar": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
-                    "also_bought": {"type": "array", "items": {"type": "object", "properties": {
+                    "similar": {"type": "array", "items": _ref("Hit")},
+                    "also_bought": {"type": "array", "items": {"type": "object", "required": ["id", "title", "score"],
+                                                               "properties": {
                         "id": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"}}}}}},
-                "Product": {"type": "object", "required": ["id", "title"], "properties": {
+                "Product": {"type": "object", "required": ["id", "title", "description", "category", "brand", "price",
+                                                           "in_stock", "url", "image_url", "attributes"],
+                            "properties": {
                     "id": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
                     "category": {"type": "string"}, "brand": {"type": "string"},
-                    "price": {"type": ["number", "null"]}, "in_stock": {"type": ["boolean", "null"]},
+                    "price": _NULLABLE_NUMBER, "in_stock": {"type": ["boolean", "null"]},
                     "url": {"type": "string"}, "image_url": {"type": "string"},
                     "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}},
-                "Event": {"type": "object", "required": ["event_id", "user_id", "type"], "properties": {
-                    "event_id": {"type": "string", "maxLength": 128}, "user_id": {"type": "string", "maxLength": 128},
+                "ItemDetail": {"allOf": [_ref("Product"), {"type": "object", "required": ["stats"], "properties": {
+                    "stats": _ref("ItemStats")}}]},
+                "ItemStats": {"type": "object", "required": ["item_id", "events", "counts", "ctr", "conversion",
+                                                             "rating_avg", "popularity"], "properties": {
+                    "item_id": {"type": "string"}, "events": {"type": "integer"}, "counts": _COUNTS,
+                    "ctr": {**_NULLABLE_NUMBER, "description": "clicks per view; null without views"},
+                    "conversion": {**_NULLABLE_NUMBER, "description": "purchases per view; null without views"},
+                    "rating_avg": {**_NULLABLE_NUMBER, "description": "null without ratings"},
+                    "popularity": {"type": "number"}, "popularity_half_life_s": {"type": "number"}}},
+                "UserFeatures": {"type": "object", "required": ["user_id", "events", "counts", "ctr", "conversion",
+                                                                "first_event_at", "last_event_at", "categories"],
+                                 "properties": {
+                    "user_id": {"type": "string"}, "events": {"type": "integer"}, "counts": _COUNTS,
+                    "ctr": _NULLABLE_NUMBER, "conversion": _NULLABLE_NUMBER,
+                    "first_event_at": {**_NULLABLE_NUMBER, "description": "epoch seconds; null without events"},
+                    "last_event_at": {**_NULLABLE_NUMBER, "description": "epoch seconds; null without events"},
+                    "categories": {"type": "object", "description": "events per category: top level and leaf",
+                                   "additionalProperties": {"type": "object",
+                                                            "additionalProperties": {"type": "integer"}}}}},
+                "DeletedUser": {"type": "object", "required": ["user_id", "deleted_events"], "properties": {
+                    "user_id": {"type": "string"}, "deleted_events": {"type": "integer"}}},
+                "Event": {"type": "object", "required": ["event_id", "user_id", "type"], "additionalProperties": False,
+                          "description": "`item_id` is required for every type but search, which requires `query`; "
+                                         "a rating needs `value` in 1..5. An invalid event is listed in `rejected`",
+                          "properties": {
+                    "event_id": {"type": ["string", "integer"], "maxLength": 128},
+                    "user_id": {"type": ["string", "integer"], "maxLength": 128},
                     "type": {"type": "string", "enum": ["view", "click", "add_to_cart", "remove_from_cart",
                                                        "purchase", "search", "rating"]},
-                    "item_id": {"type": "string"}, "value": {"type": "number"}, "query": {"type": "string"},
-                    "timestamp": {"type": ["number", "string"], "description": "epoch seconds or ISO-8601"}}},
+                    "item_id": {"type": ["string", "integer"], "maxLength": 128}, "value": {"type": "number"},
+                    "query": {"type": "string", "maxLength": 1000},
+                    "timestamp": {"type": ["number", "string"], "description":
+                                  "epoch seconds or ISO-8601 (no zone: UTC); default: now"}}},
                 "EventBatch": {"oneOf": [
-                    {"$ref": "#/components/schemas/Event"},
-                    {"type": "array", "maxItems": 1000, "items": {"$ref": "#/components/schemas/Event"}},
-                    {"type": "object", "properties": {"events": {"type": "array", "maxItems": 1000,
-                                                                  "items": {"$ref": "#/components/schemas/Event"}}}}]},
-                "IngestResult": {"type": "object", "properties": {
+                    _ref("Event"),
+                    {"type": "array", "maxItems": 1000, "items": _ref("Event")},
+                    {"type": "object", "required": ["events"], "properties": {
+                        "events": {"type": "array", "maxItems": 1000, "items": _ref("Event")}}}]},
+                "IngestResult": {"type": "object", "required": ["accepted", "duplicates", "rejected"], "properties": {
                     "accepted": {"type": "array", "items": {"type": "string"}},
                     "duplicates": {"type": "array", "items": {"type": "string"}},
-                    "rejected": {"type": "array", "items": {"type": "object", "properties": {
+                    "rejected": {"type": "array", "items": {"type": "object",
+                                                            "required": ["index", "event_id", "field", "message"],
+                                                            "properties": {
                         "index": {"type": "integer"}, "event_id": {"type": ["string", "null"]},
                         "field": {"type": "string"}, "message": {"type": "string"}}}}}},
-                "Recommendations": {"type": "object", "properties": {
-                    "user_id": {"type": ["string", "null"]}, "version": {"type": "string"}, "k": {"type": "integer"},
-                    "recommendations": {"type": "array", "items": {"type": "object", "properties": {
-                        "id": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"},
+                "SessionRecommendationRequest": {"type": "object", "required": ["items"], "properties": {
+                    "items": {"type": ["array", "string"], "items": {"type": "string"},
+                              "description": "recent item ids, oldest first (or one comma-separated string)"},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "category": {"type": "string"}, "min_price": {"type": "number"}, "max_price": {"type": "number"},
+                    "in_stock": {"type": "boolean"},
+                    "exclude": {"type": ["array", "string"], "items": {"type": "string"},
+                                "description": "item ids to leave out (or one comma-separated string)"},
+                    "diversity": {"type": "number", "minimum": 0, "maximum": 1}}},
+                "Recommendations": {"type": "object", "required": ["user_id", "version", "k", "recommendations"],
+                                    "properties": {
+                    "user_id": {"type": ["string", "null"], "description": "null for an anonymous session"},
+                    "version": {"type": "string"}, "k": {"type": "integer"},
+                    "recommendations": {"type": "array", "items": {"type": "object", "required": [
+                        "id", "title", "category", "brand", "price", "score", "reason", "source", "because_item",
+                        "score_parts"], "properties": {
+                        "id": {"type": "string"}, "title": {"type": "string"}, "category": {"type": "string"},
+                        "brand": {"type": "string"}, "price": _NULLABLE_NUMBER, "score": {"type": "number"},
                         "reason": {"type": "string"},
                         "source": {"type": "string", "enum": ["content", "cooccurrence", "popular"]},
                         "because_item": {"type": ["string", "null"]},
-                        "score_parts": {"type": "object"}}}}}},
-                "Info": {"type": "object", "properties": {
+                        "score_parts": {"type": "object", "additionalProperties": {"type": "number"}}}}}}},
+                "Info": {"type": "object", "required": ["version", "items"], "properties": {
                     "version": {"type": "string"}, "items": {"type": "integer"},
-                    "versions": {"type": "array", "items": {"type": "string"}}, "manifest": {"type": "object"}}},
+                    "created_at": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]},
+                    "dims": {"type": ["integer", "null"]}, "encoder": {"type": ["string", "null"]}}},
+                "Versions": {"type": "object", "required": ["current", "served", "on_disk", "manifest"],
+                             "properties": {
+                    "current": {"type": ["string", "null"], "description": "the served version"},
+                    "served": {"type": "array", "items": {"type": "string"},
+                               "description": "the history a rollback walks back, oldest first, current last"},
+                    "on_disk": {"type": "array", "items": {"type": "string"}},
+                    "manifest": {"type": ["object", "null"], "description": "the served version's, whole"}}},
+                "Rollback": {"type": "object", "required": ["previous", "current"], "properties": {
+                    "previous": {"type": "string"}, "current": {"type": "string"}}},
                 "RebuildRequest": {"type": "object", "properties": {
-                    "catalog": {"type": "string", "description": "catalog file path on the server; default: the current version's"},
+                    "catalog": {"type": "string", "maxLength": 4096, "description":
+                                "catalog file path on the server, inside the catalog directories (catalog_dirs); "
+                                "default: the served version's"},
                     "full": {"type": "boolean", "default": False}}},
-                "Job": {"type": "object", "properties": {
+                "JobStarted": {"type": "object", "required": ["job", "state", "status_url"], "properties": {
+                    "job": {"type": "string"}, "state": {"type": "string", "enum": ["queued"]},
+                    "status_url": {"type": "string", "description": "GET it for the progress"}}},
+                "Job": {"type": "object", "required": ["job", "state"], "properties": {
                     "job": {"type": "string"},
                     "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                    "full": {"type": "boolean"}, "created_at": {"type": "number"}, "pid": {"type": "integer"},
+                    "started_at": {"type": "number"}, "finished_at": {"type": "number"},
                     "stage": {"type": "string"}, "done": {"type": "integer"}, "total": {"type": "integer"},
-                    "items_per_s": {"type": "number"}, "eta_s": {"type": "number"},
-                    "version": {"type": "string"}, "error": {"type": "string"}}},
+                    "from_cache": {"type": "integer"}, "items_per_s": {"type": "number"}, "eta_s": {"type": "number"},
+                    "version": {"type": "string"}, "error": {"type": "string"},
+                    "summary": {"type": "array", "items": {"type": "string"}}}},
             },
         },
     }

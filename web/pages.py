@@ -15,10 +15,9 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, abort, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as Redirect
 
-from engine.errors import IndexNotBuilt, InvalidQuery, NotFound
-from engine.index import store
-from web.auth import admin_login, csrf_token, is_admin_session, session_shopper
-from web.engine_ext import get_config, get_engine
+from engine import Filters, IndexNotBuilt, InvalidQuery, NotFound, ShopperToken, StoreUnavailable, Unauthorized
+from web.auth import (admin_login, client_ip, csrf_token, is_admin_session, login_blocked, session_shopper)
+from web.engine_ext import get_admin, get_config, get_engine, get_limiter
 from web.params import get_float, get_int
 
 bp = Blueprint("pages", __name__)  # templates and /static come from the app (web/templates, web/static)
@@ -43,23 +42,53 @@ def _headers(resp: Response) -> Response:
 
 @bp.app_context_processor
 def _globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "shopper": session_shopper(), "debug": request.args.get("debug") == "1"}
+    return {"csrf_token": csrf_token, "shopper": session_shopper(), "debug": request.args.get("debug") == "1",
+            "demo_menu": get_config().demo_shopper_menu}
+
+
+@bp.before_app_request
+def _take_shopper_token() -> Redirect | tuple[str, int] | None:
+    """``?shopper_token=`` on a page (from the shop's backend) makes the session that shopper's, then
+    redirects to the same page without it, so that the token stays out of history and logs."""
+    token = request.args.get("shopper_token")
+    if token is None or request.method != "GET" or request.blueprint != "pages":
+        return None
+    secret = get_config().shopper_secret
+    try:
+        if not secret:
+            raise Unauthorized("shopper tokens are off on this server (no shopper_secret)")
+        session["shopper"] = ShopperToken.verify(secret, token).user_id
+    except Unauthorized as e:
+        return render_template("error.html", status=401, message=str(e), shoppers=[]), 401
+    rest = [(k, v) for k, v in request.args.items(multi=True) if k != "shopper_token"]
+    return redirect(request.path + ("?" + urlencode(rest) if rest else ""), 303)
 
 
 def _shoppers() -> list[dict[str, Any]]:
-    """Real shoppers with the longest histories, for the picker (none when there is no event store)."""
+    """Real shoppers with the longest histories, for the demo's picker (``demo_shopper_menu``)."""
+    if not get_config().demo_shopper_menu:
+        return []
     try:
-        return get_engine().sample_shoppers(limit=SHOPPER_CHOICES)
-    except Exception:  # the picker must never take the page down
-        log.exception("cannot list shoppers for the picker")
+        return [s.to_dict() for s in get_engine().sample_shoppers(limit=SHOPPER_CHOICES)]
+    except StoreUnavailable as e:
+        log.warning("no shoppers for the picker: %s", e)
         return []
 
 
 def _for_you(shopper: str | None) -> list[dict[str, Any]]:
     if not shopper:
         return []
-    recs: list[dict[str, Any]] = get_engine().recommend(shopper, k=STRIP_SIZE)["recommendations"]
-    return recs
+    return _recommendations(shopper)
+
+
+def _recommendations(shopper: str | None) -> list[dict[str, Any]]:
+    """The shopper's (or, for None, trending) recommendations; none while the event store is unavailable,
+    so that the page still renders its search results."""
+    try:
+        return get_engine().recommend(shopper, k=STRIP_SIZE).to_dict()["recommendations"]
+    except StoreUnavailable as e:
+        log.warning("page without recommendations: %s", e)
+        return []
 
 
 def _page_url(args: dict[str, Any], **changes: Any) -> str:
@@ -85,16 +114,15 @@ def search() -> tuple[str, int]:
             raise InvalidQuery("page", "must be >= 1")
         ctx["page"] = page
         if q:
-            result = get_engine().search(
-                q, k=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, category=form["category"] or None,
-                min_price=get_float(a, "min_price"), max_price=get_float(a, "max_price"),
-                user=shopper if personal else None,
-            ).to_dict()
+            filters = Filters(category=form["category"] or None, min_price=get_float(a, "min_price"),
+                              max_price=get_float(a, "max_price"))
+            result = get_engine().search(q, k=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, filters=filters,
+                                         user=shopper if personal else None).to_dict()
             ctx["result"] = result
             total = int(result.get("total_candidates") or 0)
             ctx["pages"] = max(page, math.ceil(total / PAGE_SIZE)) if total else page
         else:
-            ctx["trending"] = get_engine().recommend(None, k=STRIP_SIZE)["recommendations"]
+            ctx["trending"] = _recommendations(None)
         ctx["for_you"] = _for_you(shopper)
     except InvalidQuery as e:
         ctx["error"] = e
@@ -115,10 +143,18 @@ def item(item_id: str) -> tuple[str, int]:
         return render_template("error.html", status=404, message=str(e), shoppers=_shoppers()), 404
     similar = engine.similar(item_id, k=STRIP_SIZE)
     return render_template(
-        "item.html", product=product.to_dict(), stats=engine.item_stats(item_id),
-        similar=[h.to_dict() for h in similar], also_bought=engine.also_bought(item_id, k=STRIP_SIZE),
+        "item.html", product=product.to_dict(), stats=_item_stats(item_id),
+        similar=[h.to_dict() for h in similar.hits], also_bought=engine.also_bought(item_id, k=STRIP_SIZE),
         for_you=_for_you(session_shopper()), shoppers=_shoppers(),
     ), 200
+
+
+def _item_stats(item_id: str) -> dict[str, Any] | None:
+    try:
+        return get_engine().item_stats(item_id)
+    except StoreUnavailable as e:
+        log.warning("item page without stats: %s", e)
+        return None
 
 
 def _check_form_csrf() -> None:
@@ -135,14 +171,19 @@ def _safe_next(default: str) -> str:
 
 
 @bp.post("/shopper")
-def choose_shopper() -> Redirect:
-    """Browse as a demo shopper, as a fresh anonymous one ("new"), or as nobody ("")."""
+def choose_shopper() -> Redirect | tuple[str, int]:
+    """Browse as a fresh anonymous shopper ("new", an id the server makes), as nobody (""), or, with
+    ``demo_shopper_menu`` on, as any shopper of the demo's menu."""
     _check_form_csrf()
     choice = (request.form.get("shopper") or "").strip()
     if choice == "new":
-        session["shopper"] = "anon-" + secrets.token_hex(6)
+        session["shopper"] = "anon-" + secrets.token_hex(8)
     elif not choice:
         session.pop("shopper", None)
+    elif not get_config().demo_shopper_menu:
+        return render_template("error.html", status=403, shoppers=[],
+                               message="Picking a shopper is a demo feature (demo_shopper_menu); a shop signs "
+                                       "its shopper in with a shopper token."), 403
     elif len(choice) > 200:
         abort(400, description="shopper: at most 200 characters")
     else:
@@ -157,14 +198,17 @@ def admin() -> tuple[str, int]:
         return render_template("admin_login.html", disabled=True, failed=False), 403
     if not is_admin_session():
         return render_template("admin_login.html", disabled=False, failed=False), 200
-    engine = get_engine()
-    try:
-        info: dict[str, Any] | None = engine.info()
-    except IndexNotBuilt:
-        info = None
-    versions = store.list_versions(config.index_dir)
-    return render_template("admin.html", info=info, versions=list(reversed(versions)),
-                           current=store.current_version(config.index_dir)), 200
+    admin = get_admin()
+    versions = admin.versions()
+    info: dict[str, Any] | None = None
+    if versions.current is not None:
+        try:
+            manifest = admin.manifest()
+            info = {"version": versions.current, "items": manifest["counts"]["items"], "manifest": manifest}
+        except IndexNotBuilt:
+            info = None
+    return render_template("admin.html", info=info, versions=list(reversed(versions.on_disk)),
+                           current=versions.current, can_roll_back=len(versions.served) > 1), 200
 
 
 @bp.post("/admin/login")
@@ -172,8 +216,13 @@ def admin_login_form() -> Redirect | tuple[str, int]:
     _check_form_csrf()
     if not get_config().admin_key:
         return render_template("admin_login.html", disabled=True, failed=False), 403
+    if login_blocked():
+        return render_template("admin_login.html", disabled=False, failed=True, throttled=True), 429
+    limiter, key = get_limiter(), f"login:{client_ip()}"
     if not admin_login(request.form.get("key", "")):
+        limiter.failed(key)
         return render_template("admin_login.html", disabled=False, failed=True), 401
+    limiter.succeeded(key)
     return redirect(url_for("pages.admin"), 303)
 
 

@@ -9,26 +9,29 @@ import numpy as np
 
 from engine.embedding.base import Encoder
 from engine.embedding.onnx_encoder import PROBE_TEXTS, OnnxEncoder, export_onnx
+from engine.types import EncoderKind
 
 log = logging.getLogger(__name__)
 
 ONNX_DIRNAME = "minilm-onnx-fp32"
-KINDS = ("onnx", "torch")
+KINDS = tuple(k.value for k in EncoderKind)
 
 __all__ = ["KINDS", "ONNX_DIRNAME", "PROBE_TEXTS", "build_encoder", "check_compatible"]
 
 
-def build_encoder(kind: str, *, cache_dir: Path, threads: int | None = None, max_seq_length: int = 256) -> Encoder:
+def build_encoder(kind: EncoderKind | str, *, cache_dir: Path, threads: int | None = None, max_seq_length: int = 256) -> Encoder:
     """``"onnx"``: export once into ``cache_dir/minilm-onnx-fp32`` then load it (``threads`` default 1);
     ``"torch"``: sentence-transformers (``threads`` default: torch's own setting)."""
-    if kind == "onnx":
+    try:
+        kind = EncoderKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown encoder kind {kind!r}; expected one of {', '.join(KINDS)}") from None
+    if kind is EncoderKind.ONNX:
         model_dir = export_onnx(Path(cache_dir) / ONNX_DIRNAME)
         return OnnxEncoder(model_dir, threads=threads if threads is not None else 1, max_seq_length=max_seq_length)
-    if kind == "torch":
-        from engine.embedding.st import SentenceTransformerEncoder
+    from engine.embedding.st import SentenceTransformerEncoder
 
-        return SentenceTransformerEncoder(max_seq_length=max_seq_length, threads=threads)
-    raise ValueError(f"unknown encoder kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return SentenceTransformerEncoder(max_seq_length=max_seq_length, threads=threads)
 
 
 def check_compatible(a: Encoder, b: Encoder, probe: Sequence[str] | None = None) -> float:

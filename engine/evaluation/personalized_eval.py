@@ -20,10 +20,12 @@ import numpy as np
 from engine.config import EngineConfig
 from engine.recommend.compose import BETA, HISTORY_DECAY
 from engine.recommend.cooccurrence import CooccurrenceModel
-from engine.search import COOC_WEIGHT, personal_score
+from engine.catalog import category_segments
+from engine.ranking.fusion import Fusion, fuse
+from engine.ranking.scores import zscore
 from engine.recommend.content import InterestProfile
-from engine.search import _z, candidates, score_parts
-from engine.ranking.fusion import fuse
+from engine.recommend.personal import COOC_WEIGHT, personal_score
+from engine.search import candidates, score_parts
 
 STRENGTHS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
 COOC_WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -41,7 +43,7 @@ class Case:
     def rank(self, p: float, c: float = COOC_WEIGHT) -> int | None:
         if self.target < 0:
             return None
-        s = (1 - p) * _z(self.fused) + p * personal_score(self.content, self.cooccurrence, c) if p > 0 else self.fused
+        s = (1 - p) * zscore(self.fused) + p * personal_score(self.content, self.cooccurrence, c) if p > 0 else self.fused
         # Ties count against the target (strictly better or equal, earlier position).
         return int((s > s[self.target]).sum() + (s[: self.target] == s[self.target]).sum()) + 1
 
@@ -96,7 +98,7 @@ class PersonalizedReport:
 
 
 def category_query(path: str) -> str:
-    parts = [s.strip() for s in path.split(">") if s.strip()]
+    parts = category_segments(path)
     return " ".join(parts[1:] if len(parts) > 1 else parts)
 
 

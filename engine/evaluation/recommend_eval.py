@@ -38,7 +38,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from engine.config import EngineConfig
-from engine.recommend.blend import BlendWeights, Blender, normalize_scores
+from engine.ranking.scores import zscore
+from engine.recommend.blend import BlendWeights, Blender
 from engine.recommend.content import InterestProfile, score_profiles
 from engine.recommend.cooccurrence import CooccurrenceModel
 from engine.recommend.popular import TrendingModel
@@ -212,12 +213,12 @@ def load_scientific(config: EngineConfig, data_dir: Path, encoder: Any = None) -
 
 def _reusable_version(eval_dir: Path, catalog_file: Path) -> str | None:
     """The current version of ``eval_dir`` if it was built from a file with exactly this content."""
-    from engine.index import store
+    from engine.index import versions
 
-    version = store.current_version(eval_dir)
-    if version is None or not (eval_dir / version / store.MANIFEST).is_file():
+    version = versions.current_version(eval_dir)
+    if version is None or not (eval_dir / version / versions.MANIFEST).is_file():
         return None
-    manifest = store.read_manifest(eval_dir / version)
+    manifest = versions.read_manifest(eval_dir / version)
     return version if manifest.get("catalog", {}).get("file_sha256") == _sha256(catalog_file) else None
 
 
@@ -448,7 +449,7 @@ def popularity_scores(data: RecData, train: list[np.ndarray], train_t: list[np.n
 def _zscores(scores: np.ndarray, excluded: np.ndarray, chunk: int = 2048) -> np.ndarray:
     out = np.empty(scores.shape, np.float32)
     for lo in range(0, len(scores), chunk):
-        out[lo:lo + chunk] = normalize_scores(scores[lo:lo + chunk], ~excluded[lo:lo + chunk])
+        out[lo:lo + chunk] = zscore(scores[lo:lo + chunk], ~excluded[lo:lo + chunk])
     return out
 
 

@@ -11,20 +11,22 @@ events table (``rebuild`` recomputes them from it). Definitions:
   as ``(score, as_of)`` and decayed lazily on read: ``score_now = score * 2^(-(now - as_of) / half_life)``
   (``as_of`` is the latest event time; a ``now`` before it reads the score at ``as_of``);
 - category affinity (users): events per top-level category (``"A"``) and per full path (``"A > B > C"``,
-  the leaf) of the items the user interacted with, as given by ``category_of`` at event time.
+  the leaf) of the items the user interacted with, as the caller of ``add`` gives them (the served catalog's,
+  at event time). A rebuild recomputes every count from the events but keeps these, which it cannot know.
 """
 from __future__ import annotations
 
 import math
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.catalog import CATEGORY_SEP, category_segments
 from engine.events.model import ITEM_TYPES, Event, EventType
 
-CategoryOf = Callable[[str], str | None]
+Categories = Mapping[str, str | None]  # item id -> its category path when the event arrived
 DAY = 86400.0
 DEFAULT_WEIGHTS: Mapping[str, float] = {
     "view": 1.0, "click": 2.0, "add_to_cart": 3.0, "remove_from_cart": 0.0, "purchase": 5.0, "rating": 1.0,
@@ -152,7 +154,7 @@ def _update_items(conn: sqlite3.Connection, deltas: Mapping[str, _ItemDelta], co
 
 
 def add(conn: sqlite3.Connection, events: Sequence[Event], config: FeatureConfig,
-        category_of: CategoryOf | None) -> None:
+        categories: Categories | None) -> None:
     """Count newly stored ``events``; call inside the transaction that inserted them."""
     if not events:
         return
@@ -168,8 +170,8 @@ def add(conn: sqlite3.Connection, events: Sequence[Event], config: FeatureConfig
         u[idx[e.type]] += 1
         u[n] = min(u[n], e.timestamp)
         u[n + 1] = max(u[n + 1], e.timestamp)
-        if e.item_id is not None and category_of is not None:
-            for level, cat in category_levels(category_of(e.item_id)):
+        if e.item_id is not None and categories is not None:
+            for level, cat in category_levels(categories.get(e.item_id)):
                 cats[(e.user_id, level, cat)] += 1
     cols = _cols(USER_COUNTS)
     conn.executemany(
@@ -194,14 +196,15 @@ def category_levels(path: str | None) -> list[tuple[str, str]]:
     """``[("top", "A"), ("leaf", "A > B > C")]`` for ``"A > B > C"``; empty for no category."""
     if not path:
         return []
-    segments = [s.strip() for s in path.split(">") if s.strip()]
+    segments = category_segments(path)
     if not segments:
         return []
-    return [("top", segments[0]), ("leaf", " > ".join(segments))]
+    return [("top", segments[0]), ("leaf", CATEGORY_SEP.join(segments))]
 
 
 def clear(conn: sqlite3.Connection) -> None:
-    for table in ("item_features", *USER_TABLES):
+    """Empty the counts before a rebuild; the category affinity stays (see the module docstring)."""
+    for table in ("item_features", "user_features"):
         conn.execute(f"DELETE FROM {table}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -20,6 +21,7 @@ MAX_ID_CHARS = 128
 MAX_QUERY_CHARS = 1000
 MAX_FUTURE_S = 86400.0  # timestamps more than a day ahead of the server clock are rejected
 FIELDS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: NUL, tab, newline, DEL, C1 codes
 
 
 class EventType(str, Enum):
@@ -80,6 +82,19 @@ class RejectedEvent:
         return {"index": self.index, "event_id": self.event_id, "field": self.field, "message": self.message}
 
 
+def text_problem(text: str, *, controls: bool = True) -> str | None:
+    """Why ``text`` is not clean text, or None. Clean text encodes as UTF-8 (a lone surrogate, as from a
+    JSON ``"\\ud800"``, does not) and, with ``controls=False``, holds no control character (Unicode Cc:
+    NUL, tab, newline, ...)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    if not controls and _CONTROL.search(text):
+        return "must not hold control characters (newline, tab, NUL, ...)"
+    return None
+
+
 def validate_event(obj: Mapping[str, Any], *, known_item: Callable[[str], bool] | None = None,
                    now: float) -> Event:
     """Check one event object and return it as an :class:`Event`; raises :class:`InvalidEvent`.
@@ -88,7 +103,8 @@ def validate_event(obj: Mapping[str, Any], *, known_item: Callable[[str], bool] 
     the item must exist. ``value`` is a number: a ``rating`` needs one in 1..5, a ``purchase`` value
     (quantity or price) is optional and >= 0. Timestamps more than a day after ``now`` are refused.
 
-    Ids are strings (integers are accepted and written in decimal), stripped, 1..128 characters.
+    Ids are strings (integers are accepted and written in decimal), stripped, 1..128 characters, with no
+    control characters (so that every shopper can be named in a URL); no string may hold a lone surrogate.
     Unknown fields are rejected so that typos (``"item"`` for ``"item_id"``) do not go unnoticed.
     A timestamp is epoch seconds or an ISO-8601 string (no zone means UTC); missing means ``now``.
     ``query`` (e.g. the search a click came from) and ``value`` are allowed on every type.
@@ -105,7 +121,8 @@ def validate_event(obj: Mapping[str, Any], *, known_item: Callable[[str], bool] 
 
 def _validate(obj: Mapping[str, Any], event_id: str, known_item: Callable[[str], bool] | None,
               now: float) -> Event:
-    unknown = sorted(str(k) for k in obj if k not in FIELDS)
+    unknown = sorted(k if isinstance(k, str) and text_problem(k) is None else ascii(k)
+                     for k in obj if k not in FIELDS)
     if unknown:
         raise InvalidEvent(unknown[0], f"unknown field; allowed: {', '.join(FIELDS)}")
     user_id = _id(obj, "user_id", event_id)
@@ -121,6 +138,9 @@ def _validate(obj: Mapping[str, Any], event_id: str, known_item: Callable[[str],
     if query is not None and not isinstance(query, str):
         raise InvalidEvent("query", f"must be a string, got {type(query).__name__}")
     query = query.strip() if query is not None else None
+    problem = text_problem(query) if query is not None else None
+    if problem:
+        raise InvalidEvent("query", problem)
     if etype is EventType.SEARCH and not query:
         raise InvalidEvent("query", "required for a search event")
     if query is not None and len(query) > MAX_QUERY_CHARS:
@@ -144,13 +164,19 @@ def _id(obj: Mapping[str, Any], field: str, event_id: str | None, required: bool
         raise InvalidEvent(field, "must not be empty", event_id)
     if len(text) > MAX_ID_CHARS:
         raise InvalidEvent(field, f"longer than {MAX_ID_CHARS} characters ({len(text)})", event_id)
+    problem = text_problem(text, controls=False)
+    if problem:
+        raise InvalidEvent(field, problem, event_id)
     return text
 
 
 def _number(field: str, raw: Any) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise InvalidEvent(field, f"must be a number, got {type(raw).__name__}")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # an int past the float range (about 1.8e308)
+        raise InvalidEvent(field, "must be a finite number, got an integer too large for one") from None
     if not math.isfinite(value):
         raise InvalidEvent(field, f"must be a finite number, got {raw!r}")
     return value

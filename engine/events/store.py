@@ -14,24 +14,36 @@ Profiles are a cache derived from the events: each row holds a shopper's folded 
 of the last event folded into it. Readers fold what came after (see ``Engine._profile``) and may store
 the result back with :meth:`SQLiteEventStore.put_profile`, which never waits for the write lock and
 never re-creates the profile of a deleted shopper.
+
+Faults: a store that cannot write (read-only or immutable file or folder, full disk, I/O errors) or cannot
+be opened raises :class:`StoreUnavailable` from its public methods instead of SQLite's or the OS's error
+(one translation, ``_guarded``); a failed transaction is rolled back and the thread's connection dropped,
+so that the first call after the disk is fixed works, without a restart. Writes are refused up front while
+the files are not writable or the disk is full (checked at most every ``HEALTH_TTL_S``: a connection
+opened before ``chattr +i`` could still write through its open file), so every thread and process agrees.
+Reads keep working while SQLite can read; the profile cache write and the schema upgrade at open fail
+soft. :meth:`SQLiteEventStore.health` names the fault for a health check.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import functools
+import logging
 import os
 import re
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StoreUnavailable
 from engine.events import features
-from engine.events.features import CategoryOf, FeatureConfig
+from engine.events.features import Categories, FeatureConfig
 from engine.events.model import Event, EventType
 
 SCHEMA_VERSION = "1"
@@ -41,6 +53,23 @@ BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 4000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_COLS = "seq, event_id, user_id, type, item_id, value, query, ts"
+
+log = logging.getLogger(__name__)
+
+# health() and the check before each write (file access, free space) reuse their answer this long.
+HEALTH_TTL_S = 1.0
+# Less free space than this where the store lives counts as a full disk.
+MIN_FREE_BYTES = 1 << 20
+READ_ONLY = "event store is read-only"
+DISK_FULL = "disk full"
+_SQLITE_FAULTS = {  # primary result code -> reason
+    sqlite3.SQLITE_READONLY: READ_ONLY, sqlite3.SQLITE_PERM: READ_ONLY, sqlite3.SQLITE_FULL: DISK_FULL,
+    sqlite3.SQLITE_IOERR: "disk I/O error", sqlite3.SQLITE_CANTOPEN: "cannot open the event store",
+    sqlite3.SQLITE_CORRUPT: "event store file is damaged", sqlite3.SQLITE_NOTADB: "event store file is damaged",
+}
+_OS_FAULTS = {errno.EROFS: READ_ONLY, errno.EACCES: READ_ONLY, errno.EPERM: READ_ONLY,
+              errno.ENOSPC: DISK_FULL, errno.EDQUOT: DISK_FULL, errno.EIO: "disk I/O error"}
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
 
 
 @dataclass
@@ -56,13 +85,13 @@ class _Pending:
     """An add_many call waiting for (or done by) the thread that commits the group."""
 
     events: Sequence[Event]
-    category_of: CategoryOf | None
+    categories: Categories | None
     result: AddResult | None = None
     error: BaseException | None = None
 
 
 class EventStore(Protocol):
-    def add_many(self, events: Sequence[Event], *, category_of: CategoryOf | None = None) -> AddResult: ...
+    def add_many(self, events: Sequence[Event], *, categories: Categories | None = None) -> AddResult: ...
     def get_event(self, event_id: str) -> Event | None: ...
     def user_events(self, user_id: str, limit: int | None = None, after_seq: int = 0) -> list[Event]: ...
     def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]: ...
@@ -77,6 +106,7 @@ class EventStore(Protocol):
     def deletion_epoch(self) -> int: ...
     def get_profile(self, user_id: str) -> tuple[bytes, int] | None: ...
     def put_profile(self, user_id: str, data: bytes, seq: int) -> bool: ...
+    def health(self) -> str | None: ...
     def close(self) -> None: ...
 
 
@@ -85,17 +115,38 @@ _BACKENDS: dict[str, Opener] = {}
 
 
 def register_backend(prefix: str, opener: Opener) -> None:
-    """``opener(url, category_of=..., config=...)`` serves every URL starting with ``prefix``."""
+    """``opener(url, config=...)`` serves every URL starting with ``prefix``."""
     _BACKENDS[prefix] = opener
 
 
-def open_event_store(url: str, *, category_of: CategoryOf | None = None,
-                     config: FeatureConfig | None = None) -> EventStore:
+def open_event_store(url: str, *, config: FeatureConfig | None = None) -> EventStore:
     """The store for ``url``; raises :class:`ConfigError` for an unknown scheme."""
     for prefix in sorted(_BACKENDS, key=len, reverse=True):
         if url.startswith(prefix):
-            return _BACKENDS[prefix](url, category_of=category_of, config=config)
+            return _BACKENDS[prefix](url, config=config)
     raise ConfigError(f"event store: unknown URL {url!r}; use one of {', '.join(sorted(_BACKENDS))}")
+
+
+_S = TypeVar("_S", bound="SQLiteEventStore")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+    """The store's boundary: a storage fault (read-only, full, I/O error, cannot open) leaves as
+    :class:`StoreUnavailable`, after the thread's connection is dropped; other errors pass unchanged."""
+
+    @functools.wraps(method)
+    def guarded(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as e:
+            fault = self._fault(e)
+            if fault is None:
+                raise
+            raise fault from e
+
+    return guarded
 
 
 def _row_event(row: Sequence[Any]) -> Event:
@@ -107,11 +158,10 @@ def _row_event(row: Sequence[Any]) -> Event:
 class SQLiteEventStore:
     """Events and their features in one SQLite file. Thread-safe and multi-process safe."""
 
-    def __init__(self, path: str | Path, *, category_of: CategoryOf | None = None,
-                 config: FeatureConfig | None = None) -> None:
+    def __init__(self, path: str | Path, *, config: FeatureConfig | None = None) -> None:
+        """Open (creating it if need be) the store at ``path``; :class:`StoreUnavailable` when it cannot
+        be read. One that can be read but not written opens read-only (see :meth:`_open`)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.category_of = category_of
         self.config = config or FeatureConfig()
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -123,30 +173,69 @@ class SQLiteEventStore:
         # (table, column) pairs whose rows delete_user removes.
         self.user_tables: list[tuple[str, str]] = [("events", "user_id"), ("profiles", "user_id")]
         self.user_tables += [(t, "user_id") for t in features.USER_TABLES]
-        self._init_schema()
+        self._schema_ok = False  # False: opened read-only, the schema is to be checked before writing
+        self._os_checked: tuple[float, str | None] = (float("-inf"), None)
+        self._health: tuple[float, str | None] = (float("-inf"), None)
+        self._health_lock = threading.Lock()
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
 
     # -- connections and transactions
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> tuple[sqlite3.Connection, bool]:
+        """A new connection, and whether the store was unwritable when it opened: SQLite then opens the
+        file read-only, and that connection stays read-only after the file is writable again."""
+        readonly = self._access_fault() is not None
         conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA secure_delete = ON")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-        return conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn, readonly
 
     def _conn(self) -> sqlite3.Connection:
         if os.getpid() != self._pid:  # forked: never share the parent's connections or lock
             self._pid, self._local, self._conns, self._lock_fd = os.getpid(), threading.local(), [], -1
             self._pending = []
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "readonly", False) and self._os_fault() is None:
+            self._drop_conn()  # opened while the store could not write; now it can
+            conn = None
         if conn is None:
-            conn = self._local.conn = self._connect()
+            conn, self._local.readonly = self._connect()
+            self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
         return conn
+
+    def _drop_conn(self) -> None:
+        """Close this thread's connection (the next call opens a fresh one, which sees a repaired disk)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or os.getpid() != self._pid:
+            return
+        self._local.conn = None
+        with self._lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        with suppress(sqlite3.Error):
+            conn.close()
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """End ``conn``'s failed transaction; a connection that cannot even roll back is dropped."""
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._drop_conn()  # closing it rolls back
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -168,8 +257,7 @@ class SQLiteEventStore:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -181,9 +269,39 @@ class SQLiteEventStore:
         conn.execute("BEGIN")
         try:
             yield conn
-        finally:
-            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        conn.execute("COMMIT")
 
+    @_guarded
+    def _open(self) -> None:
+        """Create or upgrade the schema. A store that cannot write opens read-only when its schema is
+        there (writes raise :class:`StoreUnavailable`, and the first one after the disk is fixed finishes
+        the upgrade); one that cannot be read raises :class:`StoreUnavailable`."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._init_schema()
+        except StoreUnavailable as e:
+            self._check_schema(e.reason)
+            log.warning("event store %s opened read-only: %s", self.path, e.reason)
+
+    @_guarded
+    def _check_schema(self, reason: str) -> None:
+        """Raise :class:`StoreUnavailable` (``reason``) unless a complete schema of this version is stored."""
+        with self._read() as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+        if "features" not in meta:  # written last by _init_schema: without it the schema is incomplete
+            raise StoreUnavailable(reason)
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise ConfigError(f"{self.path}: event store schema {meta.get('schema_version')}, "
+                              f"this version reads {SCHEMA_VERSION}")
+        if meta["features"] != self.config.key():
+            log.warning("event store %s: features were computed with other settings; they are recomputed "
+                        "at the first write", self.path)
+
+    @_guarded
     def _init_schema(self) -> None:
         with self._write() as conn:
             conn.execute(
@@ -206,15 +324,27 @@ class SQLiteEventStore:
                                   f"this version reads {SCHEMA_VERSION}")
             if meta.get("features") != self.config.key():
                 if "features" in meta:  # settings changed: stored scores use the old ones
-                    self._rebuild(conn, self.category_of)
+                    self._rebuild(conn)
                 meta["features"] = self.config.key()
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+        self._schema_ok = True
 
+    def _require_writable(self) -> None:
+        """Refuse a write now (:class:`StoreUnavailable`) while the store's files cannot be written or the
+        disk is full; finish opening a store that was opened read-only."""
+        reason = self._os_fault()
+        if reason is not None:
+            raise StoreUnavailable(reason)
+        if not self._schema_ok:
+            self._init_schema()
+
+    @_guarded
     def register_user_table(self, table: str, ddl: str | None = None, column: str = "user_id") -> None:
         """Have :meth:`delete_user` also clear ``table`` (created with ``ddl`` if given) by ``column``."""
         if not (_IDENT.match(table) and _IDENT.match(column)):
             raise ValueError(f"not a plain SQL identifier: {table!r}.{column!r}")
         if ddl:
+            self._require_writable()
             with self._write() as conn:
                 conn.execute(ddl)
         if (table, column) not in self.user_tables:
@@ -222,7 +352,8 @@ class SQLiteEventStore:
 
     # -- writes
 
-    def add_many(self, events: Sequence[Event], *, category_of: CategoryOf | None = None) -> AddResult:
+    @_guarded
+    def add_many(self, events: Sequence[Event], *, categories: Categories | None = None) -> AddResult:
         """Store ``events`` and update features in one durable transaction; idempotent on ``event_id``.
 
         A duplicate (stored before, or earlier in this batch) is reported and skipped, whatever its content.
@@ -230,7 +361,8 @@ class SQLiteEventStore:
         for all); each call still returns only once its own events are on disk.
         """
         self._conn()  # notices a fork
-        mine = _Pending(events, category_of or self.category_of)
+        self._require_writable()
+        mine = _Pending(events, categories)
         with self._lock:
             self._pending.append(mine)
         with self._write_lock:
@@ -246,7 +378,8 @@ class SQLiteEventStore:
                         p.error = e
         if mine.error is not None:
             raise mine.error
-        assert mine.result is not None
+        if mine.result is None:
+            raise RuntimeError("add_many: the group commit left this batch without a result")
         return mine.result
 
     def _add_one(self, conn: sqlite3.Connection, p: _Pending) -> None:
@@ -265,7 +398,7 @@ class SQLiteEventStore:
                     stored.append(e)
                 else:
                     result.duplicates.append(e.event_id)
-            features.add(conn, stored, self.config, p.category_of)
+            features.add(conn, stored, self.config, p.categories)
         except Exception as e:
             conn.execute("ROLLBACK TO add_many")
             conn.execute("RELEASE add_many")
@@ -274,9 +407,11 @@ class SQLiteEventStore:
         conn.execute("RELEASE add_many")
         p.result = result
 
+    @_guarded
     def delete_user(self, user_id: str) -> int:
         """Remove the user's events (also from the item features), features, profile and every row of a
         registered user table, in one transaction; returns the number of events removed."""
+        self._require_writable()
         with self._write() as conn:
             rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events WHERE user_id = ?", (user_id,)).fetchall()
             features.subtract_items(conn, [_row_event(r) for r in rows], self.config)
@@ -287,6 +422,7 @@ class SQLiteEventStore:
         self._fold_wal()
         return len(rows)
 
+    @_guarded
     def deletion_epoch(self) -> int:
         """Counts ``delete_user`` calls: a reader that folded events into a model of its own (the live
         recommenders) rebuilds when it changes, so a deleted shopper leaves no trace there either."""
@@ -309,32 +445,44 @@ class SQLiteEventStore:
     def put_profile(self, user_id: str, data: bytes, seq: int) -> bool:
         """Store ``user_id``'s profile folded up to event ``seq``, unless the write lock is busy, a newer
         one is stored, or that event is gone (the shopper was deleted meanwhile). A cache write: not
-        synced on its own (the next durable commit syncs it). Returns whether it was stored."""
-        conn = self._conn()
+        synced on its own (the next durable commit syncs it). Returns whether it was stored; a store that
+        cannot write just says False (reads call this, and must not fail for it)."""
+        if not self._schema_ok or self._os_fault() is not None:
+            return False
         if not self._write_lock.acquire(blocking=False):
             return False
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn: sqlite3.Connection | None = None
         try:
-            with self._transaction(wait=False):
-                cur = conn.execute(
+            conn = self._conn()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            with self._transaction(wait=False) as tx:
+                cur = tx.execute(
                     "INSERT INTO profiles SELECT ?, ?, ?, ? WHERE EXISTS "
                     "(SELECT 1 FROM events WHERE seq = ? AND user_id = ?) "
                     "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, seq = excluded.seq, "
                     "updated_at = excluded.updated_at WHERE excluded.seq > profiles.seq",
                     (user_id, bytes(data), seq, time.time(), seq, user_id))
             return cur.rowcount == 1
-        except (BlockingIOError, sqlite3.OperationalError):  # another process writes, or SQLite is busy
+        except BlockingIOError:  # another process writes
+            return False
+        except (sqlite3.Error, OSError) as e:  # SQLite is busy, or the store cannot write (dropped by _fault)
+            if self._fault(e) is None and not isinstance(e, sqlite3.OperationalError):
+                raise
             return False
         finally:
-            conn.execute("PRAGMA synchronous = FULL")
+            if conn is not None:
+                with suppress(sqlite3.Error):  # closed if the failure dropped it
+                    conn.execute("PRAGMA synchronous = FULL")
             self._write_lock.release()
 
-    def rebuild_features(self, category_of: CategoryOf | None = None) -> None:
+    @_guarded
+    def rebuild_features(self) -> None:
         """Recompute every feature from the events table (after changing categories, for instance)."""
+        self._require_writable()
         with self._write() as conn:
-            self._rebuild(conn, category_of or self.category_of)
+            self._rebuild(conn)
 
-    def _rebuild(self, conn: sqlite3.Connection, category_of: CategoryOf | None) -> None:
+    def _rebuild(self, conn: sqlite3.Connection) -> None:
         features.clear(conn)
         last = 0
         while True:
@@ -342,15 +490,17 @@ class SQLiteEventStore:
                                 (last,)).fetchall()
             if not rows:
                 return
-            features.add(conn, [_row_event(r) for r in rows], self.config, category_of)
+            features.add(conn, [_row_event(r) for r in rows], self.config, None)
             last = rows[-1][0]
 
     # -- reads
 
+    @_guarded
     def get_event(self, event_id: str) -> Event | None:
         row = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return None if row is None else _row_event(row)
 
+    @_guarded
     def user_events(self, user_id: str, limit: int | None = None, after_seq: int = 0) -> list[Event]:
         """The user's events stored after ``after_seq``, in (timestamp, seq) order; with ``limit``, only
         the most recent ``limit`` of them."""
@@ -363,23 +513,28 @@ class SQLiteEventStore:
                                     (user_id, after_seq, max(limit, 0))).fetchall()
         return [_row_event(r) for r in reversed(rows)]
 
+    @_guarded
     def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]:
         """Up to ``limit`` events with ``seq`` greater than ``seq``, in seq (storage) order."""
         rows = self._conn().execute(f"SELECT {_EVENT_COLS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                                     (seq, limit)).fetchall()
         return [_row_event(r) for r in rows]
 
+    @_guarded
     def count(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM events").fetchone()[0])
 
+    @_guarded
     def item_stats(self, item_id: str, *, now: float | None = None) -> dict[str, Any]:
         """See :mod:`engine.events.features`; popularity is decayed to ``now`` (default: the clock)."""
         return features.item_stats(self._conn(), item_id, time.time() if now is None else now, self.config)
 
+    @_guarded
     def user_stats(self, user_id: str) -> dict[str, Any]:
         with self._read() as conn:
             return features.user_stats(conn, user_id)
 
+    @_guarded
     def popular_items(self, k: int, *, now: float | None = None) -> list[tuple[str, float]]:
         """The ``k`` items with the highest decayed popularity at ``now``, best first (scans every item)."""
         now = time.time() if now is None else now
@@ -389,6 +544,7 @@ class SQLiteEventStore:
         scored.sort(key=lambda x: (-x[0], x[1]))
         return [(i, s) for s, i in scored[:k]]
 
+    @_guarded
     def counts_by_type_per_day(self, since: float | None = None) -> list[tuple[str, str, int]]:
         """(UTC day ``YYYY-MM-DD``, type, events) for every day and type with events timestamped at or
         after ``since`` (epoch seconds; every event when None), in order. One pass over the events."""
@@ -397,12 +553,14 @@ class SQLiteEventStore:
             f"SELECT date(ts, 'unixepoch') AS day, type, count(*) FROM events {where} "
             "GROUP BY day, type ORDER BY day, type", args)]
 
+    @_guarded
     def count_users(self, since: float | None = None) -> int:
         """Distinct shoppers with an event timestamped at or after ``since`` (any event when None); one
         pass over the ``(user_id, ts)`` index."""
         where, args = ("WHERE ts >= ?", (since,)) if since is not None else ("", ())
         return int(self._conn().execute(f"SELECT count(DISTINCT user_id) FROM events {where}", args).fetchone()[0])
 
+    @_guarded
     def top_users(self, limit: int) -> list[tuple[str, int, str | None]]:
         """``(user_id, item events, item id of their latest item event)`` of the ``limit`` shoppers with
         the most item events (events of the item types), most first, ties by user_id. Reads the per-user
@@ -418,10 +576,113 @@ class SQLiteEventStore:
                 out.append((user, int(n), last[0] if last else None))
         return out
 
+    @_guarded
     def get_profile(self, user_id: str) -> tuple[bytes, int] | None:
         """The stored profile and the seq of the last event folded into it."""
         row = self._conn().execute("SELECT data, seq FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
         return None if row is None else (bytes(row[0]), int(row[1]))
+
+    # -- faults and health
+
+    def health(self) -> str | None:
+        """None when the store can write, else why not (``"event store is read-only"``, ``"disk full"``,
+        ...). Checks the files' access and the free space, then commits a one-row write to ``meta``
+        (skipped while another write runs: that one finds out). Cheap to call often: the answer is
+        reused for ``HEALTH_TTL_S``, and a write that just failed sets it. Never raises."""
+        with self._health_lock:
+            checked, reason = self._health
+            if time.monotonic() - checked < HEALTH_TTL_S:
+                return reason
+            reason = self._os_fault(fresh=True) or self._probe()
+            self._health = (time.monotonic(), reason)
+            return reason
+
+    def _probe(self) -> str | None:
+        """The fault a tiny write transaction meets, if any."""
+        try:
+            self._probe_write()
+        except StoreUnavailable as e:
+            return e.reason
+        except BlockingIOError:  # another process writes
+            return None
+        except (sqlite3.Error, OSError) as e:
+            if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
+                return None
+            log.warning("event store %s: health probe failed: %s", self.path, e)
+            return "event store error"
+        return None
+
+    @_guarded
+    def _probe_write(self) -> None:
+        if not self._schema_ok:
+            self._init_schema()  # opened read-only: writing the schema is the probe
+            return
+        if not self._write_lock.acquire(blocking=False):
+            return
+        try:
+            with self._transaction(wait=False) as conn:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('health_probe', ?)", (f"{time.time():.3f}",))
+        finally:
+            self._write_lock.release()
+
+    def _os_fault(self, *, fresh: bool = False) -> str | None:
+        """What the file system says against writing: unwritable files or folder, or a full disk
+        (reused for ``HEALTH_TTL_S`` unless ``fresh``)."""
+        checked, reason = self._os_checked
+        now = time.monotonic()
+        if fresh or now - checked >= HEALTH_TTL_S:
+            reason = self._access_fault() or self._space_fault()
+            self._os_checked = (now, reason)
+        return reason
+
+    def _access_fault(self) -> str | None:
+        """``READ_ONLY`` when the folder or a file of the store exists but cannot be written: a read-only
+        mount, an immutable file (``chattr +i`` stops root too) or permissions."""
+        base = str(self.path)
+        for p in (str(self.path.parent), base, base + "-wal", base + "-shm", base + ".lock"):
+            if not os.access(p, os.W_OK, effective_ids=_EFFECTIVE_IDS) and os.path.exists(p):
+                return READ_ONLY
+        return None
+
+    def _space_fault(self) -> str | None:
+        """``DISK_FULL`` when less than ``MIN_FREE_BYTES`` are free where the store lives."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        if st.f_blocks == 0:  # a file system that does not say
+            return None
+        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        return DISK_FULL if free < MIN_FREE_BYTES else None
+
+    def _fault(self, exc: BaseException) -> StoreUnavailable | None:
+        """``exc`` (or an error it chains, such as the one a failed rollback masks) as a storage fault,
+        having dropped this thread's connection and noted the reason for :meth:`health`; None if it is
+        not one."""
+        reason = self._fault_reason(exc)
+        if reason is None:
+            return None
+        self._drop_conn()
+        self._health = (time.monotonic(), reason)
+        log.warning("event store %s unavailable: %s (%s)", self.path, reason, exc)
+        return StoreUnavailable(reason)
+
+    def _fault_reason(self, exc: BaseException) -> str | None:
+        seen: set[int] = set()
+        e: BaseException | None = exc
+        while e is not None and id(e) not in seen:
+            seen.add(id(e))
+            reason: str | None = None
+            if isinstance(e, sqlite3.Error):
+                reason = _SQLITE_FAULTS.get(getattr(e, "sqlite_errorcode", 0) & 0xFF)
+            elif isinstance(e, OSError) and e.errno is not None:
+                reason = _OS_FAULTS.get(e.errno)
+            if reason is not None:
+                if reason not in (READ_ONLY, DISK_FULL):  # vague: the file system may say more
+                    reason = self._os_fault(fresh=True) or reason
+                return reason
+            e = e.__cause__ or e.__context__
+        return None
 
     def close(self) -> None:
         """Close every connection this object opened (in any thread)."""
@@ -436,12 +697,11 @@ class SQLiteEventStore:
             self._lock_fd = -1
 
 
-def _open_sqlite(url: str, *, category_of: CategoryOf | None = None,
-                 config: FeatureConfig | None = None) -> SQLiteEventStore:
+def _open_sqlite(url: str, *, config: FeatureConfig | None = None) -> SQLiteEventStore:
     path = url[len("sqlite:///"):]
     if not path or path == ":memory:":
         raise ConfigError(f"event store: {url!r} needs a file path (sqlite:///events.db or sqlite:////abs/events.db)")
-    return SQLiteEventStore(path, category_of=category_of, config=config)
+    return SQLiteEventStore(path, config=config)
 
 
 register_backend("sqlite:///", _open_sqlite)

@@ -1,33 +1,23 @@
 """Score fusion for hybrid search: BM25 and vector scores of one candidate set -> one score.
 
-``minmax`` (default): each part scaled to [0, 1] over the candidate set, then
-``weight * vector + (1 - weight) * bm25``. ``zscore``: the same with z-scores.
+``minmax``: each part scaled to [0, 1] over the candidate set, then ``weight * vector + (1 - weight) * bm25``.
+``zscore`` (the engine's default, ``EngineConfig.fusion``): the same with z-scores.
 ``rrf``: reciprocal rank fusion, ``weight/(60 + rank_vec) + (1-weight)/(60 + rank_bm25)``
 (k = 60 per Cormack et al. 2009). Candidates missing from one side score 0 there.
 """
 from __future__ import annotations
 
-from enum import Enum
-
 import numpy as np
 
+from engine.ranking.scores import zscore
+from engine.types import Fusion
+
 RRF_K = 60
-
-
-class Fusion(str, Enum):
-    MINMAX = "minmax"
-    ZSCORE = "zscore"
-    RRF = "rrf"
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-
-
-def _zscore(x: np.ndarray) -> np.ndarray:
-    sd = float(x.std())
-    return (x - float(x.mean())) / sd if sd > 0 else np.zeros_like(x)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -46,5 +36,5 @@ def fuse(bm25: np.ndarray, vector: np.ndarray, weight: float, method: Fusion | s
         return np.zeros(0)
     if method is Fusion.RRF:
         return weight / (RRF_K + _ranks(vector)) + (1 - weight) / (RRF_K + _ranks(bm25))
-    scale = _minmax if method is Fusion.MINMAX else _zscore
+    scale = _minmax if method is Fusion.MINMAX else zscore
     return weight * scale(vector) + (1 - weight) * scale(bm25)

@@ -17,7 +17,7 @@ indexed by catalog row; ``to_csr`` / ``scores_dense`` take a ``{key: row}`` mapp
 """
 from __future__ import annotations
 
-from engine.recommend.blend import BlendWeights, Blender, Recommendation, eligible_mask, normalize_scores
+from engine.recommend.blend import BlendWeights, Blender, Recommendation, eligible_mask
 from engine.recommend.content import DEFAULT_EVENT_WEIGHTS, InterestProfile, event_weight, score_profiles
 from engine.recommend.cooccurrence import CooccurrenceModel
 from engine.recommend.popular import TrendingModel
@@ -32,6 +32,5 @@ __all__ = [
     "TrendingModel",
     "eligible_mask",
     "event_weight",
-    "normalize_scores",
     "score_profiles",
 ]

@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from engine.ranking.scores import zscore
+
 SOURCES = ("content", "cooccurrence", "popular")
 
 
@@ -46,34 +48,6 @@ class BlendWeights:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def normalize_scores(x: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
-    """Z-score along the last axis over the ``eligible`` entries (all when ``None``); float64.
-
-    Ineligible entries come out as 0, and so does a source with zero spread over the eligible rows."""
-    x = np.asarray(x, np.float64)
-    if x.ndim == 1:  # one shopper (the serving path): fewer passes over the catalog
-        e1 = None if eligible is None else np.asarray(eligible, bool)
-        xe = x if e1 is None else x[e1]
-        if not len(xe):
-            return np.zeros_like(x)
-        mean = xe.mean()
-        std = float(np.sqrt(np.mean((xe - mean) ** 2)))
-        if std <= 1e-12:
-            return np.zeros_like(x)
-        out = (x - mean) / std
-        if e1 is not None:
-            out[~e1] = 0.0
-        return out
-    e = np.ones(x.shape, bool) if eligible is None else np.broadcast_to(np.asarray(eligible, bool), x.shape)
-    cnt = np.maximum(e.sum(axis=-1, keepdims=True), 1)
-    xe = np.where(e, x, 0.0)
-    mean = xe.sum(axis=-1, keepdims=True) / cnt
-    var = (np.where(e, x - mean, 0.0) ** 2).sum(axis=-1, keepdims=True) / cnt
-    std = np.sqrt(var)
-    safe = np.where(std > 1e-12, std, 1.0)
-    return np.where(e & (std > 1e-12), (x - mean) / safe, 0.0)
 
 
 def eligible_mask(
@@ -132,7 +106,7 @@ class Blender:
         total = np.zeros(np.shape(first), np.float64)
         for name, x in parts.items():
             if w[name]:
-                total += w[name] * normalize_scores(x, eligible)
+                total += w[name] * zscore(x, eligible)
         if eligible is not None:
             total = np.where(np.broadcast_to(eligible, total.shape), total, -np.inf)
         return total
@@ -159,7 +133,7 @@ class Blender:
             excluded += list(seen)
         ok = eligible_mask(n, exclude_rows=excluded, in_stock=in_stock, filter_mask=filter_mask)
         w = self._weights_for(parts)
-        z = {s: w[s] * normalize_scores(x, ok) for s, x in parts.items() if w[s]}
+        z = {s: w[s] * zscore(x, ok) for s, x in parts.items() if w[s]}
         total = np.where(ok, sum(z.values()) if z else np.zeros(n), -np.inf)
         rows = np.flatnonzero(ok)
         if not len(rows) or k <= 0:

@@ -25,6 +25,27 @@ BETA = 5.0
 
 
 @dataclass(frozen=True)
+class Recommended:
+    """One recommended item, with the source that put it there and the reason shown to the shopper."""
+
+    id: str
+    title: str
+    category: str
+    brand: str
+    price: float | None
+    score: float
+    reason: str
+    source: str
+    because_item: str | None
+    score_parts: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "category": self.category, "brand": self.brand,
+                "price": self.price, "score": self.score, "reason": self.reason, "source": self.source,
+                "because_item": self.because_item, "score_parts": self.score_parts}
+
+
+@dataclass(frozen=True)
 class Touch:
     """One past event of the shopper on a catalog item, oldest first."""
 
@@ -53,7 +74,8 @@ def recommend(
     profile: InterestProfile | None = None,
     filter_mask: np.ndarray | None = None,
     exclude: Sequence[str] = (),
-) -> list[dict[str, Any]]:
+) -> list[Recommended]:
+    """The ``k`` best items for a shopper with this ``history`` (oldest first), blended and explained."""
     n = len(snap)
     rows = snap.catalog.id_map
     known = [t for t in history if t.item_id in snap.catalog][-HISTORY_LIMIT:]
@@ -90,12 +112,12 @@ def recommend(
     out = []
     for rec in picks:
         p = snap.catalog[rec.row]
-        out.append({
-            "id": p.id, "title": p.title, "category": p.category_path, "brand": p.brand, "price": p.price,
-            "score": round(rec.score, 6), "reason": rec.reason, "source": rec.reason_source,
-            "because_item": snap.catalog[rec.because_row].id if rec.because_row is not None and rec.because_row >= 0 else None,
-            "score_parts": {s: round(v, 6) for s, v in rec.parts.items()},
-        })
+        row = rec.because_row
+        out.append(Recommended(
+            p.id, p.title, p.category_path, p.brand, p.price, round(rec.score, 6), rec.reason, rec.reason_source,
+            snap.catalog[row].id if row is not None and row >= 0 else None,
+            {s: round(v, 6) for s, v in rec.parts.items()},
+        ))
     return out
 
 

@@ -4,11 +4,17 @@
 and on each ``refresh`` reads only the events stored since (an indexed range read), so a click is in the
 next answer without a rebuild, in every server process. When a shopper is deleted anywhere
 (``deletion_epoch`` moves), the models are rebuilt from the remaining events.
+
+Trending counts each shopper once per item: a shopper's events on an item add up to the weight of their
+strongest event type on it (a view then a purchase count as one purchase), so that one browser sending
+the same purchase again and again cannot move trending. Each shopper's last ``VOTES_PER_SHOPPER`` items
+are remembered for this.
 Thread-safe: ``refresh`` and reads of the models take one lock.
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Hashable, Iterator, Mapping
 
@@ -21,6 +27,7 @@ from engine.recommend.cooccurrence import CooccurrenceModel
 from engine.recommend.popular import TrendingModel
 
 TRENDING_HALF_LIFE_S = 7 * 86400.0
+VOTES_PER_SHOPPER = 200
 
 
 class LiveModels:
@@ -39,6 +46,7 @@ class LiveModels:
         self.trending = TrendingModel(self.trending_half_life_s)
         self._dense: tuple[object, object, np.ndarray] | None = None  # (catalog, t_ref, array)
         self._touched: set[Hashable] = set()
+        self._votes: dict[str, OrderedDict[str, float]] = {}  # shopper -> item -> trending weight counted
 
     def trending_dense(self, catalog: Catalog) -> np.ndarray:
         """Trending scores over ``catalog`` rows, ``(n,)`` float64, up to one common decay factor (which the
@@ -77,5 +85,11 @@ class LiveModels:
         if e.item_id is None or w <= 0:
             return
         self.cooccurrence.add_event(e.user_id, e.item_id, w)
-        self.trending.add_event(e.item_id, w, e.timestamp)
-        self._touched.add(e.item_id)
+        votes = self._votes.setdefault(e.user_id, OrderedDict())
+        counted = votes.pop(e.item_id, 0.0)
+        votes[e.item_id] = max(counted, w)
+        if len(votes) > VOTES_PER_SHOPPER:
+            votes.popitem(last=False)
+        if w > counted:
+            self.trending.add_event(e.item_id, w - counted, e.timestamp)
+            self._touched.add(e.item_id)

@@ -32,20 +32,20 @@
 
   // -- serving version and versions list, refreshed after a rebuild or rollback ---------------
   async function refreshServing() {
-    const info = await api("GET", "/v1/info");
+    const info = await api("GET", "/v1/admin/versions");
     const m = info.manifest || {};
     const set = (id, v) => { const n = document.getElementById(id); if (n) n.textContent = v; };
-    set("current-version", info.version);
-    set("manifest-items", info.items);
+    set("current-version", info.current);
+    set("manifest-items", m.counts ? m.counts.items : "");
     set("manifest-created", m.created_at || "");
     if (m.counts) set("manifest-embedded", `${m.counts.embedded} / ${m.counts.from_cache}`);
     const ol = document.getElementById("versions");
-    ol.replaceChildren(...(info.versions || []).slice().reverse().map((v) => {
-      const li = el("li", v === info.version ? { class: "current", "aria-current": "true" } : {}, v);
-      if (v === info.version) { li.append(" "); li.append(el("strong", {}, "(serving)")); }
+    ol.replaceChildren(...(info.on_disk || []).slice().reverse().map((v) => {
+      const li = el("li", v === info.current ? { class: "current", "aria-current": "true" } : {}, v);
+      if (v === info.current) { li.append(" "); li.append(el("strong", {}, "(serving)")); }
       return li;
     }));
-    document.getElementById("rollback").disabled = (info.versions || []).length < 2;
+    document.getElementById("rollback").disabled = (info.served || []).length < 2;
   }
 
   // -- rebuild: start the job, poll its state until it ends ------------------------------------
