@@ -31,6 +31,7 @@ _WHERE = {
     "Rollback": "engine.admin",
     "ShopperToken": "engine.tokens",
     "RateLimiter": "engine.limits",
+    "text_problem": "engine.text",
     "VitrineError": "engine.errors",
     "InvalidQuery": "engine.errors",
     "NotFound": "engine.errors",

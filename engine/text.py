@@ -143,3 +143,19 @@ def parse_bool(text: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise ValueError(f"expected true or false, got {text!r}")
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: NUL, tab, newline, DEL, C1 codes
+
+
+def text_problem(text: str, *, controls: bool = True) -> str | None:
+    """Why ``text`` is not clean text, or None. Clean text encodes as UTF-8 (a lone surrogate, as from a
+    JSON ``"\\ud800"``, does not) and, with ``controls=False``, holds no control character (Unicode Cc:
+    NUL, tab, newline, ...)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    if not controls and _CONTROL.search(text):
+        return "must not hold control characters (newline, tab, NUL, ...)"
+    return None

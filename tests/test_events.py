@@ -623,6 +623,16 @@ def test_import_scientific_slice_in_seq_pos_order_and_idempotent(tmp_path: Path,
     assert store.user_stats(user)["counts"]["purchase"] == len(by_user[user])
 
 
+def test_import_rejects_lines_too_deep_or_with_endless_numbers(tmp_path: Path, store: SQLiteEventStore) -> None:
+    """Issue 8: a line nested 1,000 deep or holding a 5,000-digit number is a rejected line, not a crash."""
+    good = json.dumps({"event_id": "d1", "user_id": "u1", "type": "view", "item_id": "drill", "timestamp": NOW})
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join([good, "[" * 1000 + "]" * 1000, '{"event_id": "d2", "value": ' + "9" * 5000 + "}"]))
+    report = import_events(store, path, now=NOW)
+    assert report.accepted == 1 and [(r.line, r.reason.split(":")[0]) for r in report.rejected] == [
+        (2, "invalid JSON"), (3, "invalid JSON")]
+
+
 def test_import_jsonl_reports_rejected_lines(tmp_path: Path, store: SQLiteEventStore) -> None:
     lines = [
         json.dumps({"event_id": "j1", "user_id": "u1", "type": "view", "item_id": "drill", "timestamp": NOW - 5}),

@@ -17,8 +17,7 @@ from typing import Any, Iterator, NoReturn
 
 from flask import request
 
-from engine.errors import InvalidQuery
-from engine.events.model import text_problem
+from engine import InvalidQuery, text_problem
 
 MAX_DEPTH = 32
 # A JSON string, escapes included; an unterminated one runs to the end. Possessive, so the scan is linear.

@@ -6,7 +6,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from engine.errors import BuildInProgress, IndexNotBuilt, InvalidQuery, NotFound, StoreUnavailable, Unauthorized
+from engine import BuildInProgress, IndexNotBuilt, InvalidQuery, NotFound, StoreUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from engine import Filters
-from engine.errors import InvalidQuery
-from engine.events.model import text_problem
+from engine import Filters, InvalidQuery, text_problem
 
 MAX_INT = 2**53  # the largest magnitude a JSON number (an IEEE double) holds exactly
 _TRUE = {"1", "true", "yes", "on"}

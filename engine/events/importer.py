@@ -201,7 +201,7 @@ def _jsonl_rows(path: Path, report: ImportReport) -> Iterator[tuple[int, dict[st
                 continue
             try:
                 obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, too deep, a number too long
                 report.rows_read += 1
                 report.rejected.append(Rejected(line, f"invalid JSON: {e}"))
                 continue

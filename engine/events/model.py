@@ -15,13 +15,13 @@ from enum import Enum
 from typing import Any
 
 from engine.errors import InvalidQuery
+from engine.text import text_problem
 
 MAX_BATCH = 1000
 MAX_ID_CHARS = 128
 MAX_QUERY_CHARS = 1000
 MAX_FUTURE_S = 86400.0  # timestamps more than a day ahead of the server clock are rejected
 FIELDS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: NUL, tab, newline, DEL, C1 codes
 
 
 class EventType(str, Enum):
@@ -80,19 +80,6 @@ class RejectedEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "event_id": self.event_id, "field": self.field, "message": self.message}
-
-
-def text_problem(text: str, *, controls: bool = True) -> str | None:
-    """Why ``text`` is not clean text, or None. Clean text encodes as UTF-8 (a lone surrogate, as from a
-    JSON ``"\\ud800"``, does not) and, with ``controls=False``, holds no control character (Unicode Cc:
-    NUL, tab, newline, ...)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode text (it holds a lone surrogate)"
-    if not controls and _CONTROL.search(text):
-        return "must not hold control characters (newline, tab, NUL, ...)"
-    return None
 
 
 def validate_event(obj: Mapping[str, Any], *, known_item: Callable[[str], bool] | None = None,

@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from engine.events.features import DEFAULT_WEIGHTS as EVENT_WEIGHTS
+
 if TYPE_CHECKING:
     from engine.index.vector import VectorIndex
 
-# Same scale as the event store's popularity weights: purchase > add_to_cart > click > view.
-DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {
-    "view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 1.0, "remove_from_cart": 0.0,
-}
+# The engine's one event-weight table (purchase > add_to_cart > click > view), shared with the event
+# store's popularity features.
+DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = EVENT_WEIGHTS
 
 
 def event_weight(event_type: str, weights: Mapping[str, float] | None = None) -> float:
