@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium demo demo-index demo-events serve test bench eval clean
+.PHONY: install chromium demo demo-index demo-events serve check test bench eval clean
 
 install: $(STAMP)
 
@@ -49,7 +49,14 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: install chromium
+# Static checks, before the tests: mypy (strict, configured in pyproject.toml's [tool.mypy]) and the
+# import contracts of [tool.importlinter] (engine never imports web; engine's layers point down;
+# web uses only engine's public names).
+check: install
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install check chromium
 	$(BIN)/python -m pytest
 
 bench: install

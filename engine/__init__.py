@@ -6,7 +6,44 @@ The public names: what ``web/``, the CLI and a shop's own Python code use. Impor
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real types of the lazy names below, for mypy (`from engine import Engine` in web/)
+    from engine.admin import Admin as Admin, Rollback as Rollback, Versions as Versions
+    from engine.catalog import Catalog as Catalog, Product as Product
+    from engine.config import EngineConfig as EngineConfig
+    from engine.errors import (
+        BuildInProgress as BuildInProgress,
+        ConfigError as ConfigError,
+        IndexNotBuilt as IndexNotBuilt,
+        InvalidQuery as InvalidQuery,
+        NotFound as NotFound,
+        RateLimited as RateLimited,
+        StoreUnavailable as StoreUnavailable,
+        Unauthorized as Unauthorized,
+        VitrineError as VitrineError,
+    )
+    from engine.events import open_event_store as open_event_store
+    from engine.filters import Filters as Filters
+    from engine.limits import RateLimiter as RateLimiter
+    from engine.recommend.compose import Recommended as Recommended
+    from engine.search import Hit as Hit
+    from engine.service import (
+        Engine as Engine,
+        Health as Health,
+        Info as Info,
+        SearchResult as SearchResult,
+        Similar as Similar,
+        Suggestions as Suggestions,
+    )
+    from engine.shoppers import (
+        EventStats as EventStats,
+        IngestResult as IngestResult,
+        Recommendations as Recommendations,
+        SampleShopper as SampleShopper,
+    )
+    from engine.text import text_problem as text_problem
+    from engine.tokens import ShopperToken as ShopperToken
 
 _WHERE = {
     "Engine": "engine.service",

@@ -307,8 +307,8 @@ def _read_jsonl(path: Path, b: _Builder) -> None:
 
 
 def _read_parquet(path: Path, b: _Builder) -> None:
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)

@@ -154,7 +154,7 @@ def cmd_info(config: EngineConfig, args: argparse.Namespace) -> int:
     manifest = admin.manifest()
     seen = admin.versions()
     version = seen.current
-    info = {"current": version, "versions": seen.on_disk, "served": seen.served, "manifest": manifest}
+    info: dict[str, Any] = {"current": version, "versions": seen.on_disk, "served": seen.served, "manifest": manifest}
     if args.json:
         _print_json(info)
         return 0
@@ -172,6 +172,19 @@ def cmd_rollback(config: EngineConfig, args: argparse.Namespace) -> int:
 
     old, new = rollback(config)
     print(f"rolled back: current is now {new} (was {old})")
+    return 0
+
+
+def cmd_shopper_token(config: EngineConfig, args: argparse.Namespace) -> int:
+    """Print a signed shopper token (what a shop's backend makes when its shopper logs in)."""
+    from engine.tokens import ShopperToken
+
+    if not config.shopper_secret:
+        raise ConfigError("shopper_secret: set it (VITRINE_SHOPPER_SECRET) to sign shopper tokens")
+    try:
+        print(ShopperToken.sign(config.shopper_secret, args.user_id, ttl_s=args.ttl))
+    except ValueError as e:
+        raise InvalidQuery("--ttl", str(e)) from None
     return 0
 
 
@@ -322,6 +335,10 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int)
     sv.add_argument("--workers", type=int, help="worker processes (default 1)")
     sv.add_argument("--threads", type=int, help="threads per worker (default 8)")
+
+    tok = add("shopper-token", cmd_shopper_token, "print a signed token that lets a browser act for one shopper")
+    tok.add_argument("user_id")
+    tok.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600, at most 30 days)")
 
     add("rollback", cmd_rollback, "serve the version served before the current one (walks back the history)")
     i = add("info", cmd_info, "show the published version and its manifest")

@@ -88,7 +88,8 @@ class RateLimiter:
             row = conn.execute("SELECT n, at FROM failures WHERE key = ?", (key,)).fetchone()
             if row is None or row[0] < FREE_FAILURES:
                 return 0.0
-            return max(0.0, row[1] + backoff(row[0]) - t)
+            at: float = row[1]
+            return max(0.0, at + backoff(row[0]) - t)
 
         return self._decide("a login", work)
 

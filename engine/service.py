@@ -142,8 +142,10 @@ class Engine:
         snap = self._snap
         if snap is not None and now - self._checked_at < self.config.reload_check_seconds:
             return snap
-        if not self._reload_lock.acquire(blocking=snap is None):
-            return snap  # type: ignore[return-value]  # another thread is reloading; serve the old one
+        if snap is None:
+            self._reload_lock.acquire()  # nothing to serve yet: wait for the load
+        elif not self._reload_lock.acquire(blocking=False):
+            return snap  # another thread is reloading; serve the old one
         try:
             self._checked_at = now
             version = versions.current_version(self.config.index_dir)
@@ -247,8 +249,10 @@ class Engine:
         cached = self._suggester
         if cached is not None and cached[0] == snap.version:
             return cached[1]
-        if not self._suggester_lock.acquire(blocking=wait or cached is None):
-            return cached[1]  # type: ignore[index]  # being built: the previous version's answers meanwhile
+        if wait or cached is None:
+            self._suggester_lock.acquire()
+        elif not self._suggester_lock.acquire(blocking=False):
+            return cached[1]  # being built: the previous version's answers meanwhile
         try:
             cached = self._suggester
             if cached is None or cached[0] != snap.version:
@@ -353,7 +357,7 @@ class Engine:
         return self._embed_cached(query)
 
     def _embed_uncached(self, query: str) -> np.ndarray:
-        vec = self.encoder.encode([query])[0]
+        vec: np.ndarray = self.encoder.encode([query])[0]
         vec.flags.writeable = False
         return vec
 

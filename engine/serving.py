@@ -44,7 +44,7 @@ def serve(config: EngineConfig, config_file: str | None = None) -> None:
     if config_file:
         os.environ["VITRINE_CONFIG"] = str(Path(config_file).resolve())
 
-    class _App(BaseApplication):  # type: ignore[misc]
+    class _App(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints: subclassing Any
         def load_config(self) -> None:
             for key, value in gunicorn_options(config).items():
                 if key in self.cfg.settings:  # control_socket_disable exists from gunicorn 24 on

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from engine.catalog import CATEGORY_SEP, Product
-from engine.snapshot import category_key
+from engine.catalog import category_key
 
 MAX_K = 20
 DEFAULT_K = 8

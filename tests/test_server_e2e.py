@@ -105,7 +105,7 @@ def test_acknowledged_events_survive_kill_9(config: EngineConfig) -> None:
             acked += r.json()["accepted"]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # master and workers, no chance to flush anything
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     assert len(acked) == 500
     proc, base = start_server(config)
     try:
@@ -117,4 +117,4 @@ def test_acknowledged_events_survive_kill_9(config: EngineConfig) -> None:
         assert stats["counts"]["view"] == 500
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)

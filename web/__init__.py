@@ -16,7 +16,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ``VITRINE_*`` env) unless ``test_config["ENGINE_CONFIG"]`` gives an ``EngineConfig``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app = Flask(__name__)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask types app.json as the base JSONProvider
     app.config.from_mapping(MAX_CONTENT_LENGTH=16 * 1024 * 1024)
     if test_config:
         app.config.update(test_config)

@@ -14,12 +14,12 @@ import json
 import re
 from typing import Any
 
-from gunicorn import util  # type: ignore[import-untyped]
-from gunicorn.http.errors import (  # type: ignore[import-untyped]
+from gunicorn import util
+from gunicorn.http.errors import (
     InvalidHeader, InvalidHeaderName, InvalidHTTPVersion, InvalidRequestLine, InvalidRequestMethod,
     LimitRequestHeaders, LimitRequestLine,
 )
-from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
+from gunicorn.workers.gthread import ThreadWorker
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5]\d\d) ([^\r\n]*)\r\n")
 _MAX_MESSAGE = 200

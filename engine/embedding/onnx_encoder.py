@@ -135,7 +135,8 @@ def _pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask.astype(np.float32)[:, :, None]
     summed = (hidden.astype(np.float32, copy=False) * m).sum(axis=1)
     mean = summed / np.maximum(m.sum(axis=1), 1e-9)
-    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    unit: np.ndarray = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+    return unit
 
 
 def _session(model: Path, threads: int) -> Any:
@@ -161,7 +162,7 @@ def _valid_export(out_dir: Path, sha: str, optimize: bool) -> bool:
     if not (meta_path.is_file() and (out_dir / "model.onnx").is_file() and (out_dir / "tokenizer.json").is_file()):
         return False
     try:
-        meta = json.loads(meta_path.read_text())
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return False
     return (meta.get("format") == EXPORT_FORMAT and meta.get("source_sha256") == sha
@@ -205,8 +206,9 @@ def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool 
 
             def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         token_type_ids: torch.Tensor) -> torch.Tensor:
-                return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
+                hidden: torch.Tensor = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                                  token_type_ids=token_type_ids).last_hidden_state
+                return hidden
 
         wrapper = _Transformer(model).eval()
         tok = _load_tokenizer(src / "tokenizer.json", 256)

@@ -21,10 +21,9 @@ from engine.config import EngineConfig
 from engine.recommend.compose import BETA, HISTORY_DECAY
 from engine.recommend.cooccurrence import CooccurrenceModel
 from engine.catalog import category_segments
-from engine.ranking.fusion import Fusion, fuse
-from engine.ranking.scores import zscore
+from engine.ranking.fusion import fuse
 from engine.recommend.content import InterestProfile
-from engine.recommend.personal import COOC_WEIGHT, personal_score
+from engine.recommend.personal import COOC_WEIGHT, personal_score, personalized
 from engine.search import candidates, score_parts
 
 STRENGTHS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
@@ -43,7 +42,7 @@ class Case:
     def rank(self, p: float, c: float = COOC_WEIGHT) -> int | None:
         if self.target < 0:
             return None
-        s = (1 - p) * zscore(self.fused) + p * personal_score(self.content, self.cooccurrence, c) if p > 0 else self.fused
+        s = personalized(self.fused, personal_score(self.content, self.cooccurrence, c), p)
         # Ties count against the target (strictly better or equal, earlier position).
         return int((s > s[self.target]).sum() + (s[: self.target] == s[self.target]).sum()) + 1
 

@@ -187,7 +187,8 @@ def load_scientific(config: EngineConfig, data_dir: Path, encoder: Any = None) -
     wanted = set(items["item_id"])
     eval_dir = config.index_dir / "eval" / "scientific"
     eval_dir.mkdir(parents=True, exist_ok=True)
-    demo_ids = [json.loads(line)["id"] for line in DEMO_CATALOG.open(encoding="utf-8") if line.strip()]
+    with DEMO_CATALOG.open(encoding="utf-8") as f:
+        demo_ids = [json.loads(line)["id"] for line in f if line.strip()]
     missing = wanted - set(demo_ids)
     if missing:
         raise ValueError(f"{len(missing)} Scientific items are not in {DEMO_CATALOG}, e.g. {sorted(missing)[:3]}")
@@ -195,7 +196,8 @@ def load_scientific(config: EngineConfig, data_dir: Path, encoder: Any = None) -
         catalog_file = DEMO_CATALOG
     else:  # a slice (tests): the demo catalog rows of the slice's items only
         catalog_file = eval_dir / "catalog.jsonl"
-        lines = [ln for ln in DEMO_CATALOG.open(encoding="utf-8") if ln.strip() and json.loads(ln)["id"] in wanted]
+        with DEMO_CATALOG.open(encoding="utf-8") as f:
+            lines = [ln for ln in f if ln.strip() and json.loads(ln)["id"] in wanted]
         catalog_file.write_text("".join(lines), encoding="utf-8")
     eval_config = config.replace(index_dir=eval_dir, models_dir=config.models_path, keep_versions=2)
     version = _reusable_version(eval_dir, catalog_file)

@@ -20,7 +20,8 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.evaluation.metrics import ndcg_at_k
-from engine.ranking.fusion import Fusion, fuse
+from engine.ranking.fusion import fuse
+from engine.types import Fusion
 
 K = 10
 WEIGHTS = [round(w, 2) for w in np.arange(0.0, 1.0001, 0.05)]

@@ -11,7 +11,7 @@ SQLite's own busy handler polls with sleeps of up to 100 ms, which made the batc
 ``add_many`` calls that queue up in one process are committed together (group commit, one fsync).
 
 Profiles are a cache derived from the events: each row holds a shopper's folded profile and the ``seq``
-of the last event folded into it. Readers fold what came after (see ``Engine._profile``) and may store
+of the last event folded into it. Readers fold what came after (see ``Shoppers._profile`` in engine/shoppers.py) and may store
 the result back with :meth:`SQLiteEventStore.put_profile`, which never waits for the write lock and
 never re-creates the profile of a deleted shopper.
 

@@ -19,7 +19,7 @@ def zscore(x: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
         std = float(np.sqrt(np.mean((xe - mean) ** 2)))
         if std <= 1e-12:
             return np.zeros_like(x)
-        out = (x - mean) / std
+        out: np.ndarray = (x - mean) / std
         if e1 is not None:
             out[~e1] = 0.0
         return out

@@ -131,7 +131,8 @@ class InterestProfile:
     def unit_centers(self) -> np.ndarray:
         """Interest directions, ``(K, dim)`` unit rows."""
         n = np.linalg.norm(self.centers, axis=1, keepdims=True)
-        return (self.centers / np.maximum(n, 1e-12)).astype(np.float32)
+        unit: np.ndarray = (self.centers / np.maximum(n, 1e-12)).astype(np.float32)
+        return unit
 
     def score(self, item_vectors: np.ndarray, beta: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores against every row of ``item_vectors`` (n, dim): ``(n,)`` float32 scores and ``(n,)``

@@ -144,7 +144,7 @@ class CooccurrenceModel:
         target_exponent: float = 0.15,
     ) -> dict[Key, tuple[float, Key]]:
         """``{candidate: (score, history item contributing most)}`` for ``(item, recency weight)`` pairs."""
-        out: dict[Key, list] = {}
+        out: dict[Key, list[Any]] = {}  # candidate -> [score, history item contributing most, its part]
         for h, rh in history:
             row = self.pairs.get(h)
             if not row or not rh:

@@ -3,9 +3,9 @@
 Affinity of a shopper to candidate rows: ``z(content) + COOC_WEIGHT * z(co-occurrence)`` over the candidate
 set, where content is the shopper's interest profile scored against the items' vectors (kernel ``BETA``) and
 co-occurrence scores the items taken together with the shopper's recent items (recency weights
-``HISTORY_DECAY ** age``). Personalized search orders by ``(1 - p) * z(fused) + p * z(affinity)``, with
+``HISTORY_DECAY ** age``). Personalized search orders by ``(1 - p) * z(fused) + p * affinity``, with
 strength ``p`` in [0, 1] (``EngineConfig.personalize``; 0 is off). ``COOC_WEIGHT`` and ``p`` are tuned by
-``vitrine eval personalized-search`` on Scientific validation.
+``vitrine eval personalized-search`` on Scientific validation, which ranks with these same functions.
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ def personal_score(content: np.ndarray, cooccurrence: np.ndarray, cooc_weight: f
 
 
 def personalized(fused: np.ndarray, personal: np.ndarray, strength: float) -> np.ndarray:
-    """Search scores re-ranked for a shopper: ``(1 - p) * z(fused) + p * z(personal)``; ``fused`` when p = 0."""
+    """Search scores re-ranked for a shopper: ``(1 - p) * z(fused) + p * personal`` (``personal`` is already
+    a sum of z-scores, see :func:`personal_score`); ``fused`` when p = 0."""
     if strength <= 0:
         return fused
-    return (1 - strength) * zscore(fused) + strength * zscore(personal)
+    return (1 - strength) * zscore(fused) + strength * np.asarray(personal, np.float64)
 
 
 def affinity(snap: Snapshot, live: LiveModels, history: Sequence[Touch], profile: InterestProfile) -> Affinity:

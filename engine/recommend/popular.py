@@ -54,7 +54,8 @@ class TrendingModel:
         if self.half_life_s is None or self.t_ref is None:
             return 1.0
         now = self.last_t if now is None else now
-        return 2.0 ** (-((now if now is not None else self.t_ref) - self.t_ref) / self.half_life_s)
+        factor: float = 2.0 ** (-((now if now is not None else self.t_ref) - self.t_ref) / self.half_life_s)
+        return factor
 
     def score(self, item: Key, now: float | None = None) -> float:
         """Decayed score at ``now`` (default: the latest event time)."""
