@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # the real types of the lazy names below, for mypy (`from eng
         Recommendations as Recommendations,
         SampleShopper as SampleShopper,
     )
+    from engine.text import parse_bool as parse_bool
     from engine.text import text_problem as text_problem
     from engine.tokens import ShopperToken as ShopperToken
 
@@ -69,6 +70,7 @@ _WHERE = {
     "ShopperToken": "engine.tokens",
     "RateLimiter": "engine.limits",
     "text_problem": "engine.text",
+    "parse_bool": "engine.text",
     "VitrineError": "engine.errors",
     "InvalidQuery": "engine.errors",
     "NotFound": "engine.errors",

@@ -437,8 +437,7 @@ class _Builder:
         else:
             self.warn(line, f"category: expected 'A > B' or a list of strings, got {type(value).__name__}, left empty")
             return ()
-        segments = (s.strip() for v in items for s in self._text(v).split(">"))
-        return tuple(s for s in segments if s)
+        return tuple(s for v in items for s in category_segments(self._text(v)))
 
     def _attributes(self, line: int, row: Mapping[str, Any]) -> dict[str, str]:
         attrs: dict[str, str] = {}

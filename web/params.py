@@ -8,11 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from engine import Filters, InvalidQuery, text_problem
+from engine import Filters, InvalidQuery, parse_bool, text_problem
 
 MAX_INT = 2**53  # the largest magnitude a JSON number (an IEEE double) holds exactly
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def shown(value: Any, limit: int = 40) -> str:
@@ -81,11 +79,11 @@ def get_bool(args: Mapping[str, Any], name: str, default: bool | None = None) ->
         return default
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower() if isinstance(value, (str, int)) else ""
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
+    if isinstance(value, (str, int)):
+        try:
+            return parse_bool(str(value))
+        except ValueError:
+            pass
     raise InvalidQuery(name, f"must be true or false, got {shown(value)}")
 
 
