@@ -148,6 +148,14 @@ def test_admin_login_is_throttled_per_ip(client: Any) -> None:
     assert client.post("/admin/login", data={"key": ADMIN_KEY, "csrf": token}).status_code == 429
     api = client.get("/v1/admin/stats", headers={"Authorization": "Bearer wrong-key-123"})
     assert api.status_code == 429 and int(api.headers["Retry-After"]) >= 1
+    # while backing off, even the right key is not looked at: guessing gains nothing
+    assert client.get("/v1/admin/stats", headers=ADMIN).status_code == 429
+
+
+def test_another_scopes_key_is_not_counted_as_a_guess(client: Any) -> None:
+    for _ in range(10):
+        assert client.get("/v1/admin/stats", headers=INGEST).status_code == 401
+    assert client.get("/v1/admin/stats", headers=ADMIN).status_code == 200
     assert [backoff(n) for n in (4, 5, 6, 7, 30)] == [0.0, 1.0, 2.0, 4.0, 900.0]
 
 

@@ -140,6 +140,18 @@ def token_shopper() -> str | None:
     return ShopperToken.verify(secret, token).user_id
 
 
+def _matches(given: str, keys: list[str]) -> bool:
+    """Whether ``given`` is one of ``keys`` (compared in constant time, every key compared)."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given.strip().encode(), key.encode())
+    return found
+
+
+def _all_keys(config: EngineConfig) -> list[str]:
+    return [k for k in (config.admin_key, config.ingest_key, config.read_key) if k]
+
+
 def _scope_key(config: EngineConfig, scope: Scope) -> str | None:
     return {"admin": config.admin_key, "ingest": config.ingest_key, "read": config.read_key}[scope]
 
@@ -165,12 +177,13 @@ def check_key(scope: Scope) -> tuple[Response, int] | None:
     if not keys:
         env = f"VITRINE_{scope.upper()}_KEY"
         return error_response(403, f"{scope}_disabled", f"{scope} routes are off: set {env} to enable them")
+    if header is not None:  # while this IP backs off after wrong keys, no key is even looked at
+        blocked = login_blocked()
+        if blocked:
+            return blocked
     scheme, _, given = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given.strip().encode(), k.encode()) for k in keys):
-        if header is not None:
-            blocked = login_blocked()
-            if blocked:
-                return blocked
+    if scheme.lower() != "bearer" or not _matches(given, keys):
+        if header is not None and not _matches(given, _all_keys(config)):  # another scope's key is no guess
             get_limiter().failed(f"login:{client_ip()}")
         return error_response(401, "unauthorized", f"send the {scope} key as 'Authorization: Bearer <key>'")
     g.auth = "key"
