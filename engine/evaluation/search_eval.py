@@ -140,7 +140,7 @@ def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir
         }
 
     return SearchEvalReport(dataset, len(tune), len(report), method.value, weight, scores(report), scores(tune), grid,
-                            snap.version, (config.fusion, config.hybrid_weight))
+                            snap.version, (config.fusion.value, config.hybrid_weight))
 
 
 def mean_ndcg(split: list[QueryData], score: Any) -> float:
