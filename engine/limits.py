@@ -48,10 +48,11 @@ class RateLimiter:
             self._local.conn = conn
         return conn
 
-    def _decide(self, what: str, fn: Callable[[sqlite3.Connection], float]) -> float:
+    def _decide(self, what: str, fn: Callable[[sqlite3.Connection], float], *, write: bool = True) -> float:
+        """``fn`` in one transaction: ``BEGIN IMMEDIATE`` when it may write, a plain read otherwise."""
         try:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 out = fn(conn)
                 conn.execute("COMMIT")
@@ -91,7 +92,7 @@ class RateLimiter:
             at: float = row[1]
             return max(0.0, at + backoff(row[0]) - t)
 
-        return self._decide("a login", work)
+        return self._decide("a login", work, write=False)  # on every keyed request: a read, no write lock
 
     def failed(self, key: str, *, now: float | None = None) -> None:
         """Count one more failure of ``key`` (at ``now``)."""
