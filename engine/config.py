@@ -72,6 +72,10 @@ class EngineConfig:
     events_per_second_ip: float = 20.0
     events_burst_ip: int = 200
     limits_path: Path = Path("instance/limits.db")
+    # The server logs an impression for every list it answers (engine.learn.impressions), kept this long.
+    log_impressions: bool = True
+    impression_retention_days: float = 30.0
+    impression_flush_seconds: float = 0.5  # how often the spooled impressions are written to the store
     # Browser sessions (storefront shopper, admin page): cookies are signed with ``secret_key``, else with
     # a random key kept in ``secret_key_file`` (created on first use, shared by every worker).
     secret_key: str | None = None
@@ -123,6 +127,8 @@ class EngineConfig:
              "must be at least 16 characters")
         for name in ("events_per_second_session", "events_per_second_ip"):
             need(getattr(self, name) > 0, name, "must be > 0")
+        need(self.impression_retention_days > 0, "impression_retention_days", "must be > 0")
+        need(self.impression_flush_seconds > 0, "impression_flush_seconds", "must be > 0")
         for name in ("events_burst_session", "events_burst_ip"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
 

@@ -25,6 +25,7 @@ from typing import Any
 from engine.config import EngineConfig
 from engine.errors import BuildInProgress, CatalogError, NotFound
 from engine.pipeline import build_lock
+from engine.process import process_alive
 
 KEEP_JOBS = 50
 ACTIVE = ("queued", "running")
@@ -144,23 +145,9 @@ def read_job(config: EngineConfig, job: str) -> dict[str, Any]:
         raise NotFound(f"unknown job {job!r}") from e
     if state.get("state") in ACTIVE and not state.get("pid") and time.time() - state.get("created_at", 0) > 60:
         state.update(state="failed", error="the build process never started")
-    if state.get("state") in ACTIVE and state.get("pid") and not _alive(int(state["pid"])):
+    if state.get("state") in ACTIVE and state.get("pid") and not process_alive(int(state["pid"])):
         time.sleep(0.2)  # the child may have just written its final state
         state = json.loads(path.read_text(encoding="utf-8"))
         if state.get("state") in ACTIVE:
             state.update(state="failed", error="the build process ended without finishing")
     return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True

@@ -8,8 +8,10 @@ one. No request ever sees a half-loaded version or fails because of a publish.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import uuid
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +26,9 @@ from engine.errors import IndexNotBuilt, InvalidQuery, StoreUnavailable
 from engine.events import EventStore
 from engine.filters import NO_FILTERS, Filters
 from engine.index import versions
+from engine.events.impressions import Impression
 from engine.index.vector import set_search_threads
+from engine.learn.impressions import ImpressionLog
 from engine.memory import release_free_memory
 from engine.search import Hit, facets, ranked_search, similar_items
 from engine.shoppers import EventStats, IngestResult, Recommendations, SampleShopper, Shoppers
@@ -51,9 +55,11 @@ class SearchResult:
     total_candidates: int = 0
     # See engine.search.facets: {"category": [{"path", "name", "count"}], "price": {"min", "max"}}.
     facets: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""  # names this list in the impression log; events may carry it back
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "request_id": self.request_id,
             "query": self.query,
             "version": self.version,
             "k": self.k,
@@ -70,9 +76,11 @@ class Similar:
     item_id: str
     version: str  # the version the hits come from
     hits: list[Hit]
+    request_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "version": self.version, "similar": [h.to_dict() for h in self.hits]}
+        return {"request_id": self.request_id, "item_id": self.item_id, "version": self.version,
+                "similar": [h.to_dict() for h in self.hits]}
 
 
 @dataclass(frozen=True)
@@ -119,9 +127,10 @@ class Engine:
     """The serving façade. Create one per process and share it between threads."""
 
     def __init__(self, config: EngineConfig, encoder: Encoder | None = None, *,
-                 warm_suggestions: bool = False) -> None:
+                 warm_suggestions: bool = False, log_impressions: bool = False) -> None:
         """``warm_suggestions``: build each new version's suggestion index in the background as soon as
-        the version is loaded (the server does), instead of on the first suggestion request."""
+        the version is loaded (the server does), instead of on the first suggestion request.
+        ``log_impressions``: log every list answered (see :mod:`engine.learn.impressions`; the server does)."""
         self.config = config
         self._warm_suggestions = warm_suggestions
         self._encoder = encoder
@@ -133,6 +142,9 @@ class Engine:
         self._suggester: tuple[str, Suggester] | None = None
         self._suggester_lock = threading.Lock()
         self.shoppers = Shoppers(config, self.snapshot)
+        self.impressions = ImpressionLog(
+            lambda: self.shoppers.events, retention_s=config.impression_retention_days * 86400.0,
+            flush_every_s=config.impression_flush_seconds) if log_impressions else None
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------
@@ -228,8 +240,10 @@ class Engine:
             personalize=strength,
         )
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
+        rid = self._log("search", user, query, [h.id for h in ranked.hits], [_hit_features(h) for h in ranked.hits],
+                        f"hybrid/{self.config.fusion.value}" + ("+personal" if affinity is not None else ""), offset)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
-                            total_candidates=len(ranked.rows), facets=facet)
+                            total_candidates=len(ranked.rows), facets=facet, request_id=rid)
 
     def suggest(self, q: str, k: int | None = None) -> Suggestions:
         """Type-ahead suggestions for the typed text ``q`` (see :mod:`engine.suggest`)."""
@@ -270,8 +284,9 @@ class Engine:
         """Nearest neighbours of the item (itself and items with its exact title left out)."""
         k = self._check_k(k)
         snap = self.snapshot()
-        return Similar(item_id, snap.version, similar_items(snap, snap.catalog.row(item_id), k=k,
-                                                            same_category=same_category))
+        hits = similar_items(snap, snap.catalog.row(item_id), k=k, same_category=same_category)
+        rid = self._log("similar", None, item_id, [h.id for h in hits], [{"score": h.score} for h in hits], "nearest")
+        return Similar(item_id, snap.version, hits, rid)
 
     def item(self, item_id: str) -> Product:
         snap = self.snapshot()
@@ -306,10 +321,16 @@ class Engine:
 
     def recommend(self, user_id: str | None = None, *, recent: list[str] | None = None, k: int | None = None,
                   filters: Filters = NO_FILTERS, exclude: list[str] | None = None,
-                  diversity: float = 0.0) -> Recommendations:
-        """Recommendations for a shopper, or for an anonymous session's ``recent`` items (oldest first)."""
-        return self.shoppers.recommend(user_id, recent=recent, k=self._check_k(k), filters=filters,
+                  diversity: float = 0.0, surface: str | None = None) -> Recommendations:
+        """Recommendations for a shopper, or for an anonymous session's ``recent`` items (oldest first).
+        ``surface`` names where the list is shown, in the impression log (default: ``recommend``, or
+        ``recommend_session`` without a shopper)."""
+        recs = self.shoppers.recommend(user_id, recent=recent, k=self._check_k(k), filters=filters,
                                        exclude=exclude, diversity=diversity)
+        rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"), user_id, None,
+                        [r.id for r in recs.recommendations],
+                        [{"score": r.score, **r.score_parts} for r in recs.recommendations], "blend")
+        return dataclasses.replace(recs, request_id=rid)
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
         """Items taken together with ``item_id`` (see :meth:`Shoppers.also_bought`); none while the event
@@ -369,8 +390,21 @@ class Engine:
                 f"{self.encoder.family!r}; rebuild the index or set VITRINE_ENCODER"
             )
 
+    def _log(self, surface: str, user_id: str | None, query: str | None, items: list[str],
+             features: list[dict[str, float | None]], policy: str, offset: int = 0) -> str:
+        """A new request id for a list about to be answered, and its impression logged when logging is on."""
+        rid = uuid.uuid4().hex
+        if self.impressions is not None:
+            self.impressions.log(Impression(rid, time.time(), surface, user_id, query, items, offset, features, policy))
+        return rid
+
     def _check_k(self, k: int | None) -> int:
         k = self.config.default_k if k is None else k
         if not 1 <= k <= self.config.max_k:
             raise InvalidQuery("k", f"must be in 1..{self.config.max_k}, got {k}")
         return k
+
+
+def _hit_features(h: Hit) -> dict[str, float | None]:
+    """The features of a search hit in the impression log: its score and score parts."""
+    return {"score": h.score, "bm25": h.bm25, "vector": h.vector, "personal": h.personal}

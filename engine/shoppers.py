@@ -52,9 +52,10 @@ class Recommendations:
     version: str
     k: int
     recommendations: list[Recommended]
+    request_id: str = ""  # names this list in the impression log; events may carry it back
 
     def to_dict(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "version": self.version, "k": self.k,
+        return {"request_id": self.request_id, "user_id": self.user_id, "version": self.version, "k": self.k,
                 "recommendations": [r.to_dict() for r in self.recommendations]}
 
 

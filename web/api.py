@@ -42,8 +42,7 @@ def similar(item_id: str) -> Response:
     engine = get_engine()
     k = get_int(a, "k")
     similar = engine.similar(item_id, k=k, same_category=bool(get_bool(a, "same_category", False)))
-    return jsonify(item_id=item_id, version=similar.version, similar=[h.to_dict() for h in similar.hits],
-                   also_bought=engine.also_bought(item_id, k=len(similar.hits) or 10))
+    return jsonify(similar.to_dict() | {"also_bought": engine.also_bought(item_id, k=len(similar.hits) or 10)})
 
 
 @bp.get("/v1/items/<path:item_id>")

@@ -216,10 +216,10 @@ def openapi_document() -> dict[str, Any]:
                     "index_version": {"type": ["string", "null"]},
                     "reason": {"type": "string", "description": "degraded only: what does not work"}}},
                 "Hit": _HIT,
-                "SearchResult": {"type": "object", "required": ["query", "version", "k", "offset", "took_ms",
-                                                                "total_candidates", "facets", "hits"],
+                "SearchResult": {"type": "object", "required": ["request_id", "query", "version", "k", "offset",
+                                                                "took_ms", "total_candidates", "facets", "hits"],
                                  "properties": {
-                    "query": {"type": "string"}, "version": {"type": "string"}, "k": {"type": "integer"},
+                    "request_id": {"type": "string", "description": "names this list in the impression log; send it back on events"}, "query": {"type": "string"}, "version": {"type": "string"}, "k": {"type": "integer"},
                     "offset": {"type": "integer"}, "took_ms": {"type": "number"},
                     "total_candidates": {"type": "integer", "description":
                                          "candidate rows after every filter: about how many results paging reaches"},
@@ -258,9 +258,10 @@ def openapi_document() -> dict[str, Any]:
                     "totals": {**_COUNTS, "description": "events per type, every type present"},
                     "events": {"type": "integer"},
                     "shoppers": {"type": "integer", "description": "distinct users with an event in the window"}}},
-                "Similar": {"type": "object", "required": ["item_id", "version", "similar", "also_bought"],
+                "Similar": {"type": "object", "required": ["request_id", "item_id", "version", "similar",
+                                                           "also_bought"],
                             "properties": {
-                    "item_id": {"type": "string"}, "version": {"type": "string"},
+                    "request_id": {"type": "string", "description": "names this list in the impression log; send it back on events"}, "item_id": {"type": "string"}, "version": {"type": "string"},
                     "similar": {"type": "array", "items": _ref("Hit")},
                     "also_bought": {"type": "array", "items": {"type": "object", "required": ["id", "title", "score"],
                                                                "properties": {
@@ -328,9 +329,10 @@ def openapi_document() -> dict[str, Any]:
                     "exclude": {"type": ["array", "string"], "items": {"type": "string"},
                                 "description": "item ids to leave out (or one comma-separated string)"},
                     "diversity": {"type": "number", "minimum": 0, "maximum": 1}}},
-                "Recommendations": {"type": "object", "required": ["user_id", "version", "k", "recommendations"],
+                "Recommendations": {"type": "object", "required": ["request_id", "user_id", "version", "k",
+                                                                   "recommendations"],
                                     "properties": {
-                    "user_id": {"type": ["string", "null"], "description": "null for an anonymous session"},
+                    "request_id": {"type": "string", "description": "names this list in the impression log; send it back on events"}, "user_id": {"type": ["string", "null"], "description": "null for an anonymous session"},
                     "version": {"type": "string"}, "k": {"type": "integer"},
                     "recommendations": {"type": "array", "items": {"type": "object", "required": [
                         "id", "title", "category", "brand", "price", "score", "reason", "source", "because_item",

@@ -85,7 +85,8 @@ def _recommendations(shopper: str | None) -> list[dict[str, Any]]:
     """The shopper's (or, for None, trending) recommendations; none while the event store is unavailable,
     so that the page still renders its search results."""
     try:
-        recommended: list[dict[str, Any]] = get_engine().recommend(shopper, k=STRIP_SIZE).to_dict()["recommendations"]
+        recs = get_engine().recommend(shopper, k=STRIP_SIZE, surface="for_you" if shopper else "trending")
+        recommended: list[dict[str, Any]] = recs.to_dict()["recommendations"]
         return recommended
     except StoreUnavailable as e:
         log.warning("page without recommendations: %s", e)

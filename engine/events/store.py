@@ -44,6 +44,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from engine.errors import ConfigError, StoreUnavailable
 from engine.events import features
 from engine.events.features import Categories, FeatureConfig
+from engine.events.impressions import IMPRESSION_COLS, IMPRESSIONS_DDL, Impression
 from engine.events.model import Event, EventType
 
 SCHEMA_VERSION = "1"
@@ -91,8 +92,14 @@ class _Pending:
 
 
 class EventStore(Protocol):
+    path: Path  # the database file (side files, such as the impression spool, live beside it)
+
     def add_many(self, events: Sequence[Event], *, categories: Categories | None = None) -> AddResult: ...
     def get_event(self, event_id: str) -> Event | None: ...
+    def add_impressions(self, rows: Sequence[Impression]) -> int: ...
+    def prune_impressions(self, before: float) -> int: ...
+    def get_impression(self, request_id: str) -> Impression | None: ...
+    def count_impressions(self) -> int: ...
     def user_events(self, user_id: str, limit: int | None = None, after_seq: int = 0) -> list[Event]: ...
     def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]: ...
     def count(self) -> int: ...
@@ -171,7 +178,8 @@ class SQLiteEventStore:
         self._conns: list[sqlite3.Connection] = []
         self._pid = os.getpid()
         # (table, column) pairs whose rows delete_user removes.
-        self.user_tables: list[tuple[str, str]] = [("events", "user_id"), ("profiles", "user_id")]
+        self.user_tables: list[tuple[str, str]] = [("events", "user_id"), ("profiles", "user_id"),
+                                                   ("impressions", "user_id")]
         self.user_tables += [(t, "user_id") for t in features.USER_TABLES]
         self._schema_ok = False  # False: opened read-only, the schema is to be checked before writing
         self._os_checked: tuple[float, str | None] = (float("-inf"), None)
@@ -316,6 +324,9 @@ class SQLiteEventStore:
             conn.execute("CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, data BLOB NOT NULL, "
                          "seq INTEGER NOT NULL, updated_at REAL NOT NULL)")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(IMPRESSIONS_DDL)
+            conn.execute("CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id, ts)")
+            conn.execute("CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts)")
             for ddl in features.SCHEMA:
                 conn.execute(ddl)
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -493,7 +504,35 @@ class SQLiteEventStore:
             features.add(conn, [_row_event(r) for r in rows], self.config, None)
             last = rows[-1][0]
 
+    @_guarded
+    def add_impressions(self, rows: Sequence[Impression]) -> int:
+        """Store impression records in one durable transaction; one already stored (same ``request_id``) is
+        skipped. Returns how many were new."""
+        self._require_writable()
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [r.row() for r in rows])
+            return conn.total_changes - before
+
+    @_guarded
+    def prune_impressions(self, before: float) -> int:
+        """Delete the impressions logged before ``before`` (epoch seconds); returns how many."""
+        self._require_writable()
+        with self._write() as conn:
+            return conn.execute("DELETE FROM impressions WHERE ts < ?", (before,)).rowcount
+
     # -- reads
+
+    @_guarded
+    def get_impression(self, request_id: str) -> Impression | None:
+        row = self._conn().execute(f"SELECT {IMPRESSION_COLS} FROM impressions WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+        return None if row is None else Impression.from_row(row)
+
+    @_guarded
+    def count_impressions(self) -> int:
+        return int(self._conn().execute("SELECT count(*) FROM impressions").fetchone()[0])
 
     @_guarded
     def get_event(self, event_id: str) -> Event | None:

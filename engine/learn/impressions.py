@@ -1,0 +1,144 @@
+"""Logging impressions off the request path, without losing one to a crash.
+
+``ImpressionLog.log`` appends the record to this process's spool file (``<event db>.impressions/<pid>.jsonl``,
+one ``write``, no fsync: a killed process loses nothing, the page cache keeps it) and queues it. A
+background thread writes the queue to the event store's ``impressions`` table in batches (one durable
+transaction each) and empties the spool file once everything in it is stored. A process that starts
+stores the spool files of processes that died first (``request_id`` makes that idempotent). While the
+store cannot write, records stay queued and spooled, and the next flush retries. Impressions older than
+``retention_s`` are pruned by the same thread, at most once an hour.
+
+Thread-safe; one log per process (``Engine`` makes it when the server asks for logging).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import StoreUnavailable
+from engine.events import EventStore
+from engine.events.impressions import Impression
+from engine.process import process_alive
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 0.5
+MAX_BATCH = 1000
+PRUNE_EVERY_S = 3600.0
+
+
+def spool_dir(store: EventStore) -> Path:
+    """Where the spool files of ``store`` live: beside its database file."""
+    return Path(f"{store.path}.impressions")
+
+
+class ImpressionLog:
+    def __init__(self, store: Callable[[], EventStore], *, retention_s: float,
+                 flush_every_s: float = FLUSH_EVERY_S) -> None:
+        self._store = store
+        self.retention_s = retention_s
+        self.flush_every_s = flush_every_s
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._queue: deque[Impression] = deque()
+        self._fd = -1
+        self._pid = -1
+        self._thread: threading.Thread | None = None
+        self._pruned_at = 0.0
+        self._closed = False
+
+    def log(self, imp: Impression) -> None:
+        """Spool and queue ``imp``; never raises (a failure is logged: the answer matters more)."""
+        try:
+            line = (imp.to_json() + "\n").encode("utf-8")
+            with self._lock:
+                self._start()
+                os.write(self._fd, line)
+                self._queue.append(imp)
+        except (OSError, ValueError) as e:
+            log.warning("impression %s not logged: %s", imp.request_id, e)
+
+    def _start(self) -> None:
+        """Open this process's spool file and start the flusher (once per process; under ``_lock``)."""
+        if self._pid == os.getpid() and self._fd >= 0:
+            return
+        self._pid, self._queue = os.getpid(), deque()
+        folder = spool_dir(self._store())
+        folder.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(folder / f"{self._pid}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._thread = threading.Thread(target=self._run, name="impressions", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._recover()
+        while not self._closed:
+            self._wake.wait(self.flush_every_s)
+            self._wake.clear()
+            try:
+                self.flush()
+                self._prune()
+            except Exception:  # the flusher must outlive any one failure
+                log.exception("impression flush failed; retrying")
+
+    def flush(self) -> int:
+        """Store every queued impression now; returns how many were written (0 while the store cannot)."""
+        written = 0
+        while True:
+            with self._lock:
+                batch = [self._queue[i] for i in range(min(MAX_BATCH, len(self._queue)))]
+            if not batch:
+                return written
+            try:
+                self._store().add_impressions(batch)
+            except StoreUnavailable as e:
+                log.warning("impressions kept in the spool until the store can write: %s", e)
+                return written
+            with self._lock:
+                for _ in batch:
+                    self._queue.popleft()
+                if not self._queue and self._fd >= 0:
+                    os.ftruncate(self._fd, 0)  # everything spooled so far is stored
+            written += len(batch)
+
+    def _recover(self) -> None:
+        """Store the spool files of processes that are gone, then delete them."""
+        folder = spool_dir(self._store())
+        for path in folder.glob("*.jsonl"):
+            if not path.stem.isdigit() or int(path.stem) == os.getpid() or process_alive(int(path.stem)):
+                continue
+            try:
+                with path.open("rb") as fh:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    rows = [Impression.from_json(line) for line in fh.read().decode("utf-8").splitlines()
+                            if line.strip()]
+                    for i in range(0, len(rows), MAX_BATCH):
+                        self._store().add_impressions(rows[i:i + MAX_BATCH])
+                    path.unlink()
+                log.info("stored %d impressions spooled by process %s", len(rows), path.stem)
+            except (BlockingIOError, FileNotFoundError):
+                continue  # another process is storing it
+            except (StoreUnavailable, OSError, ValueError, KeyError) as e:
+                log.warning("spool %s not recovered yet: %s", path, e)
+
+    def _prune(self) -> None:
+        now = time.time()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            try:
+                self._store().prune_impressions(now - self.retention_s)
+            except StoreUnavailable as e:
+                log.warning("impressions not pruned: %s", e)
+
+    def close(self) -> None:
+        """Flush what is queued and stop the flusher."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()
