@@ -12,6 +12,7 @@ Usage: HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_search.py [--sizes demo,100
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import sys
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000, help="distinct queries per run (default 1000)")
     ap.add_argument("--workers", default="1,2", help="gunicorn worker counts to try (default 1,2)")
     ap.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    ap.add_argument("--impressions-rounds", type=int, default=2,
+                    help="sequential runs with impression logging off, then on, per size (default 2; 0 skips)")
     ap.add_argument("--record", action="store_true", help="replace the bench_search section of bench/RESULTS.md")
     args = ap.parse_args()
     sizes = parse_sizes(args.sizes)
@@ -201,6 +204,7 @@ def main() -> None:
     queries, warmup = everything[:args.queries], everything[args.queries:]
     runs: list[HttpRun] = []
     parts: dict[str, dict[str, dict[str, float]]] = {}
+    imp_runs: list[list[object]] = []
     for size in sizes:
         index = ensure_index(size)
         for w in workers:
@@ -212,6 +216,16 @@ def main() -> None:
                       f"(load {load_avg()})", file=sys.stderr)
                 runs.append(run)
         parts[size] = breakdown(index, queries[:BREAKDOWN_QUERIES], warmup)
+        for n in range(args.impressions_rounds):  # the cost of logging impressions, off and on alternately
+            for logging in (False, True):
+                os.environ["VITRINE_LOG_IMPRESSIONS"] = "1" if logging else "0"
+                run = http_run(size, index, 1, args.threads, 1, queries, warmup)
+                p50 = stats_ms(run.latencies)["p50"]
+                imp_runs.append([size, n + 1, "on" if logging else "off", f"{p50:.2f}",
+                                 f"{float(np.median(run.took_ms)):.2f}" if run.took_ms else "-"])
+                print(f"[{size}] impressions {'on' if logging else 'off'}, round {n + 1}: p50 {p50:.2f} ms",
+                      file=sys.stderr)
+        os.environ.pop("VITRINE_LOG_IMPRESSIONS", None)
 
     http_table = table(["size", "workers x threads", "clients", "p50 ms", "p95 ms", "p99 ms", "mean ms", "QPS",
                         "server took_ms p50", "errors", "server RSS / PSS MB"], [r.row() for r in runs])
@@ -238,10 +252,27 @@ def main() -> None:
         "the parts are timed one after the other; 'FAISS search alone' repeats work done inside 'candidates', "
         "and 'ranked_search total' repeats the BM25 to order parts):",
         table(["part", *sizes], part_rows),
+        *([f"Impression logging (issue 9: at most +0.5 ms on p50): the same sequential run (1 worker x "
+           f"{args.threads} threads, 1 client, a fresh server each), with `log_impressions` off and on, "
+           "alternately in the same minutes:",
+           table(["size", "round", "impressions", "p50 ms", "server took_ms p50"], imp_runs),
+           "\n".join(_impression_cost(imp_runs, sizes))] if imp_runs else []),
     ])
     print(body)
     if args.record:
         record("bench_search", body)
+
+
+def _impression_cost(rows: list[list[object]], sizes: list[str]) -> list[str]:
+    out = []
+    for size in sizes:
+        on = [float(str(r[3])) for r in rows if r[0] == size and r[2] == "on"]
+        off = [float(str(r[3])) for r in rows if r[0] == size and r[2] == "off"]
+        if on and off:
+            cost = float(np.median(on)) - float(np.median(off))
+            out.append(f"- {size}: p50 {np.median(off):.2f} ms off, {np.median(on):.2f} ms on: {cost:+.2f} ms "
+                       f"({'met' if cost <= 0.5 else '**missed**'}: at most +0.5 ms)")
+    return out
 
 
 if __name__ == "__main__":
