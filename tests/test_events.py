@@ -706,3 +706,37 @@ def test_derived_event_ids_are_stable_per_file_and_line(tmp_path: Path, store: S
     (copy / "a.csv").write_bytes(a.read_bytes())
     assert import_events(store, copy / "a.csv").duplicates == 2  # same name and lines: same events
     assert store.item_stats("drill", now=NOW)["counts"]["view"] == 2
+
+
+def test_events_carry_the_list_they_came_from(tmp_path: Path) -> None:
+    """Issue 9 (attribution): an event may name the list its item was shown in and the item's position."""
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    events, rejected = validate_many([
+        ev("a1", request_id="0f" * 16, position=3),
+        ev("a2"),
+        ev("a3", position=0), ev("a4", position=2.5), ev("a5", position=True), ev("a6", request_id="x\ny"),
+    ], now=NOW)
+    assert [(r.event_id, r.field) for r in rejected] == [("a3", "position"), ("a4", "position"), ("a5", "position"),
+                                                          ("a6", "request_id")]
+    store.add_many(events)
+    first, second = store.get_event("a1"), store.get_event("a2")
+    assert first is not None and (first.request_id, first.position) == ("0f" * 16, 3)
+    assert second is not None and (second.request_id, second.position) == (None, None)
+    store.close()
+
+
+def test_a_store_from_before_request_ids_gains_the_columns(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    store = open_event_store(f"sqlite:///{db}")
+    add(store, [ev("old-1")])
+    store.close()
+    conn = sqlite3.connect(db)  # as a store written before issue 9 left it
+    conn.execute("ALTER TABLE events DROP COLUMN position")
+    conn.execute("ALTER TABLE events DROP COLUMN request_id")
+    conn.commit()
+    conn.close()
+    store = open_event_store(f"sqlite:///{db}")
+    add(store, [ev("new-1", request_id="r1", position=1)])
+    old, new = store.get_event("old-1"), store.get_event("new-1")
+    assert old is not None and old.request_id is None and new is not None and new.position == 1
+    store.close()

@@ -306,7 +306,11 @@ def openapi_document() -> dict[str, Any]:
                     "item_id": {"type": ["string", "integer"], "maxLength": 128}, "value": {"type": "number"},
                     "query": {"type": "string", "maxLength": 1000},
                     "timestamp": {"type": ["number", "string"], "description":
-                                  "epoch seconds or ISO-8601 (no zone: UTC); default: now"}}},
+                                  "epoch seconds or ISO-8601 (no zone: UTC); default: now"},
+                    "request_id": {"type": ["string", "integer"], "maxLength": 128, "description":
+                                   "the request_id of the list the item was shown in"},
+                    "position": {"type": "integer", "minimum": 1, "maximum": 10000, "description":
+                                 "the item's 1-based position in that list"}}},
                 "EventBatch": {"oneOf": [
                     _ref("Event"),
                     {"type": "array", "maxItems": 1000, "items": _ref("Event")},

@@ -30,7 +30,8 @@ from engine.errors import CatalogError
 from engine.events.model import Event, InvalidEvent, validate_event
 from engine.events.store import EventStore
 
-COLUMNS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp", "seq_pos")
+COLUMNS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp", "request_id", "position",
+           "seq_pos")
 DEFAULT_TYPE = "purchase"
 SYNTHETIC_BASE = 1514764800.0  # 2018-01-01T00:00:00Z
 _FORMATS = {".csv": "csv", ".csv.gz": "csv", ".jsonl": "jsonl", ".jsonl.gz": "jsonl",
@@ -187,6 +188,8 @@ def _csv_rows(path: Path, report: ImportReport) -> Iterator[tuple[int, dict[str,
         for key in ("value", "timestamp"):
             if row.get(key):
                 row[key] = _number_or_text(row[key])
+        if row.get("position", "").isdigit():  # CSV has no integers: "3" is the position 3
+            row["position"] = int(row["position"])
         yield line, row
 
 

@@ -21,7 +21,8 @@ MAX_BATCH = 1000
 MAX_ID_CHARS = 128
 MAX_QUERY_CHARS = 1000
 MAX_FUTURE_S = 86400.0  # timestamps more than a day ahead of the server clock are rejected
-FIELDS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp")
+FIELDS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp", "request_id", "position")
+MAX_POSITION = 10_000
 
 
 class EventType(str, Enum):
@@ -51,13 +52,17 @@ class Event:
     value: float | None = None
     query: str | None = None
     seq: int | None = None
+    # The list the item was shown in (its ``request_id``) and the item's 1-based position there, when the
+    # client knows them (the storefront sends both): what attribution joins on.
+    request_id: str | None = None
+    position: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; ``timestamp`` stays epoch seconds, ``type`` its string value."""
         return {
             "event_id": self.event_id, "user_id": self.user_id, "type": self.type.value,
             "item_id": self.item_id, "value": self.value, "query": self.query,
-            "timestamp": self.timestamp, "seq": self.seq,
+            "timestamp": self.timestamp, "seq": self.seq, "request_id": self.request_id, "position": self.position,
         }
 
 
@@ -132,8 +137,14 @@ def _validate(obj: Mapping[str, Any], event_id: str, known_item: Callable[[str],
         raise InvalidEvent("query", "required for a search event")
     if query is not None and len(query) > MAX_QUERY_CHARS:
         raise InvalidEvent("query", f"longer than {MAX_QUERY_CHARS} characters")
+    request_id = _id(obj, "request_id", event_id, required=False)
+    position = obj.get("position")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int)
+                                 or not 1 <= position <= MAX_POSITION):
+        raise InvalidEvent("position", f"must be an integer in 1..{MAX_POSITION} (the item's place in the list)")
     return Event(event_id=event_id, user_id=user_id, type=etype, timestamp=_timestamp(obj.get("timestamp"), now),
-                 item_id=item_id, value=_value(etype, obj.get("value")), query=query or None)
+                 item_id=item_id, value=_value(etype, obj.get("value")), query=query or None,
+                 request_id=request_id, position=position)
 
 
 def _id(obj: Mapping[str, Any], field: str, event_id: str | None, required: bool = True) -> Any:

@@ -53,7 +53,7 @@ BUSY_TIMEOUT_S = 30.0
 # pages, and fewer, larger checkpoints measured about 20% more events/s.
 WAL_AUTOCHECKPOINT_PAGES = 4000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_EVENT_COLS = "seq, event_id, user_id, type, item_id, value, query, ts"
+_EVENT_COLS = "seq, event_id, user_id, type, item_id, value, query, ts, request_id, position"
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,9 @@ def _guarded(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[
 
 
 def _row_event(row: Sequence[Any]) -> Event:
-    seq, event_id, user_id, etype, item_id, value, query, ts = row
+    seq, event_id, user_id, etype, item_id, value, query, ts, request_id, position = row
     return Event(event_id=event_id, user_id=user_id, type=EventType(etype), timestamp=ts,
-                 item_id=item_id, value=value, query=query, seq=seq)
+                 item_id=item_id, value=value, query=query, seq=seq, request_id=request_id, position=position)
 
 
 class SQLiteEventStore:
@@ -315,8 +315,12 @@ class SQLiteEventStore:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "event_id TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL, type TEXT NOT NULL, item_id TEXT, "
-                "value REAL, query TEXT, ts REAL NOT NULL, received_at REAL NOT NULL)"
+                "value REAL, query TEXT, ts REAL NOT NULL, received_at REAL NOT NULL, request_id TEXT, position INTEGER)"
             )
+            have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+            for column, kind in (("request_id", "TEXT"), ("position", "INTEGER")):  # stores from before issue 9
+                if column not in have:
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
             conn.execute("CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts, seq)")
             cols = [r[1] for r in conn.execute("PRAGMA table_info(profiles)")]
             if cols and "seq" not in cols:  # profiles of an earlier layout: a cache, so drop and refold
@@ -400,9 +404,10 @@ class SQLiteEventStore:
         try:
             for e in p.events:
                 cur = conn.execute(
-                    "INSERT INTO events (event_id, user_id, type, item_id, value, query, ts, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                    (e.event_id, e.user_id, e.type.value, e.item_id, e.value, e.query, e.timestamp, now),
+                    "INSERT INTO events (event_id, user_id, type, item_id, value, query, ts, received_at, request_id, "
+                    "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                    (e.event_id, e.user_id, e.type.value, e.item_id, e.value, e.query, e.timestamp, now,
+                     e.request_id, e.position),
                 )
                 if cur.rowcount == 1:
                     result.accepted.append(e.event_id)
