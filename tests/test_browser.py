@@ -20,6 +20,7 @@ import requests
 
 from engine import pipeline
 from engine.embedding.base import Encoder
+from engine.events import open_event_store
 from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, ROOT, make_config, start_server, stop_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -62,7 +63,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
         r = requests.post(f"{base}/v1/events", json=events, headers={"Authorization": f"Bearer {INGEST_KEY}"},
                           timeout=30)
         assert r.status_code == 200 and len(r.json()["accepted"]) == len(events), r.text
-        yield {"base": base, "catalog": catalog, "index_dir": index_dir}
+        yield {"base": base, "catalog": catalog, "index_dir": index_dir, "events_url": config.events_url}
     finally:
         stop_server(proc)
 
@@ -272,6 +273,19 @@ def test_a_demo_shopper_clicks_and_for_you_changes(page: Any, site: dict[str, An
     history = requests.get(f"{site['base']}/v1/users/{SHOPPER}", timeout=10,
                            headers={"Authorization": f"Bearer {READ_KEY}"}).json()
     assert history["counts"]["purchase"] == 3 and history["counts"]["view"] >= 1 and history["counts"]["click"] >= 1
+    # the click names the result list it came from and its place there, and that list's impression is logged
+    store = open_event_store(site["events_url"])
+    try:
+        click = [e for e in store.user_events(SHOPPER) if e.type.value == "click" and e.item_id == "solder-wire"][-1]
+        assert click.request_id and click.position is not None and click.position >= 1, click
+        deadline = time.time() + 10
+        while store.get_impression(click.request_id) is None and time.time() < deadline:
+            time.sleep(0.2)
+        shown = store.get_impression(click.request_id)
+        assert shown is not None and shown.surface == "search" and shown.query == "soldering"
+        assert shown.items[click.position - 1 - shown.offset] == "solder-wire"
+    finally:
+        store.close()
 
 
 def test_personalization_toggle_compares_with_plain_results(page: Any) -> None:

@@ -75,22 +75,23 @@ def _shoppers() -> list[dict[str, Any]]:
         return []
 
 
-def _for_you(shopper: str | None) -> list[dict[str, Any]]:
+def _for_you(shopper: str | None) -> tuple[list[dict[str, Any]], str | None]:
     if not shopper:
-        return []
+        return [], None
     return _recommendations(shopper)
 
 
-def _recommendations(shopper: str | None) -> list[dict[str, Any]]:
-    """The shopper's (or, for None, trending) recommendations; none while the event store is unavailable,
-    so that the page still renders its search results."""
+def _recommendations(shopper: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The shopper's (or, for None, trending) recommendations and the list's request_id; none while the
+    event store is unavailable, so that the page still renders its search results."""
     try:
         recs = get_engine().recommend(shopper, k=STRIP_SIZE, surface="for_you" if shopper else "trending")
-        recommended: list[dict[str, Any]] = recs.to_dict()["recommendations"]
-        return recommended
+        body = recs.to_dict()
+        recommended: list[dict[str, Any]] = body["recommendations"]
+        return recommended, recs.request_id
     except StoreUnavailable as e:
         log.warning("page without recommendations: %s", e)
-        return []
+        return [], None
 
 
 def _page_url(args: dict[str, Any], **changes: Any) -> str:
@@ -124,8 +125,8 @@ def search() -> tuple[str, int]:
             total = int(result.get("total_candidates") or 0)
             ctx["pages"] = max(page, math.ceil(total / PAGE_SIZE)) if total else page
         else:
-            ctx["trending"] = _recommendations(None)
-        ctx["for_you"] = _for_you(shopper)
+            ctx["trending"], ctx["trending_request"] = _recommendations(None)
+        ctx["for_you"], ctx["for_you_request"] = _for_you(shopper)
     except InvalidQuery as e:
         ctx["error"] = e
         status = 400
@@ -144,10 +145,12 @@ def item(item_id: str) -> tuple[str, int]:
     except NotFound as e:
         return render_template("error.html", status=404, message=str(e), shoppers=_shoppers()), 404
     similar = engine.similar(item_id, k=STRIP_SIZE)
+    for_you, for_you_request = _for_you(session_shopper())
     return render_template(
         "item.html", product=product.to_dict(), stats=_item_stats(item_id),
-        similar=[h.to_dict() for h in similar.hits], also_bought=engine.also_bought(item_id, k=STRIP_SIZE),
-        for_you=_for_you(session_shopper()), shoppers=_shoppers(),
+        similar=[h.to_dict() for h in similar.hits], similar_request=similar.request_id,
+        also_bought=engine.also_bought(item_id, k=STRIP_SIZE),
+        for_you=for_you, for_you_request=for_you_request, shoppers=_shoppers(),
     ), 200
 
 

@@ -114,9 +114,20 @@
     return "ev-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
   }
 
-  async function sendEvent(type, itemId, keepalive) {
+  // The list a link sits in (its request_id) and the card's position there, sent with the event (attribution).
+  function shownIn(node) {
+    const list = node.closest && node.closest("[data-request-id]");
+    const card = node.closest && node.closest("[data-position]");
+    const out = {};
+    if (list && list.dataset.requestId) out.request_id = list.dataset.requestId;
+    if (list && card && Number(card.dataset.position) >= 1) out.position = Number(card.dataset.position);
+    return out;
+  }
+
+  async function sendEvent(type, itemId, keepalive, shown) {
     if (!shopper) return false;
-    const body = { event_id: eventId(), user_id: shopper, type, item_id: itemId, timestamp: Date.now() / 1000 };
+    const body = { event_id: eventId(), user_id: shopper, type, item_id: itemId, timestamp: Date.now() / 1000,
+                   ...(shown || {}) };
     try {
       const r = await fetch("/v1/events", {
         method: "POST", keepalive: !!keepalive, credentials: "same-origin",
@@ -131,8 +142,8 @@
     }
   }
 
-  function recCard(r) {
-    const li = el("li", { class: "card", "data-item": r.id });
+  function recCard(r, i) {
+    const li = el("li", { class: "card", "data-item": r.id, "data-position": String(i + 1) });
     li.append(el("a", { class: "item-link", href: "/items/" + encodeURIComponent(r.id), "data-item": r.id, title: r.title }, r.title));
     const meta = el("div", { class: "meta" });
     if (r.category) meta.append(el("span", { class: "category" }, r.category.split(" > ").pop()));
@@ -162,6 +173,7 @@
       const body = await r.json();
       const ul = strip.querySelector("ul.cards");
       ul.replaceChildren(...(body.recommendations || []).map(recCard));
+      if (body.request_id) ul.dataset.requestId = body.request_id;
       const empty = strip.querySelector(".empty");
       if (empty) empty.hidden = (body.recommendations || []).length > 0;
       strip.dataset.updated = String(Date.now());
@@ -176,7 +188,7 @@
     // clicks on product links: recorded without holding up the navigation
     document.addEventListener("click", (ev) => {
       const a = ev.target.closest && ev.target.closest("a.item-link");
-      if (a && a.dataset.item) sendEvent("click", a.dataset.item, true);
+      if (a && a.dataset.item) sendEvent("click", a.dataset.item, true, shownIn(a));
     });
     // the item page: a view on load, cart and purchase buttons
     const product = document.querySelector("article.product");
