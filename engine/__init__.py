@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # the real types of the lazy names below, for mypy (`from eng
         IndexNotBuilt as IndexNotBuilt,
         InvalidQuery as InvalidQuery,
         NotFound as NotFound,
-        RateLimited as RateLimited,
         StoreUnavailable as StoreUnavailable,
         Unauthorized as Unauthorized,
         VitrineError as VitrineError,
@@ -79,7 +78,6 @@ _WHERE = {
     "StoreUnavailable": "engine.errors",
     "ConfigError": "engine.errors",
     "Unauthorized": "engine.errors",
-    "RateLimited": "engine.errors",
 }
 
 __all__ = sorted(_WHERE)

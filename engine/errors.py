@@ -53,12 +53,3 @@ class StoreUnavailable(VitrineError):
 
 class Unauthorized(VitrineError):
     """A credential (key, shopper token) is missing, wrong or expired for what was asked (HTTP 401)."""
-
-
-class RateLimited(VitrineError):
-    """Too many requests from one session, IP or shopper; ``retry_after`` seconds until one is allowed
-    (HTTP 429 with ``Retry-After``)."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after

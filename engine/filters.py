@@ -50,11 +50,6 @@ class Filters:
             raise InvalidQuery("in_stock", f"must be true or false, got {self.in_stock!r}")
 
     @property
-    def any(self) -> bool:
-        """Whether any filter is set."""
-        return self != NO_FILTERS
-
-    @property
     def narrows_category_or_price(self) -> bool:
         return self.category is not None or self.min_price is not None or self.max_price is not None
 

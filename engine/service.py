@@ -15,7 +15,7 @@ import uuid
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -240,7 +240,7 @@ class Engine:
             personalize=strength,
         )
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
-        rid = self._log("search", user, query, [h.id for h in ranked.hits], [_hit_features(h) for h in ranked.hits],
+        rid = self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits],
                         f"hybrid/{self.config.fusion.value}" + ("+personal" if affinity is not None else ""), offset)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
                             total_candidates=len(ranked.rows), facets=facet, request_id=rid)
@@ -285,7 +285,7 @@ class Engine:
         k = self._check_k(k)
         snap = self.snapshot()
         hits = similar_items(snap, snap.catalog.row(item_id), k=k, same_category=same_category)
-        rid = self._log("similar", None, item_id, [h.id for h in hits], [{"score": h.score} for h in hits], "nearest")
+        rid = self._log("similar", None, item_id, lambda: [(h.id, {"score": h.score}) for h in hits], "nearest")
         return Similar(item_id, snap.version, hits, rid)
 
     def item(self, item_id: str) -> Product:
@@ -328,8 +328,7 @@ class Engine:
         recs = self.shoppers.recommend(user_id, recent=recent, k=self._check_k(k), filters=filters,
                                        exclude=exclude, diversity=diversity)
         rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"), user_id, None,
-                        [r.id for r in recs.recommendations],
-                        [{"score": r.score, **r.score_parts} for r in recs.recommendations], "blend")
+                        lambda: [(r.id, {"score": r.score, **r.score_parts}) for r in recs.recommendations], "blend")
         return dataclasses.replace(recs, request_id=rid)
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
@@ -390,12 +389,15 @@ class Engine:
                 f"{self.encoder.family!r}; rebuild the index or set VITRINE_ENCODER"
             )
 
-    def _log(self, surface: str, user_id: str | None, query: str | None, items: list[str],
-             features: list[dict[str, float | None]], policy: str, offset: int = 0) -> str:
-        """A new request id for a list about to be answered, and its impression logged when logging is on."""
+    def _log(self, surface: str, user_id: str | None, query: str | None,
+             shown: Callable[[], list[tuple[str, dict[str, float | None]]]], policy: str, offset: int = 0) -> str:
+        """A new request id for a list about to be answered, and its impression logged when logging is on
+        (``shown`` gives each shown item's id and features; called only then)."""
         rid = uuid.uuid4().hex
         if self.impressions is not None:
-            self.impressions.log(Impression(rid, time.time(), surface, user_id, query, items, offset, features, policy))
+            items = shown()
+            self.impressions.log(Impression(rid, time.time(), surface, user_id, query, [i for i, _ in items], offset,
+                                            [f for _, f in items], policy))
         return rid
 
     def _check_k(self, k: int | None) -> int:
