@@ -30,6 +30,8 @@ class EngineConfig:
     catalog: Path | None = None
     # Where the ONNX export of the model lives (default: <index_dir>/models).
     models_dir: Path | None = None
+    # Where learned rankers are published (default: <index_dir>/rankers; see engine.learn.registry).
+    ranker_dir: Path | None = None
     # Encoder: onnx (exported from the packaged weights, fp32, same vectors as torch) or torch.
     encoder: EncoderKind = EncoderKind.ONNX
     encode_batch_size: int = 64
@@ -76,6 +78,9 @@ class EngineConfig:
     log_impressions: bool = True
     impression_retention_days: float = 30.0
     impression_flush_seconds: float = 0.5  # how often the spooled impressions are written to the store
+    # An outcome event without a request_id is joined to the shopper's latest impression of that item logged
+    # at most this long before it (engine.learn.attribution).
+    attribution_window_minutes: float = 30.0
     # Browser sessions (storefront shopper, admin page): cookies are signed with ``secret_key``, else with
     # a random key kept in ``secret_key_file`` (created on first use, shared by every worker).
     secret_key: str | None = None
@@ -129,12 +134,17 @@ class EngineConfig:
             need(getattr(self, name) > 0, name, "must be > 0")
         need(self.impression_retention_days > 0, "impression_retention_days", "must be > 0")
         need(self.impression_flush_seconds > 0, "impression_flush_seconds", "must be > 0")
+        need(self.attribution_window_minutes > 0, "attribution_window_minutes", "must be > 0")
         for name in ("events_burst_session", "events_burst_ip"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
 
     @property
     def models_path(self) -> Path:
         return self.models_dir or self.index_dir / "models"
+
+    @property
+    def rankers_path(self) -> Path:
+        return self.ranker_dir or self.index_dir / "rankers"
 
     @classmethod
     def load(

@@ -28,6 +28,7 @@ from engine.filters import NO_FILTERS, Filters
 from engine.index import versions
 from engine.events.impressions import Impression
 from engine.index.vector import set_search_threads
+from engine.learn.attribution import AttributionStats
 from engine.learn.impressions import ImpressionLog
 from engine.memory import release_free_memory
 from engine.search import Hit, facets, ranked_search, similar_items
@@ -352,6 +353,10 @@ class Engine:
 
     def event_stats(self, days: int = 30, *, now: float | None = None) -> EventStats:
         return self.shoppers.event_stats(days, now=now)
+
+    def surface_stats(self, days: int = 30, *, now: float | None = None) -> AttributionStats:
+        """CTR, add-to-cart rate, conversion and CTR by position per surface (see :meth:`Shoppers.surface_stats`)."""
+        return self.shoppers.surface_stats(days, now=now)
 
     def sample_shoppers(self, limit: int = 20) -> list[SampleShopper]:
         return self.shoppers.sample_shoppers(limit)

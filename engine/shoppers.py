@@ -1,4 +1,4 @@
-"""The shopper side of the engine: events, features, profiles, recommendations, shopper stats.
+"""The shopper side of the engine: events, features, profiles, recommendations, shopper and surface stats.
 
 ``Shoppers`` is owned by ``Engine`` (which hands it the current snapshot on every call) and owns the event
 store, the live models and the shopper-sampler cache. Thread-safe like the engine.
@@ -15,6 +15,7 @@ from engine.config import EngineConfig
 from engine.errors import InvalidQuery
 from engine.events import EventStore, EventType, RejectedEvent, open_event_store, validate_many
 from engine.filters import NO_FILTERS, Filters
+from engine.learn.attribution import AttributionStats, surface_stats
 from engine.recommend.blend import Blender
 from engine.recommend.compose import HISTORY_LIMIT, Recommended, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
@@ -216,17 +217,19 @@ class Shoppers:
         """Event counts of the last ``days`` UTC calendar days, today included (by event timestamp):
         ``events_per_day`` as ``[{"day", "type", "count"}]``, ``totals`` for every event type, ``shoppers``
         counts distinct users."""
-        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_STATS_DAYS:
-            raise InvalidQuery("days", f"must be an integer in 1..{MAX_STATS_DAYS}, got {days!r}")
-        today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date()
-        first = today - dt.timedelta(days=days - 1)
-        since = dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc).timestamp()
+        first, since = _first_day(days, now)
         per_day = self.events.counts_by_type_per_day(since=since)
         totals = {t.value: 0 for t in EventType}
         for _, etype, n in per_day:
             totals[etype] = totals.get(etype, 0) + n
         return EventStats(days, first.isoformat(), [{"day": d, "type": t, "count": n} for d, t, n in per_day],
                           totals, sum(totals.values()), self.events.count_users(since=since))
+
+    def surface_stats(self, days: int = 30, *, now: float | None = None) -> AttributionStats:
+        """Lists, CTR, add-to-cart rate, conversion and CTR by position per surface, over the impressions
+        logged in the last ``days`` UTC calendar days, today included (see :mod:`engine.learn.attribution`)."""
+        _, since = _first_day(days, now)
+        return surface_stats(self.events, since=since, window_s=self.config.attribution_window_minutes * 60.0)
 
     def sample_shoppers(self, limit: int = 20) -> list[SampleShopper]:
         """The ``limit`` shoppers with the most item events, most first (ties by id), for a "pick a demo
@@ -245,3 +248,12 @@ class Shoppers:
             product = snap.catalog.get(item_id) if item_id is not None else None
             out.append(SampleShopper(user_id, n, item_id, product.title if product is not None else None))
         return out
+
+
+def _first_day(days: int, now: float | None) -> tuple[dt.date, float]:
+    """The first UTC day of the last ``days`` days (today included) and its start in epoch seconds."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_STATS_DAYS:
+        raise InvalidQuery("days", f"must be an integer in 1..{MAX_STATS_DAYS}, got {days!r}")
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date()
+    first = today - dt.timedelta(days=days - 1)
+    return first, dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc).timestamp()

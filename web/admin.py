@@ -1,5 +1,5 @@
 """Admin API under /v1/admin: versions and manifest, rebuild (background job), job progress, rollback,
-event statistics.
+event statistics and the per-surface outcomes of the lists shown.
 
 Needs the admin key (``Authorization: Bearer <admin_key>``) or the admin page's session. With no admin key
 configured the routes answer 403: they are off, never open.
@@ -54,5 +54,10 @@ def rollback() -> Response:
 
 @bp.get("/stats")
 def stats() -> Response:
+    """Event counts per day and type, and per surface the lists shown and their outcomes (attribution)."""
     days = get_int(request.args, "days")
-    return jsonify(get_engine().event_stats(30 if days is None else days).to_dict())
+    days = 30 if days is None else days
+    engine = get_engine()
+    body = engine.event_stats(days).to_dict()
+    body["surfaces"] = engine.surface_stats(days).to_dict()["surfaces"]
+    return jsonify(body)

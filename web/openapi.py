@@ -182,7 +182,8 @@ def openapi_document() -> dict[str, Any]:
             }},
             "/v1/admin/stats": {"get": {
                 "summary": "Event counts per UTC day and type over the last `days` calendar days (today "
-                           "included, by event timestamp), totals per type, events and distinct shoppers",
+                           "included, by event timestamp), totals per type, events and distinct shoppers; per "
+                           "surface, the lists logged in those days with their attributed outcomes",
                 "security": _ADMIN,
                 "parameters": [_q("days", {"type": "integer", "minimum": 1, "maximum": 366, "default": 30},
                                   "days to cover, today included")],
@@ -249,7 +250,7 @@ def openapi_document() -> dict[str, Any]:
                                      "the category path (of a category: its own, usable as the search `category` filter)"},
                         "count": {"type": "integer", "description": "categories only: items under it"}}}}}},
                 "EventStats": {"type": "object", "required": ["days", "since", "events_per_day", "totals", "events",
-                                                              "shoppers"], "properties": {
+                                                              "shoppers", "surfaces"], "properties": {
                     "days": {"type": "integer"}, "since": {"type": "string", "format": "date"},
                     "events_per_day": {"type": "array", "items": {"type": "object",
                                                                   "required": ["day", "type", "count"], "properties": {
@@ -257,7 +258,22 @@ def openapi_document() -> dict[str, Any]:
                         "count": {"type": "integer"}}}},
                     "totals": {**_COUNTS, "description": "events per type, every type present"},
                     "events": {"type": "integer"},
-                    "shoppers": {"type": "integer", "description": "distinct users with an event in the window"}}},
+                    "shoppers": {"type": "integer", "description": "distinct users with an event in the window"},
+                    "surfaces": {"type": "array", "description": "per surface, most lists first (README, "
+                                 "\"Attribution\"); rates are shares of shown items", "items": _ref("SurfaceStats")}}},
+                "SurfaceStats": {"type": "object", "required": [
+                    "surface", "lists", "shown", "clicks", "add_to_cart", "purchases", "ctr", "add_to_cart_rate",
+                    "conversion", "by_position"], "properties": {
+                    "surface": {"type": "string"}, "lists": {"type": "integer"},
+                    "shown": {"type": "integer", "description": "shown items: the lists' lengths summed"},
+                    "clicks": {"type": "integer", "description": "shown items with a click attributed"},
+                    "add_to_cart": {"type": "integer", "description": "shown items with an add_to_cart attributed"},
+                    "purchases": {"type": "integer", "description": "shown items with a purchase attributed"},
+                    "ctr": {"type": "number"}, "add_to_cart_rate": {"type": "number"}, "conversion": {"type": "number"},
+                    "by_position": {"type": "array", "description": "positions 1..20 that were shown", "items": {
+                        "type": "object", "required": ["position", "shown", "clicks", "ctr"], "properties": {
+                            "position": {"type": "integer", "minimum": 1}, "shown": {"type": "integer"},
+                            "clicks": {"type": "integer"}, "ctr": {"type": "number"}}}}}},
                 "Similar": {"type": "object", "required": ["request_id", "item_id", "version", "similar",
                                                            "also_bought"],
                             "properties": {

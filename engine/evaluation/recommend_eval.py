@@ -38,8 +38,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from engine.config import EngineConfig
+from engine.evaluation import ranker_eval
 from engine.ranking.scores import zscore
 from engine.recommend.blend import BlendWeights, Blender
+from engine.recommend.categories import CategoryTransitions
 from engine.recommend.content import InterestProfile, score_profiles
 from engine.recommend.cooccurrence import CooccurrenceModel
 from engine.recommend.popular import TrendingModel
@@ -108,6 +110,8 @@ class RecData:
     times: list[np.ndarray] | None = None  # per user: float64 epoch seconds (None: no timestamps)
     index_version: str = ""
     item_vectors: str = ""  # where the vectors come from
+    categories: list[str] = field(default_factory=list)  # per item, "" unknown
+    brands: list[str] = field(default_factory=list)  # per item, normalized, "" unknown
 
     _gram: np.ndarray | None = field(default=None, repr=False)
 
@@ -210,7 +214,8 @@ def load_scientific(config: EngineConfig, data_dir: Path, encoder: Any = None) -
     row = {x: i for i, x in enumerate(ids)}
     seqs = [np.array([row[x] for x in g], np.int64) for _, g in inter.groupby("user_index", sort=True)["item_id"]]
     return RecData("scientific", ids, [p.title for p in catalog], vectors, seqs, None, version,
-                   f"vectors.npy of index version {version} in {eval_dir} (the demo catalog, served vectors)")
+                   f"vectors.npy of index version {version} in {eval_dir} (the demo catalog, served vectors)",
+                   [p.category_path for p in catalog], [" ".join(p.brand.lower().split()) for p in catalog])
 
 
 def _reusable_version(eval_dir: Path, catalog_file: Path) -> str | None:
@@ -474,6 +479,50 @@ def als_scores(data: RecData, train: list[np.ndarray], phases: Sequence[Phase], 
             uf = model.recalculate_user(np.arange(ph.n_users), H)
             out.append(np.asarray(uf @ np.asarray(model.item_factors).T, np.float32))
     return out
+
+
+# -- the learned ranker over the blend's candidates (see engine.evaluation.ranker_eval) -----------
+
+def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase, co_p: Mapping[str, Any],
+                ct_p: Mapping[str, Any], weights: BlendWeights, pool: int = ranker_eval.POOL,
+                depths: Sequence[int] = ranker_eval.TRAIN_DEPTHS) -> ranker_eval.RankerRows:
+    """Training lists (for each depth ``d``: target = each user's d-th item from the end, history = all
+    before it, feature models fit on each user's items but the last ``d``, so none has seen the target),
+    validation and test lists; each re-ranks the blend's best ``pool`` candidates."""
+    n = data.n_items
+    categories = data.categories or [""] * n
+    phases: list[tuple[Phase, list[np.ndarray]]] = []
+    for d in depths:
+        seqs = [s for s in data.seqs if len(s) >= d + 1]
+        hists = [s[:-d] for s in seqs]
+        phases.append((Phase(f"train-{d}", hists, np.array([s[-d] for s in seqs], np.int64), None, None,
+                             history_matrix(hists, n).toarray().astype(bool)), hists))
+    phases += [(val, train), (test, train)]
+    out = []
+    for phase, fit in phases:
+        co = CoSource(data, fit)
+        sim = co.similarity(co_p)
+        counts = np.bincount(np.concatenate(fit), minlength=n).astype(np.float64)
+        transitions = CategoryTransitions()
+        transitions.add_sequences([[categories[r] for r in s.tolist()] for s in fit])
+        raw = {"content": content_scores(data, phase, ct_p), "cooccurrence": co.scores(co_p, phase),
+               "popular": np.broadcast_to(counts.astype(np.float32), (phase.n_users, n))}
+
+        def cooc_last(r: int, sim: sp.csr_matrix = sim) -> np.ndarray:
+            return np.asarray(sim[r].toarray()).ravel()
+
+        out.append(ranker_eval.recommend_lists(
+            hists=phase.hists, targets=phase.targets, excluded=phase.excluded, raw=raw, weights=weights,
+            vectors=data.vectors, categories=categories, brands=data.brands or [""] * n,
+            cooc_last=cooc_last, counts=counts,
+            transitions=transitions, pool=pool))
+        del raw
+    trains = [x.with_positive() for x in out[:-2]]
+    joined = ranker_eval.Lists(np.concatenate([x.X for x in trains]), np.concatenate([x.y for x in trains]),
+                               [g for x in trains for g in x.groups], [r for x in trains for r in x.rows],
+                               [b for x in trains for b in x.blend_scores])
+    return ranker_eval.RankerRows(joined, out[-2], out[-1], ranker_eval.FEATURES,
+                                  {"pool": pool, "train_depths": list(depths)})
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -57,6 +57,9 @@ _EVENT_COLS = "seq, event_id, user_id, type, item_id, value, query, ts, request_
 
 log = logging.getLogger(__name__)
 
+# An event naming its list (request_id) may carry a timestamp this much earlier than the list's own (a
+# client's clock behind the server's); attribution looks no further back for them.
+CLOCK_SKEW_S = 86400.0
 # health() and the check before each write (file access, free space) reuse their answer this long.
 HEALTH_TTL_S = 1.0
 # Less free space than this where the store lives counts as a full disk.
@@ -100,6 +103,9 @@ class EventStore(Protocol):
     def prune_impressions(self, before: float) -> int: ...
     def get_impression(self, request_id: str) -> Impression | None: ...
     def count_impressions(self) -> int: ...
+    def impression_shapes(self, since: float, until: float | None = None) -> list[tuple[str, int, int, int]]: ...
+    def attributed_outcomes(self, since: float, until: float | None, *, window_s: float,
+                            types: Sequence[EventType]) -> list[tuple[str, str, str, int, EventType]]: ...
     def user_events(self, user_id: str, limit: int | None = None, after_seq: int = 0) -> list[Event]: ...
     def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]: ...
     def count(self) -> int: ...
@@ -154,6 +160,11 @@ def _guarded(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[
             raise fault from e
 
     return guarded
+
+
+def _upper(until: float | None) -> float:
+    """An upper time bound for SQL: ``until``, or infinity for none."""
+    return float("inf") if until is None else until
 
 
 def _row_event(row: Sequence[Any]) -> Event:
@@ -322,6 +333,7 @@ class SQLiteEventStore:
                 if column not in have:
                     conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
             conn.execute("CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts, seq)")
+            conn.execute("CREATE INDEX IF NOT EXISTS events_type_ts ON events (type, ts)")  # attribution's outcomes
             cols = [r[1] for r in conn.execute("PRAGMA table_info(profiles)")]
             if cols and "seq" not in cols:  # profiles of an earlier layout: a cache, so drop and refold
                 conn.execute("DROP TABLE profiles")
@@ -538,6 +550,61 @@ class SQLiteEventStore:
     @_guarded
     def count_impressions(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM impressions").fetchone()[0])
+
+    @_guarded
+    def impression_shapes(self, since: float, until: float | None = None) -> list[tuple[str, int, int, int]]:
+        """``(surface, offset, items in the list, lists)`` of the impressions logged in ``[since, until)``
+        (epoch seconds; no upper bound when None), grouped; the shown positions of a group are
+        ``offset + 1 .. offset + items``. One pass over the ``ts`` index, no JSON unpacked but the length."""
+        with self._read() as conn:
+            return [(s, int(o), int(n), int(c)) for s, o, n, c in conn.execute(
+                "SELECT surface, offset_, json_array_length(items) AS n, count(*) FROM impressions "
+                "WHERE ts >= ? AND ts < ? GROUP BY surface, offset_, n ORDER BY surface, offset_, n",
+                (since, _upper(until)))]
+
+    @_guarded
+    def attributed_outcomes(self, since: float, until: float | None, *, window_s: float,
+                            types: Sequence[EventType]) -> list[tuple[str, str, str, int, EventType]]:
+        """``(request_id, surface, item_id, position, type)`` once for every shown item of an impression
+        logged in ``[since, until)`` that an event of one of ``types`` is attributed to, in that order.
+
+        An event with a ``request_id`` belongs to that impression if the item is in it, however late it
+        comes (and if it is timestamped at most ``CLOCK_SKEW_S`` before ``since``: a client's clock).
+        One without belongs to the latest impression of the same ``user_id`` holding the item, logged at
+        most ``window_s`` seconds before it (never after; ties by ``request_id``); an impression without a
+        user gets none. ``position`` is the item's 1-based rank in the impression (``offset`` included; its
+        first place if it is there twice). Reads the events through their ``(type, ts)`` index from about
+        ``since`` on, and the impressions by ``request_id`` and ``(user_id, ts)``."""
+        if not types:
+            return []
+        marks = ", ".join(f":t{k}" for k in range(len(types)))
+        sql = f"""
+            WITH explicit AS (
+                SELECT e.request_id AS rid, e.item_id, e.type FROM events e
+                JOIN impressions i ON i.request_id = e.request_id
+                WHERE e.type IN ({marks}) AND e.ts >= :since - :skew AND e.item_id IS NOT NULL
+                  AND i.ts >= :since AND i.ts < :until
+            ), windowed AS MATERIALIZED (  -- once per event: its rid is read twice below
+                SELECT (SELECT i.request_id FROM impressions i
+                        WHERE i.user_id = e.user_id AND i.ts <= e.ts AND i.ts >= e.ts - :window
+                          AND EXISTS (SELECT 1 FROM json_each(i.items) j WHERE j.value = e.item_id)
+                        ORDER BY i.ts DESC, i.request_id DESC LIMIT 1) AS rid, e.item_id, e.type
+                FROM events e
+                WHERE e.type IN ({marks}) AND e.ts >= :since AND e.ts < :until + :window
+                  AND e.request_id IS NULL AND e.item_id IS NOT NULL
+            ), pairs AS (
+                SELECT rid, item_id, type FROM explicit
+                UNION SELECT rid, item_id, type FROM windowed WHERE rid IS NOT NULL
+            )
+            SELECT p.rid, i.surface, p.item_id, i.offset_ + 1 +
+                   (SELECT min(j.key) FROM json_each(i.items) j WHERE j.value = p.item_id) AS position, p.type
+            FROM pairs p JOIN impressions i ON i.request_id = p.rid
+            WHERE i.ts >= :since AND i.ts < :until AND position IS NOT NULL
+            ORDER BY p.rid, p.item_id, p.type"""
+        args: dict[str, Any] = {"since": since, "until": _upper(until), "window": window_s, "skew": CLOCK_SKEW_S}
+        args.update({f"t{k}": t.value for k, t in enumerate(types)})
+        with self._read() as conn:
+            return [(r, s, item, int(pos), EventType(t)) for r, s, item, pos, t in conn.execute(sql, args)]
 
     @_guarded
     def get_event(self, event_id: str) -> Event | None:

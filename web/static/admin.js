@@ -1,4 +1,4 @@
-// Vitrine admin page: rebuild with live progress, rollback, and the events-per-day chart.
+// Vitrine admin page: rebuild with live progress, rollback, the events-per-day chart and the surfaces' rates.
 // The session (logged in with the admin key) authorizes the /v1/admin calls, with the CSRF header.
 "use strict";
 
@@ -143,10 +143,57 @@
     box.dataset.days = String(days.length);
   }
 
+  // -- surfaces: rates per surface, and CTR by position as <meter> bars (plain HTML, no styles) --
+  const pct = (x) => `${(100 * x).toFixed(1)}%`;
+
+  function drawSurfaces(surfaces) {
+    const tbody = document.querySelector("#surfaces-table tbody");
+    const phead = document.querySelector("#positions-table thead");
+    const pbody = document.querySelector("#positions-table tbody");
+    if (!surfaces.length) {
+      const tr = el("tr");
+      tr.append(el("td", { colspan: "6" }, "No lists logged yet."));
+      tbody.replaceChildren(tr);
+      phead.replaceChildren();
+      pbody.replaceChildren();
+      return;
+    }
+    tbody.replaceChildren(...surfaces.map((s) => {
+      const tr = el("tr", { "data-surface": s.surface });
+      tr.append(el("th", { scope: "row" }, s.surface), el("td", {}, String(s.lists)), el("td", {}, String(s.shown)),
+                el("td", { title: `${s.clicks} clicked` }, pct(s.ctr)),
+                el("td", { title: `${s.add_to_cart} added to cart` }, pct(s.add_to_cart_rate)),
+                el("td", { title: `${s.purchases} bought` }, pct(s.conversion)));
+      return tr;
+    }));
+    const head = el("tr");
+    head.append(el("th", { scope: "col" }, "position"), ...surfaces.map((s) => el("th", { scope: "col" }, s.surface)));
+    phead.replaceChildren(head);
+    const at = surfaces.map((s) => Object.fromEntries((s.by_position || []).map((p) => [p.position, p])));
+    const positions = [...new Set(surfaces.flatMap((s) => (s.by_position || []).map((p) => p.position)))]
+      .sort((a, b) => a - b);
+    const top = Math.max(...surfaces.flatMap((s) => (s.by_position || []).map((p) => p.ctr)), 0.001);
+    pbody.replaceChildren(...positions.map((pos) => {
+      const tr = el("tr", { "data-position": String(pos) });
+      tr.append(el("th", { scope: "row" }, String(pos)));
+      at.forEach((byPos) => {
+        const p = byPos[pos];
+        const td = el("td");
+        if (p) {
+          td.append(el("meter", { min: "0", max: String(top), value: String(p.ctr) }, pct(p.ctr)),
+                    document.createTextNode(` ${pct(p.ctr)} (${p.clicks}/${p.shown})`));
+        }
+        tr.append(td);
+      });
+      return tr;
+    }));
+  }
+
   async function loadStats() {
     try {
       const s = await api("GET", "/v1/admin/stats?days=60");
       drawChart(s.events_per_day || []);
+      drawSurfaces(s.surfaces || []);
     } catch (e) {
       document.getElementById("events-chart").textContent = "could not load the event counts: " + e.message;
     }

@@ -1,0 +1,159 @@
+"""The learned ranker on public data: training lists bootstrapped from Scientific and CrowdFlower.
+
+Scientific (``vitrine eval recommend --dataset scientific`` and ``vitrine train ranker --surface recommend
+--data scientific``). The ranker re-ranks the tuned blend's best ``POOL`` candidates; one list per user:
+
+- train lists: target = each user's third-to-last item, history = everything before it; the co-occurrence
+  and popularity models behind the features are fit on each user's items but the last *three*, so no
+  feature has seen a training target (the blend's own models, fit on all but the last two, would);
+- validation lists (early stopping, model choice): target = the second-to-last item, with the eval's models;
+- test (reported only): target = the last item. Re-ranked candidates keep ranks 1..POOL; the rest keep
+  the blend's order after them, so R@50 and N@50 stay comparable.
+
+Labels: 1 for the target among the candidates, 0 for the blend's other candidates; lists whose target is
+not among the candidates are left out of training (they carry no preference).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from engine.learn.features import RECOMMEND_FEATURES, RecCandidates, item_rates, recommend_features
+from engine.ranking.scores import zscore
+from engine.recommend.categories import CategoryTransitions
+from engine.recommend.blend import BlendWeights
+
+POOL = 100
+TRAIN_DEPTHS = (3, 4, 5, 6)
+HISTORY_LIMIT = 50
+
+
+@dataclass
+class Lists:
+    """Feature rows of many lists: ``X`` (rows, F), labels, rows per list, the candidates' catalog rows."""
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: list[int]
+    rows: list[np.ndarray]  # per user: the candidates' catalog rows, blend order
+    blend_scores: list[np.ndarray]  # per user: the blend's full score vector order is not kept; top only
+
+    def with_positive(self) -> "Lists":
+        """Only the lists holding a positive (training)."""
+        off = np.concatenate([[0], np.cumsum(self.groups)])
+        keep = [i for i in range(len(self.groups)) if self.y[off[i]:off[i + 1]].max(initial=0) > 0]
+        idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in keep]) if keep else np.empty(0, np.int64)
+        return Lists(self.X[idx], self.y[idx], [self.groups[i] for i in keep], [self.rows[i] for i in keep],
+                     [self.blend_scores[i] for i in keep])
+
+
+def recommend_lists(
+    *,
+    hists: Sequence[np.ndarray],
+    targets: np.ndarray,
+    excluded: np.ndarray,
+    raw: Mapping[str, np.ndarray],
+    weights: BlendWeights,
+    vectors: np.ndarray,
+    categories: Sequence[str],
+    brands: Sequence[str],
+    cooc_last: Callable[[int], np.ndarray],
+    counts: np.ndarray,
+    transitions: CategoryTransitions,
+    pool: int = POOL,
+) -> Lists:
+    """Candidates and features for every user: ``raw`` source -> (users, n) raw scores; ``cooc_last(row)``
+    -> (n,) co-occurrence of every row with that single item; ``counts`` (n,) training interactions."""
+    n = vectors.shape[0]
+    cats = np.asarray(categories, object)
+    brand = np.asarray(brands, object)
+    prices = np.full(n, np.nan)
+    ctr, conv = item_rates(np.zeros(n), np.zeros(n), counts)
+    w = weights.as_dict()
+    X, y, groups, rows_out, tops = [], [], [], [], []
+    for u, hist in enumerate(hists):
+        ok = ~excluded[u]
+        z = {s: zscore(raw[s][u], ok) for s in ("content", "cooccurrence", "popular")}
+        blend = sum(w[s] * z[s] for s in z)
+        blend = np.where(ok, blend, -np.inf)
+        elig = np.flatnonzero(ok)
+        top = elig[np.lexsort((elig, -blend[elig]))][:pool]
+        h = hist[-HISTORY_LIMIT:]
+        c = RecCandidates(
+            raw={s: raw[s][u][top] for s in z}, z={s: z[s][top] for s in z}, blend=blend[top],
+            vectors=vectors[top], categories=cats[top].tolist(), brands=brand[top].tolist(), prices=prices[top],
+            cooc_last=cooc_last(int(h[-1]))[top] if len(h) else np.zeros(len(top)),
+            cooc_prev=cooc_last(int(h[-2]))[top] if len(h) > 1 else np.zeros(len(top)),
+            category_next=transitions.log_prob(str(cats[h[-1]]) if len(h) else "", cats[top].tolist()),
+            ctr=ctr[top], conversion=conv[top], hist_vectors=vectors[h], hist_categories=cats[h].tolist(), hist_brands=brand[h].tolist(),
+            hist_prices=prices[h],
+        )
+        X.append(recommend_features(c))
+        y.append((top == targets[u]).astype(np.float32))
+        groups.append(len(top))
+        rows_out.append(top)
+        tops.append(blend[top])
+    return Lists(np.concatenate(X), np.concatenate(y), groups, rows_out, tops)
+
+
+def reranked_ranks(lists: Lists, scores: np.ndarray, targets: np.ndarray, blend_ranks: np.ndarray) -> np.ndarray:
+    """1-based rank of each user's target after re-ranking its candidates by ``scores`` (a target outside
+    the candidates keeps its blend rank, which is beyond them)."""
+    off = np.concatenate([[0], np.cumsum(lists.groups)])
+    out = blend_ranks.copy()
+    for u, rows in enumerate(lists.rows):
+        s = scores[off[u]:off[u + 1]]
+        hit = np.flatnonzero(rows == targets[u])
+        if len(hit):
+            i = int(hit[0])
+            out[u] = 1 + int((s > s[i]).sum()) + int(((s == s[i]) & (np.arange(len(s)) < i)).sum())
+    return out
+
+
+@dataclass
+class RankerRows:
+    """Train, validation and test lists of one data set, and what went into them."""
+
+    train: Lists
+    val: Lists
+    test: Lists
+    features: tuple[str, ...]
+    info: dict[str, Any]
+
+
+def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart: bool = True
+                    ) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
+    """Train the MLP (one per seed) and LambdaMART on ``rows.train`` (early-stopped on ``rows.val``); returns
+    ``{"mlp": [val scores, test scores] of the first seed, "lambdamart": [...]}`` and training facts."""
+    from engine.learn.train import TrainConfig, train_lambdamart, train_mlp
+
+    tr = rows.train.with_positive()
+    va = rows.val.with_positive()
+    out: dict[str, list[np.ndarray]] = {}
+    facts: dict[str, Any] = {"train_lists": len(tr.groups), "train_rows": int(len(tr.y)),
+                             "val_lists": len(va.groups), "seeds": list(seeds)}
+    t = time.time()
+    per_seed = []
+    for seed in seeds:
+        res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, rows.features, TrainConfig(seed=seed))
+        per_seed.append(res)
+        if "mlp" not in out:
+            out["mlp"] = [res.model.score(rows.val.X), res.model.score(rows.test.X)]
+    facts["mlp"] = [{"seed": s, "epochs": r.epochs, "best_epoch": r.best_epoch, "seconds": r.seconds,
+                     "val_ndcg@10": r.history[r.best_epoch - 1]["val_ndcg@10"]} for s, r in zip(seeds, per_seed)]
+    facts["mlp_models"] = per_seed
+    facts["mlp_seconds"] = round(time.time() - t, 1)
+    if lambdamart:
+        t = time.time()
+        booster = train_lambdamart(tr.X, tr.y, tr.groups, va.X, va.y, va.groups)
+        out["lambdamart"] = [np.asarray(booster.predict(rows.val.X), np.float64),
+                             np.asarray(booster.predict(rows.test.X), np.float64)]
+        facts["lambdamart"] = {"trees": int(booster.best_iteration or booster.num_trees()),
+                               "seconds": round(time.time() - t, 1)}
+    return out, facts
+
+
+FEATURES = RECOMMEND_FEATURES
