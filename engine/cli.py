@@ -235,6 +235,32 @@ def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`train ranker`: train the learned ranker (logs or a public bootstrap), publish it, print its manifest."""
+    if args.data == "logs":
+        from engine.learn.train import train_from_logs
+
+        manifest = train_from_logs(config, args.surface, days=args.days, seed=args.seed, publish=not args.dry_run)
+    else:
+        from engine.evaluation.ranker_eval import train_bootstrap
+
+        manifest = train_bootstrap(config, args.surface, args.data, seed=args.seed, publish=not args.dry_run,
+                                   data_dir=Path(args.data_dir) if args.data_dir else None)
+    _print_json(manifest)
+    return 0
+
+
+def cmd_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`ranker versions|rollback --surface S`: the published rankers, or back to the previous one."""
+    from engine.learn import registry
+
+    if args.action == "rollback":
+        print(f"{args.surface} ranker: current is now {registry.rollback(config.rankers_path, args.surface)}")
+    else:
+        _print_json(registry.list_versions(config.rankers_path, args.surface))
+    return 0
+
+
 _EVALS = {
     "search": ("engine.evaluation.search_eval", "run_search_eval"),
     "recommend": ("engine.evaluation.recommend_eval", "run_recommend_eval"),
@@ -351,6 +377,23 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--batch-size", type=int, default=1000)
     imp.add_argument("--json", action="store_true")
 
+    tr = sub.add_parser("train", help="train models").add_subparsers(metavar="WHAT")
+    t = tr.add_parser("ranker", help="train the learned ranker and publish it (see README, 'The learning loop')")
+    t.set_defaults(func=cmd_train_ranker)
+    t.add_argument("--surface", required=True, choices=["recommend", "search"])
+    t.add_argument("--data", default="logs", choices=["logs", "scientific", "crowdflower"],
+                   help="logged lists and outcomes (default), or a public bootstrap: scientific (recommend), "
+                        "crowdflower (search)")
+    t.add_argument("--days", type=float, default=30.0, help="logs: how many days back (default 30)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dry-run", action="store_true", help="train and report, do not publish")
+    t.add_argument("--data-dir", help="public data (default: data_dir setting, ../shared/data)")
+    rk = sub.add_parser("ranker", help="published rankers").add_subparsers(metavar="ACTION")
+    for action, help_text in (("versions", "list the published rankers of a surface"),
+                              ("rollback", "serve the previous ranker of a surface again")):
+        ra = rk.add_parser(action, help=help_text)
+        ra.set_defaults(func=cmd_ranker, action=action)
+        ra.add_argument("--surface", required=True, choices=["recommend", "search"])
     ev = sub.add_parser("eval", help="measure quality on real data sets").add_subparsers(metavar="WHAT")
     for what, datasets, help_text in (
         ("search", ["crowdflower"], "search nDCG@10 of BM25, vector and hybrid"),

@@ -30,6 +30,8 @@ from engine.events.impressions import Impression
 from engine.index.vector import set_search_threads
 from engine.learn.attribution import AttributionStats
 from engine.learn.impressions import ImpressionLog
+from engine.learn.serve import Rankers
+from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
 from engine.memory import release_free_memory
 from engine.search import Hit, facets, ranked_search, similar_items
 from engine.shoppers import EventStats, IngestResult, Recommendations, SampleShopper, Shoppers
@@ -143,6 +145,8 @@ class Engine:
         self._suggester: tuple[str, Suggester] | None = None
         self._suggester_lock = threading.Lock()
         self.shoppers = Shoppers(config, self.snapshot)
+        self.rankers = Rankers(config.rankers_path, features={"recommend": RECOMMEND_FEATURES, "search": SEARCH_FEATURES},
+                               check_s=config.reload_check_seconds)
         self.impressions = ImpressionLog(
             lambda: self.shoppers.events, retention_s=config.impression_retention_days * 86400.0,
             flush_every_s=config.impression_flush_seconds) if log_impressions else None
@@ -326,10 +330,14 @@ class Engine:
         """Recommendations for a shopper, or for an anonymous session's ``recent`` items (oldest first).
         ``surface`` names where the list is shown, in the impression log (default: ``recommend``, or
         ``recommend_session`` without a shopper)."""
+        loaded = self.rankers.get("recommend")
         recs = self.shoppers.recommend(user_id, recent=recent, k=self._check_k(k), filters=filters,
-                                       exclude=exclude, diversity=diversity)
+                                       exclude=exclude, diversity=diversity,
+                                       scorer=None if loaded is None else loaded.model.score,
+                                       features=self.impressions is not None)
         rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"), user_id, None,
-                        lambda: [(r.id, {"score": r.score, **r.score_parts}) for r in recs.recommendations], "blend")
+                        lambda: [(r.id, dict(r.features or {})) for r in recs.recommendations],
+                        "blend" if loaded is None else f"ranker:{loaded.version}")
         return dataclasses.replace(recs, request_id=rid)
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:

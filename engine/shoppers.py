@@ -17,7 +17,7 @@ from engine.events import EventStore, EventType, RejectedEvent, open_event_store
 from engine.filters import NO_FILTERS, Filters
 from engine.learn.attribution import AttributionStats, surface_stats
 from engine.recommend.blend import Blender
-from engine.recommend.compose import HISTORY_LIMIT, Recommended, Touch, profile_from, recommend
+from engine.recommend.compose import HISTORY_LIMIT, Recommended, Scorer, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
 from engine.recommend.personal import Affinity, affinity
@@ -131,10 +131,13 @@ class Shoppers:
         filters: Filters = NO_FILTERS,
         exclude: list[str] | None = None,
         diversity: float = 0.0,
+        scorer: Scorer | None = None,
+        features: bool = False,
     ) -> Recommendations:
         """Recommendations for a known shopper (their stored history and profile) or an anonymous
         session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers.
-        ``k`` is checked by the engine."""
+        ``k`` is checked by the engine. ``scorer``: a learned ranker re-ranking the blend's candidates;
+        ``features``: attach each item's ranker features (see :func:`engine.recommend.compose.recommend`)."""
         if not 0.0 <= diversity <= 1.0:
             raise InvalidQuery("diversity", f"must be in 0..1, got {diversity}")
         snap = self._snapshot()
@@ -146,7 +149,7 @@ class Shoppers:
         else:
             history = [Touch(i, "view") for i in (recent or [])]
         recs = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
-                         profile=profile, filter_mask=mask, exclude=exclude or [])
+                         profile=profile, filter_mask=mask, exclude=exclude or [], scorer=scorer, features=features)
         return Recommendations(user_id, snap.version, k, recs)
 
     def _history(self, user_id: str, snap: Snapshot) -> list[Touch]:

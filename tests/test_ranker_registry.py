@@ -19,7 +19,7 @@ from engine.config import EngineConfig
 from engine.errors import NotFound
 from engine.index import versions as index_versions
 from engine.learn import registry
-from engine.learn.features import RECOMMEND_FEATURES, SEARCH_FEATURES
+from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
 from engine.learn.model import MlpRanker, ModelError
 from engine.learn.serve import Rankers
 

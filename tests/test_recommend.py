@@ -433,7 +433,8 @@ def test_eval_on_a_scientific_slice(tmp_path: Path, models_dir: Path, encoder: E
     part = pd.read_csv(data_dir / "amazon_scientific_unisrec" / "interactions.csv.gz")
     config = make_config(tmp_path / "indexes", models_dir)
     report = run_recommend_eval(config, "scientific", data_dir=tmp_path / "data", encoder=encoder)
-    data = _check_report(report, {"popularity", "content", "content, 1 vector", "co-occurrence", "blend"})
+    data = _check_report(report, {"popularity", "content", "content, 1 vector", "co-occurrence", "blend",
+                                  "learned ranker (MLP)", "LambdaMART"})
     assert data["counts"]["users"] == 50 and data["counts"]["items"] == part["item_id"].nunique()
     assert data["published"]["rows"]["UniSRec (published)"]["R@10"] == 0.1235
     assert data["target_check"]["best_published"] == {"R@10": 0.1235, "N@10": 0.0641}

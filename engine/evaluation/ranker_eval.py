@@ -21,13 +21,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from engine.learn.features import RECOMMEND_FEATURES, RecCandidates, item_rates, recommend_features
+from engine.ranking.features import RECOMMEND_FEATURES, RecCandidates, item_rates, recommend_features
 from engine.ranking.scores import zscore
 from engine.recommend.categories import CategoryTransitions
 from engine.recommend.blend import BlendWeights
 
 POOL = 100
 TRAIN_DEPTHS = (3, 4, 5, 6)
+SEEDS = (0, 1, 2)
 HISTORY_LIMIT = 50
 
 
@@ -157,3 +158,44 @@ def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart
 
 
 FEATURES = RECOMMEND_FEATURES
+
+
+def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publish: bool = True,
+                    data_dir: Any = None) -> dict[str, Any]:
+    """`vitrine train ranker --data scientific`: the MLP trained on the Scientific bootstrap lists (the served
+    blend's parameters), its validation and test figures beside the blend's, published unless ``publish``
+    is False. Returns the manifest."""
+    from pathlib import Path
+
+    from engine.errors import InvalidQuery
+    from engine.evaluation import recommend_eval as R
+    from engine.learn import registry
+    from engine.recommend.blend import Blender
+
+    if (surface, data) != ("recommend", "scientific"):
+        raise InvalidQuery("data", f"{data} does not bootstrap the {surface} ranker (scientific: recommend)")
+    rec = R.load_scientific(config, Path(data_dir or config.data_dir))
+    train, _, val, test = R.split(rec)
+    co_p, ct_p = R.served_params()
+    weights = BlendWeights()
+    rows = R.ranker_rows(rec, train, val, test, co_p, ct_p, weights)
+    scores, facts = train_and_score(rows, seeds=(seed,), lambdamart=False)
+    co = R.CoSource(rec, train)
+    metrics: dict[str, Any] = {}
+    for i, phase in enumerate((val, test)):
+        raw = {"cooccurrence": co.scores(co_p, phase), "content": R.content_scores(rec, phase, ct_p),
+               "popular": R.popularity_scores(rec, train, None, phase, None)}
+        blend = R.target_ranks(Blender(weights).combine(raw, ~phase.excluded), phase.targets, phase.excluded)
+        lists = rows.val if i == 0 else rows.test
+        metrics[phase.name] = {"blend": R.loo_metrics(blend),
+                               "mlp": R.loo_metrics(reranked_ranks(lists, scores["mlp"][i], phase.targets, blend))}
+    model = facts["mlp_models"][0].model
+    manifest: dict[str, Any] = {
+        "training": {"data": "scientific", "span": "each user's items but the last two (targets at depths "
+                     f"{list(TRAIN_DEPTHS)} from the end)", "lists": facts["train_lists"], "rows": facts["train_rows"],
+                     "val_lists": facts["val_lists"], "seed": seed, **{k: v for k, v in facts["mlp"][0].items()}},
+        "metrics": metrics,
+    }
+    if publish:
+        manifest["version"] = registry.publish(config.rankers_path, surface, model, manifest)
+    return manifest

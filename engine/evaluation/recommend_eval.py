@@ -40,6 +40,7 @@ import scipy.sparse as sp
 from engine.config import EngineConfig
 from engine.evaluation import ranker_eval
 from engine.ranking.scores import zscore
+from engine.ranking.features import brand_key
 from engine.recommend.blend import BlendWeights, Blender
 from engine.recommend.categories import CategoryTransitions
 from engine.recommend.content import InterestProfile, score_profiles
@@ -215,7 +216,7 @@ def load_scientific(config: EngineConfig, data_dir: Path, encoder: Any = None) -
     seqs = [np.array([row[x] for x in g], np.int64) for _, g in inter.groupby("user_index", sort=True)["item_id"]]
     return RecData("scientific", ids, [p.title for p in catalog], vectors, seqs, None, version,
                    f"vectors.npy of index version {version} in {eval_dir} (the demo catalog, served vectors)",
-                   [p.category_path for p in catalog], [" ".join(p.brand.lower().split()) for p in catalog])
+                   [p.category_path for p in catalog], [brand_key(p.brand) for p in catalog])
 
 
 def _reusable_version(eval_dir: Path, catalog_file: Path) -> str | None:
@@ -483,6 +484,20 @@ def als_scores(data: RecData, train: list[np.ndarray], phases: Sequence[Phase], 
 
 # -- the learned ranker over the blend's candidates (see engine.evaluation.ranker_eval) -----------
 
+def served_params() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The co-occurrence and content parameters the server uses (the tuned values, as in the sources'
+    defaults): what the bootstrap ranker must see to match serving."""
+    from engine.recommend.compose import BETA, HISTORY_DECAY
+
+    m = CooccurrenceModel()
+    co = {"window": m.window, "distance_decay": m.distance_decay, "backward_weight": m.backward_weight,
+          "source_exponent": 0.25, "target_exponent": 0.15, "history_decay": HISTORY_DECAY}
+    p = InterestProfile(1)
+    ct = {"position_decay": p.position_decay, "beta": BETA, "interests": f"{p.max_interests}@{p.merge_threshold}",
+          "half_life_days": None}
+    return co, ct
+
+
 def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase, co_p: Mapping[str, Any],
                 ct_p: Mapping[str, Any], weights: BlendWeights, pool: int = ranker_eval.POOL,
                 depths: Sequence[int] = ranker_eval.TRAIN_DEPTHS) -> ranker_eval.RankerRows:
@@ -603,6 +618,11 @@ class RecommendEvalReport:
                 f"popularity: {t['popular']}"]
         if "als" in t:
             out.append(f"ALS: {t['als']}")
+        if "ranker" in t:
+            r = t["ranker"]
+            out.append(f"learned ranker: MLP over the blend's best {r['pool']} (train lists {r['train_lists']}, "
+                       f"targets at depths {r['train_depths']}, early stop on validation); test R@10 / N@10 per "
+                       "seed: " + ", ".join(f"{m['R@10']:.4f} / {m['N@10']:.4f}" for m in r["test_per_seed"]))
         out.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         return out
 
@@ -722,6 +742,26 @@ def run_recommend_eval(
         tuned["als"] = best_als
         search["als"] = als_trace
         clock["als"] = time.time() - t
+    if dataset == "scientific":  # the learned ranker and LambdaMART over the blend's candidates
+        t = time.time()
+        rows = ranker_rows(data, train, val, test, bco_p, bct_p, weights)
+        scores, facts = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS)
+        for i, (phase, table, lists) in enumerate(((val, validation, rows.val), (test, results, rows.test))):
+            blend_ranks = target_ranks(blender.combine(
+                {"cooccurrence": co.scores(bco_p, phase), "content": content_scores(data, phase, bct_p),
+                 "popular": popularity_scores(data, train, train_t, phase, best_hl)}, ~phase.excluded),
+                phase.targets, phase.excluded)
+            for name, label in (("mlp", "learned ranker (MLP)"), ("lambdamart", "LambdaMART")):
+                table[label] = loo_metrics(ranker_eval.reranked_ranks(lists, scores[name][i], phase.targets,
+                                                                      blend_ranks))
+            if i == 1:
+                per_seed = [loo_metrics(ranker_eval.reranked_ranks(lists, r.model.score(lists.X), phase.targets,
+                                                                   blend_ranks)) for r in facts["mlp_models"]]
+                tuned["ranker"] = {k: v for k, v in facts.items() if k != "mlp_models"} | {
+                    "pool": rows.info["pool"], "train_depths": rows.info["train_depths"],
+                    "test_per_seed": per_seed,
+                    "position_bias": "no display positions in these lists: the position feature is 0 throughout"}
+        clock["ranker"] = time.time() - t
     clock["total"] = time.time() - t0
     interactions = sum(len(s) for s in data.seqs)
     in_hist = {ph.name: int(ph.excluded[np.arange(ph.n_users), ph.targets].sum()) for ph in (val, test)}

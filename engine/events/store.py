@@ -103,6 +103,8 @@ class EventStore(Protocol):
     def prune_impressions(self, before: float) -> int: ...
     def get_impression(self, request_id: str) -> Impression | None: ...
     def count_impressions(self) -> int: ...
+    def impressions(self, surface: str, since: float, until: float | None = None,
+                    limit: int = 1_000_000) -> list[Impression]: ...
     def impression_shapes(self, since: float, until: float | None = None) -> list[tuple[str, int, int, int]]: ...
     def attributed_outcomes(self, since: float, until: float | None, *, window_s: float,
                             types: Sequence[EventType]) -> list[tuple[str, str, str, int, EventType]]: ...
@@ -550,6 +552,15 @@ class SQLiteEventStore:
     @_guarded
     def count_impressions(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM impressions").fetchone()[0])
+
+    @_guarded
+    def impressions(self, surface: str, since: float, until: float | None = None,
+                    limit: int = 1_000_000) -> list[Impression]:
+        """The impressions of ``surface`` logged in ``[since, until)``, oldest first (at most ``limit``)."""
+        with self._read() as conn:
+            return [Impression.from_row(r) for r in conn.execute(
+                f"SELECT {IMPRESSION_COLS} FROM impressions WHERE ts >= ? AND ts < ? AND surface = ? "
+                "ORDER BY ts, request_id LIMIT ?", (since, _upper(until), surface, limit))]
 
     @_guarded
     def impression_shapes(self, since: float, until: float | None = None) -> list[tuple[str, int, int, int]]:

@@ -141,3 +141,49 @@ def train_lambdamart(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np
     val = lgb.Dataset(np.asarray(Xv, np.float32), grades(yv), group=list(groups_v), reference=train)
     return lgb.train(params, train, num_boost_round=500, valid_sets=[val],
                      callbacks=[lgb.early_stopping(30, verbose=False)])
+
+
+# -- from the logs, published ----------------------------------------------------------------------
+
+MIN_LISTS = 20  # lists with an outcome needed before a model is worth training
+
+
+def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int = 0, publish: bool = True,
+                    now: float | None = None) -> dict[str, Any]:
+    """Train the ``surface`` ranker on the last ``days`` of logged lists and their outcomes
+    (:mod:`engine.learn.dataset`), compare it with LambdaMART and the served order on the newest lists,
+    and publish it (:mod:`engine.learn.registry`) unless ``publish`` is False. Returns the manifest."""
+    from engine.errors import InvalidQuery
+    from engine.events import open_event_store
+    from engine.learn import registry
+    from engine.learn.dataset import logged_rows
+    from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
+
+    registry.check_surface(surface)
+    features = RECOMMEND_FEATURES if surface == "recommend" else SEARCH_FEATURES
+    now = time.time() if now is None else now
+    store = open_event_store(config.events_url)
+    try:
+        rows = logged_rows(store, surface, features, since=now - days * 86400.0, until=None,
+                           window_s=config.attribution_window_minutes * 60.0)
+    finally:
+        store.close()
+    if len(rows.groups) < MIN_LISTS:
+        raise InvalidQuery("surface", f"only {len(rows.groups)} logged {surface} lists with a click, add to cart or "
+                                      f"purchase in the last {days:g} days; at least {MIN_LISTS} are needed")
+    tr, va = rows.split()
+    res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, features, TrainConfig(seed=seed))
+    metrics = {"val_ndcg@10": {
+        "mlp": round(mean_ndcg(res.model.score(va.X), va.y, va.groups), 4),
+        "served_order": round(mean_ndcg(-np.arange(len(va.y), dtype=np.float64), va.y, va.groups), 4)}}
+    if len(tr.groups) >= MIN_LISTS:
+        booster = train_lambdamart(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, seed=seed)
+        metrics["val_ndcg@10"]["lambdamart"] = round(mean_ndcg(np.asarray(booster.predict(va.X)), va.y, va.groups), 4)
+    manifest: dict[str, Any] = {
+        "training": {"data": "logs", **rows.info, "train_lists": len(tr.groups), "val_lists": len(va.groups),
+                     "epochs": res.epochs, "best_epoch": res.best_epoch, "seed": seed, "seconds": res.seconds},
+        "metrics": metrics,
+    }
+    if publish:
+        manifest["version"] = registry.publish(config.rankers_path, surface, res.model, manifest)
+    return manifest

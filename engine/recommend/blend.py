@@ -37,6 +37,9 @@ from engine.ranking.scores import zscore
 
 SOURCES = ("content", "cooccurrence", "popular")
 
+# (pool rows in blend order, blend scores over all rows, source -> z-scores) -> scores for the pool, or None
+Rerank = Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray]], "np.ndarray | None"]
+
 
 @dataclass(frozen=True)
 class BlendWeights:
@@ -124,9 +127,14 @@ class Blender:
         because: Mapping[str, np.ndarray] | None = None,
         title_of: Callable[[int], str] = str,
         category_of: Callable[[int], str] = lambda row: "",
+        rerank: Rerank | None = None,
     ) -> list[Recommendation]:
         """Top ``k`` for one shopper. ``parts``: source -> ``(n,)`` raw scores over catalog rows;
-        ``because``: source -> ``(n,)`` history row behind each score (-1 none), for the reasons."""
+        ``because``: source -> ``(n,)`` history row behind each score (-1 none), for the reasons.
+
+        ``rerank(pool, total, z)``: called with the best ``max(mmr_pool, k)`` rows in blend order, the blend
+        scores and each source's z-scores (unweighted); when it returns scores for the pool, the pool is
+        re-ordered by them (ties keep the blend order) and they are the recommendations' scores."""
         n = len(next(iter(parts.values())))
         excluded = list(purchased) if self.exclude_purchased else []
         if self.exclude_seen:
@@ -144,6 +152,13 @@ class Blender:
             cut = np.partition(top, len(top) - m)[len(top) - m]
             rows = rows[top >= cut]  # ties at the cut all kept, so the order below is exact
         order = rows[np.lexsort((rows, -total[rows]))]
+        if rerank is not None:
+            unweighted = {s: zscore(x, ok) if not w[s] else z[s] / w[s] for s, x in parts.items()}
+            learned = rerank(order, total, unweighted)
+            if learned is not None:
+                total = np.full(n, -np.inf)
+                total[order] = learned
+                order = order[np.lexsort((np.arange(len(order)), -np.asarray(learned, np.float64)))]
         if self.mmr_lambda < 1.0 and item_vectors is not None:
             chosen = self._mmr(order[: max(self.mmr_pool, k)], total, item_vectors, k)
         else:

@@ -8,11 +8,12 @@ excludes purchased / out-of-stock / given items, applies filters and MMR, and ex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from engine.recommend.blend import Blender
+from engine.ranking.features import RECOMMEND_FEATURES, RecCandidates, brand_key, item_rates, recommend_features
+from engine.recommend.blend import Blender, Rerank
 from engine.recommend.content import InterestProfile, event_weight
 from engine.recommend.live import LiveModels
 from engine.snapshot import Snapshot
@@ -38,6 +39,8 @@ class Recommended:
     source: str
     because_item: str | None
     score_parts: dict[str, float]
+    # The learned ranker's features of this item in this list (see engine.ranking.features), when asked for.
+    features: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "category": self.category, "brand": self.brand,
@@ -74,8 +77,15 @@ def recommend(
     profile: InterestProfile | None = None,
     filter_mask: np.ndarray | None = None,
     exclude: Sequence[str] = (),
+    scorer: Scorer | None = None,
+    features: bool = False,
 ) -> list[Recommended]:
-    """The ``k`` best items for a shopper with this ``history`` (oldest first), blended and explained."""
+    """The ``k`` best items for a shopper with this ``history`` (oldest first), blended and explained.
+
+    ``scorer`` (a learned ranker: feature matrix -> scores) re-ranks the blend's best ``blender.mmr_pool``
+    candidates; ``features``: attach each recommendation's feature values (for the impression log). Either
+    computes the candidates' features with :func:`engine.ranking.features.recommend_features`, from inputs
+    gathered here."""
     n = len(snap)
     rows = snap.catalog.id_map
     known = [t for t in history if t.item_id in snap.catalog][-HISTORY_LIMIT:]
@@ -92,13 +102,18 @@ def recommend(
             content[cand] = scores
             content_because[cand] = profile.because_rows(best, rows)
     recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(known))]
+    purchased = [snap.catalog.row(t.item_id) for t in known if t.type == "purchase"]
+    given = [snap.catalog.row(i) for i in exclude if i in snap.catalog]
+    X: dict[int, np.ndarray] = {}
     with live.current() as models:
         cooc, cooc_because = models.cooccurrence.scores_dense(recent, rows, n)
         popular = models.trending_dense(snap.catalog)
-    purchased = [snap.catalog.row(t.item_id) for t in known if t.type == "purchase"]
-    given = [snap.catalog.row(i) for i in exclude if i in snap.catalog]
+        parts = {"content": content, "cooccurrence": cooc, "popular": popular}
+        rerank = None
+        if scorer is not None or features:
+            rerank = _reranker(snap, models, known, parts, scorer, X)
     picks = blender.recommend(
-        {"content": content, "cooccurrence": cooc, "popular": popular},
+        parts,
         k=k,
         purchased=purchased,
         seen=[snap.catalog.row(t.item_id) for t in known],
@@ -108,6 +123,7 @@ def recommend(
         because={"content": content_because, "cooccurrence": cooc_because},
         title_of=lambda r: snap.catalog[r].title,
         category_of=lambda r: snap.catalog[r].category_path,
+        rerank=rerank,
     )
     out = []
     for rec in picks:
@@ -117,8 +133,58 @@ def recommend(
             p.id, p.title, p.category_path, p.brand, p.price, round(rec.score, 6), rec.reason, rec.reason_source,
             snap.catalog[row].id if row is not None and row >= 0 else None,
             {s: round(v, 6) for s, v in rec.parts.items()},
+            _named(X.get(rec.row)) if features else None,
         ))
     return out
+
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def _reranker(snap: Snapshot, models: LiveModels, known: Sequence[Touch], parts: dict[str, np.ndarray],
+              scorer: Scorer | None, out: dict[int, np.ndarray]) -> Rerank:
+    """The blender's ``rerank`` hook: the pool's features (kept in ``out`` by row) and the scorer's scores.
+    What it needs from the live models is read now, while the caller holds them."""
+    catalog = snap.catalog
+    hist = [catalog.row(t.item_id) for t in known]
+    last = known[-1].item_id if known else None
+    prev = known[-2].item_id if len(known) > 1 else None
+    cooc_last = models.cooccurrence.scores([(last, 1.0)]) if last is not None else {}
+    cooc_prev = models.cooccurrence.scores([(prev, 1.0)]) if prev is not None else {}
+    transitions = models.category_transitions(catalog)
+    counts = models.item_counts
+
+    def rerank(pool: np.ndarray, total: np.ndarray, z: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        ids = [catalog.ids[r] for r in pool.tolist()]
+        views, clicks, purchases = counts(ids)
+        ctr, conversion = item_rates(views, clicks, purchases)
+        prods = [catalog[r] for r in pool.tolist()]
+        hprods = [catalog[r] for r in hist]
+        cats = [p.category_path for p in prods]
+        c = RecCandidates(
+            raw={s: np.asarray(x[pool], np.float64) for s, x in parts.items()},
+            z={s: np.asarray(x[pool], np.float64) for s, x in z.items()},
+            blend=np.asarray(total[pool], np.float64),
+            vectors=np.asarray(snap.vectors[pool], np.float32), categories=cats,
+            brands=[brand_key(p.brand) for p in prods], prices=np.asarray(snap.price[pool], np.float64),
+            cooc_last=np.array([cooc_last.get(i, (0.0, None))[0] for i in ids], np.float64),
+            cooc_prev=np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
+            category_next=transitions.log_prob(hprods[-1].category_path if hprods else "", cats),
+            ctr=ctr, conversion=conversion,
+            hist_vectors=np.asarray(snap.vectors[hist], np.float32).reshape(len(hist), -1),
+            hist_categories=[p.category_path for p in hprods], hist_brands=[brand_key(p.brand) for p in hprods],
+            hist_prices=np.asarray(snap.price[hist], np.float64),
+        )
+        X = recommend_features(c)
+        for i, r in enumerate(pool.tolist()):
+            out[r] = X[i]
+        return None if scorer is None else np.asarray(scorer(X), np.float64)
+
+    return rerank
+
+
+def _named(x: np.ndarray | None) -> dict[str, float] | None:
+    return None if x is None else {name: round(float(v), 6) for name, v in zip(RECOMMEND_FEATURES, x)}
 
 
 def _without(mask: np.ndarray | None, rows: list[int], n: int) -> np.ndarray | None:

@@ -9,6 +9,9 @@ Trending counts each shopper once per item: a shopper's events on an item add up
 strongest event type on it (a view then a purchase count as one purchase), so that one browser sending
 the same purchase again and again cannot move trending. Each shopper's last ``VOTES_PER_SHOPPER`` items
 are remembered for this.
+For the learned ranker's features it also keeps, per item, its view, click and purchase counts
+(``item_counts``), and each shopper's consecutive items, folded into leaf-category transitions over the
+served catalog (``category_transitions``, :mod:`engine.recommend.categories`).
 Thread-safe: ``refresh`` and reads of the models take one lock.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Hashable, Iterator, Mapping
 import numpy as np
 
 from engine.catalog import Catalog
+from engine.recommend.categories import CategoryTransitions
 from engine.events import Event, EventStore
 from engine.recommend.content import DEFAULT_EVENT_WEIGHTS, event_weight
 from engine.recommend.cooccurrence import CooccurrenceModel
@@ -28,6 +32,7 @@ from engine.recommend.popular import TrendingModel
 
 TRENDING_HALF_LIFE_S = 7 * 86400.0
 VOTES_PER_SHOPPER = 200
+MAX_PENDING = 100_000
 
 
 class LiveModels:
@@ -47,6 +52,36 @@ class LiveModels:
         self._dense: tuple[object, object, np.ndarray] | None = None  # (catalog, t_ref, array)
         self._touched: set[Hashable] = set()
         self._votes: dict[str, OrderedDict[str, float]] = {}  # shopper -> item -> trending weight counted
+        self._counts: dict[str, list[float]] = {}  # item -> [views, clicks, purchases]
+        self._prev: dict[str, str] = {}  # shopper -> their last item
+        self._pairs: dict[tuple[str, str], float] = {}  # (item, next item of the same shopper) -> count
+        self._pending: list[tuple[str, str]] = []  # pairs not yet folded into _transitions
+        self._transitions: tuple[object, CategoryTransitions] | None = None  # (catalog, model)
+
+    def item_counts(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Views, clicks and purchases of each item, ``(len(item_ids),)`` float64 each."""
+        zero = (0.0, 0.0, 0.0)
+        c = np.array([self._counts.get(i, zero) for i in item_ids], np.float64).reshape(-1, 3)
+        return c[:, 0], c[:, 1], c[:, 2]
+
+    def category_transitions(self, catalog: Catalog) -> CategoryTransitions:
+        """Leaf-category transitions of the shoppers' consecutive items, over ``catalog``'s categories
+        (rebuilt when the catalog changes, else the new pairs are folded in)."""
+        def cat(item: str) -> str:
+            p = catalog.get(item)
+            return p.category_path if p is not None else ""
+
+        if self._transitions is None or self._transitions[0] is not catalog:
+            model = CategoryTransitions()
+            for (a, b), w in self._pairs.items():
+                model.add(cat(a), cat(b), w)
+            self._transitions = (catalog, model)
+        else:
+            model = self._transitions[1]
+            for a, b in self._pending:
+                model.add(cat(a), cat(b))
+        self._pending = []
+        return model
 
     def trending_dense(self, catalog: Catalog) -> np.ndarray:
         """Trending scores over ``catalog`` rows, ``(n,)`` float64, up to one common decay factor (which the
@@ -84,6 +119,18 @@ class LiveModels:
         w = event_weight(e.type, self.event_weights)
         if e.item_id is None or w <= 0:
             return
+        counts = self._counts.setdefault(e.item_id, [0.0, 0.0, 0.0])
+        slot = _COUNTED.get(e.type.value)
+        if slot is not None:
+            counts[slot] += 1.0
+        prev = self._prev.get(e.user_id)
+        if prev is not None and prev != e.item_id:
+            pair = (prev, e.item_id)
+            self._pairs[pair] = self._pairs.get(pair, 0.0) + 1.0
+            self._pending.append(pair)
+            if len(self._pending) > MAX_PENDING:  # nobody reads transitions: rebuild from _pairs when asked
+                self._pending, self._transitions = [], None
+        self._prev[e.user_id] = e.item_id
         self.cooccurrence.add_event(e.user_id, e.item_id, w)
         votes = self._votes.setdefault(e.user_id, OrderedDict())
         counted = votes.pop(e.item_id, 0.0)
@@ -93,3 +140,6 @@ class LiveModels:
         if w > counted:
             self.trending.add_event(e.item_id, w - counted, e.timestamp)
             self._touched.add(e.item_id)
+
+
+_COUNTED = {"view": 0, "click": 1, "purchase": 2}

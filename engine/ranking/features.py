@@ -1,11 +1,14 @@
 """The learned ranker's features: one function per surface, the same at training and at serving.
 
+They live in this low layer because the serving paths that gather their inputs (``engine.recommend``,
+``engine.search``) sit below ``engine.learn``, which trains and serves the models over them.
+
 Both surfaces re-rank a candidate list (the blend's best ``N`` for recommendations, the fused pool for
 search). The caller gathers per-candidate inputs (raw source scores, vectors, categories, prices, item
 statistics) into a :class:`RecCandidates` or :class:`SearchCandidates`, and :func:`recommend_features` /
 :func:`search_features` turn them into a ``(candidates, features)`` float32 matrix whose columns are
-``RECOMMEND_FEATURES`` / ``SEARCH_FEATURES``. The serving path (``engine.learn.serve``), the offline
-bootstrap (``engine.learn.dataset``) and the impression log all go through these two functions, so a
+``RECOMMEND_FEATURES`` / ``SEARCH_FEATURES``. The serving paths (``engine.recommend.compose``, search), the offline
+bootstrap (``engine.evaluation.ranker_eval``) and the impression log all go through these two functions, so a
 model never sees a feature computed another way than the one it was trained on.
 
 Position (de-biasing). ``position`` is a feature: ``log2(1 + position) - 1`` for logged rows (0 at the
@@ -59,6 +62,11 @@ BM25_B = 0.75
 def position_feature(position: int | None) -> float:
     """``log2(1 + position) - 1`` for a 1-based display position; 0 when there is none (offline, serving)."""
     return 0.0 if position is None or position < 1 else math.log2(1.0 + position) - 1.0
+
+
+def brand_key(brand: str | None) -> str:
+    """A brand as compared between items: lower case, single spaces ("" unknown)."""
+    return " ".join((brand or "").lower().split())
 
 
 def parent_category(path: str) -> str:

@@ -1,0 +1,145 @@
+"""Issue 9, parts 3-5 and 9: the learned ranker trains, serves from a published version, hot-reloads, refuses a
+corrupt file, and sees at serving exactly the features it is trained on."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.config import EngineConfig
+from engine.embedding.base import Encoder
+from engine.learn import registry
+from engine.learn.dataset import logged_rows
+from engine.learn.model import MlpRanker
+from engine.learn.train import TrainConfig, mean_ndcg, train_from_logs, train_mlp
+from engine.ranking.features import RECOMMEND_FEATURES, position_feature
+from engine.service import Engine
+
+COL = {name: i for i, name in enumerate(RECOMMEND_FEATURES)}
+
+
+def test_training_on_a_tiny_set_ranks_the_known_preferred_item_first() -> None:
+    rng = np.random.default_rng(7)
+    F = len(RECOMMEND_FEATURES)
+
+    def lists(n: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        X = rng.normal(0, 0.1, size=(n * 6, F)).astype(np.float32)  # a little noise in every other feature
+        X[:, COL["sim_last"]] = rng.uniform(-0.2, 0.5, n * 6)
+        X[:, COL["same_category_last"]] = rng.integers(0, 2, n * 6)
+        y = np.zeros(n * 6, np.float32)
+        for i in range(n):  # the shopper takes the one item close to their last one, in its category
+            best = i * 6 + int(rng.integers(0, 6))
+            X[best, COL["sim_last"]] = rng.uniform(0.6, 1.0)
+            X[best, COL["same_category_last"]] = 1.0
+            y[best] = 1.0
+        return X, y, [6] * n
+
+    X, y, g = lists(120)
+    Xv, yv, gv = lists(30)
+    res = train_mlp(X, y, g, Xv, yv, gv, RECOMMEND_FEATURES, TrainConfig(hidden=(16,), lr=1e-2, batch_size=32, seed=0))
+    Xt, yt, gt = lists(50)
+    scores = res.model.score(Xt)
+    firsts = [int(np.argmax(scores[i * 6:(i + 1) * 6])) == int(np.argmax(yt[i * 6:(i + 1) * 6])) for i in range(50)]
+    assert all(firsts), f"{sum(firsts)}/50 lists have the preferred item first"
+    assert mean_ndcg(scores, yt, gt) == pytest.approx(1.0)
+    again = train_mlp(X, y, g, Xv, yv, gv, RECOMMEND_FEATURES, TrainConfig(hidden=(16,), lr=1e-2, batch_size=32, seed=0))
+    assert np.array_equal(again.model.score(Xt), scores), "fixed seeds give the same model"
+
+
+def reverse_blend() -> MlpRanker:
+    """A one-layer 'model' that ranks the blend's candidates in reverse: score = -blend."""
+    W = np.zeros((len(RECOMMEND_FEATURES), 1), np.float32)
+    W[COL["blend"], 0] = -1.0
+    F = len(RECOMMEND_FEATURES)
+    return MlpRanker(RECOMMEND_FEATURES, np.zeros(F, np.float32), np.ones(F, np.float32), [(W, np.zeros(1, np.float32))])
+
+
+def ingest(engine: Engine, user: str, items: list[str]) -> None:
+    now = time.time()
+    result = engine.ingest([{"event_id": f"{user}-{i}", "user_id": user, "type": "view", "item_id": item,
+                             "timestamp": now - 100 + i} for i, item in enumerate(items)])
+    assert len(result.accepted) == len(items)
+
+
+def test_no_model_serves_the_blend_a_published_one_hot_reloads_a_corrupt_one_is_refused(
+        config: EngineConfig, encoder: Encoder) -> None:
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    ingest(engine, "ann", ["goggles", "fil-pla-red"])
+    blend = engine.recommend("ann", k=5)
+    assert engine.rankers.get("recommend") is None
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    assert engine.events.get_impression(blend.request_id).policy == "blend"
+
+    version = registry.publish(config.rankers_path, "recommend", reverse_blend(), {"training": {"data": "test"}})
+    learned = engine.recommend("ann", k=5)
+    engine.impressions.flush()
+    assert engine.events.get_impression(learned.request_id).policy == f"ranker:{version}"
+    ids = [r.id for r in learned.recommendations]
+    assert ids != [r.id for r in blend.recommendations]
+    scores = [r.score for r in learned.recommendations]
+    assert scores == sorted(scores, reverse=True), "the model's scores order the list"
+
+    # A corrupt version is refused: the one before keeps serving, and the error says why.
+    bad = registry.publish(config.rankers_path, "recommend", reverse_blend(), {"training": {"data": "test2"}})
+    (registry.version_dir(config.rankers_path, "recommend", bad) / "weights.npz").write_bytes(b"not a model")
+    Engine(config, encoder=encoder)  # another process starting now must not crash either
+    still = engine.recommend("ann", k=5)
+    assert [r.id for r in still.recommendations] == ids
+    loaded = engine.rankers.get("recommend")
+    assert loaded is not None and loaded.version == version
+    assert "sha256" in (engine.rankers.last_error("recommend") or "")
+
+    # Rolled back past it, and with no pointer at all, the blend serves again.
+    assert registry.rollback(config.rankers_path, "recommend") == version
+    (config.rankers_path / "recommend" / "current").unlink()
+    assert [r.id for r in engine.recommend("ann", k=5).recommendations] == [r.id for r in blend.recommendations]
+
+
+def test_features_logged_at_serving_are_the_training_rows(config: EngineConfig, encoder: Encoder, tmp_path: Path
+                                                          ) -> None:
+    """The same request: the features the served model scored (logged with the impression) are the rows the
+    trainer builds from the log, and the model gives them the scores it served."""
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    registry.publish(config.rankers_path, "recommend", reverse_blend(), {"training": {"data": "test"}})
+    ingest(engine, "bob", ["goggles", "fil-pla-red", "gloves-latex"])
+    recs = engine.recommend("bob", k=6)
+    clicked = recs.recommendations[2].id
+    engine.ingest([{"event_id": "bob-click", "user_id": "bob", "type": "click", "item_id": clicked,
+                    "request_id": recs.request_id, "position": 3}])
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    rows = logged_rows(engine.events, "recommend", RECOMMEND_FEATURES, since=time.time() - 60, until=None,
+                       window_s=1800)
+    assert rows.groups == [6]
+    assert rows.y.tolist() == [0, 0, 0.5, 0, 0, 0]
+    served = np.array([[r.features[n] for n in RECOMMEND_FEATURES] for r in recs.recommendations], np.float32)
+    positions = [position_feature(i) for i in range(1, 7)]
+    assert np.allclose(rows.X[:, COL["position"]], positions)
+    unbiased = rows.X.copy()
+    unbiased[:, COL["position"]] = 0.0
+    assert np.allclose(unbiased, served, atol=1e-5)
+    assert np.allclose(reverse_blend().score(unbiased), [r.score for r in recs.recommendations], atol=1e-4)
+
+
+def test_train_from_logs_needs_enough_lists_and_publishes(config: EngineConfig, encoder: Encoder) -> None:
+    from engine.errors import InvalidQuery
+
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    ingest(engine, "cy", ["goggles", "fil-pla-red"])
+    with pytest.raises(InvalidQuery, match="at least"):
+        train_from_logs(config, "recommend", publish=False)
+    rng = np.random.default_rng(0)
+    for n in range(40):  # shoppers who take the item the blend ranked third
+        recs = engine.recommend("cy", k=5, exclude=[])
+        item = recs.recommendations[int(rng.integers(0, 3))].id
+        engine.ingest([{"event_id": f"cy-c{n}", "user_id": "cy", "type": "click", "item_id": item,
+                        "request_id": recs.request_id, "position": 1}])
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    manifest = train_from_logs(config, "recommend")
+    assert manifest["training"]["lists_used"] == 40
+    assert registry.current_version(config.rankers_path, "recommend") == manifest["version"]
+    assert engine.rankers.get("recommend") is not None
