@@ -1,0 +1,82 @@
+"""What the learned ranker adds to a recommendation request (issue 9: at most 2 ms on p50 at N = 100).
+
+In process, on the demo index: 300 real Scientific histories (each shopper's last 5 items, as an anonymous
+session's ``recent`` list) are asked ``Engine.recommend`` with no ranker and with a published MLP ranker
+(64-32 hidden, the served shape) re-ranking the blend's best 100, alternating request by request so both
+see the same machine load. Impression logging is off in both (it is measured by bench_search.py).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ranker.py [--record]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+import common
+from engine.learn import registry
+from engine.learn.model import MlpRanker
+from engine.ranking.features import RECOMMEND_FEATURES
+from engine.service import Engine
+
+
+def random_mlp(seed: int = 0) -> MlpRanker:
+    rng = np.random.default_rng(seed)
+    dims = [len(RECOMMEND_FEATURES), 64, 32, 1]
+    layers = [(rng.normal(0, 0.1, (a, b)).astype(np.float32), np.zeros(b, np.float32)) for a, b in zip(dims[:-1], dims[1:])]
+    F = len(RECOMMEND_FEATURES)
+    return MlpRanker(RECOMMEND_FEATURES, np.zeros(F, np.float32), np.ones(F, np.float32), layers)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--record", action="store_true")
+    ap.add_argument("--users", type=int, default=300)
+    args = ap.parse_args(argv)
+    load0 = common.load_avg()
+    index = common.ensure_index("demo")
+    rankers = common.OUT / "rankers-bench"
+    shutil.rmtree(rankers, ignore_errors=True)
+    config = common.engine_config(index).replace(ranker_dir=rankers, events_url=f"sqlite:///{common.OUT / 'ranker-bench.db'}")
+    plain = Engine(config.replace(ranker_dir=common.OUT / "rankers-none"))
+    registry.publish(rankers, "recommend", random_mlp(), {"training": {"data": "bench"}})
+    learned = Engine(config)
+    inter = pd.read_csv(config.data_dir / "amazon_scientific_unisrec" / "interactions.csv.gz")
+    inter = inter.sort_values(["user_index", "seq_pos"])
+    sessions = [g.tolist()[-5:] for _, g in inter.groupby("user_index")["item_id"]][: args.users]
+    for e in (plain, learned):  # warm up
+        for s in sessions[:20]:
+            e.recommend(None, recent=s, k=10)
+    assert learned.rankers.get("recommend") is not None and plain.rankers.get("recommend") is None
+    times: dict[str, list[float]] = {"blend": [], "ranker": []}
+    for s in sessions:
+        for name, e in (("blend", plain), ("ranker", learned)):
+            t = time.perf_counter()
+            e.recommend(None, recent=s, k=10)
+            times[name].append(time.perf_counter() - t)
+    rows = []
+    for name, ts in times.items():
+        st = common.stats_ms(ts)
+        rows.append([name, st["p50"], st["p99"], st["mean"]])
+    added = rows[1][1] - rows[0][1]
+    body = "\n".join([
+        "### Learned ranker: cost per recommendation request (in process)",
+        "",
+        common.header("bench_ranker.py", argv, load0),
+        "",
+        common.table(["policy", "p50 ms", "p99 ms", "mean ms"], rows),
+        "",
+        f"The ranker (features of the best 100 + the MLP in numpy) adds {added:.2f} ms to p50 (target: at most 2 ms).",
+    ])
+    print(body)
+    if args.record:
+        common.record("ranker", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
