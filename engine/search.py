@@ -21,13 +21,15 @@ one more candidates pass (same query vector, same BM25 score array) finds them.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
 from engine.catalog import CATEGORY_SEP, category_key
 from engine.filters import Filters
+from engine.ranking.features import SEARCH_FEATURES, SearchCandidates, brand_key, search_features
+from engine.ranking.fields import FieldTokens, norm, query_terms
 from engine.ranking.fusion import fuse
 from engine.recommend.personal import Affinity, personalized
 from engine.snapshot import Snapshot
@@ -46,6 +48,8 @@ class Hit:
     bm25: float
     vector: float
     personal: float | None = None
+    # The learned ranker's features of this hit in this list (engine.ranking.features), when asked for.
+    features: dict[str, float] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,9 +105,18 @@ def ranked_search(
     fusion: Fusion,
     affinity: Affinity | None = None,
     personalize: float = 0.0,
+    scorer: Callable[[np.ndarray], np.ndarray] | None = None,
+    features: bool = False,
+    rerank_top: int = 100,
+    item_rates: ItemRates | None = None,
 ) -> Ranked:
     """``affinity(rows)`` gives the shopper's affinity to candidate rows; with ``personalize`` p in (0, 1]
-    the order is :func:`engine.recommend.personal.personalized` over the candidates (p = 0: off)."""
+    the order is :func:`engine.recommend.personal.personalized` over the candidates (p = 0: off).
+
+    ``scorer`` (a learned ranker: feature matrix -> scores) re-orders the best ``rerank_top`` candidates of
+    that order; ``features``: attach each hit's ranker features (for the impression log). Both compute the
+    features of those candidates with :func:`search_inputs` and :func:`engine.ranking.features.search_features`.
+    ``item_rates(ids)`` gives the items' click rate, purchase rate and trending score for the features."""
     bm25_all = snap.keyword.scores(query)
     rows = candidates(snap, bm25_all, qvec, max(pool, offset + k), mask)
     if len(rows) == 0:
@@ -114,12 +127,45 @@ def ranked_search(
     if affinity is not None and personalize > 0:
         personal = np.asarray(affinity(rows), np.float64)
         fused = personalized(fused, personal, personalize)
-    order = np.lexsort((rows, -fused))[offset : offset + k]
+    order = np.lexsort((rows, -fused))
+    X: dict[int, np.ndarray] = {}
+    if scorer is not None or features:
+        top = order[:rerank_top]
+        feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
+                                              None if personal is None else personal[top], item_rates))
+        X = {int(i): feats[j] for j, i in enumerate(top)}
+        if scorer is not None:
+            learned = np.asarray(scorer(feats), np.float64)
+            order = np.concatenate([top[np.lexsort((np.arange(len(top)), -learned))], order[rerank_top:]])
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
-             None if personal is None else float(personal[i]))
-        for i in order
+             None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)
+        for i in order[offset : offset + k]
     ], rows, bm25_all)
+
+
+ItemRates = Callable[[list[str]], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
+
+
+def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,
+                  personal: np.ndarray | None, item_rates: ItemRates | None = None) -> SearchCandidates:
+    """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``."""
+    ft = FieldTokens.of(snap)
+    prods = [snap.catalog[int(r)] for r in rows]
+    ctr = conversion = popular = None
+    if item_rates is not None:
+        ctr, conversion, popular = item_rates([p.id for p in prods])
+    return SearchCandidates(
+        query_tokens=query_terms(query), query_text=norm(query), bm25=np.asarray(bm25, np.float64),
+        vector=np.asarray(vec, np.float64), fused=np.asarray(fused, np.float64), fields=ft.tokens(rows.tolist()),
+        titles=[norm(p.title) for p in prods], brands=[brand_key(p.brand) for p in prods],
+        category_leaves=[norm(p.category[-1]) if p.category else "" for p in prods], stats=ft.stats,
+        personal=None if personal is None else np.asarray(personal, np.float64),
+        ctr=ctr, conversion=conversion, popular=popular)
+
+
+def _named(x: np.ndarray | None) -> dict[str, float] | None:
+    return None if x is None else {name: round(float(v), 6) for name, v in zip(SEARCH_FEATURES, x)}
 
 
 MAX_FACET_CATEGORIES = 20
@@ -189,9 +235,10 @@ def _category_facet(paths: Counter[tuple[str, ...]], selected: str | None) -> li
     return [{"path": CATEGORY_SEP.join(path), "name": path[-1], "count": n} for path, n in ranked]
 
 
-def _hit(snap: Snapshot, row: int, score: float, bm25: float, vector: float, personal: float | None = None) -> Hit:
+def _hit(snap: Snapshot, row: int, score: float, bm25: float, vector: float, personal: float | None = None,
+         features: dict[str, float] | None = None) -> Hit:
     p = snap.catalog[row]
-    return Hit(p.id, p.title, p.category_path, p.brand, p.price, p.in_stock, score, bm25, vector, personal)
+    return Hit(p.id, p.title, p.category_path, p.brand, p.price, p.in_stock, score, bm25, vector, personal, features)
 
 
 def similar_items(snap: Snapshot, row: int, *, k: int, same_category: bool) -> list[Hit]:

@@ -22,7 +22,7 @@ import numpy as np
 from engine.catalog import Product
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
-from engine.errors import IndexNotBuilt, InvalidQuery, StoreUnavailable
+from engine.errors import IndexNotBuilt, InvalidQuery, NotFound, StoreUnavailable
 from engine.events import EventStore
 from engine.filters import NO_FILTERS, Filters
 from engine.index import versions
@@ -30,10 +30,13 @@ from engine.events.impressions import Impression
 from engine.index.vector import set_search_threads
 from engine.learn.attribution import AttributionStats
 from engine.learn.impressions import ImpressionLog
+from engine.learn.experiments import INTERLEAVED, TEAM_FEATURE, Experiment, Experiments, Kind, Variant, team_draft
+from engine.learn.model import MlpRanker, ModelError
+from engine.learn.registry import load_version
 from engine.learn.serve import Rankers
-from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
+from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES, item_rates
 from engine.memory import release_free_memory
-from engine.search import Hit, facets, ranked_search, similar_items
+from engine.search import Hit, Ranked, facets, ranked_search, similar_items
 from engine.shoppers import EventStats, IngestResult, Recommendations, SampleShopper, Shoppers
 from engine.snapshot import Snapshot
 from engine.suggest import DEFAULT_K as DEFAULT_SUGGESTIONS
@@ -145,6 +148,10 @@ class Engine:
         self._suggester: tuple[str, Suggester] | None = None
         self._suggester_lock = threading.Lock()
         self.shoppers = Shoppers(config, self.snapshot)
+        self.experiments = Experiments(lambda: self.shoppers.events,
+                                       window_s=config.attribution_window_minutes * 60.0,
+                                       rankers_root=config.rankers_path)
+        self._pinned: dict[tuple[str, str], MlpRanker | None] = {}
         self.rankers = Rankers(config.rankers_path, features={"recommend": RECOMMEND_FEATURES, "search": SEARCH_FEATURES},
                                check_s=config.reload_check_seconds)
         self.impressions = ImpressionLog(
@@ -231,22 +238,29 @@ class Engine:
                 log.warning("search not personalized: %s", e)
         qvec = self.embed_query(query)
         pool = max(self.config.candidate_pool, offset + k)
-        ranked = ranked_search(
-            snap,
-            query,
-            qvec,
-            k=k,
-            offset=offset,
-            mask=mask,
-            pool=pool,
-            weight=self.config.hybrid_weight if weight is None else weight,
-            fusion=self.config.fusion,
-            affinity=affinity,
-            personalize=strength,
-        )
+        chosen = self._choose("search", user)
+
+        def run(model: MlpRanker | None) -> Ranked:
+            return ranked_search(
+                snap, query, qvec, k=k, offset=offset, mask=mask, pool=pool,
+                weight=self.config.hybrid_weight if weight is None else weight, fusion=self.config.fusion,
+                affinity=affinity, personalize=strength, scorer=None if model is None else model.score,
+                features=self.impressions is not None or chosen.interleave is not None, item_rates=self._item_rates)
+
+        rid = uuid.uuid4().hex
+        policy = chosen.policy or (f"hybrid/{self.config.fusion.value}" + ("+personal" if affinity is not None else ""))
+        if chosen.interleave is not None and offset == 0:  # team-draft: both variants' first page, merged
+            exp = chosen.interleave
+            ra, rb = (run(self._variant_model("search", v)) for v in exp.variants[:2])
+            items, teams = team_draft([h.id for h in ra.hits], [h.id for h in rb.hits], k, seed=rid)
+            by_id = {h.id: h for h in rb.hits} | {h.id: h for h in ra.hits}
+            ranked = Ranked([dataclasses.replace(by_id[i], features={**(by_id[i].features or {}), TEAM_FEATURE: t})
+                             for i, t in zip(items, teams)], ra.rows, ra.bm25_all)
+            policy = exp.policy(INTERLEAVED)
+        else:
+            ranked = run(chosen.model)
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
-        rid = self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits],
-                        f"hybrid/{self.config.fusion.value}" + ("+personal" if affinity is not None else ""), offset)
+        self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
                             total_candidates=len(ranked.rows), facets=facet, request_id=rid)
 
@@ -330,14 +344,14 @@ class Engine:
         """Recommendations for a shopper, or for an anonymous session's ``recent`` items (oldest first).
         ``surface`` names where the list is shown, in the impression log (default: ``recommend``, or
         ``recommend_session`` without a shopper)."""
-        loaded = self.rankers.get("recommend")
+        chosen = self._choose("recommend", user_id)
         recs = self.shoppers.recommend(user_id, recent=recent, k=self._check_k(k), filters=filters,
                                        exclude=exclude, diversity=diversity,
-                                       scorer=None if loaded is None else loaded.model.score,
+                                       scorer=None if chosen.model is None else chosen.model.score,
                                        features=self.impressions is not None)
         rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"), user_id, None,
                         lambda: [(r.id, dict(r.features or {})) for r in recs.recommendations],
-                        "blend" if loaded is None else f"ranker:{loaded.version}")
+                        chosen.policy or "blend")
         return dataclasses.replace(recs, request_id=rid)
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
@@ -402,16 +416,69 @@ class Engine:
                 f"{self.encoder.family!r}; rebuild the index or set VITRINE_ENCODER"
             )
 
+    def _choose(self, surface: str, user_id: str | None) -> Chosen:
+        """The ranking of one list: the experiment running on ``surface`` decides for a shopper or session
+        with an id (sticky split, or team-draft interleaving for search); otherwise the published ranker,
+        or the blend / fused order when none is. A variant whose ranker is not published serves the blend
+        (its lists are still logged under the variant)."""
+        published = self.rankers.get(surface)
+        exp = None
+        if user_id is not None:
+            try:
+                exp = self.experiments.running(surface)
+            except StoreUnavailable as e:
+                log.warning("experiments not read: %s", e)
+        if exp is None:
+            return Chosen(None if published is None else published.model,
+                          None if published is None else f"ranker:{published.version}")
+        if exp.kind is Kind.INTERLEAVE:
+            return Chosen(self._variant_model(surface, exp.variants[0]), exp.policy(exp.variants[0].name), exp)
+        variant = exp.assign(user_id or "")
+        return Chosen(self._variant_model(surface, variant), exp.policy(variant.name))
+
+    def _variant_model(self, surface: str, variant: Variant) -> MlpRanker | None:
+        """The model a variant serves: None for the blend; the published ranker; or a pinned version (loaded
+        once and kept; None, with a warning, when it cannot be loaded)."""
+        if not variant.uses_ranker:
+            return None
+        version = variant.ranker_version
+        if version is None:
+            published = self.rankers.get(surface)
+            return None if published is None else published.model
+        key = (surface, version)
+        if key not in self._pinned:
+            try:
+                self._pinned[key] = load_version(self.config.rankers_path, surface, version,
+                                                 RECOMMEND_FEATURES if surface == "recommend" else SEARCH_FEATURES)[0]
+            except (ModelError, NotFound, OSError, ValueError) as e:
+                log.warning("variant %s: ranker %s not served: %s", variant.name, version, e)
+                self._pinned[key] = None
+        return self._pinned[key]
+
     def _log(self, surface: str, user_id: str | None, query: str | None,
-             shown: Callable[[], list[tuple[str, dict[str, float | None]]]], policy: str, offset: int = 0) -> str:
-        """A new request id for a list about to be answered, and its impression logged when logging is on
-        (``shown`` gives each shown item's id and features; called only then)."""
-        rid = uuid.uuid4().hex
+             shown: Callable[[], list[tuple[str, dict[str, float | None]]]], policy: str, offset: int = 0,
+             rid: str | None = None) -> str:
+        """A new request id (or ``rid``) for a list about to be answered, and its impression logged when
+        logging is on (``shown`` gives each shown item's id and features; called only then)."""
+        rid = rid or uuid.uuid4().hex
         if self.impressions is not None:
             items = shown()
             self.impressions.log(Impression(rid, time.time(), surface, user_id, query, [i for i, _ in items], offset,
                                             [f for _, f in items], policy))
         return rid
+
+    def _item_rates(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Click rate, purchase rate and log1p(trending) of items, from the live models (zeros while the event
+        store is unavailable): search ranker features."""
+        try:
+            with self.shoppers.live.current() as models:
+                views, clicks, purchases = models.item_counts(ids)
+                trending = np.array([models.trending.score(i) for i in ids], np.float64)
+        except StoreUnavailable:
+            z = np.zeros(len(ids))
+            return z, z, z
+        ctr, conversion = item_rates(views, clicks, purchases)
+        return ctr, conversion, np.log1p(np.maximum(trending, 0.0))
 
     def _check_k(self, k: int | None) -> int:
         k = self.config.default_k if k is None else k
@@ -420,6 +487,16 @@ class Engine:
         return k
 
 
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """How one list is ranked: the model (None: the blend or fused order), the impression policy when it
+    is not the default, and the interleaving experiment when the list is interleaved."""
+
+    model: MlpRanker | None
+    policy: str | None
+    interleave: Experiment | None = None
+
+
 def _hit_features(h: Hit) -> dict[str, float | None]:
-    """The features of a search hit in the impression log: its score and score parts."""
-    return {"score": h.score, "bm25": h.bm25, "vector": h.vector, "personal": h.personal}
+    """The features of a search hit in the impression log: the ranker's features and the score parts."""
+    return {"score": h.score, "bm25": h.bm25, "vector": h.vector, "personal": h.personal, **(h.features or {})}

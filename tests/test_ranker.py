@@ -143,3 +143,78 @@ def test_train_from_logs_needs_enough_lists_and_publishes(config: EngineConfig, 
     assert manifest["training"]["lists_used"] == 40
     assert registry.current_version(config.rankers_path, "recommend") == manifest["version"]
     assert engine.rankers.get("recommend") is not None
+
+
+def test_search_is_reranked_by_a_published_search_model_with_the_logged_features(
+        config: EngineConfig, encoder: Encoder) -> None:
+    from engine.ranking.features import SEARCH_FEATURES
+
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    plain = engine.search("pla filament", k=5)
+    F = len(SEARCH_FEATURES)
+    W = np.zeros((F, 1), np.float32)
+    W[SEARCH_FEATURES.index("fused"), 0] = -1.0  # the fused order, reversed over the best 100
+    version = registry.publish(config.rankers_path, "search",
+                               MlpRanker(SEARCH_FEATURES, np.zeros(F, np.float32), np.ones(F, np.float32),
+                                         [(W, np.zeros(1, np.float32))]), {"training": {"data": "test"}})
+    learned = engine.search("pla filament", k=5)
+    assert [h.id for h in learned.hits] != [h.id for h in plain.hits]
+    fused = [h.score for h in learned.hits]
+    assert fused == sorted(fused), "reversed: the model's order, not the fused one"
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    imp = engine.events.get_impression(learned.request_id)
+    assert imp.policy == f"ranker:{version}"
+    logged = np.array([[f[n] for n in SEARCH_FEATURES] for f in imp.features], np.float32)
+    served = np.array([[h.features[n] for n in SEARCH_FEATURES] for h in learned.hits], np.float32)
+    assert np.allclose(logged, served)
+    col = {n: i for i, n in enumerate(SEARCH_FEATURES)}
+    top = plain.hits[0].features  # the fused order's best hit matches the query in its title
+    assert top is not None and top["bm25_title"] > 0 and top["cover_title"] == 1.0
+    assert np.allclose(logged[:, col["fused"]], fused, atol=1e-5)
+
+
+def test_experiments_decide_what_serves_split_and_interleaved(config: EngineConfig, encoder: Encoder) -> None:
+    from engine.learn.experiments import TEAM_FEATURE
+    from engine.ranking.features import SEARCH_FEATURES
+
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    version = registry.publish(config.rankers_path, "recommend", reverse_blend(), {"training": {"data": "test"}})
+    engine.experiments.create("rec-ab", "recommend", [{"name": "blend", "policy": "blend", "share": 0.5},
+                                                      {"name": "learned", "policy": f"ranker:{version}", "share": 0.5}])
+    exp = engine.experiments.running("recommend")
+    assert exp is not None
+    lists = {}
+    for user in ("u1", "u2", "u3", "u4", "u5", "u6"):
+        ingest(engine, user, ["goggles", "fil-pla-red"])
+        first = engine.recommend(user, k=5)
+        again = engine.recommend(user, k=5)
+        lists[user] = (exp.assign(user).name, first, again)
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    served = {name: [r.id for r in first.recommendations] for name, first, _ in lists.values()}
+    assert set(served) == {"blend", "learned"} and served["blend"] != served["learned"]
+    for user, (name, first, again) in lists.items():
+        assert engine.events.get_impression(first.request_id).policy == f"exp:rec-ab/{name}"
+        assert [r.id for r in first.recommendations] == [r.id for r in again.recommendations], "sticky"
+        assert [r.id for r in first.recommendations] == served[name]
+
+    plain = [h.id for h in engine.search("pla filament", k=6).hits]  # the fused order (no search ranker yet)
+    F = len(SEARCH_FEATURES)
+    W = np.zeros((F, 1), np.float32)
+    W[SEARCH_FEATURES.index("fused"), 0] = -1.0
+    sv = registry.publish(config.rankers_path, "search", MlpRanker(SEARCH_FEATURES, np.zeros(F, np.float32),
+                          np.ones(F, np.float32), [(W, np.zeros(1, np.float32))]), {"training": {"data": "test"}})
+    engine.experiments.create("search-il", "search", [{"name": "fused", "policy": "blend"},
+                                                      {"name": "learned", "policy": f"ranker:{sv}"}], kind="interleave")
+    mixed = engine.search("pla filament", k=6, user="newcomer")  # no history: not personalized
+    engine.impressions.flush()
+    imp = engine.events.get_impression(mixed.request_id)
+    assert imp.policy == "exp:search-il/interleaved"
+    teams = [f[TEAM_FEATURE] for f in imp.features]
+    assert set(teams) == {0, 1} and abs(teams.count(0) - teams.count(1)) <= 1
+    ids = [h.id for h in mixed.hits]
+    assert len(set(ids)) == 6
+    team_a = [i for i, t in zip(ids, teams) if t == 0]
+    assert team_a[0] == plain[0] or ids[0] == plain[0], "one team's first pick is the fused order's best"
+    assert [plain.index(i) for i in team_a if i in plain] == sorted(plain.index(i) for i in team_a if i in plain)

@@ -37,7 +37,7 @@ _ERRORS = {
     "400": "invalid parameter or body (`field` names it)",
     "401": "no key, a wrong key or a bad shopper token",
     "403": "the scope is off (no key configured), or a shopper's token or session asks for another's data",
-    "404": "no such item, job or version; also an id the URL cannot carry (empty, or with a line feed)",
+    "404": "no such item, job, version or experiment; also an id the URL cannot carry (empty, or with a line feed)",
     "409": "a build is running",
     "413": "body over 16 MiB",
     "414": "request line over the server's limit (a very long query)",
@@ -189,6 +189,40 @@ def openapi_document() -> dict[str, Any]:
                                   "days to cover, today included")],
                 "responses": _responses(_ok("EventStats"), "400", *_AUTH, "414", "503"),
             }},
+            "/v1/admin/experiments": {
+                "get": {"summary": "Every experiment, newest first, with per-variant lists, outcomes and rates (95% "
+                                   "intervals) from its start to its stop or now; an interleave also with its result",
+                        "security": _ADMIN,
+                        "responses": _responses(_ok("ExperimentList"), *_AUTH, "503")},
+                "post": {"summary": "Start an experiment on a surface (at most one runs per surface): a sticky split "
+                                    "of shoppers by hashed id, or team-draft interleaving of two search rankings",
+                         "security": _ADMIN,
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": _ref("ExperimentRequest"), "example": {
+                                 "name": "blend-vs-ranker", "surface": "search", "kind": "split", "variants": [
+                                     {"name": "blend", "policy": "blend", "share": 0.5},
+                                     {"name": "ranker", "policy": "ranker", "share": 0.5}]}}}},
+                         "responses": _responses(_ok("ExperimentReport", "started"), "400", *_AUTH, "413", "503",
+                                                 status="201")},
+            },
+            "/v1/admin/experiments/{name}/stop": {"post": {
+                "summary": "Stop the experiment: from then on its surface is served as without it (stopping a "
+                           "stopped one changes nothing)",
+                "security": _ADMIN,
+                "parameters": [{**_path("name", "the experiment's name", {"type": "string", "minLength": 1}),
+                                "example": "blend-vs-ranker"}],
+                "responses": _responses(_ok("ExperimentReport"), *_AUTH, "404", "414", "503"),
+            }},
+            "/v1/admin/experiments/{name}/winner": {"post": {
+                "summary": "Record the winning variant, stopping the experiment if it runs (a winner, once "
+                           "chosen, stays)",
+                "security": _ADMIN,
+                "parameters": [{**_path("name", "the experiment's name", {"type": "string", "minLength": 1}),
+                                "example": "blend-vs-ranker"}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("WinnerRequest"), "example": {"variant": "ranker"}}}},
+                "responses": _responses(_ok("ExperimentReport"), "400", *_AUTH, "404", "413", "414", "503"),
+            }},
             "/v1/admin/rollback": {"post": {
                 "summary": "Serve the version served before the current one (one step back in the history)",
                 "security": _ADMIN,
@@ -274,6 +308,73 @@ def openapi_document() -> dict[str, Any]:
                         "type": "object", "required": ["position", "shown", "clicks", "ctr"], "properties": {
                             "position": {"type": "integer", "minimum": 1}, "shown": {"type": "integer"},
                             "clicks": {"type": "integer"}, "ctr": {"type": "number"}}}}}},
+                "Variant": {"type": "object", "required": ["name", "policy", "share"], "properties": {
+                    "name": {"type": "string"},
+                    "policy": {"type": "string", "description":
+                               "blend, ranker (the surface's published ranker) or ranker:<version>"},
+                    "share": {"type": "number",
+                              "description": "of the shoppers (a split); 0.5 each in an interleave"}}},
+                "Experiment": {"type": "object", "required": ["name", "surface", "kind", "state", "created_at",
+                                                              "stopped_at", "winner", "variants"], "properties": {
+                    "name": {"type": "string"}, "surface": {"type": "string", "enum": ["search", "recommend"]},
+                    "kind": {"type": "string", "enum": ["split", "interleave"]},
+                    "state": {"type": "string", "enum": ["running", "stopped"]},
+                    "created_at": {"type": "number", "description": "epoch seconds"},
+                    "stopped_at": {**_NULLABLE_NUMBER, "description": "epoch seconds; null while running"},
+                    "winner": {"type": ["string", "null"], "description": "the chosen variant's name"},
+                    "variants": {"type": "array", "items": _ref("Variant")}}},
+                "ExperimentReport": {"allOf": [_ref("Experiment"), {"type": "object", "required": ["stats"],
+                                                                    "properties": {"stats": _ref("ExperimentStats")}}]},
+                "ExperimentList": {"type": "object", "required": ["experiments"], "properties": {
+                    "experiments": {"type": "array", "items": _ref("ExperimentReport")}}},
+                "Rate": {"type": "object", "required": ["value", "low", "high", "deff"], "description":
+                         "a share of shown items with its 95% Wilson interval at the effective sample size (shown "
+                         "items / deff, the design effect of clustering by shopper)", "properties": {
+                    "value": {"type": "number"}, "low": {"type": "number"}, "high": {"type": "number"},
+                    "deff": {"type": "number", "minimum": 1}}},
+                "ExperimentStats": {"type": "object", "required": ["experiment", "since", "until", "window_minutes",
+                                                                   "variants", "interleaving"], "properties": {
+                    "experiment": {"type": "string"},
+                    "since": {"type": "number", "description": "epoch seconds: the experiment's start"},
+                    "until": {**_NULLABLE_NUMBER, "description": "its stop; null while running (up to now)"},
+                    "window_minutes": {"type": "number", "description": "the attribution window"},
+                    "variants": {"type": "array", "items": {"type": "object", "required": [
+                        "variant", "policy", "lists", "shoppers", "shown", "clicks", "add_to_cart", "purchases", "ctr",
+                        "add_to_cart_rate", "conversion"], "properties": {
+                        "variant": {"type": "string"}, "policy": {"type": "string"},
+                        "lists": {"type": "integer", "description": "lists served (an interleave: all of them)"},
+                        "shoppers": {"type": "integer", "description": "distinct shoppers (a list without one: one)"},
+                        "shown": {"type": "integer", "description": "shown items (an interleave: of its team)"},
+                        "clicks": {"type": "integer"}, "add_to_cart": {"type": "integer"},
+                        "purchases": {"type": "integer"}, "ctr": _ref("Rate"), "add_to_cart_rate": _ref("Rate"),
+                        "conversion": _ref("Rate")}}},
+                    "interleaving": {"oneOf": [{"type": "null"}, {
+                        "type": "object", "description": "interleave only: lists won by each variant (a: the "
+                        "first, b: the second); preference = (wins_b - wins_a) / (wins_a + wins_b + ties)",
+                        "required": ["wins_a", "wins_b", "ties", "no_clicks", "preference", "low", "high", "p_value"],
+                        "properties": {
+                            "wins_a": {"type": "integer"}, "wins_b": {"type": "integer"}, "ties": {"type": "integer"},
+                            "no_clicks": {"type": "integer", "description": "lists without a click (left out)"},
+                            "preference": {"type": "number", "minimum": -1, "maximum": 1},
+                            "low": {"type": "number"}, "high": {"type": "number"},
+                            "p_value": {"type": "number", "description": "two-sided sign test, ties left out"}}}]}}},
+                "ExperimentRequest": {"type": "object", "required": ["name", "surface", "variants"],
+                                      "additionalProperties": False, "properties": {
+                    "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
+                    "surface": {"type": "string", "enum": ["search", "recommend"]},
+                    "kind": {"type": "string", "enum": ["split", "interleave"], "default": "split",
+                             "description": "interleave: search only, exactly 2 variants"},
+                    "variants": {"type": "array", "minItems": 2, "maxItems": 10, "items": {
+                        "type": "object", "required": ["name", "policy"], "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$",
+                                     "description": "unique in the experiment; not 'interleaved'"},
+                            "policy": {"type": "string", "description":
+                                       "blend, ranker (the surface's published ranker) or ranker:<version>"},
+                            "share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description":
+                                      "of the shoppers; give every variant one (summing to 1) or none (equal)"}}}}}},
+                "WinnerRequest": {"type": "object", "required": ["variant"], "additionalProperties": False,
+                                  "properties": {"variant": {"type": "string", "description": "a variant's name"}}},
                 "Similar": {"type": "object", "required": ["request_id", "item_id", "version", "similar",
                                                            "also_bought"],
                             "properties": {

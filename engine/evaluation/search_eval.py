@@ -33,10 +33,16 @@ class QueryData:
     gains: np.ndarray  # per judged product
     bm25: np.ndarray
     vector: np.ndarray
+    rows: np.ndarray | None = None  # catalog rows of the judged products
 
     @property
     def tune(self) -> bool:
         return zlib.crc32(self.query.encode("utf-8")) % 2 == 0
+
+    @property
+    def early_stop(self) -> bool:
+        """Tune queries held out of the ranker's training for its early stopping (a fifth of them)."""
+        return self.tune and (zlib.crc32(self.query.encode("utf-8")) // 2) % 5 == 0
 
 
 @dataclass
@@ -72,10 +78,12 @@ class SearchEvalReport:
             f"tuned fusion: {self.fusion}, vector weight {self.weight} "
             f"(the server uses fusion={self.served[0]}, hybrid_weight={self.served[1]})",
             "",
-            f"{'ranker':<10} {'report (odd)':>13} {'tune (even)':>12}",
+            f"{'ranker':<22} {'report (odd)':>13} {'tune (even)':>12}",
         ]
-        for name in ("bm25", "vector", "hybrid"):
-            out.append(f"{name:<10} {self.report[name]:>13.4f} {self.tune[name]:>12.4f}")
+        for name in self.report:
+            out.append(f"{name:<22} {self.report[name]:>13.4f} {self.tune[name]:>12.4f}")
+        out.append("learned rankers: trained on the tune queries but a fifth (early stopping); 'tune' is partly "
+                   "their training data")
         return out
 
 
@@ -122,7 +130,8 @@ def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir
     for q, rows, gains in queries:
         rows_arr = np.array([snap.catalog.row(products[r]["id"]) for r in rows], np.int64)
         bm25_all = snap.keyword.scores(q)
-        data.append(QueryData(q, np.array(gains), bm25_all[rows_arr], snap.vector_index.score(engine.embed_query(q), rows_arr)))
+        data.append(QueryData(q, np.array(gains), bm25_all[rows_arr], snap.vector_index.score(engine.embed_query(q), rows_arr),
+                              rows_arr))
     tune = [d for d in data if d.tune]
     report = [d for d in data if not d.tune]
     grid: list[dict[str, Any]] = []
@@ -139,8 +148,62 @@ def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir
             "hybrid": mean_ndcg(split, lambda d: fuse(d.bm25, d.vector, weight, method)),
         }
 
-    return SearchEvalReport(dataset, len(tune), len(report), method.value, weight, scores(report), scores(tune), grid,
+    rep, tun = scores(report), scores(tune)
+    learned = ranker_scores(snap, data, method, weight)
+    for name, by_query in learned.items():
+        rep[name] = mean_ndcg(report, lambda d: by_query[d.query])
+        tun[name] = mean_ndcg(tune, lambda d: by_query[d.query])
+    return SearchEvalReport(dataset, len(tune), len(report), method.value, weight, rep, tun, grid,
                             snap.version, (config.fusion.value, config.hybrid_weight))
+
+
+def ranker_lists(snap: Any, data: list[QueryData], method: Fusion, weight: float) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The search ranker's features of every query's judged products (the serving function), their gains
+    and the list sizes, in ``data`` order."""
+    from engine.ranking.features import search_features
+    from engine.search import search_inputs
+
+    X, y, groups = [], [], []
+    for d in data:
+        assert d.rows is not None
+        fused = fuse(d.bm25, d.vector, weight, method)
+        X.append(search_features(search_inputs(snap, d.query, d.rows, d.bm25, d.vector, fused, None)))
+        y.append(d.gains.astype(np.float32))
+        groups.append(len(d.rows))
+    return np.concatenate(X), np.concatenate(y), groups
+
+
+def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: float, seed: int = 0, cfg: Any = None
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """Train the MLP (labels gain / 3) and LambdaMART (grades = gains) on the tune queries but the early-stop
+    fifth, early-stopped on that fifth; score every query. ``{"learned ranker (MLP)": {query: scores}, ...}``"""
+    from engine.learn.train import TrainConfig, train_lambdamart, train_mlp
+    from engine.ranking.features import SEARCH_FEATURES
+
+    X, y, groups = ranker_lists(snap, data, method, weight)
+    off = np.concatenate([[0], np.cumsum(groups)])
+
+    def part(pick: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in pick])
+        return X[idx], y[idx], [groups[i] for i in pick]
+
+    fit_ids = [i for i, d in enumerate(data) if d.tune and not d.early_stop]
+    stop_ids = [i for i, d in enumerate(data) if d.early_stop]
+    if not stop_ids and len(fit_ids) > 1:  # tiny slices (tests): the last tune query stops early
+        stop_ids = fit_ids[-1:]
+        fit_ids = fit_ids[:-1]
+    if not fit_ids or not stop_ids:
+        return {}
+    fit, stop = part(fit_ids), part(stop_ids)
+    mlp = train_mlp(fit[0], fit[1] / 3.0, fit[2], stop[0], stop[1] / 3.0, stop[2], SEARCH_FEATURES,
+                    cfg or TrainConfig(hidden=(32, 16), seed=seed, batch_size=128))
+    booster = train_lambdamart(fit[0], fit[1], fit[2], stop[0], stop[1], stop[2], seed=seed)
+    out: dict[str, dict[str, np.ndarray]] = {"learned ranker (MLP)": {}, "LambdaMART": {}}
+    s_mlp, s_lm = mlp.model.score(X), np.asarray(booster.predict(X), np.float64)
+    for i, d in enumerate(data):
+        out["learned ranker (MLP)"][d.query] = s_mlp[off[i]:off[i + 1]]
+        out["LambdaMART"][d.query] = s_lm[off[i]:off[i + 1]]
+    return out
 
 
 def mean_ndcg(split: list[QueryData], score: Any) -> float:

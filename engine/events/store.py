@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import json
 import logging
 import os
 import re
@@ -54,6 +55,15 @@ BUSY_TIMEOUT_S = 30.0
 WAL_AUTOCHECKPOINT_PAGES = 4000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_COLS = "seq, event_id, user_id, type, item_id, value, query, ts, request_id, position"
+# Experiments (engine.learn.experiments): one row each; ``variants`` is JSON [{name, policy, share}]. At most one
+# runs per surface (a partial unique index backs add_experiment's check).
+EXPERIMENTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, surface TEXT NOT NULL, kind TEXT NOT NULL, "
+    "variants TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL, stopped_at REAL, winner TEXT)"
+)
+_EXPERIMENT_COLS = "name, surface, kind, variants, state, created_at, stopped_at, winner"
+# (name, surface, kind, variants JSON, state, created_at, stopped_at, winner)
+ExperimentRow = tuple[str, str, str, str, str, float, float | None, str | None]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +118,12 @@ class EventStore(Protocol):
     def impression_shapes(self, since: float, until: float | None = None) -> list[tuple[str, int, int, int]]: ...
     def attributed_outcomes(self, since: float, until: float | None, *, window_s: float,
                             types: Sequence[EventType]) -> list[tuple[str, str, str, int, EventType]]: ...
+    def policy_lists(self, prefix: str, since: float, until: float | None = None, *, feature: str | None = None,
+                     ) -> list[tuple[str, str, str | None, int, int, list[float | None]]]: ...
+    def add_experiment(self, row: ExperimentRow) -> str | None: ...
+    def stop_experiment(self, name: str, stopped_at: float, winner: str | None = None) -> bool: ...
+    def experiments(self, *, running: bool = False) -> list[ExperimentRow]: ...
+    def get_experiment(self, name: str) -> ExperimentRow | None: ...
     def user_events(self, user_id: str, limit: int | None = None, after_seq: int = 0) -> list[Event]: ...
     def events_after(self, seq: int = 0, limit: int = 10000) -> list[Event]: ...
     def count(self) -> int: ...
@@ -167,6 +183,12 @@ def _guarded(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[
 def _upper(until: float | None) -> float:
     """An upper time bound for SQL: ``until``, or infinity for none."""
     return float("inf") if until is None else until
+
+
+def _row_experiment(row: Sequence[Any]) -> ExperimentRow:
+    name, surface, kind, variants, state, created_at, stopped_at, winner = row
+    return (name, surface, kind, variants, state, float(created_at),
+            None if stopped_at is None else float(stopped_at), winner)
 
 
 def _row_event(row: Sequence[Any]) -> Event:
@@ -345,6 +367,9 @@ class SQLiteEventStore:
             conn.execute(IMPRESSIONS_DDL)
             conn.execute("CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id, ts)")
             conn.execute("CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts)")
+            conn.execute(EXPERIMENTS_DDL)
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS experiments_running ON experiments (surface) "
+                         "WHERE state = 'running'")
             for ddl in features.SCHEMA:
                 conn.execute(ddl)
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -616,6 +641,78 @@ class SQLiteEventStore:
         args.update({f"t{k}": t.value for k, t in enumerate(types)})
         with self._read() as conn:
             return [(r, s, item, int(pos), EventType(t)) for r, s, item, pos, t in conn.execute(sql, args)]
+
+    @_guarded
+    def policy_lists(self, prefix: str, since: float, until: float | None = None, *, feature: str | None = None,
+                     ) -> list[tuple[str, str, str | None, int, int, list[float | None]]]:
+        """``(request_id, policy, user_id, offset, items in the list, values)`` of every impression logged
+        in ``[since, until)`` whose policy starts with ``prefix``, oldest first. ``values``: with ``feature``
+        (a plain name), each shown item's value of that feature in item order (None where it has none;
+        empty when the list logged no features); else empty. Unpacks no item list, only the features asked."""
+        if feature is not None and not _IDENT.match(feature):
+            raise ValueError(f"not a plain feature name: {feature!r}")
+        values = "NULL" if feature is None else (
+            f"(SELECT json_group_object(f.key, json_extract(f.value, '$.{feature}')) FROM json_each(features) f)")
+        sql = (f"SELECT request_id, policy, user_id, offset_, json_array_length(items), {values} FROM impressions "
+               "WHERE ts >= ? AND ts < ? AND substr(policy, 1, ?) = ? ORDER BY ts, request_id")
+        out: list[tuple[str, str, str | None, int, int, list[float | None]]] = []
+        with self._read() as conn:
+            for rid, policy, user, offset, n, vals in conn.execute(sql, (since, _upper(until), len(prefix), prefix)):
+                by_index = json.loads(vals) if vals else {}
+                out.append((rid, policy, user, int(offset), int(n),
+                            [by_index.get(str(i)) for i in range(n)] if by_index else []))
+        return out
+
+    @_guarded
+    def add_experiment(self, row: ExperimentRow) -> str | None:
+        """Store a new experiment, unless one of the same name exists or (for a running one) another runs on
+        the same surface. None when stored; else the name of the experiment in the way (its own name when
+        taken). Checked and written in one write transaction, so two processes cannot both start one."""
+        self._require_writable()
+        name, surface, state = row[0], row[1], row[4]
+        with self._write() as conn:
+            clash = conn.execute(
+                "SELECT name FROM experiments WHERE name = ? OR (? = 'running' AND surface = ? AND state = 'running') "
+                "ORDER BY name = ? DESC LIMIT 1", (name, state, surface, name)).fetchone()
+            if clash is not None:
+                return str(clash[0])
+            conn.execute(f"INSERT INTO experiments ({_EXPERIMENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        return None
+
+    @_guarded
+    def stop_experiment(self, name: str, stopped_at: float, winner: str | None = None) -> bool:
+        """Mark the experiment stopped (a stopped one keeps its stop time) and record ``winner`` unless one
+        is recorded already; False when there is no such experiment."""
+        self._require_writable()
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE experiments SET state = 'stopped', stopped_at = coalesce(stopped_at, ?), "
+                "winner = coalesce(winner, ?) WHERE name = ?", (stopped_at, winner, name)).rowcount == 1
+
+    @_guarded
+    def experiments(self, *, running: bool = False) -> list[ExperimentRow]:
+        """Every experiment (only the running ones with ``running``), newest first. None in a store opened
+        read-only before it had the table."""
+        where = "WHERE state = 'running'" if running else ""
+        try:
+            rows = self._conn().execute(f"SELECT {_EXPERIMENT_COLS} FROM experiments {where} "
+                                        "ORDER BY created_at DESC, name").fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return []
+            raise
+        return [_row_experiment(r) for r in rows]
+
+    @_guarded
+    def get_experiment(self, name: str) -> ExperimentRow | None:
+        try:
+            row = self._conn().execute(f"SELECT {_EXPERIMENT_COLS} FROM experiments WHERE name = ?",
+                                       (name,)).fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return None
+            raise
+        return None if row is None else _row_experiment(row)
 
     @_guarded
     def get_event(self, event_id: str) -> Event | None:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from engine.catalog import CATEGORY_SEP
+from engine.ranking.scores import zscore
 
 RECOMMEND_FEATURES = (
     "content", "cooccurrence", "popular",  # each source's raw score (log1p for the counts)
@@ -43,6 +44,7 @@ RECOMMEND_FEATURES = (
 
 SEARCH_FEATURES = (
     "bm25", "vector", "fused", "fused_rank",  # retrieval scores and log2(1 + rank) in the fused order
+    "bm25_z", "vector_z", "bm25_rank", "vector_rank",  # z-score and log2(1 + rank) within the candidates
     "bm25_title", "bm25_description", "bm25_brand", "bm25_category",  # per-field BM25 (global idf)
     "cover_title", "cover_all",  # idf share of the query's terms found in the title / anywhere
     "exact_title", "phrase_in_title", "brand_in_query", "category_in_query",
@@ -179,7 +181,7 @@ class SearchCandidates:
     bm25: np.ndarray
     vector: np.ndarray
     fused: np.ndarray
-    fields: dict[str, Sequence[Sequence[str]]]  # title/description/brand/category -> per candidate tokens
+    fields: Mapping[str, Sequence[Sequence[str]]]  # title/description/brand/category -> per candidate tokens
     titles: Sequence[str]  # normalized titles
     brands: Sequence[str]  # normalized brands ("" unknown)
     category_leaves: Sequence[str]  # normalized leaf categories
@@ -226,6 +228,12 @@ def search_features(c: SearchCandidates) -> np.ndarray:
     rank = np.empty(m, np.float64)
     rank[np.lexsort((np.arange(m), -np.asarray(c.fused, np.float64)))] = np.arange(1, m + 1)
     out[:, col["fused_rank"]] = np.log2(1.0 + rank)
+    for name, values in (("bm25", c.bm25), ("vector", c.vector)):
+        v = np.asarray(values, np.float64)
+        out[:, col[f"{name}_z"]] = zscore(v)
+        r = np.empty(m, np.float64)
+        r[np.lexsort((np.arange(m), -v))] = np.arange(1, m + 1)
+        out[:, col[f"{name}_rank"]] = np.log2(1.0 + r)
     idf = c.stats.idf
     terms = [t for t in dict.fromkeys(c.query_tokens)]
     total_idf = sum(idf.get(t, 0.0) for t in terms)
@@ -256,9 +264,9 @@ def search_features(c: SearchCandidates) -> np.ndarray:
         ok = np.isfinite(p) & (p > 0)
         out[ok, col["price_ratio"]] = np.log(p[ok] / c.usual_price)
         out[ok, col["price_known"]] = 1.0
-    for name, values in (("item_ctr", c.ctr), ("item_conversion", c.conversion), ("popular", c.popular)):
-        if values is not None:
-            out[:, col[name]] = values
+    for name, given in (("item_ctr", c.ctr), ("item_conversion", c.conversion), ("popular", c.popular)):
+        if given is not None:
+            out[:, col[name]] = given
     if c.positions is not None:
         out[:, col["position"]] = [position_feature(p) for p in c.positions]
     return out.astype(np.float32)

@@ -171,7 +171,7 @@ def _reranker(snap: Snapshot, models: LiveModels, known: Sequence[Touch], parts:
             cooc_prev=np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
             category_next=transitions.log_prob(hprods[-1].category_path if hprods else "", cats),
             ctr=ctr, conversion=conversion,
-            hist_vectors=np.asarray(snap.vectors)[hist].reshape(len(hist), -1),
+            hist_vectors=np.asarray(snap.vectors)[np.asarray(hist, np.int64)],
             hist_categories=[p.category_path for p in hprods], hist_brands=[brand_key(p.brand) for p in hprods],
             hist_prices=np.asarray(snap.price[hist], np.float64),
         )

@@ -1,4 +1,5 @@
-// Vitrine admin page: rebuild with live progress, rollback, the events-per-day chart and the surfaces' rates.
+// Vitrine admin page: rebuild with live progress, rollback, the events-per-day chart, the surfaces' rates and
+// the experiments (per-variant rates with 95% intervals; start, stop, choose a winner).
 // The session (logged in with the admin key) authorizes the /v1/admin calls, with the CSRF header.
 "use strict";
 
@@ -199,9 +200,150 @@
     }
   }
 
+  // -- experiments: one block per experiment, a row per variant; start / stop / choose a winner ----
+  const when = (ts) => (ts ? new Date(ts * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC" : "");
+  const withCi = (r) => `${pct(r.value)} [${pct(r.low)}–${pct(r.high)}]`;
+  const signed = (x) => `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(3)}`;
+
+  function tellExperiment(text) {
+    document.getElementById("experiment-message").textContent = text;
+  }
+
+  async function experimentAction(path, body, done) {
+    try {
+      const e = await api("POST", path, body);
+      tellExperiment(done(e));
+    } catch (err) {
+      tellExperiment("could not do it: " + err.message);
+    }
+    await loadExperiments();
+  }
+
+  function drawExperiment(e) {
+    const box = el("article", { class: "experiment", "data-experiment": e.name, "data-state": e.state });
+    box.append(el("h3", {}, e.name));
+    const facts = [`${e.kind} on ${e.surface}`, e.state, `started ${when(e.created_at)}`];
+    if (e.stopped_at) facts.push(`stopped ${when(e.stopped_at)}`);
+    if (e.winner) facts.push(`winner: ${e.winner}`);
+    box.append(el("p", { class: "muted" }, facts.join(" · ")));
+    const st = e.stats || { variants: [] };
+    const byName = Object.fromEntries((st.variants || []).map((v) => [v.variant, v]));
+    const table = el("table", { class: "experiment-variants" });
+    const head = el("tr");
+    for (const h of ["variant", "policy", "share", "lists", "shoppers", "shown", "CTR (95%)", "conversion (95%)", ""]) {
+      head.append(el("th", { scope: "col" }, h));
+    }
+    const thead = el("thead");
+    thead.append(head);
+    table.append(thead);
+    const body = el("tbody");
+    for (const v of e.variants) {
+      const s = byName[v.name];
+      const tr = el("tr", { "data-variant": v.name });
+      const name = el("th", { scope: "row" }, v.name);
+      if (e.winner === v.name) { name.append(" "); name.append(el("strong", {}, "(winner)")); }
+      tr.append(name, el("td", {}, v.policy), el("td", {}, e.kind === "interleave" ? "all lists" : pct(v.share)));
+      if (s) {
+        tr.append(el("td", {}, String(s.lists)), el("td", {}, String(s.shoppers)), el("td", {}, String(s.shown)),
+                  el("td", { title: `${s.clicks} clicked`, class: "ctr" }, s.shown ? withCi(s.ctr) : "—"),
+                  el("td", { title: `${s.purchases} bought`, class: "conversion" }, s.shown ? withCi(s.conversion) : "—"));
+      } else {
+        tr.append(el("td"), el("td"), el("td"), el("td"), el("td"));
+      }
+      const cell = el("td");
+      if (!e.winner) {
+        const b = el("button", { type: "button", class: "choose-winner" }, "Choose as winner");
+        b.addEventListener("click", () => {
+          b.disabled = true;
+          experimentAction(`/v1/admin/experiments/${encodeURIComponent(e.name)}/winner`, { variant: v.name },
+                           (r) => `${r.name}: ${r.winner} chosen; the experiment is stopped`);
+        });
+        cell.append(b);
+      }
+      tr.append(cell);
+      body.append(tr);
+    }
+    table.append(body);
+    box.append(table);
+    const il = st.interleaving;
+    if (il) {
+      const [a, b] = e.variants.map((v) => v.name);
+      box.append(el("p", { class: "interleaving" },
+        `Lists won: ${a} ${il.wins_a}, ${b} ${il.wins_b}, ties ${il.ties} (${il.no_clicks} without clicks). ` +
+        `Preference for ${b}: ${signed(il.preference)} [${signed(il.low)}, ${signed(il.high)}], ` +
+        `sign test p = ${il.p_value.toPrecision(2)}.`));
+    }
+    if (e.state === "running") {
+      const actions = el("div", { class: "admin-actions" });
+      const stop = el("button", { type: "button", class: "stop-experiment" }, "Stop");
+      stop.addEventListener("click", () => {
+        stop.disabled = true;
+        experimentAction(`/v1/admin/experiments/${encodeURIComponent(e.name)}/stop`, undefined,
+                         (r) => `${r.name} stopped`);
+      });
+      actions.append(stop);
+      box.append(actions);
+    }
+    return box;
+  }
+
+  async function loadExperiments() {
+    const box = document.getElementById("experiments");
+    try {
+      const r = await api("GET", "/v1/admin/experiments");
+      const list = r.experiments || [];
+      if (!list.length) box.replaceChildren(el("p", { class: "muted" }, "No experiments yet."));
+      else box.replaceChildren(...list.map(drawExperiment));
+      box.dataset.loaded = String(list.length);
+    } catch (e) {
+      box.replaceChildren(el("p", {}, "could not load the experiments: " + e.message));
+    }
+  }
+
+  // An added row may be left empty: it is skipped.
+  function variantRow() {
+    const tr = el("tr");
+    tr.append(el("td"), el("td"), el("td"));
+    tr.cells[0].append(el("input", { name: "variant-name", "aria-label": "variant name", maxlength: "64" }));
+    tr.cells[1].append(el("input", { name: "variant-policy", "aria-label": "policy", list: "experiment-policies" }));
+    tr.cells[2].append(el("input", { name: "variant-share", "aria-label": "share", type: "number", min: "0", max: "1",
+                                     step: "any" }));
+    return tr;
+  }
+
+  async function startExperiment(ev) {
+    ev.preventDefault();
+    const variants = [...document.querySelectorAll("#experiment-variants tbody tr")].map((tr) => {
+      const get = (n) => tr.querySelector(`[name="${n}"]`).value.trim();
+      const v = { name: get("variant-name"), policy: get("variant-policy") };
+      if (get("variant-share") !== "") v.share = Number(get("variant-share"));
+      return v;
+    }).filter((v) => v.name || v.policy);
+    const button = document.getElementById("experiment-start");
+    button.disabled = true;
+    try {
+      const value = (id) => document.getElementById(id).value.trim();
+      const e = await api("POST", "/v1/admin/experiments", {
+        name: value("experiment-name"), surface: value("experiment-surface"), kind: value("experiment-kind"), variants,
+      });
+      tellExperiment(`${e.name} started on ${e.surface}`);
+      document.getElementById("experiment-name").value = "";
+      await loadExperiments();
+    } catch (err) {
+      tellExperiment("could not start it: " + err.message);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("rebuild").addEventListener("click", rebuild);
     document.getElementById("rollback").addEventListener("click", rollback);
+    document.getElementById("experiment-form").addEventListener("submit", startExperiment);
+    document.getElementById("experiment-add-variant").addEventListener("click", () => {
+      document.querySelector("#experiment-variants tbody").append(variantRow());
+    });
     loadStats();
+    loadExperiments();
   });
 })();
