@@ -109,10 +109,11 @@ class Info:
     model: str | None
     dims: int | None
     encoder: str | None
+    rankers: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)  # surface -> served
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "items": self.items, "created_at": self.created_at,
-                "model": self.model, "dims": self.dims, "encoder": self.encoder}
+                "model": self.model, "dims": self.dims, "encoder": self.encoder, "rankers": self.rankers}
 
 
 @dataclass(frozen=True)
@@ -299,12 +300,14 @@ class Engine:
         finally:
             self._suggester_lock.release()
 
-    def similar(self, item_id: str, *, k: int | None = None, same_category: bool = False) -> Similar:
-        """Nearest neighbours of the item (itself and items with its exact title left out)."""
+    def similar(self, item_id: str, *, k: int | None = None, same_category: bool = False,
+                viewer: str | None = None) -> Similar:
+        """Nearest neighbours of the item (itself and items with its exact title left out). ``viewer``: the
+        shopper or session shown the list, for its impression (attribution joins their later events to it)."""
         k = self._check_k(k)
         snap = self.snapshot()
         hits = similar_items(snap, snap.catalog.row(item_id), k=k, same_category=same_category)
-        rid = self._log("similar", None, item_id, lambda: [(h.id, {"score": h.score}) for h in hits], "nearest")
+        rid = self._log("similar", viewer, item_id, lambda: [(h.id, {"score": h.score}) for h in hits], "nearest")
         return Similar(item_id, snap.version, hits, rid)
 
     def item(self, item_id: str) -> Product:
@@ -316,7 +319,25 @@ class Engine:
         snap = self.snapshot()
         m = snap.manifest
         return Info(snap.version, len(snap), m.get("created_at"), m.get("model"), m.get("dims"),
-                    m.get("embedding", {}).get("encoder"))
+                    m.get("embedding", {}).get("encoder"), self.ranker_info())
+
+    def ranker_info(self) -> dict[str, dict[str, Any] | None]:
+        """Per surface, the learned ranker served (version, when, what it was trained on, its metrics and
+        the last refused version's error), or None when the blend / fused order serves."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for surface in ("recommend", "search"):
+            loaded = self.rankers.get(surface)
+            error = self.rankers.last_error(surface)
+            if loaded is None:
+                out[surface] = None if error is None else {"version": None, "error": error}
+                continue
+            m = loaded.manifest
+            training = m.get("training", {})
+            out[surface] = {"version": loaded.version, "created_at": m.get("created_at"),
+                            "training": {k: training[k] for k in ("data", "lists", "rows", "lists_used", "span")
+                                         if k in training},
+                            "metrics": m.get("metrics", {}), "error": error}
+        return out
 
     def health(self) -> Health:
         """Whether the engine serves, and what does not work when it is degraded (never raises)."""
@@ -340,8 +361,11 @@ class Engine:
 
     def recommend(self, user_id: str | None = None, *, recent: list[str] | None = None, k: int | None = None,
                   filters: Filters = NO_FILTERS, exclude: list[str] | None = None,
-                  diversity: float = 0.0, surface: str | None = None) -> Recommendations:
+                  diversity: float = 0.0, surface: str | None = None,
+                  viewer: str | None = None) -> Recommendations:
         """Recommendations for a shopper, or for an anonymous session's ``recent`` items (oldest first).
+        ``viewer``: who is shown a list asked without ``user_id`` (a storefront session's trending strip), for
+        its impression.
         ``surface`` names where the list is shown, in the impression log (default: ``recommend``, or
         ``recommend_session`` without a shopper)."""
         chosen = self._choose("recommend", user_id)
@@ -349,7 +373,8 @@ class Engine:
                                        exclude=exclude, diversity=diversity,
                                        scorer=None if chosen.model is None else chosen.model.score,
                                        features=self.impressions is not None)
-        rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"), user_id, None,
+        rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"),
+                        user_id if user_id is not None else viewer, None,
                         lambda: [(r.id, dict(r.features or {})) for r in recs.recommendations],
                         chosen.policy or "blend")
         return dataclasses.replace(recs, request_id=rid)

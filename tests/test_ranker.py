@@ -77,6 +77,9 @@ def test_no_model_serves_the_blend_a_published_one_hot_reloads_a_corrupt_one_is_
     learned = engine.recommend("ann", k=5)
     engine.impressions.flush()
     assert engine.events.get_impression(learned.request_id).policy == f"ranker:{version}"
+    served = engine.info().to_dict()["rankers"]
+    assert served["search"] is None and served["recommend"]["version"] == version
+    assert served["recommend"]["training"] == {"data": "test"}
     ids = [r.id for r in learned.recommendations]
     assert ids != [r.id for r in blend.recommendations]
     scores = [r.score for r in learned.recommendations]
@@ -91,6 +94,7 @@ def test_no_model_serves_the_blend_a_published_one_hot_reloads_a_corrupt_one_is_
     loaded = engine.rankers.get("recommend")
     assert loaded is not None and loaded.version == version
     assert "sha256" in (engine.rankers.last_error("recommend") or "")
+    assert "sha256" in engine.info().to_dict()["rankers"]["recommend"]["error"]
 
     # Rolled back past it, and with no pointer at all, the blend serves again.
     assert registry.rollback(config.rankers_path, "recommend") == version

@@ -467,7 +467,10 @@ def openapi_document() -> dict[str, Any]:
                 "Info": {"type": "object", "required": ["version", "items"], "properties": {
                     "version": {"type": "string"}, "items": {"type": "integer"},
                     "created_at": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]},
-                    "dims": {"type": ["integer", "null"]}, "encoder": {"type": ["string", "null"]}}},
+                    "dims": {"type": ["integer", "null"]}, "encoder": {"type": ["string", "null"]},
+                    "rankers": {"type": "object", "description": "per surface (recommend, search), the learned "
+                                "ranker served, or null when the blend / fused order serves",
+                                "additionalProperties": {"type": ["object", "null"]}}}},
                 "Versions": {"type": "object", "required": ["current", "served", "on_disk", "manifest"],
                              "properties": {
                     "current": {"type": ["string", "null"], "description": "the served version"},

@@ -85,7 +85,8 @@ def _recommendations(shopper: str | None) -> tuple[list[dict[str, Any]], str | N
     """The shopper's (or, for None, trending) recommendations and the list's request_id; none while the
     event store is unavailable, so that the page still renders its search results."""
     try:
-        recs = get_engine().recommend(shopper, k=STRIP_SIZE, surface="for_you" if shopper else "trending")
+        recs = get_engine().recommend(shopper, k=STRIP_SIZE, surface="for_you" if shopper else "trending",
+                                      viewer=session_shopper())
         body = recs.to_dict()
         recommended: list[dict[str, Any]] = body["recommendations"]
         return recommended, recs.request_id
@@ -144,7 +145,7 @@ def item(item_id: str) -> tuple[str, int]:
         product = engine.item(item_id)
     except NotFound as e:
         return render_template("error.html", status=404, message=str(e), shoppers=_shoppers()), 404
-    similar = engine.similar(item_id, k=STRIP_SIZE)
+    similar = engine.similar(item_id, k=STRIP_SIZE, viewer=session_shopper())
     for_you, for_you_request = _for_you(session_shopper())
     return render_template(
         "item.html", product=product.to_dict(), stats=_item_stats(item_id),
@@ -213,7 +214,8 @@ def admin() -> tuple[str, int]:
         except IndexNotBuilt:
             info = None
     return render_template("admin.html", info=info, versions=list(reversed(versions.on_disk)),
-                           current=versions.current, can_roll_back=len(versions.served) > 1), 200
+                           current=versions.current, can_roll_back=len(versions.served) > 1,
+                           rankers=get_engine().ranker_info()), 200
 
 
 @bp.post("/admin/login")

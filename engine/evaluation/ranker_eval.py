@@ -172,8 +172,11 @@ def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publ
     from engine.learn import registry
     from engine.recommend.blend import Blender
 
+    if (surface, data) == ("search", "crowdflower"):
+        return _train_crowdflower(config, seed=seed, publish=publish, data_dir=data_dir)
     if (surface, data) != ("recommend", "scientific"):
-        raise InvalidQuery("data", f"{data} does not bootstrap the {surface} ranker (scientific: recommend)")
+        raise InvalidQuery("data", f"{data} does not bootstrap the {surface} ranker "
+                                   "(scientific: recommend, crowdflower: search)")
     rec = R.load_scientific(config, Path(data_dir or config.data_dir))
     train, _, val, test = R.split(rec)
     co_p, ct_p = R.served_params()
@@ -198,4 +201,32 @@ def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publ
     }
     if publish:
         manifest["version"] = registry.publish(config.rankers_path, surface, model, manifest)
+    return manifest
+
+
+def _train_crowdflower(config: Any, *, seed: int, publish: bool, data_dir: Any) -> dict[str, Any]:
+    """`vitrine train ranker --surface search --data crowdflower`: the search MLP trained on the CrowdFlower
+    tune half (a fifth of it for early stopping), its report-half nDCG@10 beside the served fusion's."""
+    from engine.evaluation import search_eval as S
+    from engine.learn import registry
+    from engine.ranking.fusion import fuse
+
+    snap, data = S.crowdflower_queries(config, data_dir)
+    keep: dict[str, Any] = {}
+    scores = S.ranker_scores(snap, data, config.fusion, config.hybrid_weight, seed=seed, keep=keep)
+    report = [d for d in data if not d.tune]
+    metrics = {"report_ndcg@10": {
+        "mlp": S.mean_ndcg(report, lambda d: scores["learned ranker (MLP)"][d.query]),
+        "lambdamart": S.mean_ndcg(report, lambda d: scores["LambdaMART"][d.query]),
+        "served_fusion": S.mean_ndcg(report, lambda d: fuse(d.bm25, d.vector, config.hybrid_weight, config.fusion))}}
+    res = keep["mlp"]
+    manifest: dict[str, Any] = {
+        "training": {"data": "crowdflower", "span": "tune half (even crc32 queries), a fifth of it for early stopping",
+                     "lists": keep["fit_lists"], "rows": keep["fit_rows"], "val_lists": keep["stop_lists"],
+                     "labels": "gain / 3 (median_relevance - 1)", "seed": seed, "epochs": res.epochs,
+                     "best_epoch": res.best_epoch},
+        "metrics": metrics,
+    }
+    if publish:
+        manifest["version"] = registry.publish(config.rankers_path, "search", res.model, manifest)
     return manifest

@@ -112,7 +112,10 @@ def load_crowdflower(data_dir: Path) -> tuple[list[dict[str, Any]], list[tuple[s
     return products, [(q, r, g) for q, (r, g) in sorted(queries.items())]
 
 
-def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir: Path | None = None) -> SearchEvalReport:
+def crowdflower_queries(config: EngineConfig, data_dir: Path | None = None, dataset: str = "crowdflower"
+                        ) -> tuple[Any, list[QueryData]]:
+    """The CrowdFlower catalog built by the real pipeline (under ``<index_dir>/eval/crowdflower``), its
+    snapshot, and every query's judged products with their BM25 and vector scores."""
     from engine import pipeline
     from engine.service import Engine
 
@@ -132,6 +135,11 @@ def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir
         bm25_all = snap.keyword.scores(q)
         data.append(QueryData(q, np.array(gains), bm25_all[rows_arr], snap.vector_index.score(engine.embed_query(q), rows_arr),
                               rows_arr))
+    return snap, data
+
+
+def run_search_eval(config: EngineConfig, dataset: str = "crowdflower", data_dir: Path | None = None) -> SearchEvalReport:
+    snap, data = crowdflower_queries(config, data_dir, dataset)
     tune = [d for d in data if d.tune]
     report = [d for d in data if not d.tune]
     grid: list[dict[str, Any]] = []
@@ -173,8 +181,8 @@ def ranker_lists(snap: Any, data: list[QueryData], method: Fusion, weight: float
     return np.concatenate(X), np.concatenate(y), groups
 
 
-def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: float, seed: int = 0, cfg: Any = None
-                  ) -> dict[str, dict[str, np.ndarray]]:
+def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: float, seed: int = 0, cfg: Any = None,
+                  keep: dict[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Train the MLP (labels gain / 3) and LambdaMART (grades = gains) on the tune queries but the early-stop
     fifth, early-stopped on that fifth; score every query. ``{"learned ranker (MLP)": {query: scores}, ...}``"""
     from engine.learn.train import TrainConfig, train_lambdamart, train_mlp
@@ -197,6 +205,8 @@ def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: floa
     fit, stop = part(fit_ids), part(stop_ids)
     mlp = train_mlp(fit[0], fit[1] / 3.0, fit[2], stop[0], stop[1] / 3.0, stop[2], SEARCH_FEATURES,
                     cfg or TrainConfig(hidden=(32, 16), seed=seed, batch_size=128))
+    if keep is not None:
+        keep.update(mlp=mlp, fit_lists=len(fit[2]), fit_rows=int(len(fit[1])), stop_lists=len(stop[2]))
     booster = train_lambdamart(fit[0], fit[1], fit[2], stop[0], stop[1], stop[2], seed=seed)
     out: dict[str, dict[str, np.ndarray]] = {"learned ranker (MLP)": {}, "LambdaMART": {}}
     s_mlp, s_lm = mlp.model.score(X), np.asarray(booster.predict(X), np.float64)

@@ -47,6 +47,7 @@ SEARCH_FEATURES = (
     "bm25_z", "vector_z", "bm25_rank", "vector_rank",  # z-score and log2(1 + rank) within the candidates
     "bm25_title", "bm25_description", "bm25_brand", "bm25_category",  # per-field BM25 (global idf)
     "cover_title", "cover_all",  # idf share of the query's terms found in the title / anywhere
+    "bigrams_title", "missing_title",  # share of the query's adjacent term pairs adjacent in the title; terms absent
     "exact_title", "phrase_in_title", "brand_in_query", "category_in_query",
     "query_terms", "title_terms",  # log1p of the token counts
     "personal",  # the shopper's affinity (0 without a shopper)
@@ -245,6 +246,14 @@ def search_features(c: SearchCandidates) -> np.ndarray:
             anywhere = in_title.union(*(set(c.fields[f][i]) for f in SEARCH_FIELDS if f != "title"))
             out[i, col["cover_title"]] = sum(idf.get(t, 0.0) for t in terms if t in in_title) / total_idf
             out[i, col["cover_all"]] = sum(idf.get(t, 0.0) for t in terms if t in anywhere) / total_idf
+    qb = set(zip(c.query_tokens[:-1], c.query_tokens[1:]))
+    for i in range(m):
+        title_tokens = list(c.fields["title"][i])
+        present = set(title_tokens)
+        out[i, col["missing_title"]] = sum(1 for t in terms if t not in present)
+        if qb:
+            tb = set(zip(title_tokens[:-1], title_tokens[1:]))
+            out[i, col["bigrams_title"]] = len(qb & tb) / len(qb)
     q = c.query_text
     padded = f" {q} "
     for i in range(m):
