@@ -131,9 +131,11 @@ def ranked_search(
     X: dict[int, np.ndarray] = {}
     if scorer is not None or features:
         top = order[:rerank_top]
+        # Logging alone needs the shown items' features only (their text features cost most); a scorer, all.
+        shown = None if scorer is not None else np.arange(len(top))[offset:offset + k]
         feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
-                                              None if personal is None else personal[top], item_rates))
-        X = {int(i): feats[j] for j, i in enumerate(top)}
+                                              None if personal is None else personal[top], item_rates, shown))
+        X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
         if scorer is not None:
             learned = np.asarray(scorer(feats), np.float64)
             order = np.concatenate([top[np.lexsort((np.arange(len(top)), -learned))], order[rerank_top:]])
@@ -148,9 +150,14 @@ ItemRates = Callable[[list[str]], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
 
 
 def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,
-                  personal: np.ndarray | None, item_rates: ItemRates | None = None) -> SearchCandidates:
-    """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``."""
+                  personal: np.ndarray | None, item_rates: ItemRates | None = None,
+                  subset: np.ndarray | None = None) -> SearchCandidates:
+    """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``
+    (for the ``subset`` of them only, when given: see ``SearchCandidates.subset``)."""
     ft = FieldTokens.of(snap)
+    if subset is not None:
+        rows = rows[subset]
+        personal = None if personal is None else personal[subset]
     prods = [snap.catalog[int(r)] for r in rows]
     ctr = conversion = popular = None
     if item_rates is not None:
@@ -161,11 +168,11 @@ def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray
         titles=[norm(p.title) for p in prods], brands=[brand_key(p.brand) for p in prods],
         category_leaves=[norm(p.category[-1]) if p.category else "" for p in prods], stats=ft.stats,
         personal=None if personal is None else np.asarray(personal, np.float64),
-        ctr=ctr, conversion=conversion, popular=popular)
+        ctr=ctr, conversion=conversion, popular=popular, subset=subset)
 
 
 def _named(x: np.ndarray | None) -> dict[str, float] | None:
-    return None if x is None else {name: round(float(v), 6) for name, v in zip(SEARCH_FEATURES, x)}
+    return None if x is None else dict(zip(SEARCH_FEATURES, x.tolist()))
 
 
 MAX_FACET_CATEGORIES = 20

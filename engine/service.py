@@ -493,10 +493,11 @@ class Engine:
         return rid
 
     def _item_rates(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Click rate, purchase rate and log1p(trending) of items, from the live models (zeros while the event
-        store is unavailable): search ranker features."""
+        """Click rate, purchase rate and log1p(trending) of items, from the live models as of their last
+        refresh (by recommendations, also-bought or personalized search; zeros while the event store is
+        unavailable): search ranker features."""
         try:
-            with self.shoppers.live.current() as models:
+            with self.shoppers.live.held() as models:  # as of the last refresh: no store read per search
                 views, clicks, purchases = models.item_counts(ids)
                 trending = np.array([models.trending.score(i) for i in ids], np.float64)
         except StoreUnavailable:

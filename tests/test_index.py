@@ -123,3 +123,18 @@ def test_loaded_index_is_memory_mapped_and_answers_the_same(demo_vectors: np.nda
     assert str(path) in maps  # shared through the page cache, not read into each worker
     a, b = built.search(demo_vectors[:50], 10), loaded.search(demo_vectors[:50], 10)
     assert np.array_equal(a.rows, b.rows) and np.allclose(a.scores, b.scores)
+
+
+def test_the_tokenizer_is_bm25s_recipe_exactly() -> None:
+    import json
+
+    import bm25s
+
+    from engine.index.keyword import _stemmer, tokenize
+    from tests.conftest import ROOT
+
+    lines = (ROOT / "data" / "demo" / "catalog.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    texts = [r["title"] for r in rows] + [r.get("description", "") for r in rows] + ["", "The  a of", "CO2-laser 3D's"]
+    expected = bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer, return_ids=False, show_progress=False)
+    assert tokenize(texts) == [list(t) for t in expected]

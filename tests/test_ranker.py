@@ -222,3 +222,19 @@ def test_experiments_decide_what_serves_split_and_interleaved(config: EngineConf
     team_a = [i for i, t in zip(ids, teams) if t == 0]
     assert team_a[0] == plain[0] or ids[0] == plain[0], "one team's first pick is the fused order's best"
     assert [plain.index(i) for i in team_a if i in plain] == sorted(plain.index(i) for i in team_a if i in plain)
+
+
+def test_search_features_of_the_shown_items_alone_equal_those_of_the_whole_list(engine: Engine) -> None:
+    """Logging without a model computes the shown items' rows only; they are the full list's rows."""
+    from engine.ranking.features import search_features
+    from engine.search import search_inputs
+
+    snap = engine.snapshot()
+    rows = np.arange(min(30, len(snap)), dtype=np.int64)
+    rng = np.random.default_rng(1)
+    bm25, vec = rng.random(len(rows)), rng.random(len(rows))
+    fused, personal = bm25 + vec, rng.random(len(rows))
+    full = search_features(search_inputs(snap, "pla filament spool", rows, bm25, vec, fused, personal))
+    shown = np.array([3, 4, 5, 6, 7])
+    part = search_features(search_inputs(snap, "pla filament spool", rows, bm25, vec, fused, personal, subset=shown))
+    assert np.array_equal(part, full[shown])

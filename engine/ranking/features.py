@@ -18,7 +18,7 @@ first). The model thus learns the position effect from logged lists without rank
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -175,7 +175,7 @@ class FieldStats:
 
 @dataclass
 class SearchCandidates:
-    """Per-candidate inputs of one search list (``m`` candidates) and its query."""
+    """Per-candidate inputs of one search list (``m`` candidates, or the ``subset`` of them) and its query."""
 
     query_tokens: Sequence[str]  # the keyword index's tokens of the query (stemmed, stop words out)
     query_text: str  # normalized (lower case, single spaces)
@@ -194,7 +194,9 @@ class SearchCandidates:
     conversion: np.ndarray | None = None
     popular: np.ndarray | None = None
     positions: Sequence[int | None] | None = None
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    # Which candidates to compute rows for (indices into bm25 / vector / fused, which cover the whole list
+    # for the list-relative features); every other per-candidate field then holds those candidates only.
+    subset: np.ndarray | None = None
 
 
 SEARCH_FIELDS = ("title", "description", "brand", "category")
@@ -219,22 +221,26 @@ def field_bm25(query: Sequence[str], docs: Sequence[Sequence[str]], idf: dict[st
 
 
 def search_features(c: SearchCandidates) -> np.ndarray:
-    """``(m, len(SEARCH_FEATURES))`` float32 for one query's candidates (columns in that order)."""
+    """``(rows, len(SEARCH_FEATURES))`` float32 for one query's candidates (columns in that order): every
+    candidate, or the ``c.subset`` ones (their rows, in that order; list-relative features are still over
+    the whole candidate list)."""
     m = len(c.fused)
-    out = np.zeros((m, len(SEARCH_FEATURES)), np.float64)
+    sel = np.arange(m) if c.subset is None else np.asarray(c.subset, np.int64)
+    out = np.zeros((len(sel), len(SEARCH_FEATURES)), np.float64)
     col = {name: i for i, name in enumerate(SEARCH_FEATURES)}
-    out[:, col["bm25"]] = c.bm25
-    out[:, col["vector"]] = c.vector
-    out[:, col["fused"]] = c.fused
+    out[:, col["bm25"]] = np.asarray(c.bm25, np.float64)[sel]
+    out[:, col["vector"]] = np.asarray(c.vector, np.float64)[sel]
+    out[:, col["fused"]] = np.asarray(c.fused, np.float64)[sel]
     rank = np.empty(m, np.float64)
     rank[np.lexsort((np.arange(m), -np.asarray(c.fused, np.float64)))] = np.arange(1, m + 1)
-    out[:, col["fused_rank"]] = np.log2(1.0 + rank)
+    out[:, col["fused_rank"]] = np.log2(1.0 + rank)[sel]
     for name, values in (("bm25", c.bm25), ("vector", c.vector)):
         v = np.asarray(values, np.float64)
-        out[:, col[f"{name}_z"]] = zscore(v)
+        out[:, col[f"{name}_z"]] = zscore(v)[sel]
         r = np.empty(m, np.float64)
         r[np.lexsort((np.arange(m), -v))] = np.arange(1, m + 1)
-        out[:, col[f"{name}_rank"]] = np.log2(1.0 + r)
+        out[:, col[f"{name}_rank"]] = np.log2(1.0 + r)[sel]
+    m = len(sel)  # the per-item features below: the selected candidates only
     idf = c.stats.idf
     terms = [t for t in dict.fromkeys(c.query_tokens)]
     total_idf = sum(idf.get(t, 0.0) for t in terms)

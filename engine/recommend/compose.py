@@ -184,7 +184,7 @@ def _reranker(snap: Snapshot, models: LiveModels, known: Sequence[Touch], parts:
 
 
 def _named(x: np.ndarray | None) -> dict[str, float] | None:
-    return None if x is None else {name: round(float(v), 6) for name, v in zip(RECOMMEND_FEATURES, x)}
+    return None if x is None else dict(zip(RECOMMEND_FEATURES, x.tolist()))
 
 
 def _without(mask: np.ndarray | None, rows: list[int], n: int) -> np.ndarray | None:

@@ -100,6 +100,13 @@ class LiveModels:
         return dense
 
     @contextmanager
+    def held(self) -> Iterator["LiveModels"]:
+        """The models as last refreshed (no store read), held still while the caller reads them: for
+        readers that can be a refresh behind, such as the search ranker's item rates."""
+        with self._lock:
+            yield self
+
+    @contextmanager
     def current(self) -> Iterator["LiveModels"]:
         """Refresh from the event log, then hold the models still while the caller reads them."""
         with self._lock:
