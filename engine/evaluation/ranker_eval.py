@@ -64,6 +64,7 @@ def recommend_lists(
     cooc_last: Callable[[int], np.ndarray],
     counts: np.ndarray,
     transitions: CategoryTransitions,
+    follows: Callable[[int], np.ndarray],
     pool: int = POOL,
 ) -> Lists:
     """Candidates and features for every user: ``raw`` source -> (users, n) raw scores; ``cooc_last(row)``
@@ -88,6 +89,7 @@ def recommend_lists(
             vectors=vectors[top], categories=cats[top].tolist(), brands=brand[top].tolist(), prices=prices[top],
             cooc_last=cooc_last(int(h[-1]))[top] if len(h) else np.zeros(len(top)),
             cooc_prev=cooc_last(int(h[-2]))[top] if len(h) > 1 else np.zeros(len(top)),
+            follows_last=follows(int(h[-1]))[top] if len(h) else np.zeros(len(top)),
             category_next=transitions.log_prob(str(cats[h[-1]]) if len(h) else "", cats[top].tolist()),
             ctr=ctr[top], conversion=conv[top], hist_vectors=vectors[h], hist_categories=cats[h].tolist(), hist_brands=brand[h].tolist(),
             hist_prices=prices[h],

@@ -526,11 +526,18 @@ def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase,
         def cooc_last(r: int, sim: sp.csr_matrix = sim) -> np.ndarray:
             return np.asarray(sim[r].toarray()).ravel()
 
+        pairs = np.concatenate([np.stack([s[:-1], s[1:]], axis=1) for s in fit if len(s) > 1] or [np.empty((0, 2), np.int64)])
+        nxt = sp.csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        nxt.sum_duplicates()
+
+        def follows(r: int, nxt: sp.csr_matrix = nxt) -> np.ndarray:
+            return np.asarray(nxt[r].toarray()).ravel()
+
         out.append(ranker_eval.recommend_lists(
             hists=phase.hists, targets=phase.targets, excluded=phase.excluded, raw=raw, weights=weights,
             vectors=data.vectors, categories=categories, brands=data.brands or [""] * n,
             cooc_last=cooc_last, counts=counts,
-            transitions=transitions, pool=pool))
+            transitions=transitions, follows=follows, pool=pool))
         del raw
     trains = [x.with_positive() for x in out[:-2]]
     joined = ranker_eval.Lists(np.concatenate([x.X for x in trains]), np.concatenate([x.y for x in trains]),

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from engine.durable import fsync_dir, fsync_tree
 from engine.errors import NotFound
 from engine.index.versions import (CURRENT, HISTORY, MANIFEST, STAGING_PREFIX, current_version, list_versions,
                                    served_history)
@@ -27,32 +28,12 @@ def new_version_name(content_hash: str) -> str:
     return f"v{stamp}-{int(now % 1 * 1e6):06d}-{content_hash[:8]}"
 
 
-def fsync_tree(root: Path) -> None:
-    """fsync every file and folder under ``root`` (and ``root`` itself)."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(index_dir: Path, staging: Path, version: str) -> Path:
     """Make a fully written staging folder the new current version."""
     fsync_tree(staging)
     final = index_dir / version
     os.rename(staging, final)
-    _fsync_dir(index_dir)
+    fsync_dir(index_dir)
     switch_current(index_dir, version, served_history(index_dir) + [version])
     return final
 
@@ -65,7 +46,7 @@ def switch_current(index_dir: Path, version: str, history: list[str]) -> None:
     tmp = index_dir / f".current-{os.getpid()}-{time.monotonic_ns()}"
     os.symlink(version, tmp)
     os.replace(tmp, index_dir / CURRENT)
-    _fsync_dir(index_dir)
+    fsync_dir(index_dir)
 
 
 def _write_history(index_dir: Path, served: list[str]) -> None:

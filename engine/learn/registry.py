@@ -28,6 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
+from engine.durable import fsync_dir, fsync_tree
 from engine.errors import NotFound
 from engine.learn.model import WEIGHTS, MlpRanker, ModelError, manifest_json
 
@@ -177,12 +178,12 @@ def publish(root: Path, surface: str, model: MlpRanker, manifest: dict[str, Any]
                                     "features": list(model.features), "surface": surface, "version": version,
                                     "created_at": when.isoformat(timespec="microseconds")}
             (staging / MANIFEST).write_text(manifest_json(full), encoding="utf-8")
-            _fsync_tree(staging)
+            fsync_tree(staging)
             os.rename(staging, folder / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
         try:
             load_version(root, surface, version, model.features)
         except (ModelError, ValueError, OSError) as e:
@@ -250,7 +251,7 @@ def _switch(folder: Path, version: str, history: list[str]) -> None:
     link = folder / f".{CURRENT}-{os.getpid()}-{time.monotonic_ns()}"
     os.symlink(version, link)
     os.replace(link, folder / CURRENT)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _prune(root: Path, surface: str) -> list[str]:
@@ -279,20 +280,3 @@ def _remove_staging(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

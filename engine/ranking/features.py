@@ -32,6 +32,7 @@ RECOMMEND_FEATURES = (
     "blend", "blend_rank",  # the blend's score and log2(1 + rank) among the candidates
     "sim_last", "sim_max_recent", "sim_mean",  # cosine to the last item, best of the last 5, mean over history
     "cooc_last", "cooc_prev",  # co-occurrence with the last item alone, and with the one before (log1p)
+    "follows_last",  # log1p(how often a shopper's next item after the last item was this one)
     "same_category_last", "same_parent_last", "category_share",  # leaf / parent category equal to the last
     # item's; share of the history in the leaf
     "category_next",  # log P(next item's leaf | last item's leaf), from the shoppers' consecutive items
@@ -98,6 +99,7 @@ class RecCandidates:
     prices: np.ndarray  # (m,) NaN unknown
     cooc_last: np.ndarray  # (m,) co-occurrence with the last history item alone
     cooc_prev: np.ndarray  # (m,) ... with the history item before it (zeros without one)
+    follows_last: np.ndarray  # (m,) times a shopper's next item after the last history item was this one
     category_next: np.ndarray  # (m,) log P(candidate's leaf | last item's leaf)
     ctr: np.ndarray  # (m,) item_rates
     conversion: np.ndarray
@@ -157,6 +159,7 @@ def recommend_features(c: RecCandidates) -> np.ndarray:
             out[ok, col["price_known"]] = 1.0
     out[:, col["cooc_last"]] = np.log1p(np.maximum(c.cooc_last, 0))
     out[:, col["cooc_prev"]] = np.log1p(np.maximum(c.cooc_prev, 0))
+    out[:, col["follows_last"]] = np.log1p(np.maximum(c.follows_last, 0))
     out[:, col["category_next"]] = c.category_next
     out[:, col["item_ctr"]] = c.ctr
     out[:, col["item_conversion"]] = c.conversion

@@ -144,7 +144,8 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 def _reranker(snap: Snapshot, models: LiveModels, known: Sequence[Touch], parts: dict[str, np.ndarray],
               scorer: Scorer | None, out: dict[int, np.ndarray]) -> Rerank:
     """The blender's ``rerank`` hook: the pool's features (kept in ``out`` by row) and the scorer's scores.
-    What it needs from the live models is read now, while the caller holds them."""
+    The co-occurrence and category models are read now, while the caller holds them; item counts and
+    transitions are single dictionary reads at re-rank time (atomic, at most an event behind)."""
     catalog = snap.catalog
     hist = [catalog.row(t.item_id) for t in known]
     last = known[-1].item_id if known else None
@@ -152,6 +153,7 @@ def _reranker(snap: Snapshot, models: LiveModels, known: Sequence[Touch], parts:
     cooc_last = models.cooccurrence.scores([(last, 1.0)]) if last is not None else {}
     cooc_prev = models.cooccurrence.scores([(prev, 1.0)]) if prev is not None else {}
     transitions = models.category_transitions(catalog)
+    follows = models.follows
     counts = models.item_counts
 
     def rerank(pool: np.ndarray, total: np.ndarray, z: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -169,6 +171,7 @@ def _reranker(snap: Snapshot, models: LiveModels, known: Sequence[Touch], parts:
             brands=[brand_key(p.brand) for p in prods], prices=np.asarray(snap.price[pool], np.float64),
             cooc_last=np.array([cooc_last.get(i, (0.0, None))[0] for i in ids], np.float64),
             cooc_prev=np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
+            follows_last=follows(last, ids) if last is not None else np.zeros(len(ids)),
             category_next=transitions.log_prob(hprods[-1].category_path if hprods else "", cats),
             ctr=ctr, conversion=conversion,
             hist_vectors=np.asarray(snap.vectors)[np.asarray(hist, np.int64)],

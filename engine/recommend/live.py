@@ -64,6 +64,10 @@ class LiveModels:
         c = np.array([self._counts.get(i, zero) for i in item_ids], np.float64).reshape(-1, 3)
         return c[:, 0], c[:, 1], c[:, 2]
 
+    def follows(self, item: str, candidates: list[str]) -> np.ndarray:
+        """How often a shopper's next item after ``item`` was each of ``candidates``, ``(len,)`` float64."""
+        return np.array([self._pairs.get((item, c), 0.0) for c in candidates], np.float64)
+
     def category_transitions(self, catalog: Catalog) -> CategoryTransitions:
         """Leaf-category transitions of the shoppers' consecutive items, over ``catalog``'s categories
         (rebuilt when the catalog changes, else the new pairs are folded in)."""
