@@ -240,7 +240,8 @@ def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
     if args.data == "logs":
         from engine.learn.train import train_from_logs
 
-        manifest = train_from_logs(config, args.surface, days=args.days, seed=args.seed, publish=not args.dry_run)
+        manifest = train_from_logs(config, args.surface, days=args.days, seed=args.seed, publish=not args.dry_run,
+                                   force=args.force)
     else:
         from engine.evaluation.ranker_eval import train_bootstrap
 
@@ -258,6 +259,36 @@ def cmd_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
         print(f"{args.surface} ranker: current is now {registry.rollback(config.rankers_path, args.surface)}")
     else:
         _print_json(registry.list_versions(config.rankers_path, args.surface))
+    return 0
+
+
+def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`simulate`: simulated shoppers against real servers, blend vs learned ranker (engine/evaluation/simulate.py)."""
+    from engine.evaluation.simulate import ClickModel, SimSettings, record_results, run_simulation, write_outputs
+
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        raise InvalidQuery("--seeds", f"comma-separated integers, got {args.seeds!r}") from None
+    clicks = ClickModel(bias=args.bias, rel_click=args.rel_click, noise_click=args.noise_click, buy=args.buy)
+    settings = SimSettings(rounds=args.rounds, shoppers=args.shoppers, seeds=seeds, k=args.k, holdout=args.holdout,
+                           lists_per_round=args.lists, returning=args.returning, clicks=clicks)
+    report = run_simulation(config, settings, out_dir=Path(args.out), config_file=args.config,
+                            data_dir=Path(args.data_dir) if args.data_dir else None, keep_stores=args.keep_stores)
+    png, js = write_outputs(report, Path(args.out))
+    for line in report.lines():
+        print(line)
+    print(f"wrote {png} and {js}")
+    if args.record:
+        command = (f"vitrine simulate --rounds {args.rounds} --shoppers {args.shoppers} --seeds {args.seeds} "
+                   f"--k {args.k} --lists {args.lists} --holdout {args.holdout} --bias {args.bias:g} "
+                   f"{'--returning ' if args.returning else ''}"
+                   f"--rel-click {args.rel_click:g} --noise-click {args.noise_click:g} --buy {args.buy:g} --record")
+        if args.returning:  # its own section; the plot stays in --out
+            record_results(report, png, command, image=None, section="simulate-returning")
+        else:
+            record_results(report, png, command)
+        print("recorded the run in bench/RESULTS.md" + ("" if args.returning else " (plot: bench/simulate.png)"))
     return 0
 
 
@@ -387,7 +418,27 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--days", type=float, default=30.0, help="logs: how many days back (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dry-run", action="store_true", help="train and report, do not publish")
+    t.add_argument("--force", action="store_true",
+                   help="logs: publish even when the model orders the newest lists worse than they were served")
     t.add_argument("--data-dir", help="public data (default: data_dir setting, ../shared/data)")
+    sm = add("simulate", cmd_simulate, "simulated Scientific shoppers: CTR per round of the blend and the learned "
+                                       "ranker retrained on their clicks (see README, 'The learning loop')")
+    sm.add_argument("--rounds", type=int, default=5, help="serve -> clicks -> retrain rounds (default 5)")
+    sm.add_argument("--shoppers", type=int, default=1000, help="shoppers per seed (default 1000)")
+    sm.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    sm.add_argument("--k", type=int, default=10, help="items per list (default 10)")
+    sm.add_argument("--lists", type=int, default=1, help="lists per shopper per round (default 1)")
+    sm.add_argument("--returning", action="store_true",
+                    help="the same shoppers every round (default: a new cohort each round)")
+    sm.add_argument("--holdout", type=int, default=3, help="last items of each shopper held out as true next items")
+    sm.add_argument("--bias", type=float, default=1.0, help="examination (1/position)**bias (default 1.0)")
+    sm.add_argument("--rel-click", type=float, default=0.9, help="P(click | examined, true next item)")
+    sm.add_argument("--noise-click", type=float, default=0.02, help="P(click | examined, other item)")
+    sm.add_argument("--buy", type=float, default=0.5, help="P(purchase | clicked a true next item)")
+    sm.add_argument("--out", default="bench/out/simulate", help="where simulate.png and simulate.json go")
+    sm.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md, the plot to bench/")
+    sm.add_argument("--keep-stores", action="store_true", help="keep each arm's event store under OUT/runs")
+    sm.add_argument("--data-dir", help="public data (default: data_dir setting, ../shared/data)")
     rk = sub.add_parser("ranker", help="published rankers").add_subparsers(metavar="ACTION")
     for action, help_text in (("versions", "list the published rankers of a surface"),
                               ("rollback", "serve the previous ranker of a surface again")):

@@ -136,15 +136,17 @@ def test_train_from_logs_needs_enough_lists_and_publishes(config: EngineConfig, 
     with pytest.raises(InvalidQuery, match="at least"):
         train_from_logs(config, "recommend", publish=False)
     rng = np.random.default_rng(0)
-    for n in range(40):  # shoppers who take the item the blend ranked third
+    for n in range(40):  # shoppers who take the item the blend ranked third (or, now and then, second)
         recs = engine.recommend("cy", k=5, exclude=[])
-        item = recs.recommendations[int(rng.integers(0, 3))].id
-        engine.ingest([{"event_id": f"cy-c{n}", "user_id": "cy", "type": "click", "item_id": item,
-                        "request_id": recs.request_id, "position": 1}])
+        pos = 2 if rng.random() < 0.2 else 3
+        engine.ingest([{"event_id": f"cy-c{n}", "user_id": "cy", "type": "click",
+                        "item_id": recs.recommendations[pos - 1].id, "request_id": recs.request_id, "position": pos}])
     assert engine.impressions is not None
     engine.impressions.flush()
     manifest = train_from_logs(config, "recommend")
     assert manifest["training"]["lists_used"] == 40
+    scores = manifest["metrics"]["val_ndcg@10"]
+    assert scores["mlp"] > scores["served_order"], "the clicked third item moves up"
     assert registry.current_version(config.rankers_path, "recommend") == manifest["version"]
     assert engine.rankers.get("recommend") is not None
 

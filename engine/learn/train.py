@@ -149,10 +149,12 @@ MIN_LISTS = 20  # lists with an outcome needed before a model is worth training
 
 
 def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int = 0, publish: bool = True,
-                    now: float | None = None) -> dict[str, Any]:
+                    force: bool = False, now: float | None = None) -> dict[str, Any]:
     """Train the ``surface`` ranker on the last ``days`` of logged lists and their outcomes
     (:mod:`engine.learn.dataset`), compare it with LambdaMART and the served order on the newest lists,
-    and publish it (:mod:`engine.learn.registry`) unless ``publish`` is False. Returns the manifest."""
+    and publish it (:mod:`engine.learn.registry`) unless ``publish`` is False, or it orders those lists
+    worse than they were served (then ``not_published`` says so; ``force`` publishes anyway).
+    Returns the manifest."""
     from engine.errors import InvalidQuery
     from engine.events import open_event_store
     from engine.learn import registry
@@ -184,6 +186,11 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
                      "epochs": res.epochs, "best_epoch": res.best_epoch, "seed": seed, "seconds": res.seconds},
         "metrics": metrics,
     }
-    if publish:
+    better = metrics["val_ndcg@10"]["mlp"] >= metrics["val_ndcg@10"]["served_order"]
+    if publish and (better or force):
         manifest["version"] = registry.publish(config.rankers_path, surface, res.model, manifest)
+    elif publish:
+        manifest["not_published"] = ("the model orders the newest lists worse than they were served "
+                                     f"(nDCG@10 {metrics['val_ndcg@10']['mlp']} < {metrics['val_ndcg@10']['served_order']}); "
+                                     "use --force to publish it anyway")
     return manifest
