@@ -272,7 +272,8 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
         raise InvalidQuery("--seeds", f"comma-separated integers, got {args.seeds!r}") from None
     clicks = ClickModel(bias=args.bias, rel_click=args.rel_click, noise_click=args.noise_click, buy=args.buy)
     settings = SimSettings(rounds=args.rounds, shoppers=args.shoppers, seeds=seeds, k=args.k, holdout=args.holdout,
-                           lists_per_round=args.lists, returning=args.returning, clicks=clicks)
+                           lists_per_round=args.lists, returning=args.returning, clicks=clicks,
+                           force_publish=args.force)
     report = run_simulation(config, settings, out_dir=Path(args.out), config_file=args.config,
                             data_dir=Path(args.data_dir) if args.data_dir else None, keep_stores=args.keep_stores)
     png, js = write_outputs(report, Path(args.out))
@@ -428,6 +429,8 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     sm.add_argument("--k", type=int, default=10, help="items per list (default 10)")
     sm.add_argument("--lists", type=int, default=1, help="lists per shopper per round (default 1)")
+    sm.add_argument("--force", action="store_true",
+                    help="publish every retrained model, even one that orders the newest lists worse than served")
     sm.add_argument("--returning", action="store_true",
                     help="the same shoppers every round (default: a new cohort each round)")
     sm.add_argument("--holdout", type=int, default=3, help="last items of each shopper held out as true next items")

@@ -150,6 +150,7 @@ class SimSettings:
     holdout: int = 3
     lists_per_round: int = 1
     returning: bool = False  # the same ``shoppers`` every round instead of a new cohort each round
+    force_publish: bool = False  # publish each retrained model even when it orders the round worse (--force)
     clicks: ClickModel = field(default_factory=ClickModel)
     concurrency: int = 4  # shoppers served at the same time
     server_threads: int = 4
@@ -422,7 +423,7 @@ def _run_arm(config: EngineConfig, settings: SimSettings, seed: int, arm: str, c
                                        f"attributes {res.attributed_clicks} to the round's lists")
                 if arm == "learned" and rnd < settings.rounds:
                     try:
-                        manifest = train_from_logs(cfg, "recommend", seed=seed)
+                        manifest = train_from_logs(cfg, "recommend", seed=seed, force=settings.force_publish)
                     except InvalidQuery as e:
                         res.trained = {"error": str(e)}
                         _say(show_progress, f"seed {seed} {arm}: round {rnd}: no model trained: {e}")
