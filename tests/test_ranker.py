@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -240,3 +241,21 @@ def test_search_features_of_the_shown_items_alone_equal_those_of_the_whole_list(
     shown = np.array([3, 4, 5, 6, 7])
     part = search_features(search_inputs(snap, "pla filament spool", rows, bm25, vec, fused, personal, subset=shown))
     assert np.array_equal(part, full[shown])
+
+
+def test_admin_page_and_info_show_the_served_rankers(client: Any, app: Any, config: EngineConfig) -> None:
+    import re
+
+    from tests.conftest import ADMIN_KEY
+
+    assert client.get("/v1/info").get_json()["rankers"] == {"recommend": None, "search": None}
+    version = registry.publish(config.rankers_path, "recommend", reverse_blend(),
+                               {"training": {"data": "scientific", "lists": 7558}, "metrics": {"test": {"R@10": 0.15}}})
+    assert client.get("/v1/info").get_json()["rankers"]["recommend"]["version"] == version
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/admin").get_data(as_text=True))
+    assert token is not None
+    client.post("/admin/login", data={"key": ADMIN_KEY, "csrf": token.group(1)})
+    page = client.get("/admin").get_data(as_text=True)
+    served = re.search(r'id="ranker-recommend">(.*?)</dd>', page, re.S)
+    assert served is not None and version in served.group(1) and "7558 lists" in served.group(1)
+    assert "the fused order serves" in page
