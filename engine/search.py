@@ -90,6 +90,9 @@ class Ranked:
     hits: list[Hit]
     rows: np.ndarray
     bm25_all: np.ndarray
+    # With ``defer_features``: the hits' ranker features, computed when called (by the impression log's
+    # flusher, off the request path).
+    later: Callable[[], list[dict[str, float]]] | None = None
 
 
 def ranked_search(
@@ -109,6 +112,7 @@ def ranked_search(
     features: bool = False,
     rerank_top: int = 100,
     item_rates: ItemRates | None = None,
+    defer_features: bool = False,
 ) -> Ranked:
     """``affinity(rows)`` gives the shopper's affinity to candidate rows; with ``personalize`` p in (0, 1]
     the order is :func:`engine.recommend.personal.personalized` over the candidates (p = 0: off).
@@ -116,7 +120,8 @@ def ranked_search(
     ``scorer`` (a learned ranker: feature matrix -> scores) re-orders the best ``rerank_top`` candidates of
     that order; ``features``: attach each hit's ranker features (for the impression log). Both compute the
     features of those candidates with :func:`search_inputs` and :func:`engine.ranking.features.search_features`.
-    ``item_rates(ids)`` gives the items' click rate, purchase rate and trending score for the features."""
+    ``item_rates(ids)`` gives the items' click rate, purchase rate and trending score for the features.
+    ``defer_features`` (without a scorer): ``Ranked.later`` computes the hits' features when called instead."""
     bm25_all = snap.keyword.scores(query)
     rows = candidates(snap, bm25_all, qvec, max(pool, offset + k), mask)
     if len(rows) == 0:
@@ -139,11 +144,23 @@ def ranked_search(
         if scorer is not None:
             learned = np.asarray(scorer(feats), np.float64)
             order = np.concatenate([top[np.lexsort((np.arange(len(top)), -learned))], order[rerank_top:]])
+    later = None
+    if defer_features and scorer is None:
+        top = order[:rerank_top]
+        p_rows, p_bm25, p_vec, p_fused = rows[top], bm25[top], vec[top], fused[top]
+        p_personal = None if personal is None else personal[top]
+        shown = np.arange(len(top))[offset:offset + k]
+
+        def later() -> list[dict[str, float]]:
+            feats = search_features(search_inputs(snap, query, p_rows, p_bm25, p_vec, p_fused, p_personal,
+                                                  item_rates, shown))
+            return [dict(zip(SEARCH_FEATURES, x.tolist())) for x in feats]
+
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)
         for i in order[offset : offset + k]
-    ], rows, bm25_all)
+    ], rows, bm25_all, later)
 
 
 ItemRates = Callable[[list[str]], "tuple[np.ndarray, np.ndarray, np.ndarray]"]

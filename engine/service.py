@@ -240,17 +240,20 @@ class Engine:
         qvec = self.embed_query(query)
         pool = max(self.config.candidate_pool, offset + k)
         chosen = self._choose("search", user)
+        logging = self.impressions is not None
+        interleaved = chosen.interleave is not None and offset == 0
 
         def run(model: MlpRanker | None) -> Ranked:
             return ranked_search(
                 snap, query, qvec, k=k, offset=offset, mask=mask, pool=pool,
                 weight=self.config.hybrid_weight if weight is None else weight, fusion=self.config.fusion,
                 affinity=affinity, personalize=strength, scorer=None if model is None else model.score,
-                features=self.impressions is not None or chosen.interleave is not None, item_rates=self._item_rates)
+                features=logging and model is not None or interleaved, item_rates=self._item_rates,
+                defer_features=logging and model is None and not interleaved)
 
         rid = uuid.uuid4().hex
         policy = chosen.policy or (f"hybrid/{self.config.fusion.value}" + ("+personal" if affinity is not None else ""))
-        if chosen.interleave is not None and offset == 0:  # team-draft: both variants' first page, merged
+        if interleaved and chosen.interleave is not None:  # team-draft: both variants' first page, merged
             exp = chosen.interleave
             ra, rb = (run(self._variant_model("search", v)) for v in exp.variants[:2])
             items, teams = team_draft([h.id for h in ra.hits], [h.id for h in rb.hits], k, seed=rid)
@@ -261,7 +264,8 @@ class Engine:
         else:
             ranked = run(chosen.model)
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
-        self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid)
+        self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid,
+                  later=ranked.later)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
                             total_candidates=len(ranked.rows), facets=facet, request_id=rid)
 
@@ -482,14 +486,15 @@ class Engine:
 
     def _log(self, surface: str, user_id: str | None, query: str | None,
              shown: Callable[[], list[tuple[str, dict[str, float | None]]]], policy: str, offset: int = 0,
-             rid: str | None = None) -> str:
+             rid: str | None = None, later: Callable[[], list[dict[str, float]]] | None = None) -> str:
         """A new request id (or ``rid``) for a list about to be answered, and its impression logged when
-        logging is on (``shown`` gives each shown item's id and features; called only then)."""
+        logging is on (``shown`` gives each shown item's id and features; called only then; ``later`` gives
+        more features per item, computed by the log's flusher off the request path)."""
         rid = rid or uuid.uuid4().hex
         if self.impressions is not None:
             items = shown()
             self.impressions.log(Impression(rid, time.time(), surface, user_id, query, [i for i, _ in items], offset,
-                                            [f for _, f in items], policy))
+                                            [f for _, f in items], policy), later=later)
         return rid
 
     def _item_rates(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

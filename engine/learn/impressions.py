@@ -8,10 +8,15 @@ stores the spool files of processes that died first (``request_id`` makes that i
 store cannot write, records stay queued and spooled, and the next flush retries. Impressions older than
 ``retention_s`` are pruned by the same thread, at most once an hour.
 
+Features that cost to compute (search's text features when no model needs them to answer) may be given as
+``later``: the flusher computes them just before storing, so the request does not wait for them. A process
+killed before its flush loses those features of its last lists (the lists, items and positions survive).
+
 Thread-safe; one log per process (``Engine`` makes it when the server asks for logging).
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -19,7 +24,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from engine.errors import StoreUnavailable
 from engine.events import EventStore
@@ -46,21 +51,22 @@ class ImpressionLog:
         self.flush_every_s = flush_every_s
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._queue: deque[Impression] = deque()
+        self._queue: deque[tuple[Impression, Later]] = deque()
         self._fd = -1
         self._pid = -1
         self._thread: threading.Thread | None = None
         self._pruned_at = 0.0
         self._closed = False
 
-    def log(self, imp: Impression) -> None:
-        """Spool and queue ``imp``; never raises (a failure is logged: the answer matters more)."""
+    def log(self, imp: Impression, later: Later = None) -> None:
+        """Spool and queue ``imp``; never raises (a failure is logged: the answer matters more). ``later()``
+        gives more features per shown item, merged into ``imp.features`` by the flusher."""
         try:
             line = (imp.to_json() + "\n").encode("utf-8")
             with self._lock:
                 self._start()
                 os.write(self._fd, line)
-                self._queue.append(imp)
+                self._queue.append((imp, later))
         except (OSError, ValueError) as e:
             log.warning("impression %s not logged: %s", imp.request_id, e)
 
@@ -91,9 +97,10 @@ class ImpressionLog:
         written = 0
         while True:
             with self._lock:
-                batch = [self._queue[i] for i in range(min(MAX_BATCH, len(self._queue)))]
-            if not batch:
+                queued = [self._queue[i] for i in range(min(MAX_BATCH, len(self._queue)))]
+            if not queued:
                 return written
+            batch = [_complete(imp, later) for imp, later in queued]
             try:
                 self._store().add_impressions(batch)
             except StoreUnavailable as e:
@@ -142,3 +149,21 @@ class ImpressionLog:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.flush()
+
+
+Later = Optional[Callable[[], list[dict[str, float]]]]
+
+
+def _complete(imp: Impression, later: Later) -> Impression:
+    """``imp`` with the ``later`` features merged into each shown item's (as it was if they cannot be had)."""
+    if later is None:
+        return imp
+    try:
+        extra = later()
+    except Exception:  # a feature failure must not lose the impression
+        log.exception("impression %s stored without its deferred features", imp.request_id)
+        return imp
+    if len(extra) != len(imp.items):
+        return imp
+    base = imp.features or [{} for _ in imp.items]
+    return dataclasses.replace(imp, features=[{**b, **e} for b, e in zip(base, extra)])
