@@ -261,3 +261,17 @@ def test_admin_page_and_info_show_the_served_rankers(client: Any, app: Any, conf
     served = re.search(r'id="ranker-recommend">(.*?)</dd>', page, re.S)
     assert served is not None and version in served.group(1) and "7558 lists" in served.group(1)
     assert "the fused order serves" in page
+
+
+def test_deferred_search_features_equal_the_ones_computed_on_the_request_path(engine: Engine) -> None:
+    from engine.search import ranked_search
+
+    snap = engine.snapshot()
+    qvec = engine.embed_query("nitrile gloves")
+    common = dict(k=4, offset=2, mask=None, pool=50, weight=0.9, fusion=engine.config.fusion,
+                  item_rates=engine._item_rates)
+    eager = ranked_search(snap, "nitrile gloves", qvec, features=True, **common)  # type: ignore[arg-type]
+    deferred = ranked_search(snap, "nitrile gloves", qvec, defer_features=True, **common)  # type: ignore[arg-type]
+    assert [h.id for h in eager.hits] == [h.id for h in deferred.hits]
+    assert deferred.later is not None and all(h.features is None for h in deferred.hits)
+    assert deferred.later() == [h.features for h in eager.hits]
