@@ -221,12 +221,13 @@ def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
-    """`eval search|recommend|personalized-search`: run the evaluation, print its lines or its JSON."""
+    """`eval search|recommend|personalized-search|ope`: run the evaluation, print its lines or its JSON."""
     import importlib
 
     module, func = _EVALS[args.what]
     run = getattr(importlib.import_module(module), func)
-    report = run(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
+    extra = {"bootstrap": args.bootstrap} if getattr(args, "bootstrap", None) is not None else {}
+    report = run(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None, **extra)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -297,6 +298,7 @@ _EVALS = {
     "search": ("engine.evaluation.search_eval", "run_search_eval"),
     "recommend": ("engine.evaluation.recommend_eval", "run_recommend_eval"),
     "personalized-search": ("engine.evaluation.personalized_eval", "run_personalized_eval"),
+    "ope": ("engine.evaluation.ope_eval", "run_ope_eval"),
 }
 
 
@@ -454,12 +456,15 @@ def _parser() -> argparse.ArgumentParser:
         ("recommend", ["scientific", "movielens100k"],
          "next-item Recall/NDCG@10/50 of popularity, content, co-occurrence, blend"),
         ("personalized-search", ["scientific"], "MRR/NDCG@10 of search with personalization off and on"),
+        ("ope", ["obd"], "off-policy evaluation (IPS, SNIPS, DM, DR, ...) against on-policy CTR, Open Bandit Dataset"),
     ):
         e = ev.add_parser(what, help=help_text)
         e.set_defaults(func=cmd_eval, what=what)
         e.add_argument("--dataset", default=datasets[0], choices=datasets)
         e.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
         e.add_argument("--json", action="store_true")
+        if what == "ope":
+            e.add_argument("--bootstrap", type=int, default=30, metavar="N", help="bootstrap resamples (default 30)")
     return p
 
 
