@@ -226,7 +226,7 @@ def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
 
     module, func = _EVALS[args.what]
     run = getattr(importlib.import_module(module), func)
-    extra = {"bootstrap": args.bootstrap} if getattr(args, "bootstrap", None) is not None else {}
+    extra = {k: getattr(args, k) for k in ("bootstrap", "clip") if getattr(args, k, None) is not None}
     report = run(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None, **extra)
     if args.json:
         _print_json(report.to_dict())
@@ -465,6 +465,8 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("--json", action="store_true")
         if what == "ope":
             e.add_argument("--bootstrap", type=int, default=30, metavar="N", help="bootstrap resamples (default 30)")
+            e.add_argument("--clip", type=float, metavar="W",
+                           help="cap the importance weights of IPS, SNIPS, DR and SNDR at W (default: no clipping)")
     return p
 
 

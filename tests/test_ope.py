@@ -191,6 +191,8 @@ def test_open_bandit_validation_on_one_campaign() -> None:
 def test_ope_eval_is_on_the_command_line() -> None:
     args = _parser().parse_args(["eval", "ope", "--dataset", "obd", "--bootstrap", "5"])
     assert (args.what, args.dataset, args.bootstrap) == ("ope", "obd", 5)
+    assert args.clip is None
+    assert _parser().parse_args(["eval", "ope", "--clip", "100"]).clip == 100.0
     with pytest.raises(InvalidQuery, match="--dataset"):
         run_ope_eval(EngineConfig(data_dir=DATA_DIR), "crowdflower")
     with pytest.raises(InvalidQuery, match="--bootstrap"):
