@@ -380,7 +380,7 @@ class Engine:
         rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"),
                         user_id if user_id is not None else viewer, None,
                         lambda: [(r.id, dict(r.features or {})) for r in recs.recommendations],
-                        chosen.policy or "blend")
+                        chosen.policy or "blend", later=recs.later)
         return dataclasses.replace(recs, request_id=rid)
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:

@@ -54,6 +54,8 @@ class Recommendations:
     k: int
     recommendations: list[Recommended]
     request_id: str = ""  # names this list in the impression log; events may carry it back
+    # The recommendations' ranker features, computed when called (see engine.recommend.compose.Composed).
+    later: Callable[[], list[dict[str, float]]] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "user_id": self.user_id, "version": self.version, "k": self.k,
@@ -137,7 +139,8 @@ class Shoppers:
         """Recommendations for a known shopper (their stored history and profile) or an anonymous
         session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers.
         ``k`` is checked by the engine. ``scorer``: a learned ranker re-ranking the blend's candidates;
-        ``features``: attach each item's ranker features (see :func:`engine.recommend.compose.recommend`)."""
+        ``features``: the items' ranker features are wanted (attached, or ``later``: see
+        :func:`engine.recommend.compose.recommend`)."""
         if not 0.0 <= diversity <= 1.0:
             raise InvalidQuery("diversity", f"must be in 0..1, got {diversity}")
         snap = self._snapshot()
@@ -148,9 +151,10 @@ class Shoppers:
             profile = self._profile(user_id, snap) if history else None
         else:
             history = [Touch(i, "view") for i in (recent or [])]
-        recs = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
-                         profile=profile, filter_mask=mask, exclude=exclude or [], scorer=scorer, features=features)
-        return Recommendations(user_id, snap.version, k, recs)
+        composed = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
+                             profile=profile, filter_mask=mask, exclude=exclude or [], scorer=scorer,
+                             features=features)
+        return Recommendations(user_id, snap.version, k, composed.recommendations, later=composed.later)
 
     def _history(self, user_id: str, snap: Snapshot) -> list[Touch]:
         """The shopper's last ``HISTORY_LIMIT`` item events on served items, oldest first."""

@@ -275,3 +275,14 @@ def test_deferred_search_features_equal_the_ones_computed_on_the_request_path(en
     assert [h.id for h in eager.hits] == [h.id for h in deferred.hits]
     assert deferred.later is not None and all(h.features is None for h in deferred.hits)
     assert deferred.later() == [h.features for h in eager.hits]
+
+
+def test_deferred_recommendation_features_equal_the_ones_a_scorer_sees(config: EngineConfig, encoder: Encoder) -> None:
+    engine = Engine(config, encoder=encoder)
+    ingest(engine, "dee", ["goggles", "fil-pla-red", "gloves-latex"])
+    logged = engine.shoppers.recommend("dee", k=6, features=True)  # no scorer: features deferred
+    assert logged.later is not None and all(r.features is None for r in logged.recommendations)
+    scored = engine.shoppers.recommend("dee", k=6, features=True, scorer=lambda X: np.zeros(len(X)))  # ties: blend order
+    assert scored.later is None
+    assert [r.id for r in scored.recommendations] == [r.id for r in logged.recommendations]
+    assert logged.later() == [r.features for r in scored.recommendations]

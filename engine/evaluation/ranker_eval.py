@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from engine.ranking.features import RECOMMEND_FEATURES, RecCandidates, item_rates, recommend_features
+from engine.ranking.features import RecCandidates, item_rates, recommend_features
 from engine.ranking.scores import zscore
 from engine.recommend.categories import CategoryTransitions
 from engine.recommend.blend import BlendWeights
@@ -40,15 +40,13 @@ class Lists:
     y: np.ndarray
     groups: list[int]
     rows: list[np.ndarray]  # per user: the candidates' catalog rows, blend order
-    blend_scores: list[np.ndarray]  # per user: the blend's full score vector order is not kept; top only
 
     def with_positive(self) -> "Lists":
         """Only the lists holding a positive (training)."""
         off = np.concatenate([[0], np.cumsum(self.groups)])
         keep = [i for i in range(len(self.groups)) if self.y[off[i]:off[i + 1]].max(initial=0) > 0]
         idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in keep]) if keep else np.empty(0, np.int64)
-        return Lists(self.X[idx], self.y[idx], [self.groups[i] for i in keep], [self.rows[i] for i in keep],
-                     [self.blend_scores[i] for i in keep])
+        return Lists(self.X[idx], self.y[idx], [self.groups[i] for i in keep], [self.rows[i] for i in keep])
 
 
 def recommend_lists(
@@ -75,7 +73,7 @@ def recommend_lists(
     prices = np.full(n, np.nan)
     ctr, conv = item_rates(np.zeros(n), np.zeros(n), counts)
     w = weights.as_dict()
-    X, y, groups, rows_out, tops = [], [], [], [], []
+    X, y, groups, rows_out = [], [], [], []
     for u, hist in enumerate(hists):
         ok = ~excluded[u]
         z = {s: zscore(raw[s][u], ok) for s in ("content", "cooccurrence", "popular")}
@@ -98,8 +96,7 @@ def recommend_lists(
         y.append((top == targets[u]).astype(np.float32))
         groups.append(len(top))
         rows_out.append(top)
-        tops.append(blend[top])
-    return Lists(np.concatenate(X), np.concatenate(y), groups, rows_out, tops)
+    return Lists(np.concatenate(X), np.concatenate(y), groups, rows_out)
 
 
 def reranked_ranks(lists: Lists, scores: np.ndarray, targets: np.ndarray, blend_ranks: np.ndarray) -> np.ndarray:
@@ -158,8 +155,6 @@ def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart
                                "seconds": round(time.time() - t, 1)}
     return out, facts
 
-
-FEATURES = RECOMMEND_FEATURES
 
 
 def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publish: bool = True,

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 from engine.config import EngineConfig
 from engine.evaluation import ranker_eval
 from engine.ranking.scores import zscore
-from engine.ranking.features import brand_key
+from engine.ranking.features import RECOMMEND_FEATURES, brand_key
 from engine.recommend.blend import BlendWeights, Blender
 from engine.recommend.categories import CategoryTransitions
 from engine.recommend.content import InterestProfile, score_profiles
@@ -541,9 +541,8 @@ def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase,
         del raw
     trains = [x.with_positive() for x in out[:-2]]
     joined = ranker_eval.Lists(np.concatenate([x.X for x in trains]), np.concatenate([x.y for x in trains]),
-                               [g for x in trains for g in x.groups], [r for x in trains for r in x.rows],
-                               [b for x in trains for b in x.blend_scores])
-    return ranker_eval.RankerRows(joined, out[-2], out[-1], ranker_eval.FEATURES,
+                               [g for x in trains for g in x.groups], [r for x in trains for r in x.rows])
+    return ranker_eval.RankerRows(joined, out[-2], out[-1], RECOMMEND_FEATURES,
                                   {"pool": pool, "train_depths": list(depths)})
 
 

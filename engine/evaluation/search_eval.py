@@ -181,7 +181,7 @@ def ranker_lists(snap: Any, data: list[QueryData], method: Fusion, weight: float
     return np.concatenate(X), np.concatenate(y), groups
 
 
-def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: float, seed: int = 0, cfg: Any = None,
+def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: float, seed: int = 0,
                   keep: dict[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Train the MLP (labels gain / 3) and LambdaMART (grades = gains) on the tune queries but the early-stop
     fifth, early-stopped on that fifth; score every query. ``{"learned ranker (MLP)": {query: scores}, ...}``"""
@@ -204,7 +204,7 @@ def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: floa
         return {}
     fit, stop = part(fit_ids), part(stop_ids)
     mlp = train_mlp(fit[0], fit[1] / 3.0, fit[2], stop[0], stop[1] / 3.0, stop[2], SEARCH_FEATURES,
-                    cfg or TrainConfig(hidden=(32, 16), seed=seed, batch_size=128))
+                    TrainConfig(hidden=(32, 16), seed=seed, batch_size=128))
     if keep is not None:
         keep.update(mlp=mlp, fit_lists=len(fit[2]), fit_rows=int(len(fit[1])), stop_lists=len(stop[2]))
     booster = train_lambdamart(fit[0], fit[1], fit[2], stop[0], stop[1], stop[2], seed=seed)

@@ -8,7 +8,8 @@ stores the spool files of processes that died first (``request_id`` makes that i
 store cannot write, records stay queued and spooled, and the next flush retries. Impressions older than
 ``retention_s`` are pruned by the same thread, at most once an hour.
 
-Features that cost to compute (search's text features when no model needs them to answer) may be given as
+Features that cost to compute (the ranker features of search and recommendations when no model needs them
+to answer) may be given as
 ``later``: the flusher computes them just before storing, so the request does not wait for them. A process
 killed before its flush loses those features of its last lists (the lists, items and positions survive).
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from engine.ranking.features import RECOMMEND_FEATURES, RecCandidates, brand_key, item_rates, recommend_features
-from engine.recommend.blend import Blender, Rerank
+from engine.recommend.blend import Blender
 from engine.recommend.content import InterestProfile, event_weight
 from engine.recommend.live import LiveModels
 from engine.snapshot import Snapshot
@@ -79,13 +79,13 @@ def recommend(
     exclude: Sequence[str] = (),
     scorer: Scorer | None = None,
     features: bool = False,
-) -> list[Recommended]:
+) -> Composed:
     """The ``k`` best items for a shopper with this ``history`` (oldest first), blended and explained.
 
     ``scorer`` (a learned ranker: feature matrix -> scores) re-ranks the blend's best ``blender.mmr_pool``
-    candidates; ``features``: attach each recommendation's feature values (for the impression log). Either
-    computes the candidates' features with :func:`engine.ranking.features.recommend_features`, from inputs
-    gathered here."""
+    candidates, whose features :func:`_pool_features` computes now; ``features``: the recommendations' feature
+    values are wanted (for the impression log): attached when a scorer computed them, else deferred to
+    ``Composed.later``, so that logging costs the request only a few array slices."""
     n = len(snap)
     rows = snap.catalog.id_map
     known = [t for t in history if t.item_id in snap.catalog][-HISTORY_LIMIT:]
@@ -104,14 +104,23 @@ def recommend(
     recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(known))]
     purchased = [snap.catalog.row(t.item_id) for t in known if t.type == "purchase"]
     given = [snap.catalog.row(i) for i in exclude if i in snap.catalog]
-    X: dict[int, np.ndarray] = {}
     with live.current() as models:
         cooc, cooc_because = models.cooccurrence.scores_dense(recent, rows, n)
         popular = models.trending_dense(snap.catalog)
-        parts = {"content": content, "cooccurrence": cooc, "popular": popular}
-        rerank = None
-        if scorer is not None or features:
-            rerank = _reranker(snap, models, known, parts, scorer, X)
+    parts = {"content": content, "cooccurrence": cooc, "popular": popular}
+    X: dict[int, np.ndarray] = {}  # row -> features, when the scorer needed them now
+    kept: dict[str, Any] = {}  # what the features need, when only the impression log wants them (later)
+
+    def rerank(pool: np.ndarray, total: np.ndarray, z: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        inputs = {"pool": pool, "raw": {s: x[pool] for s, x in parts.items()}, "z": {s: x[pool] for s, x in z.items()},
+                  "blend": total[pool]}
+        if scorer is None:
+            kept.update(inputs)
+            return None
+        feats = _pool_features(snap, live, known, **inputs)
+        X.update(zip(pool.tolist(), feats))
+        return np.asarray(scorer(feats), np.float64)
+
     picks = blender.recommend(
         parts,
         k=k,
@@ -123,7 +132,7 @@ def recommend(
         because={"content": content_because, "cooccurrence": cooc_because},
         title_of=lambda r: snap.catalog[r].title,
         category_of=lambda r: snap.catalog[r].category_path,
-        rerank=rerank,
+        rerank=rerank if scorer is not None or features else None,
     )
     out = []
     for rec in picks:
@@ -133,61 +142,68 @@ def recommend(
             p.id, p.title, p.category_path, p.brand, p.price, round(rec.score, 6), rec.reason, rec.reason_source,
             snap.catalog[row].id if row is not None and row >= 0 else None,
             {s: round(v, 6) for s, v in rec.parts.items()},
-            _named(X.get(rec.row)) if features else None,
+            _named(X[rec.row]) if features and rec.row in X else None,
         ))
-    return out
+    later = None
+    if features and kept:
+        shown = [rec.row for rec in picks]
+
+        def later() -> list[dict[str, float]]:
+            feats = _pool_features(snap, live, known, **kept)
+            at = {r: i for i, r in enumerate(kept["pool"].tolist())}
+            return [dict(zip(RECOMMEND_FEATURES, feats[at[r]].tolist())) for r in shown]
+
+    return Composed(out, later)
 
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
-def _reranker(snap: Snapshot, models: LiveModels, known: Sequence[Touch], parts: dict[str, np.ndarray],
-              scorer: Scorer | None, out: dict[int, np.ndarray]) -> Rerank:
-    """The blender's ``rerank`` hook: the pool's features (kept in ``out`` by row) and the scorer's scores.
-    The co-occurrence and category models are read now, while the caller holds them; item counts and
-    transitions are single dictionary reads at re-rank time (atomic, at most an event behind)."""
+@dataclass(frozen=True)
+class Composed:
+    """The recommendations, and (when features were asked for and no scorer computed them) ``later``, which
+    computes their ranker features when called: the impression log's flusher does, off the request path."""
+
+    recommendations: list[Recommended]
+    later: Callable[[], list[dict[str, float]]] | None = None
+
+
+def _pool_features(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray,
+                   raw: Mapping[str, np.ndarray], z: Mapping[str, np.ndarray], blend: np.ndarray) -> np.ndarray:
+    """The ranker features of the blend's candidate ``pool`` (rows in blend order, with their raw and z-scored
+    source scores and blend scores), reading the live models as last refreshed."""
     catalog = snap.catalog
     hist = [catalog.row(t.item_id) for t in known]
     last = known[-1].item_id if known else None
     prev = known[-2].item_id if len(known) > 1 else None
-    cooc_last = models.cooccurrence.scores([(last, 1.0)]) if last is not None else {}
-    cooc_prev = models.cooccurrence.scores([(prev, 1.0)]) if prev is not None else {}
-    transitions = models.category_transitions(catalog)
-    follows = models.follows
-    counts = models.item_counts
-
-    def rerank(pool: np.ndarray, total: np.ndarray, z: Mapping[str, np.ndarray]) -> np.ndarray | None:
-        ids = [catalog.ids[r] for r in pool.tolist()]
-        views, clicks, purchases = counts(ids)
-        ctr, conversion = item_rates(views, clicks, purchases)
-        prods = [catalog[r] for r in pool.tolist()]
-        hprods = [catalog[r] for r in hist]
-        cats = [p.category_path for p in prods]
-        c = RecCandidates(
-            raw={s: np.asarray(x[pool], np.float64) for s, x in parts.items()},
-            z={s: np.asarray(x[pool], np.float64) for s, x in z.items()},
-            blend=np.asarray(total[pool], np.float64),
-            vectors=np.asarray(snap.vectors)[pool], categories=cats,
-            brands=[brand_key(p.brand) for p in prods], prices=np.asarray(snap.price[pool], np.float64),
-            cooc_last=np.array([cooc_last.get(i, (0.0, None))[0] for i in ids], np.float64),
-            cooc_prev=np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
-            follows_last=follows(last, ids) if last is not None else np.zeros(len(ids)),
-            category_next=transitions.log_prob(hprods[-1].category_path if hprods else "", cats),
-            ctr=ctr, conversion=conversion,
-            hist_vectors=np.asarray(snap.vectors)[np.asarray(hist, np.int64)],
-            hist_categories=[p.category_path for p in hprods], hist_brands=[brand_key(p.brand) for p in hprods],
-            hist_prices=np.asarray(snap.price[hist], np.float64),
-        )
-        X = recommend_features(c)
-        for i, r in enumerate(pool.tolist()):
-            out[r] = X[i]
-        return None if scorer is None else np.asarray(scorer(X), np.float64)
-
-    return rerank
+    ids = [catalog.ids[r] for r in pool.tolist()]
+    prods = [catalog[r] for r in pool.tolist()]
+    hprods = [catalog[r] for r in hist]
+    cats = [p.category_path for p in prods]
+    with live.held() as models:
+        cooc_last = models.cooccurrence.scores([(last, 1.0)]) if last is not None else {}
+        cooc_prev = models.cooccurrence.scores([(prev, 1.0)]) if prev is not None else {}
+        category_next = models.category_transitions(catalog).log_prob(hprods[-1].category_path if hprods else "", cats)
+        follows = models.follows(last, ids) if last is not None else np.zeros(len(ids))
+        views, clicks, purchases = models.item_counts(ids)
+    ctr, conversion = item_rates(views, clicks, purchases)
+    return recommend_features(RecCandidates(
+        raw={s: np.asarray(x, np.float64) for s, x in raw.items()},
+        z={s: np.asarray(x, np.float64) for s, x in z.items()},
+        blend=np.asarray(blend, np.float64),
+        vectors=np.asarray(snap.vectors)[pool], categories=cats,
+        brands=[brand_key(p.brand) for p in prods], prices=np.asarray(snap.price[pool], np.float64),
+        cooc_last=np.array([cooc_last.get(i, (0.0, None))[0] for i in ids], np.float64),
+        cooc_prev=np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
+        follows_last=follows, category_next=category_next, ctr=ctr, conversion=conversion,
+        hist_vectors=np.asarray(snap.vectors)[np.asarray(hist, np.int64)],
+        hist_categories=[p.category_path for p in hprods], hist_brands=[brand_key(p.brand) for p in hprods],
+        hist_prices=np.asarray(snap.price[hist], np.float64),
+    ))
 
 
-def _named(x: np.ndarray | None) -> dict[str, float] | None:
-    return None if x is None else dict(zip(RECOMMEND_FEATURES, x.tolist()))
+def _named(x: np.ndarray) -> dict[str, float]:
+    return dict(zip(RECOMMEND_FEATURES, x.tolist()))
 
 
 def _without(mask: np.ndarray | None, rows: list[int], n: int) -> np.ndarray | None:
