@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the real types of the lazy names below, for mypy (`from eng
     from engine.filters import Filters as Filters
     from engine.limits import RateLimiter as RateLimiter
     from engine.recommend.compose import Recommended as Recommended
+    from engine.recommend.strategies import STRATEGIES as STRATEGIES
     from engine.search import Hit as Hit
     from engine.service import (
         Engine as Engine,
@@ -63,6 +64,7 @@ _WHERE = {
     "EventStats": "engine.shoppers",
     "SampleShopper": "engine.shoppers",
     "Recommended": "engine.recommend.compose",
+    "STRATEGIES": "engine.recommend.strategies",
     "Admin": "engine.admin",
     "Versions": "engine.admin",
     "Rollback": "engine.admin",

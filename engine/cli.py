@@ -252,6 +252,54 @@ def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_qlearning(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`train qlearning`: the Q table of the strategy policy, from logged sessions or the simulator; written to
+    ``<ranker_dir>/qlearning/current.json``, which servers with ``strategy_policy = qlearning`` reload."""
+    import time as _time
+
+    from engine.learn.online import logged_episodes, save_qtable
+    from engine.learn.qlearning import QLearner, QSettings, Rewards
+    from engine.recommend.strategies import STRATEGIES
+
+    rewards = Rewards(config.reward_click, config.reward_cart, config.reward_purchase)
+    settings = QSettings(gamma=args.gamma, alpha=args.alpha, epsilon=config.strategy_epsilon, rewards=rewards)
+    settings.validate("qlearning")
+    if args.data == "logs":
+        from engine.events import open_event_store
+
+        store = open_event_store(config.events_url)
+        try:
+            episodes, vocab = logged_episodes(store, since=_time.time() - args.days * 86400.0,
+                                              window_s=config.attribution_window_minutes * 60.0, rewards=rewards)
+        finally:
+            store.close()
+        if not episodes:
+            raise InvalidQuery("--data", "no logged list of a strategy policy in that span: serve with "
+                                         "strategy_policy set (a bandit explores the strategies) first")
+        learner = QLearner(STRATEGIES, settings)
+        updates = learner.fit(episodes, epochs=args.epochs)
+        info = {"data": "logs", "days": args.days, "episodes": len(episodes), "updates": updates}
+    else:
+        from engine.evaluation.policy_sim import PolicySimSettings, build_lists, run_policy
+        import tempfile
+
+        sim = PolicySimSettings(rounds=args.rounds, sessions=args.sessions, seeds=(args.seed,), q=settings)
+        with tempfile.TemporaryDirectory() as tmp:
+            lists = build_lists(config, sim, work=Path(tmp), data_dir=Path(args.data_dir or config.data_dir))
+        run, policy = run_policy("qlearning", lists, sim, args.seed)
+        learner = policy.q  # type: ignore[attr-defined]
+        vocab = lists.vocabulary
+        info = {"data": "simulate", "rounds": args.rounds, "sessions": args.sessions, "seed": args.seed,
+                "reward_per_list": sum(run.reward) / max(sum(run.lists), 1)}
+    info |= {"states": learner.n_states, "gamma": settings.gamma, "alpha": settings.alpha}
+    path = config.rankers_path / "qlearning" / "current.json"
+    if not args.dry_run:
+        save_qtable(path, learner, vocab, info)
+        info["written"] = str(path)
+    _print_json(info)
+    return 0
+
+
 def cmd_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
     """`ranker versions|rollback --surface S`: the published rankers, or back to the previous one."""
     from engine.learn import registry
@@ -264,7 +312,8 @@ def cmd_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
-    """`simulate`: simulated shoppers against real servers, blend vs learned ranker (engine/evaluation/simulate.py)."""
+    """`simulate`: simulated shoppers against real servers, blend vs learned ranker (engine/evaluation/simulate.py);
+    with --policies, the strategy policies on simulated sessions (engine/evaluation/policy_sim.py)."""
     from engine.evaluation.simulate import ClickModel, SimSettings, record_results, run_simulation, write_outputs
 
     try:
@@ -272,6 +321,9 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
     except ValueError:
         raise InvalidQuery("--seeds", f"comma-separated integers, got {args.seeds!r}") from None
     clicks = ClickModel(bias=args.bias, rel_click=args.rel_click, noise_click=args.noise_click, buy=args.buy)
+    if args.policies:
+        return _simulate_policies(config, args, seeds, clicks)
+    args.rounds = args.rounds or 5
     settings = SimSettings(rounds=args.rounds, shoppers=args.shoppers, seeds=seeds, k=args.k, holdout=args.holdout,
                            lists_per_round=args.lists, returning=args.returning, clicks=clicks,
                            force_publish=args.force)
@@ -291,6 +343,30 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
         else:
             record_results(report, png, command)
         print("recorded the run in bench/RESULTS.md" + ("" if args.returning else " (plot: bench/simulate.png)"))
+    return 0
+
+
+def _simulate_policies(config: EngineConfig, args: argparse.Namespace, seeds: tuple[int, ...], clicks: Any) -> int:
+    from engine.evaluation import policy_sim
+    from engine.learn.bandits import Rewards
+
+    rounds = args.rounds or 10
+    settings = policy_sim.PolicySimSettings(
+        rounds=rounds, sessions=args.sessions, steps=args.steps, users=args.users, seeds=seeds, k=args.k,
+        holdout=args.holdout, clicks=clicks, cold_share=args.cold_share, epsilon=config.strategy_epsilon,
+        alpha=config.strategy_alpha, rewards=Rewards(config.reward_click, config.reward_cart, config.reward_purchase))
+    out = Path(args.out if args.out != "bench/out/simulate" else "bench/out/simulate-policies")
+    report = policy_sim.run_policy_simulation(config, settings, out_dir=out,
+                                              data_dir=Path(args.data_dir) if args.data_dir else None)
+    png, js = policy_sim.write_outputs(report, out)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {png} and {js}")
+    if args.record:
+        command = (f"vitrine simulate --policies --rounds {rounds} --sessions {args.sessions} --steps {args.steps} "
+                   f"--users {args.users} --seeds {args.seeds} --k {args.k} --cold-share {args.cold_share:g} --record")
+        policy_sim.record_results(report, png, command)
+        print("recorded the run in bench/RESULTS.md (plot: bench/simulate_policies.png)")
     return 0
 
 
@@ -426,7 +502,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="public data (default: data_dir setting, ../shared/data)")
     sm = add("simulate", cmd_simulate, "simulated Scientific shoppers: CTR per round of the blend and the learned "
                                        "ranker retrained on their clicks (see README, 'The learning loop')")
-    sm.add_argument("--rounds", type=int, default=5, help="serve -> clicks -> retrain rounds (default 5)")
+    sm.add_argument("--rounds", type=int, default=None,
+                    help="serve -> clicks -> retrain rounds (default 5; with --policies, rounds of sessions: 10)")
+    sm.add_argument("--policies", action="store_true",
+                    help="the strategy policies (blend, epsilon-greedy, Thompson, LinUCB, Q-learning) on simulated "
+                         "sessions: cumulative reward and regret, cold start, OPE (see README, 'Exploration')")
+    sm.add_argument("--sessions", type=int, default=500, help="--policies: sessions per round (default 500)")
+    sm.add_argument("--steps", type=int, default=5, help="--policies: lists per session (default 5)")
+    sm.add_argument("--users", type=int, default=3000, help="--policies: distinct shoppers (default 3000)")
+    sm.add_argument("--cold-share", type=float, default=0.1,
+                    help="--policies: share of the blend+cold policy's slots given to untouched items (default 0.1)")
     sm.add_argument("--shoppers", type=int, default=1000, help="shoppers per seed (default 1000)")
     sm.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     sm.add_argument("--k", type=int, default=10, help="items per list (default 10)")
@@ -444,6 +529,19 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md, the plot to bench/")
     sm.add_argument("--keep-stores", action="store_true", help="keep each arm's event store under OUT/runs")
     sm.add_argument("--data-dir", help="public data (default: data_dir setting, ../shared/data)")
+    tq = tr.add_parser("qlearning", help="train the Q table of strategy_policy = qlearning (see README, 'Exploration')")
+    tq.set_defaults(func=cmd_train_qlearning)
+    tq.add_argument("--data", default="logs", choices=["logs", "simulate"],
+                    help="logged sessions of a strategy policy (default), or the simulator's sessions")
+    tq.add_argument("--days", type=float, default=30.0, help="logs: how many days back (default 30)")
+    tq.add_argument("--epochs", type=int, default=5, help="logs: passes over the sessions (default 5)")
+    tq.add_argument("--gamma", type=float, default=0.9, help="discount (default 0.9)")
+    tq.add_argument("--alpha", type=float, default=0.1, help="learning rate (default 0.1)")
+    tq.add_argument("--rounds", type=int, default=10, help="simulate: rounds of sessions (default 10)")
+    tq.add_argument("--sessions", type=int, default=500, help="simulate: sessions per round (default 500)")
+    tq.add_argument("--seed", type=int, default=0)
+    tq.add_argument("--dry-run", action="store_true", help="train and report, do not write the table")
+    tq.add_argument("--data-dir", help="public data (default: data_dir setting, ../shared/data)")
     rk = sub.add_parser("ranker", help="published rankers").add_subparsers(metavar="ACTION")
     for action, help_text in (("versions", "list the published rankers of a surface"),
                               ("rollback", "serve the previous ranker of a surface again")):

@@ -16,6 +16,7 @@ from engine.types import EncoderKind, Fusion
 ENV_PREFIX = "VITRINE_"
 CONFIG_FILE_ENV = "VITRINE_CONFIG"
 DEFAULT_CONFIG_FILE = "vitrine.toml"
+STRATEGY_POLICIES = ("blend", "epsilon", "linucb", "thompson", "beta", "qlearning")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,23 @@ class EngineConfig:
     # An outcome event without a request_id is joined to the shopper's latest impression of that item logged
     # at most this long before it (engine.learn.attribution).
     attribution_window_minutes: float = 30.0
+    # Exploration per surface (engine.learn.policy): "0" is deterministic (as before); "epsilon:0.1" or
+    # "softmax:0.5" (Plackett-Luce temperature), optionally with ",positions=5,pool=50,cold_share=0.1"; or a
+    # TOML table with those keys. Every shown item's propensity is then logged in its impression.
+    explore_search: Any = "0"
+    explore_recommend: Any = "0"
+    explore_similar: Any = "0"
+    # What chooses the strategy of a shopper's recommendations (engine.learn.online): "blend" (none, the
+    # tuned blend), a bandit ("epsilon", "linucb", "thompson", "beta") learning online from the lists'
+    # outcomes, or "qlearning" (the Q table trained by `vitrine train qlearning`).
+    strategy_policy: str = "blend"
+    # Settings of that policy: epsilon, alpha (LinUCB), v (linear Thompson), lambda, gamma (Q-learning).
+    strategy_epsilon: float = 0.1
+    strategy_alpha: float = 1.0
+    # Reward of an outcome on a list, for the bandits and Q-learning.
+    reward_click: float = 1.0
+    reward_cart: float = 3.0
+    reward_purchase: float = 5.0
     # Browser sessions (storefront shopper, admin page): cookies are signed with ``secret_key``, else with
     # a random key kept in ``secret_key_file`` (created on first use, shared by every worker).
     secret_key: str | None = None
@@ -135,6 +153,12 @@ class EngineConfig:
         need(self.impression_retention_days > 0, "impression_retention_days", "must be > 0")
         need(self.impression_flush_seconds > 0, "impression_flush_seconds", "must be > 0")
         need(self.attribution_window_minutes > 0, "attribution_window_minutes", "must be > 0")
+        need(self.strategy_policy in STRATEGY_POLICIES, "strategy_policy",
+             f"must be one of {', '.join(STRATEGY_POLICIES)}, got {self.strategy_policy!r}")
+        need(0.0 <= self.strategy_epsilon <= 1.0, "strategy_epsilon", f"must be in 0..1, got {self.strategy_epsilon}")
+        need(self.strategy_alpha >= 0.0, "strategy_alpha", f"must be >= 0, got {self.strategy_alpha}")
+        for name in ("reward_click", "reward_cart", "reward_purchase"):
+            need(getattr(self, name) >= 0.0, name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("events_burst_session", "events_burst_ip"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
 

@@ -32,9 +32,13 @@ from engine.learn.attribution import AttributionStats
 from engine.learn.impressions import ImpressionLog
 from engine.learn.experiments import INTERLEAVED, TEAM_FEATURE, Experiment, Experiments, Kind, Variant, team_draft
 from engine.learn.model import MlpRanker, ModelError
+from engine.learn.bandits import Context, Rewards
+from engine.learn.online import StrategyPolicy, context_dict, request_rng, shopper_context
+from engine.learn.policy import ExplorationSettings, choose
 from engine.learn.registry import load_version
 from engine.learn.serve import Rankers
 from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES, item_rates
+from engine.recommend.strategies import check_strategy
 from engine.memory import release_free_memory
 from engine.search import Hit, Ranked, facets, ranked_search, similar_items
 from engine.shoppers import EventStats, IngestResult, Recommendations, SampleShopper, Shoppers
@@ -158,6 +162,14 @@ class Engine:
         self.impressions = ImpressionLog(
             lambda: self.shoppers.events, retention_s=config.impression_retention_days * 86400.0,
             flush_every_s=config.impression_flush_seconds) if log_impressions else None
+        # Exploration per surface (engine.learn.policy) and the recommendations' strategy policy (engine.learn.online).
+        self.exploration = {s: ExplorationSettings.parse(getattr(config, f"explore_{s}"), key=f"explore_{s}")
+                            for s in EXPLORED_SURFACES}
+        self.strategy = None if config.strategy_policy == "blend" else StrategyPolicy(
+            config.strategy_policy, lambda: self.shoppers.events, epsilon=config.strategy_epsilon,
+            alpha=config.strategy_alpha,
+            rewards=Rewards(config.reward_click, config.reward_cart, config.reward_purchase),
+            qtable=config.rankers_path / "qlearning" / "current.json", refresh_s=config.reload_check_seconds)
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------
@@ -242,10 +254,13 @@ class Engine:
         chosen = self._choose("search", user)
         logging = self.impressions is not None
         interleaved = chosen.interleave is not None and offset == 0
+        explore = self.exploration["search"]
+        exploring = not explore.deterministic and offset == 0 and not interleaved  # the first page only
+        k_run = self._explore_pool(explore, k) if exploring else k
 
         def run(model: MlpRanker | None) -> Ranked:
             return ranked_search(
-                snap, query, qvec, k=k, offset=offset, mask=mask, pool=pool,
+                snap, query, qvec, k=k_run, offset=offset, mask=mask, pool=pool,
                 weight=self.config.hybrid_weight if weight is None else weight, fusion=self.config.fusion,
                 affinity=affinity, personalize=strength, scorer=None if model is None else model.score,
                 features=logging and model is not None or interleaved, item_rates=self._item_rates,
@@ -263,9 +278,14 @@ class Engine:
             policy = exp.policy(INTERLEAVED)
         else:
             ranked = run(chosen.model)
+        explored: Explored | None = None
+        if exploring:
+            explored = self._explore(explore, [h.score for h in ranked.hits], [h.id for h in ranked.hits], k, rid)
+            ranked = Ranked([ranked.hits[j] for j in explored.order], ranked.rows, ranked.bm25_all,
+                            explored.reorder(ranked.later))
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
         self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid,
-                  later=ranked.later)
+                  later=ranked.later, explored=explored)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
                             total_candidates=len(ranked.rows), facets=facet, request_id=rid)
 
@@ -310,8 +330,16 @@ class Engine:
         shopper or session shown the list, for its impression (attribution joins their later events to it)."""
         k = self._check_k(k)
         snap = self.snapshot()
-        hits = similar_items(snap, snap.catalog.row(item_id), k=k, same_category=same_category)
-        rid = self._log("similar", viewer, item_id, lambda: [(h.id, {"score": h.score}) for h in hits], "nearest")
+        explore = self.exploration["similar"]
+        hits = similar_items(snap, snap.catalog.row(item_id), k=k if explore.deterministic else self._explore_pool(explore, k),
+                             same_category=same_category)
+        rid = uuid.uuid4().hex
+        explored = None
+        if not explore.deterministic:
+            explored = self._explore(explore, [h.score for h in hits], [h.id for h in hits], k, rid)
+            hits = [hits[j] for j in explored.order]
+        self._log("similar", viewer, item_id, lambda: [(h.id, {"score": h.score}) for h in hits], "nearest", rid=rid,
+                  explored=explored)
         return Similar(item_id, snap.version, hits, rid)
 
     def item(self, item_id: str) -> Product:
@@ -366,22 +394,41 @@ class Engine:
     def recommend(self, user_id: str | None = None, *, recent: list[str] | None = None, k: int | None = None,
                   filters: Filters = NO_FILTERS, exclude: list[str] | None = None,
                   diversity: float = 0.0, surface: str | None = None,
-                  viewer: str | None = None) -> Recommendations:
+                  viewer: str | None = None, strategy: str | None = None) -> Recommendations:
         """Recommendations for a shopper, or for an anonymous session's ``recent`` items (oldest first).
         ``viewer``: who is shown a list asked without ``user_id`` (a storefront session's trending strip), for
         its impression.
         ``surface`` names where the list is shown, in the impression log (default: ``recommend``, or
-        ``recommend_session`` without a shopper)."""
+        ``recommend_session`` without a shopper). ``strategy``: one of
+        :data:`engine.recommend.strategies.STRATEGIES`; by default the strategy policy chooses
+        (``strategy_policy``), or the blend serves. ``explore_recommend`` may then shuffle the top slots."""
+        k = self._check_k(k)
+        asked = check_strategy(strategy) if strategy is not None else None
+        name = surface or ("recommend" if user_id is not None else "recommend_session")
+        rid = uuid.uuid4().hex
         chosen = self._choose("recommend", user_id)
-        recs = self.shoppers.recommend(user_id, recent=recent, k=self._check_k(k), filters=filters,
-                                       exclude=exclude, diversity=diversity,
+        policy = chosen.policy or "blend"
+        arm, context = asked or "blend", None
+        if asked is not None:
+            policy = f"strategy/{asked}" + (f"+{chosen.policy}" if chosen.policy else "")
+        elif self.strategy is not None and (chosen.policy is None or chosen.policy.startswith("ranker:")):
+            ctx = self._context(name, user_id, recent)
+            arm, p = self.strategy.choose(ctx, rid)
+            context = {"arm": arm, "p": p, "context": context_dict(ctx)}
+            policy = f"{self.strategy.name}/{arm}" + (f"+{chosen.policy}" if chosen.policy else "")
+        explore = self.exploration["recommend"]
+        recs = self.shoppers.recommend(user_id, recent=recent, k=k if explore.deterministic else self._explore_pool(explore, k),
+                                       filters=filters, exclude=exclude, diversity=diversity,
                                        scorer=None if chosen.model is None else chosen.model.score,
-                                       features=self.impressions is not None)
-        rid = self._log(surface or ("recommend" if user_id is not None else "recommend_session"),
-                        user_id if user_id is not None else viewer, None,
-                        lambda: [(r.id, dict(r.features or {})) for r in recs.recommendations],
-                        chosen.policy or "blend", later=recs.later)
-        return dataclasses.replace(recs, request_id=rid)
+                                       features=self.impressions is not None, strategy=arm)
+        shown, later, explored = recs.recommendations, recs.later, None
+        if not explore.deterministic:
+            explored = self._explore(explore, [r.score for r in shown], [r.id for r in shown], k, rid)
+            shown, later = [shown[j] for j in explored.order], explored.reorder(later)
+        self._log(name, user_id if user_id is not None else viewer, None,
+                  lambda: [(r.id, dict(r.features or {})) for r in shown], policy, rid=rid, later=later,
+                  explored=explored, context=context)
+        return dataclasses.replace(recs, k=k, recommendations=shown, later=later, request_id=rid)
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
         """Items taken together with ``item_id`` (see :meth:`Shoppers.also_bought`); none while the event
@@ -486,16 +533,58 @@ class Engine:
 
     def _log(self, surface: str, user_id: str | None, query: str | None,
              shown: Callable[[], list[tuple[str, dict[str, float | None]]]], policy: str, offset: int = 0,
-             rid: str | None = None, later: Callable[[], list[dict[str, float]]] | None = None) -> str:
+             rid: str | None = None, later: Callable[[], list[dict[str, float]]] | None = None,
+             explored: Explored | None = None, context: dict[str, Any] | None = None) -> str:
         """A new request id (or ``rid``) for a list about to be answered, and its impression logged when
         logging is on (``shown`` gives each shown item's id and features; called only then; ``later`` gives
-        more features per item, computed by the log's flusher off the request path)."""
+        more features per item, computed by the log's flusher off the request path; ``explored``: what an
+        exploring policy did, its propensities logged; ``context``: what the strategy policy saw and chose)."""
         rid = rid or uuid.uuid4().hex
         if self.impressions is not None:
             items = shown()
+            if explored is not None:
+                context = {**(context or {}), "explored": explored.explored, "explore": explored.settings}
+                policy = f"{policy}+{explored.settings}"
             self.impressions.log(Impression(rid, time.time(), surface, user_id, query, [i for i, _ in items], offset,
-                                            [f for _, f in items], policy), later=later)
+                                            [f for _, f in items], policy,
+                                            None if explored is None else explored.propensities, context), later=later)
         return rid
+
+    def _explore_pool(self, settings: ExplorationSettings, k: int) -> int:
+        """How many of the ranking's best an exploring list draws from (at least ``k``, at most ``max_k``)."""
+        return min(max(k, settings.pool), self.config.max_k)
+
+    def _explore(self, settings: ExplorationSettings, scores: list[float], ids: list[str], k: int,
+                 rid: str) -> Explored:
+        """The shown order of an exploring list (engine.learn.policy.choose, the request's generator)."""
+        cold = None
+        if settings.cold_share > 0:
+            try:
+                with self.shoppers.live.held() as models:
+                    cold = np.array([i not in models.trending.acc for i in ids], bool)
+            except StoreUnavailable:
+                cold = None
+        slate = choose(np.asarray(scores, np.float64), k, settings, request_rng(rid), cold=cold)
+        return Explored(slate.order.tolist(), slate.propensities.tolist(), np.flatnonzero(slate.explored).tolist(),
+                        settings.spec())
+
+    def _context(self, surface: str, user_id: str | None, recent: list[str] | None) -> Context:
+        """What the strategy policy sees of a request (see :func:`engine.learn.online.shopper_context`)."""
+        snap = self.snapshot()
+
+        def category_of(item: str) -> str | None:
+            p = snap.catalog.get(item)
+            return None if p is None else p.category_path
+
+        if user_id is None:
+            last = recent[-1] if recent else None
+            return Context(surface, "anonymous", len(recent or []), None if last is None else category_of(last),
+                           False, 0)
+        try:
+            events = self.shoppers.events.user_events(user_id, limit=50)
+        except StoreUnavailable:
+            events = []
+        return shopper_context(surface, user_id, events, now=time.time(), category_of=category_of)
 
     def _item_rates(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Click rate, purchase rate and log1p(trending) of items, from the live models as of their last
@@ -526,6 +615,28 @@ class Chosen:
     model: MlpRanker | None
     policy: str | None
     interleave: Experiment | None = None
+
+
+EXPLORED_SURFACES = ("search", "recommend", "similar")
+
+
+@dataclasses.dataclass(frozen=True)
+class Explored:
+    """An exploring list: ``order`` indexes the ranking's best into the shown order; per shown item its
+    ``propensities``; ``explored`` the 0-based slots placed off the greedy order; ``settings`` the policy's
+    spec (``epsilon:0.1``...)."""
+
+    order: list[int]
+    propensities: list[float]
+    explored: list[int]
+    settings: str
+
+    def reorder(self, later: Callable[[], list[dict[str, float]]] | None) -> Callable[[], list[dict[str, float]]] | None:
+        """``later`` (features of the ranking's best, in its order) for the shown items, in the shown order."""
+        if later is None:
+            return None
+        order = self.order
+        return lambda: (lambda full: [full[j] for j in order])(later())
 
 
 def _hit_features(h: Hit) -> dict[str, float | None]:

@@ -135,12 +135,13 @@ class Shoppers:
         diversity: float = 0.0,
         scorer: Scorer | None = None,
         features: bool = False,
+        strategy: str = "blend",
     ) -> Recommendations:
         """Recommendations for a known shopper (their stored history and profile) or an anonymous
         session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers.
         ``k`` is checked by the engine. ``scorer``: a learned ranker re-ranking the blend's candidates;
         ``features``: the items' ranker features are wanted (attached, or ``later``: see
-        :func:`engine.recommend.compose.recommend`)."""
+        :func:`engine.recommend.compose.recommend`); ``strategy``: see :mod:`engine.recommend.strategies`."""
         if not 0.0 <= diversity <= 1.0:
             raise InvalidQuery("diversity", f"must be in 0..1, got {diversity}")
         snap = self._snapshot()
@@ -153,7 +154,7 @@ class Shoppers:
             history = [Touch(i, "view") for i in (recent or [])]
         composed = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
                              profile=profile, filter_mask=mask, exclude=exclude or [], scorer=scorer,
-                             features=features)
+                             features=features, strategy=strategy)
         return Recommendations(user_id, snap.version, k, composed.recommendations, later=composed.later)
 
     def _history(self, user_id: str, snap: Snapshot) -> list[Touch]:

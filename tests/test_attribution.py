@@ -121,7 +121,8 @@ def test_per_surface_rates_and_ctr_by_position(store: EventStore) -> None:
     d = stats.to_dict()
     assert d["window_minutes"] == 30 and d["surfaces"][0] == {
         "surface": "search", "lists": 3, "shown": 10, "clicks": 4, "add_to_cart": 0, "purchases": 2, "ctr": 0.4,
-        "add_to_cart_rate": 0.0, "conversion": 0.2, "by_position": [p.to_dict() for p in search.by_position]}
+        "add_to_cart_rate": 0.0, "conversion": 0.2, "by_position": [p.to_dict() for p in search.by_position],
+        "explored_lists": 0, "explored": 0, "exploration_share": 0.0}
     assert d["surfaces"][0]["by_position"][2] == {"position": 3, "shown": 2, "clicks": 1, "ctr": 0.5}
     assert surface_stats(store, since=NOW + 86400, window_s=WINDOW).surfaces == ()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine import STRATEGIES
+
 # Ids in a URL path (``<path:...>``): any text without a line feed, not starting with '/'.
 _PATH_ID = {"type": "string", "minLength": 1, "pattern": "^[^/\\n][^\\n]*$"}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -147,7 +149,10 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [user_id, k, *filters,
                                _q("exclude", {"type": "string"}, "comma-separated item ids to leave out"),
                                _q("diversity", {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-                                  "MMR diversity: 0 = by score only")],
+                                  "MMR diversity: 0 = by score only"),
+                               _q("strategy", {"type": "string", "enum": list(STRATEGIES)},
+                                  "one strategy instead of the strategy policy's choice (default: the policy, "
+                                  "or the blend)")],
                 "responses": _responses(_ok("Recommendations"), "400", *_AUTH, "404", "414", "503"),
             }},
             "/v1/recommendations": {"post": {
@@ -449,7 +454,8 @@ def openapi_document() -> dict[str, Any]:
                     "in_stock": {"type": "boolean"},
                     "exclude": {"type": ["array", "string"], "items": {"type": "string"},
                                 "description": "item ids to leave out (or one comma-separated string)"},
-                    "diversity": {"type": "number", "minimum": 0, "maximum": 1}}},
+                    "diversity": {"type": "number", "minimum": 0, "maximum": 1},
+                    "strategy": {"type": "string", "enum": list(STRATEGIES)}}},
                 "Recommendations": {"type": "object", "required": ["request_id", "user_id", "version", "k",
                                                                    "recommendations"],
                                     "properties": {

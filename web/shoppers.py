@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from engine import InvalidQuery
+from engine import STRATEGIES, InvalidQuery
 from web.auth import check_shopper, client_ip, requires, session_id, too_many
 from web.body import json_body
 from web.engine_ext import get_config, get_engine, get_limiter
@@ -66,7 +66,16 @@ def _rec_options(src: Any) -> dict[str, Any]:
         "filters": get_filters(src),
         "exclude": _list(src.get("exclude"), "exclude"),
         "diversity": get_float(src, "diversity", 0.0) or 0.0,
+        "strategy": _strategy(src.get("strategy")),
     }
+
+
+def _strategy(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidQuery("strategy", f"must be one of {', '.join(STRATEGIES)}")
+    return value
 
 
 @bp.get("/v1/users/<path:user_id>/recommendations")

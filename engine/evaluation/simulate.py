@@ -715,6 +715,12 @@ def record_results(report: SimReport, png: Path, command: str, *, results: Path 
         f"{t['final_lift']:+.1%} (per seed {', '.join(f'{x:+.1%}' for x in t['final_lift_per_seed'])}); "
         f"learned rises from round 1: {'yes' if t['learned_rises'] else 'no'}.",
     ])
+    replace_section(results, section, body)
+
+
+def replace_section(results: Path, section: str, body: str) -> None:
+    """Replace the ``<!-- section -->`` ... ``<!-- /section -->`` block of ``results`` with ``body`` (appended
+    when absent; the markers of ``bench/common.record``)."""
     start, end = f"<!-- {section} -->", f"<!-- /{section} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"

@@ -113,6 +113,9 @@ class EventStore(Protocol):
     def prune_impressions(self, before: float) -> int: ...
     def get_impression(self, request_id: str) -> Impression | None: ...
     def count_impressions(self) -> int: ...
+    def policy_impressions_after(self, rowid: int, prefix: str, limit: int = 5000) -> list[tuple[int, Impression]]: ...
+    def exploration_counts(self, since: float, until: float | None = None) -> dict[str, tuple[int, int]]: ...
+    def outcomes_after(self, seq: int, limit: int = 10000) -> tuple[list[tuple[int, str, str, float]], int]: ...
     def impressions(self, surface: str, since: float, until: float | None = None,
                     limit: int = 1_000_000) -> list[Impression]: ...
     def impression_shapes(self, since: float, until: float | None = None) -> list[tuple[str, int, int, int]]: ...
@@ -365,6 +368,8 @@ class SQLiteEventStore:
                          "seq INTEGER NOT NULL, updated_at REAL NOT NULL)")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute(IMPRESSIONS_DDL)
+            if "context" not in {r[1] for r in conn.execute("PRAGMA table_info(impressions)")}:  # before issue 10
+                conn.execute("ALTER TABLE impressions ADD COLUMN context TEXT")
             conn.execute("CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id, ts)")
             conn.execute("CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts)")
             conn.execute(EXPERIMENTS_DDL)
@@ -555,7 +560,8 @@ class SQLiteEventStore:
         self._require_writable()
         with self._write() as conn:
             before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO impressions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            conn.executemany(f"INSERT OR IGNORE INTO impressions ({IMPRESSION_COLS}) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              [r.row() for r in rows])
             return conn.total_changes - before
 
@@ -577,6 +583,39 @@ class SQLiteEventStore:
     @_guarded
     def count_impressions(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM impressions").fetchone()[0])
+
+    @_guarded
+    def policy_impressions_after(self, rowid: int, prefix: str, limit: int = 5000) -> list[tuple[int, Impression]]:
+        """``(rowid, impression)`` of the impressions stored after ``rowid`` whose policy starts with
+        ``prefix``, in storage order (at most ``limit``): how a policy learning online tails its own lists."""
+        with self._read() as conn:
+            return [(int(r[0]), Impression.from_row(r[1:])) for r in conn.execute(
+                f"SELECT rowid, {IMPRESSION_COLS} FROM impressions WHERE rowid > ? AND substr(policy, 1, ?) = ? "
+                "ORDER BY rowid LIMIT ?", (rowid, len(prefix), prefix, limit))]
+
+    @_guarded
+    def exploration_counts(self, since: float, until: float | None = None) -> dict[str, tuple[int, int]]:
+        """Per surface, over the impressions logged in ``[since, until)``: the lists a stochastic policy
+        made (propensities logged) and their shown items placed off the greedy order (``context.explored``)."""
+        with self._read() as conn:
+            return {str(s): (int(n), int(e or 0)) for s, n, e in conn.execute(
+                "SELECT surface, count(*), sum(coalesce(json_array_length(context, '$.explored'), 0)) "
+                "FROM impressions WHERE ts >= ? AND ts < ? AND propensities IS NOT NULL GROUP BY surface",
+                (since, _upper(until)))}
+
+    @_guarded
+    def outcomes_after(self, seq: int, limit: int = 10000) -> tuple[list[tuple[int, str, str, float]], int]:
+        """``(seq, request_id, type, ts)`` of the stored events after ``seq`` that name the list they came
+        from (``request_id``), in seq order (at most ``limit``), and the seq read up to (the next call's
+        ``seq``: the last row's when ``limit`` was reached, else the store's last), from one snapshot."""
+        with self._read() as conn:
+            rows = [(int(q), str(rid), str(t), float(ts)) for q, rid, t, ts in conn.execute(
+                "SELECT seq, request_id, type, ts FROM events WHERE seq > ? AND request_id IS NOT NULL "
+                "ORDER BY seq LIMIT ?", (seq, limit))]
+            if len(rows) == limit:
+                return rows, rows[-1][0]
+            top = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+            return rows, max(seq, int(top or 0))
 
     @_guarded
     def impressions(self, surface: str, since: float, until: float | None = None,

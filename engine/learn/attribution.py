@@ -86,6 +86,13 @@ class SurfaceStats:
     add_to_cart: int
     purchases: int
     by_position: tuple[PositionStats, ...]  # positions 1..MAX_POSITION that were shown, in order
+    explored_lists: int = 0  # lists made by a stochastic (exploring) policy
+    explored: int = 0  # shown items the exploring policy placed off its greedy order
+
+    @property
+    def exploration_share(self) -> float:
+        """The share of shown items placed by exploration rather than by the ranking."""
+        return _rate(self.explored, self.shown)
 
     @property
     def ctr(self) -> float:
@@ -103,6 +110,8 @@ class SurfaceStats:
         return {"surface": self.surface, "lists": self.lists, "shown": self.shown, "clicks": self.clicks,
                 "add_to_cart": self.add_to_cart, "purchases": self.purchases, "ctr": self.ctr,
                 "add_to_cart_rate": self.add_to_cart_rate, "conversion": self.conversion,
+                "explored_lists": self.explored_lists, "explored": self.explored,
+                "exploration_share": self.exploration_share,
                 "by_position": [p.to_dict() for p in self.by_position]}
 
 
@@ -123,8 +132,8 @@ class AttributionStats:
 def surface_stats(store: EventStore, *, since: float, until: float | None = None, window_s: float,
                   max_position: int = MAX_POSITION) -> AttributionStats:
     """Lists, shown items, clicks, add-to-carts, purchases and their rates per surface, and CTR by position
-    (1..``max_position``), over the impressions logged in ``[since, until)``. Two store queries: the lists'
-    shapes (no items unpacked) and the attributed outcomes; at 100k impressions, well under a second."""
+    (1..``max_position``), over the impressions logged in ``[since, until)``. Three store queries: the lists'
+    shapes (no items unpacked), the attributed outcomes and the exploring lists; at 100k impressions, well under a second."""
     _check(window_s)
     lists: dict[str, int] = defaultdict(int)
     shown: dict[str, int] = defaultdict(int)
@@ -140,10 +149,12 @@ def surface_stats(store: EventStore, *, since: float, until: float | None = None
         hits[o.surface, o.type] += 1
         if o.type is EventType.CLICK:
             clicks_at[o.surface][o.position] += 1
+    explored = store.exploration_counts(since, until)
     surfaces = [
         SurfaceStats(s, lists[s], shown[s], hits[s, EventType.CLICK], hits[s, EventType.ADD_TO_CART],
                      hits[s, EventType.PURCHASE],
-                     tuple(PositionStats(p, n, clicks_at[s][p]) for p, n in sorted(shown_at[s].items())))
+                     tuple(PositionStats(p, n, clicks_at[s][p]) for p, n in sorted(shown_at[s].items())),
+                     *explored.get(s, (0, 0)))
         for s in sorted(lists, key=lambda s: (-lists[s], s))]
     return AttributionStats(since, until, window_s, tuple(surfaces))
 

@@ -16,6 +16,7 @@ from engine.ranking.features import RECOMMEND_FEATURES, RecCandidates, brand_key
 from engine.recommend.blend import Blender
 from engine.recommend.content import InterestProfile, event_weight
 from engine.recommend.live import LiveModels
+from engine.recommend.strategies import CATEGORY_WINDOW, WEIGHTS, strategy_rows
 from engine.snapshot import Snapshot
 
 HISTORY_DECAY = 0.85  # tuned on Scientific validation (see engine/recommend/cooccurrence.py)
@@ -79,13 +80,15 @@ def recommend(
     exclude: Sequence[str] = (),
     scorer: Scorer | None = None,
     features: bool = False,
+    strategy: str = "blend",
 ) -> Composed:
     """The ``k`` best items for a shopper with this ``history`` (oldest first), blended and explained.
 
     ``scorer`` (a learned ranker: feature matrix -> scores) re-ranks the blend's best ``blender.mmr_pool``
     candidates, whose features :func:`_pool_features` computes now; ``features``: the recommendations' feature
     values are wanted (for the impression log): attached when a scorer computed them, else deferred to
-    ``Composed.later``, so that logging costs the request only a few array slices."""
+    ``Composed.later``, so that logging costs the request only a few array slices. ``strategy``: one of
+    :data:`engine.recommend.strategies.STRATEGIES` (its source weights and rows replace the blender's)."""
     n = len(snap)
     rows = snap.catalog.id_map
     known = [t for t in history if t.item_id in snap.catalog][-HISTORY_LIMIT:]
@@ -108,6 +111,14 @@ def recommend(
         cooc, cooc_because = models.cooccurrence.scores_dense(recent, rows, n)
         popular = models.trending_dense(snap.catalog)
     parts = {"content": content, "cooccurrence": cooc, "popular": popular}
+    if strategy != "blend":
+        blender = Blender(WEIGHTS[strategy], mmr_lambda=blender.mmr_lambda, mmr_pool=blender.mmr_pool,
+                          exclude_purchased=blender.exclude_purchased, exclude_seen=blender.exclude_seen)
+        only = strategy_rows(strategy, popular=popular, category_rows=snap.category_rows,
+                             history_categories=[snap.catalog[snap.catalog.row(t.item_id)].category_path
+                                                 for t in known[-CATEGORY_WINDOW:]])
+        if only is not None:
+            filter_mask = only if filter_mask is None else filter_mask & only
     X: dict[int, np.ndarray] = {}  # row -> features, when the scorer needed them now
     kept: dict[str, Any] = {}  # what the features need, when only the impression log wants them (later)
 

@@ -153,7 +153,7 @@
     const pbody = document.querySelector("#positions-table tbody");
     if (!surfaces.length) {
       const tr = el("tr");
-      tr.append(el("td", { colspan: "6" }, "No lists logged yet."));
+      tr.append(el("td", { colspan: "7" }, "No lists logged yet."));
       tbody.replaceChildren(tr);
       phead.replaceChildren();
       pbody.replaceChildren();
@@ -164,7 +164,9 @@
       tr.append(el("th", { scope: "row" }, s.surface), el("td", {}, String(s.lists)), el("td", {}, String(s.shown)),
                 el("td", { title: `${s.clicks} clicked` }, pct(s.ctr)),
                 el("td", { title: `${s.add_to_cart} added to cart` }, pct(s.add_to_cart_rate)),
-                el("td", { title: `${s.purchases} bought` }, pct(s.conversion)));
+                el("td", { title: `${s.purchases} bought` }, pct(s.conversion)),
+                el("td", { title: `${s.explored} of ${s.shown} shown items placed by exploration, in ${s.explored_lists} exploring lists` },
+                   pct(s.exploration_share || 0)));
       return tr;
     }));
     const head = el("tr");
