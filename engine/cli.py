@@ -224,6 +224,8 @@ def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
     """`eval search|recommend|personalized-search|ope`: run the evaluation, print its lines or its JSON."""
     import importlib
 
+    if args.what == "ope" and args.policy:
+        return _ope_on_logs(config, args)
     module, func = _EVALS[args.what]
     run = getattr(importlib.import_module(module), func)
     extra = {k: getattr(args, k) for k in ("bootstrap", "clip") if getattr(args, k, None) is not None}
@@ -343,6 +345,36 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
         else:
             record_results(report, png, command)
         print("recorded the run in bench/RESULTS.md" + ("" if args.returning else " (plot: bench/simulate.png)"))
+    return 0
+
+
+def _ope_on_logs(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`eval ope --policy P --surface S --since 7d`: a candidate's CTR on the logged traffic (engine.learn.ope_logs)."""
+    import time as _time
+
+    from engine.events import open_event_store
+    from engine.learn import ope_logs
+    from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
+
+    span = ope_logs.parse_since(args.since)
+    store = open_event_store(config.events_url)
+    try:
+        report = ope_logs.evaluate_logged(
+            store, args.surface, args.policy, since=_time.time() - span,
+            window_s=config.attribution_window_minutes * 60.0, rankers_root=config.rankers_path,
+            features={"recommend": RECOMMEND_FEATURES, "search": SEARCH_FEATURES}.get(args.surface),
+            clip=args.clip, n_bootstrap=max(args.bootstrap, 30))
+        if args.record:
+            ope_logs.record(store, report)
+    finally:
+        store.close()
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            print(line)
+        if args.record:
+            print("recorded: the admin page shows it beside an experiment variant with this policy")
     return 0
 
 
@@ -565,6 +597,15 @@ def _parser() -> argparse.ArgumentParser:
             e.add_argument("--bootstrap", type=int, default=30, metavar="N", help="bootstrap resamples (default 30)")
             e.add_argument("--clip", type=float, metavar="W",
                            help="cap the importance weights of IPS, SNIPS, DR and SNDR at W (default: no clipping)")
+            e.add_argument("--policy", metavar="P",
+                           help="estimate a candidate on this server's own logged traffic instead: blend, ranker, "
+                                "ranker:<version>, strategy/<strategy> or strategy:<epsilon|linucb|thompson|beta|"
+                                "qlearning> (see README, 'Evaluating a policy before serving it')")
+            e.add_argument("--surface", default="recommend", choices=["recommend", "search", "similar"],
+                           help="--policy: the surface whose lists are replayed (default recommend)")
+            e.add_argument("--since", default="7d", help="--policy: how far back, e.g. 7d, 12h (default 7d)")
+            e.add_argument("--record", action="store_true",
+                           help="--policy: keep the estimate for the admin experiments panel")
     return p
 
 

@@ -423,7 +423,16 @@ class Engine:
                                        features=self.impressions is not None, strategy=arm)
         shown, later, explored = recs.recommendations, recs.later, None
         if not explore.deterministic:
-            explored = self._explore(explore, [r.score for r in shown], [r.id for r in shown], k, rid)
+            scores = [r.score for r in shown]
+            if explore.cold_share > 0 and arm != "new":  # cold candidates: the "new" strategy's, below the rest
+                cold = self.shoppers.recommend(user_id, recent=recent, k=self._explore_pool(explore, k),
+                                               filters=filters, exclude=exclude, strategy="new").recommendations
+                have = {r.id for r in shown}
+                extra = [r for r in cold if r.id not in have]
+                floor = min(scores, default=0.0) - 1.0
+                shown, scores = shown + extra, scores + [floor] * len(extra)
+                later = _padded(later, len(extra))
+            explored = self._explore(explore, scores, [r.id for r in shown], k, rid)
             shown, later = [shown[j] for j in explored.order], explored.reorder(later)
         self._log(name, user_id if user_id is not None else viewer, None,
                   lambda: [(r.id, dict(r.features or {})) for r in shown], policy, rid=rid, later=later,
@@ -637,6 +646,14 @@ class Explored:
             return None
         order = self.order
         return lambda: (lambda full: [full[j] for j in order])(later())
+
+
+def _padded(later: Callable[[], list[dict[str, float]]] | None,
+            n: int) -> Callable[[], list[dict[str, float]]] | None:
+    """``later`` with ``n`` empty feature sets after its own (for candidates it did not rank)."""
+    if later is None or n == 0:
+        return later
+    return lambda: later() + [{} for _ in range(n)]
 
 
 def _hit_features(h: Hit) -> dict[str, float | None]:

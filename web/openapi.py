@@ -309,6 +309,9 @@ def openapi_document() -> dict[str, Any]:
                     "add_to_cart": {"type": "integer", "description": "shown items with an add_to_cart attributed"},
                     "purchases": {"type": "integer", "description": "shown items with a purchase attributed"},
                     "ctr": {"type": "number"}, "add_to_cart_rate": {"type": "number"}, "conversion": {"type": "number"},
+                    "explored_lists": {"type": "integer", "description": "lists an exploring policy made"},
+                    "explored": {"type": "integer", "description": "shown items placed off the ranking's order"},
+                    "exploration_share": {"type": "number", "description": "explored / shown"},
                     "by_position": {"type": "array", "description": "positions 1..20 that were shown", "items": {
                         "type": "object", "required": ["position", "shown", "clicks", "ctr"], "properties": {
                             "position": {"type": "integer", "minimum": 1}, "shown": {"type": "integer"},
@@ -352,7 +355,9 @@ def openapi_document() -> dict[str, Any]:
                         "shown": {"type": "integer", "description": "shown items (an interleave: of its team)"},
                         "clicks": {"type": "integer"}, "add_to_cart": {"type": "integer"},
                         "purchases": {"type": "integer"}, "ctr": _ref("Rate"), "add_to_cart_rate": _ref("Rate"),
-                        "conversion": _ref("Rate")}}},
+                        "conversion": _ref("Rate"),
+                        "ope": {"type": ["object", "null"], "description": "the newest off-policy estimate of this "
+                                "policy on logged traffic (vitrine eval ope --policy ... --record), or null"}}}},
                     "interleaving": {"oneOf": [{"type": "null"}, {
                         "type": "object", "description": "interleave only: lists won by each variant (a: the "
                         "first, b: the second); preference = (wins_b - wins_a) / (wins_a + wins_b + ties)",

@@ -27,12 +27,13 @@ Protocol (see README, "Exploration and bandits"):
   design's MDP: :mod:`engine.learn.qlearning`; gamma 0.9, alpha 0.1, epsilon 0.1), each over the six
   strategies (the blend included, so a bandit can always fall back to it); and ``blend+cold``: the blend
   with ``cold_share`` of each of its slots given to items nobody has touched (``explore_recommend`` with
-  ``epsilon:0,cold_share=0.1``).
+  ``epsilon:0,cold_share=0.1``: the cold candidates are the "new" strategy's list, appended below the
+  blend's, as the engine does).
 - **Cold start**: cold items are those without any stored event (items that only held-out purchases
   name: real demand nobody has seen yet). Per policy, the cold items' pooled CTR estimate (clicks /
   impressions) against its truth (the expected clicks of the same impressions); reported: the lists
   served, and the cold impressions, until the estimate is within 20% of the truth for good.
-- **OPE check**: the ``epsilon`` policy's last round is a log with propensities; IPS, SNIPS and DR (a
+- **OPE check**: the ``epsilon`` policy's run is a log with propensities; IPS, SNIPS and DR (a
   ridge reward model per strategy on the context vector) estimate from it what each other policy, frozen
   as it ended, would earn per list, compared with what the frozen policy earns when run on one more round.
 """
@@ -276,7 +277,7 @@ class PolicySimReport:
         return [f"vitrine simulate --policies: {s.rounds} rounds x {s.sessions} sessions x {s.steps} lists of {s.k}, "
                 f"seeds {', '.join(map(str, s.seeds))}, {self.data.get('users')} Scientific shoppers, "
                 f"{self.seconds / 60:.1f} min", "", self.table(), "",
-                "Off-policy estimates from the epsilon-greedy log's last round (reward per list):", self.ope_table()]
+                "Off-policy estimates from the epsilon-greedy policy's log (reward per list):", self.ope_table()]
 
 
 def _settings_dict(s: PolicySimSettings) -> dict[str, Any]:
@@ -352,7 +353,7 @@ def _expected(rel: np.ndarray, eta: np.ndarray, c: ClickModel, r: Rewards) -> fl
 def run_policy(name: str, lists: Lists, s: PolicySimSettings, seed: int, *,
                log: list[tuple[Context, State, str, float, float]] | None = None,
                policy: _Policy | None = None, rounds: int | None = None) -> tuple[PolicyRun, _Policy]:
-    """One policy on one seed's sessions (see the module docstring); ``log`` collects the last round's
+    """One policy on one seed's sessions (see the module docstring); ``log`` collects every list's
     ``(context, state, arm, propensity, reward)``; ``policy`` continues a given (e.g. frozen) policy."""
     rounds = s.rounds if rounds is None else rounds
     policy = policy or make_policy(name, s)
@@ -385,10 +386,10 @@ def run_policy(name: str, lists: Lists, s: PolicySimSettings, seed: int, *,
                     rows = lists.rows[u][a]
                     keep = np.array([i not in bought for i in rows.tolist()], bool) if bought else np.ones(len(rows), bool)
                     rows = rows[keep][:s.k]
-                    if name == "blend+cold" and strategy == "blend":
-                        sc = lists.blend_scores[u][keep]
-                        slate = choose(sc, s.k, cold_settings, rng, cold=lists.cold[lists.rows[u][a][keep]])
-                        rows = lists.rows[u][a][keep][slate.order]
+                    if name == "blend+cold" and strategy == "blend":  # as Engine.recommend with a cold share
+                        pool, sc = _with_cold(lists, u, a, keep, bought)
+                        slate = choose(sc, s.k, cold_settings, rng, cold=lists.cold[pool])
+                        rows = pool[slate.order]
                     rel = np.array([i in targets and i not in bought for i in rows.tolist()], bool)
                     values.append(_expected(rel, eta[:len(rows)], c, rw))
                     if strategy == arm:
@@ -422,7 +423,7 @@ def run_policy(name: str, lists: Lists, s: PolicySimSettings, seed: int, *,
                 last = t == s.steps - 1
                 next_state = None if last else encode_state(t + 1, last_cat, cart, sum(recent[-5:]), lists.vocabulary)
                 policy.learn(ctx, state, arm, out, next_state)
-                if log is not None and r == rounds - 1:
+                if log is not None:
                     log.append((ctx, state, arm, p, out))
         run.reward.append(reward)
         run.regret.append(regret)
@@ -434,6 +435,16 @@ def run_policy(name: str, lists: Lists, s: PolicySimSettings, seed: int, *,
     if within_since is not None:
         run.cold_lists_to_20, run.cold_impressions_to_20 = within_since
     return run, policy
+
+
+def _with_cold(lists: Lists, u: int, a: int, keep: np.ndarray, bought: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The blend's candidates with the "new" strategy's cold items appended below them (their score under
+    the lowest), as ``Engine.recommend`` does when ``explore_recommend`` has a ``cold_share``."""
+    rows, scores = lists.rows[u][a][keep], lists.blend_scores[u][keep]
+    new = lists.rows[u][STRATEGIES.index("new")]
+    extra = np.array([i for i in new.tolist() if i not in bought and i not in set(rows.tolist())], np.int64)
+    floor = (float(scores.min()) if len(scores) else 0.0) - 1.0
+    return np.concatenate([rows, extra]), np.concatenate([scores, np.full(len(extra), floor)])
 
 
 def _ope(log: list[tuple[Context, State, str, float, float]], target: _Policy) -> dict[str, float]:
@@ -557,7 +568,7 @@ def record_results(report: PolicySimReport, png: Path, command: str, *,
         f"- {report.data['cold_items']} cold items (no stored event) of {report.data['items']}; "
         f"`blend+cold` gives them {s.cold_share:g} of each slot",
         "", report.table(), "", picture, "",
-        "Off-policy estimates of each policy as it ended (frozen), from the epsilon-greedy policy's last round "
+        "Off-policy estimates of each policy as it ended (frozen), from the epsilon-greedy policy's whole run "
         "(its logged propensities), against the frozen policy's actual reward per list on one more round:", "",
         report.ope_table(),
     ])

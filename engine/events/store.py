@@ -62,6 +62,12 @@ EXPERIMENTS_DDL = (
     "variants TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL, stopped_at REAL, winner TEXT)"
 )
 _EXPERIMENT_COLS = "name, surface, kind, variants, state, created_at, stopped_at, winner"
+# Off-policy estimates of candidate policies on the logged traffic (`vitrine eval ope --policy ... --record`),
+# shown beside the live result of an experiment variant with the same policy.
+OPE_DDL = (
+    "CREATE TABLE IF NOT EXISTS ope_estimates (surface TEXT NOT NULL, policy TEXT NOT NULL, computed_at REAL NOT NULL, "
+    "since REAL NOT NULL, rows INTEGER NOT NULL, estimates TEXT NOT NULL, PRIMARY KEY (surface, policy, computed_at))"
+)
 # (name, surface, kind, variants JSON, state, created_at, stopped_at, winner)
 ExperimentRow = tuple[str, str, str, str, str, float, float | None, str | None]
 
@@ -124,6 +130,9 @@ class EventStore(Protocol):
     def policy_lists(self, prefix: str, since: float, until: float | None = None, *, feature: str | None = None,
                      ) -> list[tuple[str, str, str | None, int, int, list[float | None]]]: ...
     def add_experiment(self, row: ExperimentRow) -> str | None: ...
+    def add_ope_estimate(self, surface: str, policy: str, computed_at: float, since: float, rows: int,
+                         estimates: dict[str, Any]) -> None: ...
+    def latest_ope_estimate(self, surface: str, policy: str) -> dict[str, Any] | None: ...
     def stop_experiment(self, name: str, stopped_at: float, winner: str | None = None) -> bool: ...
     def experiments(self, *, running: bool = False) -> list[ExperimentRow]: ...
     def get_experiment(self, name: str) -> ExperimentRow | None: ...
@@ -373,6 +382,7 @@ class SQLiteEventStore:
             conn.execute("CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id, ts)")
             conn.execute("CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts)")
             conn.execute(EXPERIMENTS_DDL)
+            conn.execute(OPE_DDL)
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS experiments_running ON experiments (surface) "
                          "WHERE state = 'running'")
             for ddl in features.SCHEMA:
@@ -701,6 +711,24 @@ class SQLiteEventStore:
                 out.append((rid, policy, user, int(offset), int(n),
                             [by_index.get(str(i)) for i in range(n)] if by_index else []))
         return out
+
+    @_guarded
+    def add_ope_estimate(self, surface: str, policy: str, computed_at: float, since: float, rows: int,
+                         estimates: dict[str, Any]) -> None:
+        """Keep one off-policy estimate (``estimates``: estimator -> {value, low, high}) of ``policy``."""
+        self._require_writable()
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO ope_estimates VALUES (?, ?, ?, ?, ?, ?)",
+                         (surface, policy, computed_at, since, rows, json.dumps(estimates)))
+
+    @_guarded
+    def latest_ope_estimate(self, surface: str, policy: str) -> dict[str, Any] | None:
+        """The newest estimate of ``policy`` on ``surface``: {computed_at, since, rows, estimates}, or None."""
+        row = self._conn().execute(
+            "SELECT computed_at, since, rows, estimates FROM ope_estimates WHERE surface = ? AND policy = ? "
+            "ORDER BY computed_at DESC LIMIT 1", (surface, policy)).fetchone()
+        return None if row is None else {"computed_at": row[0], "since": row[1], "rows": row[2],
+                                         "estimates": json.loads(row[3])}
 
     @_guarded
     def add_experiment(self, row: ExperimentRow) -> str | None:

@@ -39,6 +39,8 @@ against wins_b, ties left out.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import builtins
 import hashlib
 import json
@@ -347,12 +349,16 @@ class VariantStats:
     ctr: Rate
     add_to_cart_rate: Rate
     conversion: Rate
+    # The newest off-policy estimate of this variant's policy on logged traffic (`vitrine eval ope --policy
+    # ... --record`): {computed_at, since, rows, estimates: {estimator: {value, interval, ...}}}, or None.
+    ope: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"variant": self.variant, "policy": self.policy, "lists": self.lists, "shoppers": self.shoppers,
                 "shown": self.shown, "clicks": self.clicks, "add_to_cart": self.add_to_cart,
                 "purchases": self.purchases, "ctr": self.ctr.to_dict(),
-                "add_to_cart_rate": self.add_to_cart_rate.to_dict(), "conversion": self.conversion.to_dict()}
+                "add_to_cart_rate": self.add_to_cart_rate.to_dict(), "conversion": self.conversion.to_dict(),
+                "ope": self.ope}
 
 
 @dataclass(frozen=True)
@@ -434,7 +440,9 @@ def stats(store: EventStore, experiment: Experiment, *, window_s: float, now: fl
             for _, t in found.get(rid, []):
                 c.hits[t][cluster] += 1
     return ExperimentStats(experiment.name, since, until, window_s,
-                           tuple(c.variant(v) for c, v in zip(counts, experiment.variants)),
+                           tuple(dataclasses.replace(c.variant(v), ope=store.latest_ope_estimate(experiment.surface,
+                                                                                                 v.policy))
+                                 for c, v in zip(counts, experiment.variants)),
                            InterleavingResult.of(prefs) if interleave else None)
 
 

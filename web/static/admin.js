@@ -205,6 +205,16 @@
   // -- experiments: one block per experiment, a row per variant; start / stop / choose a winner ----
   const when = (ts) => (ts ? new Date(ts * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC" : "");
   const withCi = (r) => `${pct(r.value)} [${pct(r.low)}–${pct(r.high)}]`;
+  // The newest off-policy estimate of the variant's policy (vitrine eval ope --policy ... --record): DR when
+  // there is one (strategy policies), else SNIPS, with its 95% interval.
+  const opeCell = (ope) => {
+    if (!ope || !ope.estimates) return el("td", { class: "ope" }, "—");
+    const name = ope.estimates.DR ? "DR" : (ope.estimates.SNIPS ? "SNIPS" : Object.keys(ope.estimates)[0]);
+    const e = ope.estimates[name];
+    const [lo, hi] = e.interval || [e.value, e.value];
+    return el("td", { class: "ope", title: `${name} on ${ope.rows} logged rows, computed ${when(ope.computed_at)}` },
+              `${pct(e.value)} [${pct(lo)}–${pct(hi)}] (${name})`);
+  };
   const signed = (x) => `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(3)}`;
 
   function tellExperiment(text) {
@@ -232,7 +242,8 @@
     const byName = Object.fromEntries((st.variants || []).map((v) => [v.variant, v]));
     const table = el("table", { class: "experiment-variants" });
     const head = el("tr");
-    for (const h of ["variant", "policy", "share", "lists", "shoppers", "shown", "CTR (95%)", "conversion (95%)", ""]) {
+    for (const h of ["variant", "policy", "share", "lists", "shoppers", "shown", "CTR (95%)", "conversion (95%)",
+                     "estimated CTR before it ran (OPE)", ""]) {
       head.append(el("th", { scope: "col" }, h));
     }
     const thead = el("thead");
@@ -248,9 +259,10 @@
       if (s) {
         tr.append(el("td", {}, String(s.lists)), el("td", {}, String(s.shoppers)), el("td", {}, String(s.shown)),
                   el("td", { title: `${s.clicks} clicked`, class: "ctr" }, s.shown ? withCi(s.ctr) : "—"),
-                  el("td", { title: `${s.purchases} bought`, class: "conversion" }, s.shown ? withCi(s.conversion) : "—"));
+                  el("td", { title: `${s.purchases} bought`, class: "conversion" }, s.shown ? withCi(s.conversion) : "—"),
+                  opeCell(s.ope));
       } else {
-        tr.append(el("td"), el("td"), el("td"), el("td"), el("td"));
+        tr.append(el("td"), el("td"), el("td"), el("td"), el("td"), el("td"));
       }
       const cell = el("td");
       if (!e.winner) {
