@@ -13,7 +13,8 @@ Protocol (see README, "Exploration and bandits"):
   lists stay those of the stored history.)
 - **Sessions.** Per seed, ``rounds`` rounds of ``sessions`` sessions, each of a shopper drawn with
   replacement from those users (the same draws for every policy: common random numbers), ``steps`` (5)
-  lists of ``k`` (10) per session. At each step the policy picks a strategy from the context (the step,
+  lists of ``k`` (10) per session. At each step the policy picks a strategy from the context (the
+  shopper's segment as served, from the stored history; the step,
   the last clicked item's leaf category, the start being the last history item's; something bought in
   this session; the clicks of the last steps), the shopper reacts by the position-based click model of
   ``vitrine simulate`` (examine position p with (1/p)^1, click a true next item 0.9, another 0.02, buy a
@@ -108,6 +109,7 @@ class Lists:
     blend_scores: list[np.ndarray]
     targets: list[frozenset[int]]
     start_category: list[str | None]
+    segment: list[str]  # the shopper's segment (engine.learn.online.shopper_context) from the stored history
     category: list[str]  # row -> leaf category
     cold: np.ndarray  # row -> no stored event
     vocabulary: tuple[str, ...]
@@ -315,7 +317,7 @@ def build_lists(config: EngineConfig, s: PolicySimSettings, *, work: Path, data_
     with engine.shoppers.live.current() as models:
         touched = set(models.trending.acc)
     cold = np.array([i not in touched for i in snap.catalog.ids], bool)
-    users, rows, scores, tg, start = [], [], [], [], []
+    users, rows, scores, tg, start, segments = [], [], [], [], [], []
     t0 = time.time()
     for n, j in enumerate(pick):
         u = eligible[j]
@@ -329,6 +331,7 @@ def build_lists(config: EngineConfig, s: PolicySimSettings, *, work: Path, data_
         rows.append(per)
         tg.append(frozenset(row[i] for i in targets[u]))
         start.append(category[row[hist[u][-1]]] if hist[u] else None)
+        segments.append(engine._context("recommend", names[u], None).segment)
         if show_progress and (n + 1) % 500 == 0:
             _say(True, f"lists of {n + 1}/{len(pick)} users ({time.time() - t0:.0f} s)")
     counts: dict[str, int] = {}
@@ -336,7 +339,7 @@ def build_lists(config: EngineConfig, s: PolicySimSettings, *, work: Path, data_
         for i in h:
             counts[category[row[i]]] = counts.get(category[row[i]], 0) + 1
     vocab = tuple(sorted(counts, key=lambda c: (-counts[c], c))[:s.categories])
-    return Lists(users, rows, scores, tg, start, category, cold, vocab)
+    return Lists(users, rows, scores, tg, start, segments, category, cold, vocab)
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -377,7 +380,7 @@ def run_policy(name: str, lists: Lists, s: PolicySimSettings, seed: int, *,
             recent: list[int] = []
             targets = lists.targets[u]
             for t in range(s.steps):
-                ctx = Context("recommend", "loyal", t, last_cat, cart, sum(recent[-5:]))
+                ctx = Context("recommend", lists.segment[u], t, last_cat, cart, sum(recent[-5:]))
                 state = encode_state(t, last_cat, cart, sum(recent[-5:]), lists.vocabulary)
                 arm, p = policy.choose(ctx, state, rng)
                 values = []

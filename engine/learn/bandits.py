@@ -48,7 +48,7 @@ class Context:
     """What a bandit sees about one request."""
 
     surface: str  # "recommend", "recommend_session", "similar", "search"
-    segment: str  # "anonymous", "new" (<3 events), "returning", "loyal" (>=20 events or a purchase)
+    segment: str  # "anonymous", "new" (<3 events), "returning", "loyal" (>=10 events or 5 purchases)
     session_step: int  # events so far in this session
     last_category: str | None  # leaf category of the last item viewed
     cart: bool  # something added to cart in this session

@@ -2,8 +2,8 @@
 (:mod:`engine.recommend.strategies`), learning online from the event log in every server process.
 
 **Context.** :func:`shopper_context` reads a request's context from the shopper's recent events (oldest
-first): the segment (``anonymous`` without a shopper id; ``new`` under 3 events; ``loyal`` from 20 events
-or with a purchase; else ``returning``), the session (the events since the last gap of
+first): the segment (``anonymous`` without a shopper id; ``new`` under 3 events; ``loyal`` from 10 events
+or 5 purchases; else ``returning``), the session (the events since the last gap of
 ``SESSION_GAP_S``, 30 minutes): its step (events so far), whether something was added to the cart, the leaf
 category of the last item, and the clicks among the last 10 events.
 
@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 SESSION_GAP_S = 1800.0
 PENDING_S = 120.0
-LOYAL_EVENTS = 20
+LOYAL_EVENTS = 10
+LOYAL_PURCHASES = 5
 NEW_EVENTS = 3
 RECENT = 10
 OUTCOMES = ("click", "add_to_cart", "purchase")
@@ -73,7 +74,7 @@ def shopper_context(surface: str, user_id: str | None, events: Sequence[Event], 
     types = [e.type.value for e in events]
     if user_id is None:
         segment = "anonymous"
-    elif len(events) >= LOYAL_EVENTS or "purchase" in types:
+    elif len(events) >= LOYAL_EVENTS or types.count("purchase") >= LOYAL_PURCHASES:
         segment = "loyal"
     elif len(events) < NEW_EVENTS:
         segment = "new"
