@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from engine.embedding.base import Encoder
-from engine.evaluation.policy_sim import (POLICIES, Lists, PolicySimSettings, _expected, record_results,
-                                          run_policy, run_policy_simulation, write_outputs)
+from engine.evaluation.policy_sim import (POLICIES, Lists, PolicySimSettings, _expected, per_decision,
+                                          record_results, run_policy, run_policy_simulation, write_outputs)
 from engine.evaluation.simulate import ClickModel
 from engine.errors import InvalidQuery
 from engine.learn.bandits import Rewards
@@ -64,6 +64,18 @@ def test_a_policy_always_choosing_the_best_strategy_has_no_regret_and_bandits_fi
     assert all(x >= -1e-9 for x in thompson.regret)  # regret is measured against the best strategy
 
 
+def test_per_decision_importance_sampling_by_hand() -> None:
+    # two sessions of two steps; weights pi/p: session 1: 2, 0.5; session 2: 1, 4
+    step = np.array([0, 1, 0, 1])
+    reward = np.array([1.0, 2.0, 0.0, 1.0])
+    pscore = np.array([0.5, 0.5, 0.25, 0.25])
+    pi = np.array([1.0, 0.25, 0.25, 1.0])
+    got = per_decision(step, reward, pscore, pi)
+    rho = np.array([2.0, 1.0, 1.0, 4.0])  # cumulative products within each session
+    assert got["PDIS"] == pytest.approx(np.sum(rho * reward) / 2 / 2)
+    assert got["WPDIS"] == pytest.approx((2 * 1 / 3 + (1 * 2 + 4 * 1) / 5) / 2)
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(InvalidQuery, match="depth"):
         PolicySimSettings(k=10, depth=5)
@@ -84,7 +96,8 @@ def test_tiny_policy_simulation_on_real_shoppers(tmp_path: Path, models_dir: Pat
     blend = report.of("blend")[0]
     assert blend.arms["blend"] == 120
     # the other policies, frozen, are estimated from epsilon-greedy's log and also run one more round
-    assert report.of("epsilon")[0].ope == {} and set(report.of("thompson")[0].ope) == {"IPS", "SNIPS", "DR"}
+    assert report.of("epsilon")[0].ope == {}
+    assert set(report.of("thompson")[0].ope) == {"IPS", "SNIPS", "DR", "PDIS", "WPDIS"}
     assert all(r.frozen_reward >= 0 for r in report.runs)
     png, js = write_outputs(report, tmp_path / "out")
     assert png.stat().st_size > 1000 and json.loads(js.read_text())["summary"][0]["policy"] == "blend"

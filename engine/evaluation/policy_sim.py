@@ -35,8 +35,10 @@ Protocol (see README, "Exploration and bandits"):
   impressions) against its truth (the expected clicks of the same impressions); reported: the lists
   served, and the cold impressions, until the estimate is within 20% of the truth for good.
 - **OPE check**: the ``epsilon`` policy's run is a log with propensities; IPS, SNIPS and DR (a
-  ridge reward model per strategy on the context vector) estimate from it what each other policy, frozen
-  as it ended, would earn per list, compared with what the frozen policy earns when run on one more round.
+  ridge reward model per strategy on the context vector), which treat each list alone, and per-decision
+  importance sampling over the sessions (PDIS, WPDIS: :func:`per_decision`) estimate from it what each
+  other policy, frozen as it ended, would earn per list, compared with what the frozen policy earns when
+  run on as many rounds again (other sessions of the same shoppers).
 """
 from __future__ import annotations
 
@@ -201,7 +203,7 @@ class PolicyRun:
     cold_lists_to_20: int | None = None  # lists served until the cold CTR estimate stays within 20%
     cold_impressions_to_20: int | None = None
     cold_items_shown: int = 0
-    frozen_reward: float = 0.0  # per list, the frozen policy on one more round
+    frozen_reward: float = 0.0  # per list, the frozen policy on as many rounds again (other sessions)
     ope: dict[str, float] = field(default_factory=dict)  # estimator -> estimated reward per list
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,28 +250,32 @@ class PolicySimReport:
 
     def table(self) -> str:
         lines = ["| policy | reward (sum, mean ± sd over seeds) | reward per list | last round per list | "
-                 "regret (sum) | CTR | cold impressions | lists until cold CTR within 20% |",
+                 "regret (sum) | CTR | cold impressions | lists (cold impressions) until the cold CTR is within 20%, "
+                 "per seed |",
                  "|---|---|---|---|---|---|---|---|"]
         for row in self.summary():
-            to20 = row["cold_lists_to_20"]
+            to20 = "; ".join("never" if n is None else f"{n} ({m})"
+                             for n, m in zip(row["cold_lists_to_20_runs"], row["cold_impressions_to_20"]))
             lines.append(
                 f"| {row['policy']} | {row['reward_mean']:.0f} ± {row['reward_sd']:.0f} | "
                 f"{row['reward_per_list']:.4f} | {row['last_round_per_list']:.4f} ± {row['last_round_per_list_sd']:.4f} | "
                 f"{row['regret_mean']:.0f} ± {row['regret_sd']:.0f} | {row['ctr']:.2%} | "
                 f"{row['cold_impressions']:.0f} | "
-                f"{'not within the run' if to20 is None else f'{to20:.0f}'} |")
+                f"{to20} |")
         return "\n".join(lines)
 
     def ope_table(self) -> str:
-        lines = ["| frozen policy | actual reward per list (mean over seeds) | IPS | SNIPS | DR |", "|---|---|---|---|---|"]
+        names = ("IPS", "SNIPS", "DR", "PDIS", "WPDIS")
+        lines = ["| frozen policy | actual reward per list (mean over seeds) | " + " | ".join(names) + " |",
+                 "|---|---|" + "---|" * len(names)]
         for p in POLICIES:
             runs = self.of(p)
             if not runs or not runs[0].ope:
                 continue
             actual = np.mean([r.frozen_reward for r in runs])
-            cells = [np.mean([r.ope[e] for r in runs]) for e in ("IPS", "SNIPS", "DR")]
+            cells = [np.mean([r.ope[e] for r in runs]) for e in names]
             errs = [np.mean([abs(r.ope[e] - r.frozen_reward) / max(r.frozen_reward, 1e-9) for r in runs])
-                    for e in ("IPS", "SNIPS", "DR")]
+                    for e in names]
             lines.append(f"| {p} | {actual:.4f} | " + " | ".join(
                 f"{c:.4f} (error {e:.1%})" for c, e in zip(cells, errs)) + " |")
         return "\n".join(lines)
@@ -467,7 +473,26 @@ def _ope(log: list[tuple[Context, State, str, float, float]], target: _Policy) -
     q_logged = np.array([X[i] @ theta[a] for i, a in enumerate(arms)])
     q_target = np.array([sum(pr[a] * float(X[i] @ theta[a]) for a in STRATEGIES) for i, pr in enumerate(probs)])
     batch = LoggedBandit(reward, pscore, pi, q_logged=q_logged, q_target=q_target)
-    return {"IPS": IPS().value(batch), "SNIPS": SNIPS().value(batch), "DR": DR().value(batch)}
+    return {"IPS": IPS().value(batch), "SNIPS": SNIPS().value(batch), "DR": DR().value(batch),
+            **per_decision(np.array([ctx.session_step for ctx, *_ in log]), reward, pscore, pi)}
+
+
+def per_decision(step: np.ndarray, reward: np.ndarray, pscore: np.ndarray, pi: np.ndarray) -> dict[str, float]:
+    """Per-decision importance sampling over sessions (Precup, Sutton & Singh 2000): a session's step ``t``
+    is weighted by the product of ``pi / p`` over its steps ``0..t``, so a choice's effect on the rest of its
+    session is accounted for. ``step``: each row's step in its session (rows of a session consecutive, a
+    session starting at step 0). Returns the reward per list: ``PDIS`` (plain) and ``WPDIS`` (each step's
+    weights normalized to mean 1)."""
+    rho = np.empty(len(step))
+    running = 1.0
+    for i, t in enumerate(step.tolist()):
+        running = (1.0 if t == 0 else running) * pi[i] / pscore[i]
+        rho[i] = running
+    steps = np.unique(step)
+    pdis = float(np.sum(rho * reward) / np.sum(step == 0) / len(steps))
+    wpdis = float(np.mean([np.sum(rho[step == t] * reward[step == t]) / max(np.sum(rho[step == t]), 1e-12)
+                           for t in steps]))
+    return {"PDIS": pdis, "WPDIS": wpdis}
 
 
 def run_policy_simulation(config: EngineConfig, s: PolicySimSettings, *, out_dir: Path, data_dir: Path | None = None,
@@ -491,7 +516,7 @@ def run_policy_simulation(config: EngineConfig, s: PolicySimSettings, *, out_dir
             _say(show_progress, f"seed {seed} {name}: reward {sum(run.reward):.0f}, regret {sum(run.regret):.0f}")
         for name, (run, policy) in finished.items():
             policy.freeze()
-            frozen, _ = run_policy(name, lists, s, seed + 1000, policy=policy, rounds=1)
+            frozen, _ = run_policy(name, lists, s, seed + 1000, policy=policy)
             run.frozen_reward = sum(frozen.reward) / max(sum(frozen.lists), 1)
             if log and name != "epsilon" and name != "blend+cold":
                 run.ope = _ope(log, policy)
@@ -572,7 +597,8 @@ def record_results(report: PolicySimReport, png: Path, command: str, *,
         f"`blend+cold` gives them {s.cold_share:g} of each slot",
         "", report.table(), "", picture, "",
         "Off-policy estimates of each policy as it ended (frozen), from the epsilon-greedy policy's whole run "
-        "(its logged propensities), against the frozen policy's actual reward per list on one more round:", "",
+        "(its logged propensities), against the frozen policy's actual reward per list on as many rounds again "
+        "(other sessions); errors are per seed, then averaged:", "",
         report.ope_table(),
     ])
     replace_section(results, SECTION, body)
