@@ -325,7 +325,7 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
     clicks = ClickModel(bias=args.bias, rel_click=args.rel_click, noise_click=args.noise_click, buy=args.buy)
     if args.policies:
         return _simulate_policies(config, args, seeds, clicks)
-    args.rounds = args.rounds or 5
+    args.rounds = 5 if args.rounds is None else args.rounds
     settings = SimSettings(rounds=args.rounds, shoppers=args.shoppers, seeds=seeds, k=args.k, holdout=args.holdout,
                            lists_per_round=args.lists, returning=args.returning, clicks=clicks,
                            force_publish=args.force)
@@ -382,7 +382,7 @@ def _simulate_policies(config: EngineConfig, args: argparse.Namespace, seeds: tu
     from engine.evaluation import policy_sim
     from engine.learn.bandits import Rewards
 
-    rounds = args.rounds or 10
+    rounds = 10 if args.rounds is None else args.rounds
     settings = policy_sim.PolicySimSettings(
         rounds=rounds, sessions=args.sessions, steps=args.steps, users=args.users, seeds=seeds, k=args.k,
         holdout=args.holdout, clicks=clicks, cold_share=args.cold_share, epsilon=config.strategy_epsilon,

@@ -333,6 +333,13 @@ def test_admin_login_rebuild_and_rollback(page: Any, site: dict[str, Any]) -> No
     old_version = page.locator("#current-version").inner_text()
     page.wait_for_selector("#events-chart svg rect")  # the seeded events, by type per day
     assert "purchase" in page.locator("#events-chart .legend").inner_text()
+    # the surfaces' rates end with each surface's exploration share (no exploring policy here: 0.0%)
+    page.wait_for_selector("#surfaces-table tbody tr")
+    assert "exploration share" in page.locator("#surfaces-table thead").inner_text()
+    first = page.locator("#surfaces-table tbody tr").first
+    cells = first.locator("td")
+    assert cells.count() == 6 and cells.nth(5).inner_text() == "0.0%" or (
+        cells.count() == 1 and cells.first.get_attribute("colspan") == "7")
     shot(page, "admin")
 
     rows = [json.loads(line) for line in site["catalog"].read_text().splitlines()]
