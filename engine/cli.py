@@ -599,8 +599,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="cap the importance weights of IPS, SNIPS, DR and SNDR at W (default: no clipping)")
             e.add_argument("--policy", metavar="P",
                            help="estimate a candidate on this server's own logged traffic instead: blend, ranker, "
-                                "ranker:<version>, strategy/<strategy> or strategy:<epsilon|linucb|thompson|beta|"
-                                "qlearning> (see README, 'Evaluating a policy before serving it')")
+                                "ranker:<version>, <experiment>/<variant>, strategy/<strategy> or "
+                                "strategy:<epsilon|linucb|thompson|beta|qlearning> (see README, 'Evaluating a policy "
+                                "before serving it')")
             e.add_argument("--surface", default="recommend", choices=["recommend", "search", "similar"],
                            help="--policy: the surface whose lists are replayed (default recommend)")
             e.add_argument("--since", default="7d", help="--policy: how far back, e.g. 7d, 12h (default 7d)")

@@ -99,6 +99,11 @@ def test_ranking_candidate_needs_exploring_lists_then_is_recorded_for_the_experi
         "name": "blend-vs-ranker", "surface": "recommend",
         "variants": [{"name": "a", "policy": "blend"}, {"name": "b", "policy": "ranker"}]})
     assert made.status_code in (200, 201), made.get_json()
+    # a variant names its policy: blend-vs-ranker/a is the blend
+    by_variant = evaluate_logged(engine.events, "recommend", "blend-vs-ranker/a", since=time.time() - 60, **common)
+    assert by_variant.policy == "blend" and by_variant.estimates["SNIPS"].value == report.estimates["SNIPS"].value
+    with pytest.raises(InvalidQuery, match="no variant"):
+        evaluate_logged(engine.events, "recommend", "blend-vs-ranker/zz", since=time.time() - 60, **common)
     listed = client.get("/v1/admin/experiments", headers=admin).get_json()["experiments"][0]["stats"]["variants"]
     a, b = listed
     assert a["ope"]["estimates"]["SNIPS"]["value"] == pytest.approx(report.estimates["SNIPS"].value)

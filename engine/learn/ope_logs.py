@@ -14,7 +14,7 @@ items / shown items), comparable with an experiment variant's live CTR. Two kind
   is a ridge regression per strategy on the context vector (:func:`engine.learn.bandits.context_vector`),
   cross-fitted in 2 folds. Unbiased (IPS, DR) when the logging policy gave every strategy a chance.
 - **A ranking** (``blend``: the surface's own score order, without exploration; ``ranker``: the published
-  learned ranker; ``ranker:<version>``: a version of it). Rows are the shown slots of *exploring* lists
+  learned ranker; ``ranker:<version>``: a version of it; ``<experiment>/<variant>``: that variant's). Rows are the shown slots of *exploring* lists
   (``explore_<surface>`` on: propensities logged), one per shown item: its click, and the logged
   probability of that item in that slot given the slots above (the position-based, per-slot estimator of
   :mod:`engine.learn.ope`). The candidate's probability of the same item in the same slot is 1 when it is
@@ -93,12 +93,28 @@ def evaluate_logged(store: EventStore, surface: str, policy: str, *, since: floa
     docstring for the policies and what is estimated)."""
     if surface not in ("recommend", "search", "similar"):
         raise InvalidQuery("surface", f"must be recommend, search or similar, got {surface!r}")
+    policy = resolve_variant(store, policy)
     imps = _impressions(store, surface, since, until)
     labels = outcomes(store, since=since, until=until, window_s=window_s)
     if policy.startswith("strategy"):
         return _strategy(store, surface, policy, imps, labels, since, until, window_s, rankers_root, clip,
                          n_bootstrap, seed)
     return _ranking(surface, policy, imps, labels, since, until, rankers_root, features, clip, n_bootstrap, seed)
+
+
+def resolve_variant(store: EventStore, policy: str) -> str:
+    """``<experiment>/<variant>`` -> that variant's policy (``blend``, ``ranker`` or ``ranker:<version>``);
+    any other ``policy`` as given."""
+    if "/" not in policy or policy.startswith("strategy"):
+        return policy
+    name, variant = policy.split("/", 1)
+    row = store.get_experiment(name)
+    if row is None:
+        raise NotFound(f"no experiment {name!r} (a policy <experiment>/<variant> names a variant)")
+    for v in json.loads(row[3]):
+        if v["name"] == variant:
+            return str(v["policy"])
+    raise InvalidQuery("policy", f"experiment {name!r} has no variant {variant!r}")
 
 
 def _impressions(store: EventStore, surface: str, since: float, until: float | None) -> list[Impression]:
