@@ -64,6 +64,7 @@ class EngineConfig:
     admin_key: str | None = None
     ingest_key: str | None = None
     read_key: str | None = None
+    ads_key: str | None = None  # sponsored products: campaigns, reports, charging clicks (engine.ads)
     # The shop's secret for signed shopper tokens (see engine.tokens); unset: no tokens are accepted.
     shopper_secret: str | None = None
     # The storefront's "shopping as" menu of real shoppers: a demo feature (``make demo`` turns it on).
@@ -141,11 +142,12 @@ class EngineConfig:
         need(self.faiss_threads >= 1, "faiss_threads", "must be >= 1")
         need(self.secret_key is None or len(self.secret_key) >= 16, "secret_key", "must be at least 16 characters")
         need(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
-        for name in ("ingest_key", "read_key"):
+        for name in ("ingest_key", "read_key", "ads_key"):
             value = getattr(self, name)
             need(value is None or len(value) >= 8, name, "must be at least 8 characters")
-        keys = [k for k in (self.admin_key, self.ingest_key, self.read_key) if k]
-        need(len(keys) == len(set(keys)), "ingest_key", "admin_key, ingest_key and read_key must differ (separate scopes)")
+        keys = [k for k in (self.admin_key, self.ingest_key, self.read_key, self.ads_key) if k]
+        need(len(keys) == len(set(keys)), "ingest_key",
+             "admin_key, ingest_key, read_key and ads_key must differ (separate scopes)")
         need(self.shopper_secret is None or len(self.shopper_secret) >= 16, "shopper_secret",
              "must be at least 16 characters")
         for name in ("events_per_second_session", "events_per_second_ip"):

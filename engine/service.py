@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from engine.ads.service import Ads
 from engine.catalog import Product
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
@@ -170,6 +171,7 @@ class Engine:
             alpha=config.strategy_alpha,
             rewards=Rewards(config.reward_click, config.reward_cart, config.reward_purchase),
             qtable=config.rankers_path / "qlearning" / "current.json", refresh_s=config.reload_check_seconds)
+        self.ads = Ads(lambda: self.shoppers.events, lambda item: item in self.snapshot().catalog)
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ DEMO_CATALOG = ROOT / "data" / "demo" / "catalog.jsonl"
 ADMIN_KEY = "test-admin-key-0123"
 INGEST_KEY = "test-ingest-key-4567"
 READ_KEY = "test-read-key-89ab"
+ADS_KEY = "test-ads-key-cdef"
 SHOPPER_SECRET = "test-shopper-secret-0123456789"
 SECRET_KEY = "test-session-secret-0123456789"
 
@@ -39,6 +40,7 @@ SECRET_KEY = "test-session-secret-0123456789"
 def make_config(index_dir: Path, models_dir: Path, **overrides: Any) -> EngineConfig:
     values: dict[str, Any] = dict(
         index_dir=index_dir, models_dir=models_dir, admin_key=ADMIN_KEY, ingest_key=INGEST_KEY, read_key=READ_KEY,
+        ads_key=ADS_KEY,
         secret_key=SECRET_KEY, shopper_secret=SHOPPER_SECRET,
         reload_check_seconds=0.0, events_url=f"sqlite:///{index_dir.parent / 'events.db'}",
         limits_path=index_dir.parent / "limits.db",
@@ -134,7 +136,8 @@ def start_server(config: EngineConfig) -> tuple[subprocess.Popen[str], str]:
     """`vitrine serve` (gunicorn, 2 workers) on a free port; returns once /healthz answers."""
     port = free_port()
     env = dict(os.environ, VITRINE_MODELS_DIR=str(config.models_path), VITRINE_ADMIN_KEY=ADMIN_KEY,
-               VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_READ_KEY=READ_KEY, VITRINE_EVENTS_URL=config.events_url,
+               VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_READ_KEY=READ_KEY, VITRINE_ADS_KEY=ADS_KEY,
+               VITRINE_EVENTS_URL=config.events_url,
                VITRINE_RELOAD_CHECK_SECONDS="0.1", VITRINE_SECRET_KEY=SECRET_KEY,
                VITRINE_SHOPPER_SECRET=SHOPPER_SECRET, VITRINE_LIMITS_PATH=str(config.limits_path),
                VITRINE_DEMO_SHOPPER_MENU="1" if config.demo_shopper_menu else "0",

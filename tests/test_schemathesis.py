@@ -41,7 +41,8 @@ from schemathesis.specs.openapi.checks import (
 
 from engine.tokens import ShopperToken
 from tests.conftest import (
-    ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, SHOPPER_SECRET, make_config, start_server, stop_server,
+    ADMIN_KEY, ADS_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, SHOPPER_SECRET, make_config, start_server,
+    stop_server,
 )
 
 # Key scopes, by name: the headers each sends. Adding a scope is one line here.
@@ -50,6 +51,7 @@ SCOPES: dict[str, dict[str, str]] = {
     "ingest": {"Authorization": f"Bearer {INGEST_KEY}"},
     "read": {"Authorization": f"Bearer {READ_KEY}"},
     "admin": {"Authorization": f"Bearer {ADMIN_KEY}"},
+    "ads": {"Authorization": f"Bearer {ADS_KEY}"},
     "shopper": {"X-Shopper-Token": ShopperToken.sign(SHOPPER_SECRET, "fuzz-shopper", ttl_s=86400)},
 }
 SEED = 20240901

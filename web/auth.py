@@ -5,7 +5,8 @@ Scopes, each with its own key (unset: the scope is off, 403, never open):
   the admin key may read too;
 - ``ingest``: send events (``POST /v1/events``);
 - ``admin``: rebuild, rollback, versions and manifest, stats, delete a shopper;
-- ``ads``: reserved for sponsored products.
+- ``ads``: sponsored products: advertisers' campaigns and their reports (``/v1/ads/...``), a scope of its
+  own (neither the admin nor the ingest key opens it).
 A request with an ``Authorization`` header is judged by its key alone: ``Bearer <key>`` of the scope, else
 401. Wrong keys count as failed logins of the client IP (see below).
 
@@ -37,7 +38,7 @@ from engine import EngineConfig, ShopperToken, Unauthorized
 from web.engine_ext import get_config, get_limiter
 from web.errors import error_response
 
-Scope = Literal["admin", "ingest", "read"]
+Scope = Literal["admin", "ingest", "read", "ads"]
 CSRF_HEADER = "X-CSRF-Token"
 TOKEN_HEADER = "X-Shopper-Token"
 
@@ -149,11 +150,12 @@ def _matches(given: str, keys: list[str]) -> bool:
 
 
 def _all_keys(config: EngineConfig) -> list[str]:
-    return [k for k in (config.admin_key, config.ingest_key, config.read_key) if k]
+    return [k for k in (config.admin_key, config.ingest_key, config.read_key, config.ads_key) if k]
 
 
 def _scope_key(config: EngineConfig, scope: Scope) -> str | None:
-    return {"admin": config.admin_key, "ingest": config.ingest_key, "read": config.read_key}[scope]
+    return {"admin": config.admin_key, "ingest": config.ingest_key, "read": config.read_key,
+            "ads": config.ads_key}[scope]
 
 
 def check_key(scope: Scope) -> tuple[Response, int] | None:

@@ -58,6 +58,8 @@ _ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 _AUTH = ("401", "403", "429")
 _READ: list[dict[str, list[str]]] = [{"read": []}, {"bearer": []}, {"shopperToken": []}]
 _INGEST: list[dict[str, list[str]]] = [{"ingest": []}, {"shopperToken": []}]
+_ADS: list[dict[str, list[str]]] = [{"ads": []}]
+_CAMPAIGN_ID = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_.:-]+$"}
 
 _HIT = {
     "type": "object",
@@ -228,6 +230,40 @@ def openapi_document() -> dict[str, Any]:
                     "schema": _ref("WinnerRequest"), "example": {"variant": "ranker"}}}},
                 "responses": _responses(_ok("ExperimentReport"), "400", *_AUTH, "404", "413", "414", "503"),
             }},
+            "/v1/ads/campaigns": {
+                "get": {"summary": "The advertisers' campaigns (optionally one advertiser's), with today's spend",
+                        "security": _ADS,
+                        "parameters": [_q("advertiser", {"type": "string"}, "only this advertiser's campaigns")],
+                        "responses": _responses(_ok("CampaignList"), "400", *_AUTH, "414", "503")},
+                "post": {"summary": "Create a campaign: items, bid per click and daily budget (integers in minor "
+                                    "units), start, end, targeting; 400 names the first bad field",
+                         "security": _ADS,
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": _ref("CampaignRequest"), "example": {
+                                 "advertiser": "acme", "name": "gloves", "items": ["gloves-nitrile-m"], "bid": 40,
+                                 "daily_budget": 5000, "targeting": {"keywords": [
+                                     {"text": "nitrile gloves", "match": "phrase"}]}}}}},
+                         "responses": _responses(_ok("Campaign", "created"), "400", *_AUTH, "413", "503",
+                                                 status="201")},
+            },
+            "/v1/ads/campaigns/{campaign_id}": {
+                "get": {"summary": "One campaign, with today's spend", "security": _ADS,
+                        "parameters": [_path("campaign_id", "the campaign's id", _CAMPAIGN_ID)],
+                        "responses": _responses(_ok("Campaign"), *_AUTH, "404", "414", "503")},
+                "patch": {"summary": "Change a campaign (any field but id and advertiser; validated as a new one)",
+                          "security": _ADS,
+                          "parameters": [_path("campaign_id", "the campaign's id", _CAMPAIGN_ID)],
+                          "requestBody": {"required": True, **_json(_ref("CampaignPatch"))},
+                          "responses": _responses(_ok("Campaign"), "400", *_AUTH, "404", "413", "414", "503")},
+            },
+            "/v1/ads/campaigns/{campaign_id}/pause": {"post": {
+                "summary": "Pause a campaign: it stops showing at once", "security": _ADS,
+                "parameters": [_path("campaign_id", "the campaign's id", _CAMPAIGN_ID)],
+                "responses": _responses(_ok("Campaign"), *_AUTH, "404", "414", "503")}},
+            "/v1/ads/campaigns/{campaign_id}/resume": {"post": {
+                "summary": "Resume a paused campaign", "security": _ADS,
+                "parameters": [_path("campaign_id", "the campaign's id", _CAMPAIGN_ID)],
+                "responses": _responses(_ok("Campaign"), *_AUTH, "404", "414", "503")}},
             "/v1/admin/rollback": {"post": {
                 "summary": "Serve the version served before the current one (one step back in the history)",
                 "security": _ADMIN,
@@ -239,6 +275,7 @@ def openapi_document() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer", "description":
                            "the admin key (or the admin page's session with its X-CSRF-Token)"},
                 "ingest": {"type": "http", "scheme": "bearer", "description": "the ingest key"},
+                "ads": {"type": "http", "scheme": "bearer", "description": "the ads key (campaigns and reports)"},
                 "read": {"type": "http", "scheme": "bearer", "description":
                          "the read key (shoppers' data); the admin key reads too"},
                 "shopperToken": {"type": "apiKey", "in": "header", "name": "X-Shopper-Token", "description":
@@ -368,6 +405,44 @@ def openapi_document() -> dict[str, Any]:
                             "preference": {"type": "number", "minimum": -1, "maximum": 1},
                             "low": {"type": "number"}, "high": {"type": "number"},
                             "p_value": {"type": "number", "description": "two-sided sign test, ties left out"}}}]}}},
+                "Campaign": {"type": "object", "required": [
+                    "id", "advertiser", "name", "items", "bid", "daily_budget", "start", "end", "targeting", "state",
+                    "frequency_cap", "created_at", "updated_at", "spend_today"], "properties": {
+                    "id": {"type": "string"}, "advertiser": {"type": "string"}, "name": {"type": "string"},
+                    "items": {"type": "array", "items": {"type": "string"}},
+                    "bid": {"type": "integer", "minimum": 1, "description": "per click, minor units (cents)"},
+                    "daily_budget": {"type": "integer", "minimum": 1, "description": "minor units per UTC day"},
+                    "start": {"type": "string", "description": "ISO 8601, UTC"},
+                    "end": {"type": ["string", "null"]}, "targeting": _ref("Targeting"),
+                    "state": {"type": "string", "enum": ["active", "paused"]},
+                    "frequency_cap": {"type": ["integer", "null"],
+                                      "description": "impressions per shopper and UTC day"},
+                    "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+                    "spend_today": {"type": "integer", "description": "minor units, this UTC day"}}},
+                "CampaignList": {"type": "object", "required": ["day", "campaigns"], "properties": {
+                    "day": {"type": "string"}, "campaigns": {"type": "array", "items": _ref("Campaign")}}},
+                "Targeting": {"type": "object", "properties": {
+                    "keywords": {"type": "array", "items": {"type": "object", "required": ["text", "match"],
+                                                            "properties": {
+                        "text": {"type": "string"}, "match": {"type": "string", "enum": ["exact", "phrase", "broad"]}}}},
+                    "categories": {"type": "array", "items": {"type": "string"}},
+                    "similar_to": {"type": "array", "items": {"type": "string"}},
+                    "audience": {"type": "object", "properties": {
+                        "categories": {"type": "array", "items": {"type": "string"}}}}}},
+                "CampaignRequest": {"type": "object", "required": ["advertiser", "items", "bid", "daily_budget"],
+                                    "properties": {
+                    "id": _CAMPAIGN_ID, "advertiser": {"type": "string"}, "name": {"type": "string"},
+                    "items": {"type": "array", "items": {"type": "string"}},
+                    "bid": {"type": "integer", "minimum": 1}, "daily_budget": {"type": "integer", "minimum": 1},
+                    "start": {"type": ["string", "number"]}, "end": {"type": ["string", "number", "null"]},
+                    "targeting": _ref("Targeting"), "state": {"type": "string", "enum": ["active", "paused"]},
+                    "frequency_cap": {"type": ["integer", "null"]}}},
+                "CampaignPatch": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "items": {"type": "array", "items": {"type": "string"}},
+                    "bid": {"type": "integer", "minimum": 1}, "daily_budget": {"type": "integer", "minimum": 1},
+                    "start": {"type": ["string", "number"]}, "end": {"type": ["string", "number", "null"]},
+                    "targeting": _ref("Targeting"), "state": {"type": "string", "enum": ["active", "paused"]},
+                    "frequency_cap": {"type": ["integer", "null"]}}},
                 "ExperimentRequest": {"type": "object", "required": ["name", "surface", "variants"],
                                       "additionalProperties": False, "properties": {
                     "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},

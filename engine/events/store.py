@@ -132,6 +132,9 @@ class EventStore(Protocol):
     def add_experiment(self, row: ExperimentRow) -> str | None: ...
     def add_ope_estimate(self, surface: str, policy: str, computed_at: float, since: float, rows: int,
                          estimates: dict[str, Any]) -> None: ...
+    def ensure_tables(self, ddls: Sequence[str]) -> None: ...
+    def run_write(self, fn: Callable[[sqlite3.Connection], _R]) -> _R: ...
+    def run_read(self, fn: Callable[[sqlite3.Connection], _R]) -> _R: ...
     def latest_ope_estimate(self, surface: str, policy: str) -> dict[str, Any] | None: ...
     def stop_experiment(self, name: str, stopped_at: float, winner: str | None = None) -> bool: ...
     def experiments(self, *, running: bool = False) -> list[ExperimentRow]: ...
@@ -711,6 +714,30 @@ class SQLiteEventStore:
                 out.append((rid, policy, user, int(offset), int(n),
                             [by_index.get(str(i)) for i in range(n)] if by_index else []))
         return out
+
+    # -- other modules' tables (engine.ads): their own schema, this store's transactions and durability
+
+    @_guarded
+    def ensure_tables(self, ddls: Sequence[str]) -> None:
+        """Create other modules' tables (``CREATE ... IF NOT EXISTS`` statements) in one write transaction."""
+        self._require_writable()
+        with self._write() as conn:
+            for ddl in ddls:
+                conn.execute(ddl)
+
+    @_guarded
+    def run_write(self, fn: Callable[[sqlite3.Connection], _R]) -> _R:
+        """``fn(conn)`` inside one durable write transaction (``BEGIN IMMEDIATE``, the cross-process lock,
+        ``synchronous = FULL``): a check and its write in ``fn`` are atomic across server processes."""
+        self._require_writable()
+        with self._write() as conn:
+            return fn(conn)
+
+    @_guarded
+    def run_read(self, fn: Callable[[sqlite3.Connection], _R]) -> _R:
+        """``fn(conn)`` inside one read transaction (one snapshot)."""
+        with self._read() as conn:
+            return fn(conn)
 
     @_guarded
     def add_ope_estimate(self, surface: str, policy: str, computed_at: float, since: float, rows: int,

@@ -1,0 +1,41 @@
+"""The advertising side of one engine: what ``web/ads.py`` calls (campaigns now; the auction and the
+click charging as they land). Thread-safe: every call is one store transaction."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from engine.ads.campaigns import Campaign, Campaigns, parse_campaign, utc_day
+from engine.events import EventStore
+
+
+class Ads:
+    def __init__(self, store: Callable[[], EventStore], known_item: Callable[[str], bool], *,
+                 dedupe_window_s: float = 600.0) -> None:
+        self.campaigns = Campaigns(store, dedupe_window_s=dedupe_window_s)
+        self._known_item = known_item
+
+    def create(self, body: Any, *, now: float | None = None) -> dict[str, Any]:
+        """A new campaign from a JSON body (400 naming the first bad field)."""
+        return self._with_spend(self.campaigns.create(parse_campaign(body, known_item=self._known_item, now=now)))
+
+    def get(self, campaign_id: str) -> dict[str, Any]:
+        return self._with_spend(self.campaigns.get(campaign_id))
+
+    def list(self, advertiser: str | None = None) -> dict[str, Any]:
+        day = utc_day(time.time())
+        spends = self.campaigns.spends(day)
+        return {"day": day, "campaigns": [c.to_dict() | {"spend_today": spends.get(c.id, 0)}
+                                          for c in self.campaigns.list(advertiser)]}
+
+    def update(self, campaign_id: str, body: Any) -> dict[str, Any]:
+        return self._with_spend(self.campaigns.update(campaign_id, body, known_item=self._known_item))
+
+    def pause(self, campaign_id: str) -> dict[str, Any]:
+        return self._with_spend(self.campaigns.set_state(campaign_id, "paused"))
+
+    def resume(self, campaign_id: str) -> dict[str, Any]:
+        return self._with_spend(self.campaigns.set_state(campaign_id, "active"))
+
+    def _with_spend(self, c: Campaign) -> dict[str, Any]:
+        return c.to_dict() | {"spend_today": self.campaigns.spend(c.id, utc_day(time.time()))[0]}
