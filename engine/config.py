@@ -96,6 +96,13 @@ class EngineConfig:
     # Settings of that policy: epsilon, alpha (LinUCB), v (linear Thompson), lambda, gamma (Q-learning).
     strategy_epsilon: float = 0.1
     strategy_alpha: float = 1.0
+    # Sponsored products (engine.ads): the display positions of search's ad slots ("1,5"), the reserve price
+    # (minor units), the relevance floor (the vector score of an ad's item against the query) and the window
+    # in which a shopper's repeated click on the same ad is not charged again.
+    ads_search_slots: str = "1,5"
+    ads_reserve: int = 5
+    ads_relevance_floor: float = 0.35
+    ads_click_window_minutes: float = 10.0
     # Reward of an outcome on a list, for the bandits and Q-learning.
     reward_click: float = 1.0
     reward_cart: float = 3.0
@@ -159,10 +166,24 @@ class EngineConfig:
              f"must be one of {', '.join(STRATEGY_POLICIES)}, got {self.strategy_policy!r}")
         need(0.0 <= self.strategy_epsilon <= 1.0, "strategy_epsilon", f"must be in 0..1, got {self.strategy_epsilon}")
         need(self.strategy_alpha >= 0.0, "strategy_alpha", f"must be >= 0, got {self.strategy_alpha}")
+        slots = self.ad_slots
+        need(bool(slots) and list(slots) == sorted(set(slots)) and slots[0] >= 1 and slots[-1] <= self.max_k,
+             "ads_search_slots", f"must be increasing positions in 1..max_k, e.g. '1,5', got {self.ads_search_slots!r}")
+        need(self.ads_reserve >= 0, "ads_reserve", f"must be >= 0 minor units, got {self.ads_reserve}")
+        need(-1.0 <= self.ads_relevance_floor <= 1.0, "ads_relevance_floor", "must be in -1..1 (a cosine)")
+        need(self.ads_click_window_minutes >= 0, "ads_click_window_minutes", "must be >= 0")
         for name in ("reward_click", "reward_cart", "reward_purchase"):
             need(getattr(self, name) >= 0.0, name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("events_burst_session", "events_burst_ip"):
             need(getattr(self, name) >= 1, name, "must be >= 1")
+
+    @property
+    def ad_slots(self) -> tuple[int, ...]:
+        """``ads_search_slots`` as positions (empty when it cannot be read; validation names the key)."""
+        try:
+            return tuple(int(x) for x in str(self.ads_search_slots).split(",") if x.strip())
+        except ValueError:
+            return ()
 
     @property
     def models_path(self) -> Path:

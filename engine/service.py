@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from engine.ads.serve import AdSettings, SponsoredHit
 from engine.ads.service import Ads
 from engine.catalog import Product
 from engine.config import EngineConfig
@@ -67,10 +68,14 @@ class SearchResult:
     # See engine.search.facets: {"category": [{"path", "name", "count"}], "price": {"min", "max"}}.
     facets: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""  # names this list in the impression log; events may carry it back
+    # Sponsored results of the first page (engine.ads), each with its display position: extra slots, the
+    # organic hits are as without them.
+    sponsored: list[SponsoredHit] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
+            "sponsored": [s.to_dict() for s in self.sponsored],
             "query": self.query,
             "version": self.version,
             "k": self.k,
@@ -171,7 +176,9 @@ class Engine:
             alpha=config.strategy_alpha,
             rewards=Rewards(config.reward_click, config.reward_cart, config.reward_purchase),
             qtable=config.rankers_path / "qlearning" / "current.json", refresh_s=config.reload_check_seconds)
-        self.ads = Ads(lambda: self.shoppers.events, lambda item: item in self.snapshot().catalog)
+        self.ads = Ads(lambda: self.shoppers.events, lambda item: item in self.snapshot().catalog,
+                       settings=AdSettings(config.ad_slots, config.ads_reserve, config.ads_relevance_floor,
+                                           config.ads_click_window_minutes * 60.0, config.reload_check_seconds))
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------
@@ -286,10 +293,25 @@ class Engine:
             ranked = Ranked([ranked.hits[j] for j in explored.order], ranked.rows, ranked.bm25_all,
                             explored.reorder(ranked.later))
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
+        sponsored = [] if offset else self._sponsored(snap, query, qvec, filters, ranked.hits, user, rid)
         self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid,
                   later=ranked.later, explored=explored)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
-                            total_candidates=len(ranked.rows), facets=facet, request_id=rid)
+                            total_candidates=len(ranked.rows), facets=facet, request_id=rid, sponsored=sponsored)
+
+    def _sponsored(self, snap: Snapshot, query: str, qvec: np.ndarray, filters: Filters, hits: list[Hit],
+                   user: str | None, rid: str) -> list[SponsoredHit]:
+        """The first page's sponsored results (engine.ads.serve): the query's category is the filter's, else
+        the top organic hit's."""
+        category = filters.category or (hits[0].category if hits else None)
+        rows = snap.catalog.id_map
+        mask = snap.filter_mask(filters)  # an ad obeys the page's filters, and is in stock
+        allowed = snap.in_stock if mask is None else snap.in_stock & mask
+        return self.ads.server.search(
+            query=query, category=category, item_ids=lambda ids: [rows.get(i, -1) for i in ids],
+            item_vectors=np.asarray(snap.vectors), qvec=qvec, organic=[h.id for h in hits], in_stock=allowed,
+            ctr_of=lambda ids: self._item_rates(ids)[0], product=lambda r: snap.catalog[r], user=user,
+            request_id=rid, rng=request_rng(rid, stream=1))
 
     def suggest(self, q: str, k: int | None = None) -> Suggestions:
         """Type-ahead suggestions for the typed text ``q`` (see :mod:`engine.suggest`)."""

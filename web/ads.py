@@ -1,4 +1,4 @@
-"""Sponsored products for advertisers and the shop's ad-ops (the ``ads`` key scope): campaigns."""
+"""Sponsored products: advertisers' campaigns (the ``ads`` key scope) and the clicks of sponsored results."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
@@ -9,6 +9,13 @@ from web.engine_ext import get_engine
 from web.params import get_str
 
 bp = Blueprint("ads", __name__)
+
+
+@bp.post("/v1/ads/clicks")
+def ad_click() -> Response:
+    """A sponsored result was clicked: ``{"ad": <its token>}``. No key: the signed token is the proof that the
+    result was served; each ad impression is charged at most once."""
+    return jsonify(get_engine().ads.click(json_body(required=True)))
 
 
 @bp.post("/v1/ads/campaigns")

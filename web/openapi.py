@@ -230,6 +230,14 @@ def openapi_document() -> dict[str, Any]:
                     "schema": _ref("WinnerRequest"), "example": {"variant": "ranker"}}}},
                 "responses": _responses(_ok("ExperimentReport"), "400", *_AUTH, "404", "413", "414", "503"),
             }},
+            "/v1/ads/clicks": {"post": {
+                "summary": "A sponsored result was clicked: charge its campaign the auction's price, once per ad "
+                           "impression and per shopper within the click window, never past the daily budget by "
+                           "more than one click (no key: the signed ad token is the proof)",
+                "requestBody": {"required": True, **_json({"type": "object", "required": ["ad"], "properties": {
+                    "ad": {"type": "string", "description": "the `ad` token of a sponsored search result"}}})},
+                "responses": _responses(_ok("AdCharge"), "400", "404", "413", "503"),
+            }},
             "/v1/ads/campaigns": {
                 "get": {"summary": "The advertisers' campaigns (optionally one advertiser's), with today's spend",
                         "security": _ADS,
@@ -301,7 +309,10 @@ def openapi_document() -> dict[str, Any]:
                     "total_candidates": {"type": "integer", "description":
                                          "candidate rows after every filter: about how many results paging reaches"},
                     "facets": _ref("Facets"),
-                    "hits": {"type": "array", "items": _ref("Hit")}}},
+                    "hits": {"type": "array", "items": _ref("Hit")},
+                    "sponsored": {"type": "array", "items": _ref("SponsoredHit"), "description":
+                                  "sponsored results of the first page, each at its display position: extra slots, "
+                                  "the organic hits are unchanged"}}},
                 "Facets": {"type": "object", "required": ["category", "price"], "description":
                     "Over the query's candidate rows (BM25 matches and the candidate_pool nearest by meaning) "
                     "found without the category and price filters; the in_stock filter applies.",
@@ -419,6 +430,20 @@ def openapi_document() -> dict[str, Any]:
                                       "description": "impressions per shopper and UTC day"},
                     "created_at": {"type": "string"}, "updated_at": {"type": "string"},
                     "spend_today": {"type": "integer", "description": "minor units, this UTC day"}}},
+                "AdCharge": {"type": "object", "required": ["charged", "price", "spend", "reason"], "properties": {
+                    "charged": {"type": "boolean"}, "price": {"type": "integer", "description": "minor units"},
+                    "spend": {"type": "integer", "description": "the campaign's spend today, minor units"},
+                    "reason": {"type": ["string", "null"], "enum": [None, "duplicate", "repeat_click", "budget"],
+                               "description": "why nothing was charged"}}},
+                "SponsoredHit": {"type": "object", "required": [
+                    "id", "title", "category", "brand", "price", "position", "sponsored", "campaign_id", "relevance",
+                    "ad"], "properties": {
+                    "id": {"type": "string"}, "title": {"type": "string"}, "category": {"type": "string"},
+                    "brand": {"type": "string"}, "price": _NULLABLE_NUMBER,
+                    "position": {"type": "integer", "minimum": 1, "description": "display position on the page"},
+                    "sponsored": {"type": "boolean", "const": True}, "campaign_id": {"type": "string"},
+                    "relevance": {"type": "number", "description": "vector score against the query"},
+                    "ad": {"type": "string", "description": "send it to POST /v1/ads/clicks when clicked"}}},
                 "CampaignList": {"type": "object", "required": ["day", "campaigns"], "properties": {
                     "day": {"type": "string"}, "campaigns": {"type": "array", "items": _ref("Campaign")}}},
                 "Targeting": {"type": "object", "properties": {

@@ -6,14 +6,23 @@ import time
 from typing import Any, Callable
 
 from engine.ads.campaigns import Campaign, Campaigns, parse_campaign, utc_day
+from engine.ads.serve import AdServer, AdSettings
 from engine.events import EventStore
 
 
 class Ads:
     def __init__(self, store: Callable[[], EventStore], known_item: Callable[[str], bool], *,
-                 dedupe_window_s: float = 600.0) -> None:
-        self.campaigns = Campaigns(store, dedupe_window_s=dedupe_window_s)
+                 settings: AdSettings = AdSettings()) -> None:
+        self.campaigns = Campaigns(store, dedupe_window_s=settings.click_window_s)
+        self.server = AdServer(self.campaigns, store, settings)
         self._known_item = known_item
+
+    def click(self, body: Any) -> dict[str, Any]:
+        """Charge a sponsored result's click: ``{"ad": <its token>}`` (see :meth:`AdServer.click`)."""
+        if not isinstance(body, dict):
+            from engine.errors import InvalidQuery
+            raise InvalidQuery("body", "must be a JSON object with 'ad'")
+        return self.server.click(body.get("ad")).to_dict()
 
     def create(self, body: Any, *, now: float | None = None) -> dict[str, Any]:
         """A new campaign from a JSON body (400 naming the first bad field)."""

@@ -33,6 +33,7 @@ Thread-safe: one lock around the policy's state.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -97,12 +98,14 @@ def context_from(d: dict[str, Any]) -> Context:
                    int(d["recent_clicks"]))
 
 
-def request_rng(request_id: str) -> np.random.Generator:
-    """The generator of one request's random choices, seeded by its id (a logged choice can be replayed)."""
+def request_rng(request_id: str, stream: int = 0) -> np.random.Generator:
+    """The generator of one request's random choices, seeded by its id (a logged choice can be replayed);
+    ``stream`` > 0 gives another independent generator of the same request (the ads' pacing draws)."""
     try:
-        return np.random.default_rng(int(request_id[:16], 16))
+        seed = int(request_id[:16], 16)
     except ValueError:
-        return np.random.default_rng(abs(hash(request_id)))
+        seed = int(hashlib.sha256(request_id.encode()).hexdigest()[:16], 16)
+    return np.random.default_rng(seed if stream == 0 else [seed, stream])
 
 
 class StrategyPolicy:

@@ -181,6 +181,18 @@
     } catch (e) { /* keep the old strip */ }
   }
 
+  // A sponsored result's click charges its campaign once (POST /v1/ads/clicks with the signed ad token),
+  // sent without holding up the navigation; the server ignores repeats.
+  function setupAds() {
+    document.addEventListener("click", (ev) => {
+      const a = ev.target.closest && ev.target.closest("a.ad-link");
+      const card = a && a.closest("[data-ad]");
+      if (!card) return;
+      fetch("/v1/ads/clicks", { method: "POST", keepalive: true, headers: { "Content-Type": "application/json" },
+                                body: JSON.stringify({ ad: card.dataset.ad }) }).catch(() => {});
+    });
+  }
+
   function setupShopper() {
     const picker = document.getElementById("shopper-select");
     if (picker) picker.addEventListener("change", () => picker.form.submit());
@@ -210,6 +222,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     setupDebug();
     setupSuggest();
+    setupAds();
     setupShopper();
   });
 })();

@@ -1,0 +1,248 @@
+"""The auction on a placement's request, and the signed ad that a click brings back (issue 11, part 2).
+
+On a search request (first page), :meth:`AdServer.search` picks the sponsored items:
+
+1. **Live campaigns**: active, within their start and end, and under today's budget (spend cached for
+   ``refresh_s``; the hard check is at charge time). They are kept in memory and reloaded when any
+   campaign changes (one ``max(updated_at), count(*)`` read per refresh).
+2. **Targeting**: a keyword matches the query (exact, phrase or broad: :mod:`engine.ads.targeting`), or a
+   target category is the query's category: the category filter, else the top organic hit's category.
+   An inverted index from keyword tokens and category prefixes to campaigns keeps this cheap at
+   thousands of campaigns.
+3. **Relevance floor**: each advertised item's vector score (cosine of the query and item vectors, the
+   vector half of the hybrid score) must reach ``ads_relevance_floor``. Items already on the page
+   organically, out of stock or not in the served catalog never enter.
+4. **Pacing**: each campaign enters with its pacer's participation probability (:mod:`engine.ads.pacing`),
+   updated from today's spend and the time of day, drawn with the request's generator.
+5. **The auction**: GSP by predicted CTR x bid (:func:`engine.ads.auction.run_auction`) over the
+   ``ads_search_slots`` positions, with the ``ads_reserve`` price. Predicted CTR: the item's click rate
+   from the event log, smoothed with a prior (:func:`engine.learn`-style ``item_rates``), the calibrated
+   statistic of a new ad.
+
+Each winner is returned with a signed ``ad`` token (campaign, item, price, request id, shopper, time; an
+HMAC with a random key kept in the event store, so every process verifies every other's). A click sends
+the token back (``POST /v1/ads/clicks``), and :meth:`AdServer.click` charges the campaign the auction's
+price, once per ad impression (the click id is the request id and item) and once per shopper, campaign
+and item within ``ads_click_window_minutes``. Tokens expire after ``TOKEN_TTL_S``.
+
+Thread-safe: the caches are swapped whole under a lock; pacers are updated under it.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from engine.ads.auction import Bidder, run_auction
+from engine.ads.campaigns import Campaign, Campaigns, Charge, utc_day
+from engine.ads.pacing import Pacer
+from engine.ads.targeting import category_segments, keyword_matches, normalize
+from engine.errors import InvalidQuery, StoreUnavailable
+from engine.events import EventStore
+
+TOKEN_TTL_S = 3600.0
+KEY_DDL = "CREATE TABLE IF NOT EXISTS ads_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+@dataclass(frozen=True)
+class SponsoredHit:
+    """One sponsored item on a page: where, which campaign, and the token its click sends back."""
+
+    id: str
+    title: str
+    category: str
+    brand: str
+    price: float | None
+    position: int  # 1-based display position among the page's results
+    campaign_id: str
+    relevance: float  # vector score against the query
+    ad: str  # signed token for POST /v1/ads/clicks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "category": self.category, "brand": self.brand,
+                "price": self.price, "position": self.position, "sponsored": True, "campaign_id": self.campaign_id,
+                "relevance": round(self.relevance, 6), "ad": self.ad}
+
+
+@dataclass(frozen=True)
+class AdSettings:
+    search_slots: tuple[int, ...] = (1, 5)
+    reserve: int = 5  # minor units
+    relevance_floor: float = 0.35
+    click_window_s: float = 600.0
+    refresh_s: float = 1.0
+
+
+class _Index:
+    """Live campaigns by keyword token and by category prefix."""
+
+    def __init__(self, campaigns: list[Campaign]) -> None:
+        self.campaigns = campaigns
+        self.by_token: dict[str, set[int]] = {}
+        self.by_category: dict[tuple[str, ...], set[int]] = {}
+        for i, c in enumerate(campaigns):
+            for k in c.targeting.keywords:
+                for token in normalize(k.text):
+                    for form in (token, token.rstrip("s")):  # broad match accepts simple plurals
+                        self.by_token.setdefault(form, set()).add(i)
+            for cat in c.targeting.categories:
+                self.by_category.setdefault(tuple(s.lower() for s in category_segments(cat)), set()).add(i)
+
+    def matching(self, query: str, category: str | None) -> list[Campaign]:
+        tokens = normalize(query)
+        found: set[int] = set()
+        for t in tokens:
+            found |= self.by_token.get(t, set()) | self.by_token.get(t.rstrip("s"), set())
+        out = [self.campaigns[i] for i in sorted(found)
+               if any(keyword_matches(k, query) for k in self.campaigns[i].targeting.keywords)]
+        if category:
+            segs = tuple(s.lower() for s in category_segments(category))
+            for n in range(1, len(segs) + 1):
+                for i in sorted(self.by_category.get(segs[:n], set())):
+                    if self.campaigns[i] not in out:
+                        out.append(self.campaigns[i])
+        return out
+
+
+class AdServer:
+    def __init__(self, campaigns: Campaigns, store: Callable[[], EventStore], settings: AdSettings) -> None:
+        self.campaigns = campaigns
+        self._store = store
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._index: _Index | None = None
+        self._stamp: tuple[Any, ...] | None = None
+        self._checked = -1e18
+        self._spend: dict[str, int] = {}
+        self._spend_day = ""
+        self._pacers: dict[tuple[str, str], Pacer] = {}
+        self._key: bytes | None = None
+
+    # -- state ------------------------------------------------------------------------------------------
+    def _refresh(self, now: float) -> _Index:
+        with self._lock:
+            if self._index is not None and time.monotonic() - self._checked < self.settings.refresh_s:
+                return self._index
+            self._checked = time.monotonic()
+            store = self.campaigns._events()
+            stamp = store.run_read(lambda c: tuple(c.execute(
+                "SELECT max(updated_at), count(*) FROM ads_campaigns").fetchone()))
+            if stamp != self._stamp or self._index is None:
+                self._index = _Index(self.campaigns.list())
+                self._stamp = stamp
+            self._spend_day = utc_day(now)
+            self._spend = self.campaigns.spends(self._spend_day)
+            return self._index
+
+    def _pacer(self, c: Campaign, now: float) -> Pacer:
+        key = (c.id, utc_day(now))
+        pacer = self._pacers.get(key)
+        if pacer is None or pacer.budget != c.daily_budget:
+            if len(self._pacers) > 10_000:
+                self._pacers = {k: v for k, v in self._pacers.items() if k[1] == key[1]}
+            pacer = self._pacers[key] = Pacer(c.daily_budget)
+        midnight = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        pacer.update(min(self._spend.get(c.id, 0), c.daily_budget), (now - midnight.timestamp()) / 86400.0)
+        return pacer
+
+    def _signing_key(self) -> bytes:
+        if self._key is None:
+            store = self.campaigns._events()
+            store.ensure_tables((KEY_DDL,))
+
+            def write(conn: sqlite3.Connection) -> str:
+                row = conn.execute("SELECT value FROM ads_meta WHERE key = 'token_key'").fetchone()
+                if row is not None:
+                    return str(row[0])
+                value = secrets.token_hex(32)
+                conn.execute("INSERT INTO ads_meta VALUES ('token_key', ?)", (value,))
+                return value
+
+            self._key = bytes.fromhex(store.run_write(write))
+        return self._key
+
+    # -- the auction ----------------------------------------------------------------------------------
+    def search(self, *, query: str, category: str | None, item_ids: Callable[[Sequence[str]], list[int]],
+               item_vectors: np.ndarray, qvec: np.ndarray, organic: Sequence[str], in_stock: np.ndarray,
+               ctr_of: Callable[[list[str]], np.ndarray], product: Callable[[int], Any], user: str | None,
+               request_id: str, rng: np.random.Generator, now: float | None = None) -> list[SponsoredHit]:
+        """The sponsored items of one search page (see the module docstring); [] when nothing qualifies
+        or the store cannot be read (search answers without ads)."""
+        now = time.time() if now is None else now
+        try:
+            index = self._refresh(now)
+        except StoreUnavailable:
+            return []
+        live = [c for c in index.matching(query, category)
+                if c.live(now) and self._spend.get(c.id, 0) < c.daily_budget]
+        if not live:
+            return []
+        shown = set(organic)
+        bidders: list[Bidder] = []
+        meta: dict[tuple[str, str], tuple[int, float]] = {}
+        with self._lock:
+            entering = [c for c in live if self._pacer(c, now).participates(rng)]
+        for c in entering:
+            items = [i for i in c.items if i not in shown]
+            rows = item_ids(items)
+            keep = [(i, r) for i, r in zip(items, rows) if r >= 0 and bool(in_stock[r])]
+            if not keep:
+                continue
+            rel = np.asarray(item_vectors[[r for _, r in keep]], np.float32) @ np.asarray(qvec, np.float32)
+            ctr = ctr_of([i for i, _ in keep])
+            for (item, row), score, p in zip(keep, rel.tolist(), ctr.tolist()):
+                if score >= self.settings.relevance_floor:
+                    bidders.append(Bidder(c.id, item, c.bid, float(min(max(p, 1e-6), 1.0)), float(score)))
+                    meta[(c.id, item)] = (row, float(score))
+        won = run_auction(bidders, self.settings.search_slots, reserve=self.settings.reserve, exclude_items=shown)
+        out = []
+        for w in won:
+            row, score = meta[(w.bidder.campaign_id, w.bidder.item_id)]
+            p = product(row)
+            token = self.sign({"c": w.bidder.campaign_id, "i": w.bidder.item_id, "p": w.price, "r": request_id,
+                               "u": user, "t": round(now, 3)})
+            out.append(SponsoredHit(p.id, p.title, p.category_path, p.brand, p.price, w.position,
+                                    w.bidder.campaign_id, score, token))
+        return out
+
+    # -- clicks ---------------------------------------------------------------------------------------
+    def sign(self, payload: dict[str, Any]) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+        mac = hmac.new(self._signing_key(), body.encode(), hashlib.sha256).hexdigest()[:32]
+        return f"{body}.{mac}"
+
+    def verify(self, token: Any, now: float) -> dict[str, Any]:
+        if not isinstance(token, str) or token.count(".") != 1 or len(token) > 4096:
+            raise InvalidQuery("ad", "must be the 'ad' token of a sponsored result")
+        body, mac = token.split(".")
+        want = hmac.new(self._signing_key(), body.encode(), hashlib.sha256).hexdigest()[:32]
+        if not hmac.compare_digest(mac, want):
+            raise InvalidQuery("ad", "is not a token this shop signed")
+        payload: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        if now - float(payload["t"]) > TOKEN_TTL_S:
+            raise InvalidQuery("ad", "has expired: a sponsored result's click counts within an hour")
+        return payload
+
+    def click(self, token: Any, *, now: float | None = None) -> Charge:
+        """Charge the click of a sponsored result (its token): at most once per ad impression, and once per
+        shopper, campaign and item within the click window; never past the daily budget by more than this
+        click's price."""
+        now = time.time() if now is None else now
+        ad = self.verify(token, now)
+        campaign = self.campaigns.get(str(ad["c"]))
+        charge = self.campaigns.charge(f"{ad['r']}:{ad['i']}", campaign, str(ad["i"]), ad.get("u"), int(ad["p"]),
+                                       now=now, request_id=str(ad["r"]))
+        with self._lock:
+            if charge.charged and self._spend_day == utc_day(now):
+                self._spend[campaign.id] = charge.spend
+        return charge

@@ -1,0 +1,119 @@
+"""Issue 11, part 2 on search: targeted, relevant, paced sponsored results in extra slots, priced by GSP,
+charged once per click through the signed ad token; the organic results unchanged."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from engine.config import EngineConfig
+from engine.embedding.base import Encoder
+from engine.service import Engine
+from tests.conftest import ADS_KEY
+
+ADS = {"Authorization": f"Bearer {ADS_KEY}"}
+GLOVES = ["gloves-nitrile-m", "gloves-nitrile-l", "gloves-latex"]
+BIG = 1_000_000  # a daily budget far above the test's spend: the pacer lets every request in
+
+
+def _campaign(engine: Engine, cid: str, items: list[str], bid: int, **extra: Any) -> dict[str, Any]:
+    body = {"id": cid, "advertiser": "acme", "items": items, "bid": bid, "daily_budget": BIG,
+            "start": time.time() - 3600, "targeting": {"keywords": [{"text": "gloves", "match": "broad"}]}, **extra}
+    return engine.ads.create(body)
+
+
+def test_sponsored_results_are_extra_targeted_relevant_and_priced_by_gsp(config: EngineConfig,
+                                                                         encoder: Encoder) -> None:
+    engine = Engine(config.replace(ads_search_slots="1"), encoder=encoder)
+    plain = engine.search("safety gloves", k=1)
+    assert plain.sponsored == [] and plain.hits[0].id == "gloves-latex"
+    _campaign(engine, "high", ["gloves-nitrile-m", "gloves-nitrile-l"], 80)  # -l is out of stock: never an ad
+    _campaign(engine, "low", ["goggles"], 50)
+    _campaign(engine, "off-topic", ["magnet-neodymium"], 500)  # the highest bid, under the relevance floor
+    _campaign(engine, "on-page", ["gloves-latex"], 400)  # its only item is the organic hit: never an ad
+    got = engine.search("safety gloves", k=1)
+    # organic results exactly as without ads
+    assert [(h.id, h.score) for h in got.hits] == [(h.id, h.score) for h in plain.hits]
+    assert len(got.sponsored) == 1
+    ad = got.sponsored[0]
+    assert (ad.id, ad.campaign_id, ad.position) == ("gloves-nitrile-m", "high", 1)
+    assert ad.relevance >= config.ads_relevance_floor and ad.to_dict()["sponsored"] is True
+    assert ad.id not in {h.id for h in got.hits}
+    # same predicted CTR (no events yet): GSP price = the next bid, 50
+    first = engine.ads.server.click(ad.ad)
+    assert first.charged and first.price == 50 and first.spend == 50
+    assert engine.ads.server.click(ad.ad).reason == "duplicate"
+    # nothing matches an untargeted query; an item on the page is never also an ad
+    assert engine.search("pipette tips", k=3).sponsored == []
+
+
+def test_paused_expired_and_future_campaigns_never_show(config: EngineConfig, encoder: Encoder) -> None:
+    engine = Engine(config.replace(ads_search_slots="1,2"), encoder=encoder)
+    now = time.time()
+    _campaign(engine, "paused", ["gloves-latex"], 90)
+    engine.ads.pause("paused")
+    _campaign(engine, "expired", ["gloves-nitrile-l"], 90, start=now - 7200, end=now - 3600)
+    _campaign(engine, "future", ["gloves-nitrile-m"], 90, start=now + 3600)
+    assert engine.search("gloves", k=1, offset=0).sponsored == []
+    engine.ads.resume("paused")
+    shown = engine.search("gloves", k=1).sponsored
+    assert [s.campaign_id for s in shown] in ([], ["paused"])  # "gloves-latex" may be the organic hit
+    assert all(s.campaign_id == "paused" for s in engine.search("nitrile gloves", k=1).sponsored)
+
+
+def test_an_exhausted_budget_stops_the_ads(config: EngineConfig, encoder: Encoder) -> None:
+    engine = Engine(config.replace(ads_search_slots="1", ads_reserve=40), encoder=encoder)
+    engine.ads.create({"id": "small", "advertiser": "acme", "items": GLOVES, "bid": 40, "daily_budget": 40,
+                       "targeting": {"keywords": [{"text": "gloves", "match": "broad"}]}})
+    ad = engine.search("gloves", k=1).sponsored[0]
+    assert ad.campaign_id == "small"
+    charge = engine.ads.server.click(ad.ad)
+    assert charge.charged and charge.price == 40  # alone in the auction: the reserve
+    assert charge.spend == 40  # the budget reached
+    assert engine.search("gloves", k=1).sponsored == []  # spent its day's budget
+
+
+def test_ads_over_http_and_tampered_tokens(client: Any) -> None:
+    made = client.post("/v1/ads/campaigns", headers=ADS, json={
+        "advertiser": "acme", "items": GLOVES, "bid": 30, "daily_budget": BIG,
+        "targeting": {"keywords": [{"text": "gloves", "match": "broad"}]}})
+    assert made.status_code == 201
+    body = client.get("/v1/search", query_string={"q": "gloves", "k": 2}).get_json()
+    assert len(body["sponsored"]) == 1 and body["sponsored"][0]["sponsored"] is True
+    token = body["sponsored"][0]["ad"]
+    ok = client.post("/v1/ads/clicks", json={"ad": token})
+    assert ok.status_code == 200 and ok.get_json()["charged"] is True
+    assert client.post("/v1/ads/clicks", json={"ad": token}).get_json()["reason"] == "duplicate"
+    forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+    bad = client.post("/v1/ads/clicks", json={"ad": forged})
+    assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "ad"
+    assert client.post("/v1/ads/clicks", json={"ad": 5}).status_code == 400
+
+
+
+def test_the_search_page_labels_sponsored_results(config: EngineConfig, encoder: Encoder) -> None:
+    from web import create_app
+
+    cfg = config.replace(ads_relevance_floor=-1.0)  # any item may be an ad here: one the first page lacks
+    engine = Engine(cfg, encoder=encoder)
+    client = create_app({"TESTING": True, "ENGINE_CONFIG": cfg, "ENGINE": engine}).test_client()
+    organic = {h.id for h in engine.search("gloves", k=10).hits}
+    item = next(i for i in ("magnet-neodymium", "screws-m3", "tape-kapton", "solder-wire") if i not in organic)
+    _campaign(engine, "page", [item], 70)
+    page = client.get("/", query_string={"q": "gloves"})
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'class="card sponsored"' in html and "Sponsored" in html and f'data-item="{item}"' in html
+    assert html.count(f'data-item="{item}"') == 2  # the card and its link: once on the page
+
+
+@pytest.mark.parametrize(("slots", "ok"), [("1,5", True), ("5,1", False), ("0", False), ("x", False), ("", False)])
+def test_slot_settings_are_checked(config: EngineConfig, slots: str, ok: bool) -> None:
+    from engine.errors import ConfigError
+
+    if ok:
+        assert config.replace(ads_search_slots=slots).ad_slots == (1, 5)
+    else:
+        with pytest.raises(ConfigError, match="ads_search_slots"):
+            config.replace(ads_search_slots=slots)
