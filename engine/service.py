@@ -294,6 +294,11 @@ class Engine:
                             explored.reorder(ranked.later))
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
         sponsored = [] if offset else self._sponsored(snap, query, qvec, filters, ranked.hits, user, rid)
+        if sponsored:  # the ads' own impression (reports, frequency caps): the organic one is unchanged
+            self._log("ads_search", user, query, lambda: [(s.id, {"relevance": s.relevance}) for s in sponsored],
+                      "gsp", rid=f"{rid}:ads", context={"campaigns": [s.campaign_id for s in sponsored],
+                                                        "prices": [s.cpc for s in sponsored],
+                                                        "positions": [s.position for s in sponsored]})
         self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid,
                   later=ranked.later, explored=explored)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,

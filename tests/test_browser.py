@@ -21,7 +21,8 @@ import requests
 from engine import pipeline
 from engine.embedding.base import Encoder
 from engine.events import open_event_store
-from tests.conftest import ADMIN_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, ROOT, make_config, start_server, stop_server
+from tests.conftest import (ADMIN_KEY, ADS_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, ROOT, make_config, start_server,
+                            stop_server)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -53,7 +54,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
     catalog = work / "catalog.jsonl"
     shutil.copy(FIXTURE_CATALOG, catalog)
     config = make_config(index_dir, models_dir, events_url=f"sqlite:///{work / 'events.db'}",
-                         demo_shopper_menu=True)
+                         demo_shopper_menu=True, ads_relevance_floor=-1.0)  # any item may be an ad (the ads test)
     pipeline.build(config, catalog, encoder=encoder)  # the served manifest now names the copy
     proc, base = start_server(config)
     try:
@@ -372,3 +373,43 @@ def test_admin_needs_the_key(browser: Any, site: dict[str, Any]) -> None:
     status = pg.evaluate("fetch('/v1/admin/stats').then(r => r.status)")
     assert status == 401
     context.close()
+
+
+# -- sponsored products (last: the campaign it makes is paused at the end) ---------------------------------
+
+def test_a_sponsored_result_is_labelled_its_click_charged_and_reported(page: Any, site: dict[str, Any]) -> None:
+    ads = {"Authorization": f"Bearer {ADS_KEY}"}
+    organic = {h["id"] for h in requests.get(f"{site['base']}/v1/search", params={"q": "gloves", "k": 10},
+                                             timeout=10).json()["hits"]}
+    item = next(i for i in ("magnet-neodymium", "screws-m3", "tape-kapton", "solder-wire") if i not in organic)
+    made = requests.post(f"{site['base']}/v1/ads/campaigns", headers=ads, timeout=10, json={
+        "id": "browser", "advertiser": "acme", "items": [item], "bid": 35, "daily_budget": 100000,
+        "targeting": {"keywords": [{"text": "gloves", "match": "broad"}]}})
+    assert made.status_code == 201, made.text
+    time.sleep(0.5)  # each worker reloads its campaigns within reload_check_seconds (0.1 s here)
+    try:
+        page.goto("/?q=gloves")
+        card = page.locator("#hits li.card.sponsored")
+        expect(card).to_have_count(1)
+        expect(card.locator(".sponsored-label")).to_have_text("Sponsored")
+        assert card.get_attribute("data-item") == item and card.get_attribute("data-position") is None
+        shot(page, "sponsored")
+        with page.expect_navigation():
+            card.locator("a.ad-link").click()
+        deadline = time.time() + 10
+        spend = 0
+        while time.time() < deadline and not spend:
+            spend = requests.get(f"{site['base']}/v1/ads/campaigns/browser", headers=ads, timeout=10).json()["spend_today"]
+            time.sleep(0.2)
+        assert spend > 0  # the click reached POST /v1/ads/clicks and was charged
+        page.goto("/ads")
+        page.fill("#ads-key", ADS_KEY)
+        page.click("#ads-login button[type=submit]")
+        expect(page.locator("#ads-report tbody tr")).to_have_count(1)
+        row = page.locator("#ads-report tbody tr").first.locator("td")
+        assert row.nth(1).inner_text() == "1"  # clicks
+        assert page.locator("#ads-spend-chart svg polyline.spend-line").count() == 1
+        assert page.locator("#ads-clicks-chart svg rect").count() == 24
+        shot(page, "advertiser")
+    finally:
+        requests.post(f"{site['base']}/v1/ads/campaigns/browser/pause", headers=ads, timeout=10)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from engine import InvalidQuery, NotFound
 from web.auth import requires
 from web.body import json_body
 from web.engine_ext import get_engine
@@ -16,6 +17,42 @@ def ad_click() -> Response:
     """A sponsored result was clicked: ``{"ad": <its token>}``. No key: the signed token is the proof that the
     result was served; each ad impression is charged at most once."""
     return jsonify(get_engine().ads.click(json_body(required=True)))
+
+
+@bp.get("/v1/ads/reports")
+@requires("ads")
+def reports() -> Response:
+    """Per campaign and UTC day: impressions, clicks, CTR, spend, average CPC, attributed purchases, revenue
+    and ROAS (``format=csv`` for a CSV file)."""
+    a = request.args
+    engine = get_engine()
+
+    def price_of(item: str) -> float | None:
+        try:
+            return engine.item(item).price
+        except NotFound:
+            return None
+
+    rows = engine.ads.report(advertiser=get_str(a, "advertiser"), campaign=get_str(a, "campaign"),
+                             day_from=get_str(a, "from"), day_to=get_str(a, "to"), price_of=price_of)
+    fmt = get_str(a, "format") or "json"
+    if fmt == "csv":
+        return Response(engine.ads.csv(rows), mimetype="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="ads-report.csv"'})
+    if fmt != "json":
+        raise InvalidQuery("format", f"must be json or csv, got {fmt!r}")
+    return jsonify({"rows": [r.to_dict() for r in rows]})
+
+
+@bp.get("/v1/ads/reports/hourly")
+@requires("ads")
+def hourly_report() -> Response:
+    """One campaign's spend and clicks per UTC hour of a day (default today), with its daily budget."""
+    a = request.args
+    campaign = get_str(a, "campaign")
+    if not campaign:
+        raise InvalidQuery("campaign", "required: the campaign's id")
+    return jsonify(get_engine().ads.hourly(campaign, get_str(a, "day")))
 
 
 @bp.post("/v1/ads/campaigns")

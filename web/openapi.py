@@ -238,6 +238,27 @@ def openapi_document() -> dict[str, Any]:
                     "ad": {"type": "string", "description": "the `ad` token of a sponsored search result"}}})},
                 "responses": _responses(_ok("AdCharge"), "400", "404", "413", "503"),
             }},
+            "/v1/ads/reports": {"get": {
+                "summary": "Per campaign and UTC day: impressions, clicks, CTR, spend, average CPC, purchases "
+                           "attributed within 24 h of a click, revenue and ROAS (JSON, or CSV with format=csv)",
+                "security": _ADS,
+                "parameters": [_q("advertiser", {"type": "string"}, "one advertiser's campaigns"),
+                               _q("campaign", _CAMPAIGN_ID, "one campaign"),
+                               _q("from", {"type": "string", "format": "date"}, "first UTC day (default: 6 days ago)"),
+                               _q("to", {"type": "string", "format": "date"}, "last UTC day (default: today)"),
+                               _q("format", {"type": "string", "enum": ["json", "csv"], "default": "json"}, "json or csv")],
+                "responses": {**_responses(_ok("AdReport"), "400", *_AUTH, "404", "414", "503"),
+                              "200": {"description": "OK", "content": {
+                                  "application/json": {"schema": _ref("AdReport")},
+                                  "text/csv": {"schema": {"type": "string"}}}}},
+            }},
+            "/v1/ads/reports/hourly": {"get": {
+                "summary": "One campaign's spend and clicks per UTC hour of a day, with its daily budget",
+                "security": _ADS,
+                "parameters": [_q("campaign", _CAMPAIGN_ID, "the campaign", required=True),
+                               _q("day", {"type": "string", "format": "date"}, "UTC day (default: today)")],
+                "responses": _responses(_ok("AdHourly"), "400", *_AUTH, "404", "414", "503"),
+            }},
             "/v1/ads/campaigns": {
                 "get": {"summary": "The advertisers' campaigns (optionally one advertiser's), with today's spend",
                         "security": _ADS,
@@ -430,6 +451,22 @@ def openapi_document() -> dict[str, Any]:
                                       "description": "impressions per shopper and UTC day"},
                     "created_at": {"type": "string"}, "updated_at": {"type": "string"},
                     "spend_today": {"type": "integer", "description": "minor units, this UTC day"}}},
+                "AdReport": {"type": "object", "required": ["rows"], "properties": {"rows": {"type": "array", "items": {
+                    "type": "object", "required": ["campaign_id", "day", "impressions", "clicks", "ctr", "spend",
+                                                   "avg_cpc", "purchases", "revenue", "roas"], "properties": {
+                        "campaign_id": {"type": "string"}, "day": {"type": "string"},
+                        "impressions": {"type": "integer"}, "clicks": {"type": "integer"}, "ctr": {"type": "number"},
+                        "spend": {"type": "integer", "description": "minor units"},
+                        "avg_cpc": {"type": "number", "description": "minor units"},
+                        "purchases": {"type": "integer"},
+                        "revenue": {"type": "integer", "description": "minor units"},
+                        "roas": {"type": "number"}}}}}},
+                "AdHourly": {"type": "object", "required": ["campaign_id", "day", "daily_budget", "hours"],
+                             "properties": {
+                    "campaign_id": {"type": "string"}, "day": {"type": "string"}, "daily_budget": {"type": "integer"},
+                    "hours": {"type": "array", "items": {"type": "object", "required": ["hour", "clicks", "spend"],
+                                                         "properties": {
+                        "hour": {"type": "integer"}, "clicks": {"type": "integer"}, "spend": {"type": "integer"}}}}}},
                 "AdCharge": {"type": "object", "required": ["charged", "price", "spend", "reason"], "properties": {
                     "charged": {"type": "boolean"}, "price": {"type": "integer", "description": "minor units"},
                     "spend": {"type": "integer", "description": "the campaign's spend today, minor units"},

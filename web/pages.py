@@ -197,6 +197,14 @@ def choose_shopper() -> Redirect | tuple[str, int]:
     return redirect(_safe_next(url_for("pages.search")), 303)
 
 
+@bp.get("/ads")
+def ads_page() -> tuple[str, int]:
+    """The advertiser page: campaigns, spend against budget and clicks per hour, the daily report (its data
+    comes from /v1/ads with the ads key the advertiser types in)."""
+    disabled = not get_config().ads_key
+    return render_template("ads.html", disabled=disabled), (403 if disabled else 200)
+
+
 @bp.get("/admin")
 def admin() -> tuple[str, int]:
     config = get_config()

@@ -12,9 +12,11 @@ On a search request (first page), :meth:`AdServer.search` picks the sponsored it
 3. **Relevance floor**: each advertised item's vector score (cosine of the query and item vectors, the
    vector half of the hybrid score) must reach ``ads_relevance_floor``. Items already on the page
    organically, out of stock or not in the served catalog never enter.
-4. **Pacing**: each campaign enters with its pacer's participation probability (:mod:`engine.ads.pacing`),
+4. **Frequency caps**: a campaign with ``frequency_cap`` does not enter for a shopper already shown it that
+   many times this UTC day (counted from the impression log).
+5. **Pacing**: each campaign enters with its pacer's participation probability (:mod:`engine.ads.pacing`),
    updated from today's spend and the time of day, drawn with the request's generator.
-5. **The auction**: GSP by predicted CTR x bid (:func:`engine.ads.auction.run_auction`) over the
+6. **The auction**: GSP by predicted CTR x bid (:func:`engine.ads.auction.run_auction`) over the
    ``ads_search_slots`` positions, with the ``ads_reserve`` price. Predicted CTR: the item's click rate
    from the event log, smoothed with a prior (:func:`engine.learn`-style ``item_rates``), the calibrated
    statistic of a new ad.
@@ -67,6 +69,7 @@ class SponsoredHit:
     campaign_id: str
     relevance: float  # vector score against the query
     ad: str  # signed token for POST /v1/ads/clicks
+    cpc: int = 0  # the auction's price per click (minor units): logged, never shown to shoppers
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "title": self.title, "category": self.category, "brand": self.brand,
@@ -190,6 +193,10 @@ class AdServer:
         shown = set(organic)
         bidders: list[Bidder] = []
         meta: dict[tuple[str, str], tuple[int, float]] = {}
+        capped = [c for c in live if c.frequency_cap is not None]
+        if capped and user is not None:
+            seen = self._seen_today(user, now)
+            live = [c for c in live if c.frequency_cap is None or seen.get(c.id, 0) < c.frequency_cap]
         with self._lock:
             entering = [c for c in live if self._pacer(c, now).participates(rng)]
         for c in entering:
@@ -212,8 +219,21 @@ class AdServer:
             token = self.sign({"c": w.bidder.campaign_id, "i": w.bidder.item_id, "p": w.price, "r": request_id,
                                "u": user, "t": round(now, 3)})
             out.append(SponsoredHit(p.id, p.title, p.category_path, p.brand, p.price, w.position,
-                                    w.bidder.campaign_id, score, token))
+                                    w.bidder.campaign_id, score, token, w.price))
         return out
+
+    def _seen_today(self, user: str, now: float) -> dict[str, int]:
+        """Sponsored impressions of each campaign shown to ``user`` this UTC day (the impression log; the last
+        flush interval may be missing), for the frequency caps."""
+        midnight = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        rows = self._store().run_read(lambda conn: conn.execute(
+            "SELECT context FROM impressions WHERE user_id = ? AND ts >= ? AND surface LIKE 'ads_%'",
+            (user, midnight.timestamp())).fetchall())
+        seen: dict[str, int] = {}
+        for (context,) in rows:
+            for cid in (json.loads(context or "{}") or {}).get("campaigns", []):
+                seen[cid] = seen.get(cid, 0) + 1
+        return seen
 
     # -- clicks ---------------------------------------------------------------------------------------
     def sign(self, payload: dict[str, Any]) -> str:

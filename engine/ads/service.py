@@ -2,10 +2,12 @@
 click charging as they land). Thread-safe: every call is one store transaction."""
 from __future__ import annotations
 
+import builtins
 import time
 from typing import Any, Callable
 
 from engine.ads.campaigns import Campaign, Campaigns, parse_campaign, utc_day
+from engine.ads.reports import ReportRow, check_day, daily, hourly, to_csv
 from engine.ads.serve import AdServer, AdSettings
 from engine.events import EventStore
 
@@ -45,6 +47,30 @@ class Ads:
 
     def resume(self, campaign_id: str) -> dict[str, Any]:
         return self._with_spend(self.campaigns.set_state(campaign_id, "active"))
+
+    def report(self, *, advertiser: str | None = None, campaign: str | None = None, day_from: str | None = None,
+               day_to: str | None = None, price_of: Callable[[str], float | None]) -> "builtins.list[ReportRow]":
+        """Per campaign and UTC day (default: the last 7 days) of the chosen campaigns (see engine.ads.reports)."""
+        today = utc_day(time.time())
+        day_to = check_day(day_to, "to") or today
+        day_from = check_day(day_from, "from") or utc_day(time.time() - 6 * 86400)
+        ids = [campaign] if campaign else [c.id for c in self.campaigns.list(advertiser)]
+        if campaign:
+            self.campaigns.get(campaign)  # 404 for an unknown one
+        self.campaigns._events()
+        return daily(self.campaigns.store(), ids, day_from=day_from, day_to=day_to, price_of=price_of)
+
+    @staticmethod
+    def csv(rows: "builtins.list[ReportRow]") -> str:
+        """The report as CSV (one header row, then a row per campaign and day)."""
+        return to_csv(rows)
+
+    def hourly(self, campaign: str, day: str | None = None) -> dict[str, Any]:
+        """Spend and clicks per UTC hour of a day, with the daily budget (the advertiser page's charts)."""
+        c = self.campaigns.get(campaign)
+        day = check_day(day, "day") or utc_day(time.time())
+        return {"campaign_id": c.id, "day": day, "daily_budget": c.daily_budget,
+                "hours": hourly(self.campaigns.store(), c.id, day)}
 
     def _with_spend(self, c: Campaign) -> dict[str, Any]:
         return c.to_dict() | {"spend_today": self.campaigns.spend(c.id, utc_day(time.time()))[0]}
