@@ -129,3 +129,43 @@ def test_budget_never_exceeded_by_more_than_one_click_across_processes(tmp_path:
     spend, clicks = ads.spend("c1", utc_day(time.time()))
     # 80 clicks of 70 were attempted against a budget of 1000: charged while the spend was under it
     assert spend == clicks * 70 and 1000 <= spend < 1000 + 70
+
+
+def test_budget_holds_under_8_concurrent_clients_across_2_server_workers(
+        tmp_path: Path, built_index_dir: Path, models_dir: Path) -> None:
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from tests.conftest import make_config, start_server, stop_server
+
+    index_dir = tmp_path / "indexes"
+    shutil.copytree(built_index_dir, index_dir, symlinks=True)
+    proc, base = start_server(make_config(index_dir, models_dir))  # gunicorn, 2 workers
+    try:
+        made = requests.post(f"{base}/v1/ads/campaigns", headers=ADS, timeout=10, json={
+            "id": "c8", "advertiser": "acme", "items": ["goggles"], "bid": 60, "daily_budget": 100,
+            "targeting": {"keywords": [{"text": "gloves", "match": "broad"}]}})
+        assert made.status_code == 201, made.text
+        time.sleep(0.5)  # both workers reload the campaigns
+        tokens = []
+        for _ in range(60):
+            ads = requests.get(f"{base}/v1/search", params={"q": "safety gloves", "k": 1}, timeout=10).json()["sponsored"]
+            tokens += [a["ad"] for a in ads]
+        assert len(tokens) >= 30  # each search a new ad impression (the spend is still 0: the pacer lets it in)
+
+        def click(token: str) -> dict[str, Any]:
+            r = requests.post(f"{base}/v1/ads/clicks", json={"ad": token}, timeout=30)
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(click, tokens + tokens[:10]))  # and 10 repeats
+        charged = [r for r in results if r["charged"]]
+        price = charged[0]["price"]
+        spend = requests.get(f"{base}/v1/ads/campaigns/c8", headers=ADS, timeout=10).json()["spend_today"]
+        assert spend == sum(r["price"] for r in charged) and 100 <= spend < 100 + price
+        assert {r["reason"] for r in results if not r["charged"]} <= {"budget", "duplicate"}
+    finally:
+        stop_server(proc)

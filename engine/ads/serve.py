@@ -15,7 +15,7 @@ On a search request (first page), :meth:`AdServer.search` picks the sponsored it
 4. **Frequency caps**: a campaign with ``frequency_cap`` does not enter for a shopper already shown it that
    many times this UTC day (counted from the impression log).
 5. **Pacing**: each campaign enters with its pacer's participation probability (:mod:`engine.ads.pacing`),
-   updated from today's spend and the time of day, drawn with the request's generator.
+   updated once a minute from today's spend and the time of day, drawn with the request's generator.
 6. **The auction**: GSP by predicted CTR x bid (:func:`engine.ads.auction.run_auction`) over the
    ``ads_search_slots`` positions, with the ``ads_reserve`` price. Predicted CTR: the item's click rate
    from the event log, smoothed with a prior (:func:`engine.learn`-style ``item_rates``), the calibrated
@@ -53,6 +53,7 @@ from engine.errors import InvalidQuery, StoreUnavailable
 from engine.events import EventStore
 
 TOKEN_TTL_S = 3600.0
+PACING_STEP_S = 60.0
 KEY_DDL = "CREATE TABLE IF NOT EXISTS ads_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
@@ -129,6 +130,7 @@ class AdServer:
         self._spend: dict[str, int] = {}
         self._spend_day = ""
         self._pacers: dict[tuple[str, str], Pacer] = {}
+        self._paced_at: dict[tuple[str, str], float] = {}
         self._key: bytes | None = None
 
     # -- state ------------------------------------------------------------------------------------------
@@ -154,8 +156,13 @@ class AdServer:
             if len(self._pacers) > 10_000:
                 self._pacers = {k: v for k, v in self._pacers.items() if k[1] == key[1]}
             pacer = self._pacers[key] = Pacer(c.daily_budget)
-        midnight = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-        pacer.update(min(self._spend.get(c.id, 0), c.daily_budget), (now - midnight.timestamp()) / 86400.0)
+        spend = self._spend.get(c.id, 0)
+        if spend >= c.daily_budget or now - self._paced_at.get(key, -1e18) >= PACING_STEP_S:
+            # the pacer's gain is per step of about a minute (engine.ads.pacing), whatever the traffic
+            midnight = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(hour=0, minute=0, second=0,
+                                                                                microsecond=0)
+            pacer.update(min(spend, c.daily_budget), (now - midnight.timestamp()) / 86400.0)
+            self._paced_at[key] = now
         return pacer
 
     def _signing_key(self) -> bytes:
