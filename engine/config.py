@@ -100,6 +100,8 @@ class EngineConfig:
     # (minor units), the relevance floor (the vector score of an ad's item against the query) and the window
     # in which a shopper's repeated click on the same ad is not charged again.
     ads_search_slots: str = "1,5"
+    ads_similar_slots: str = "3"  # the item page's similar strip ("" = no ads there)
+    ads_recommend_slots: str = "2"  # a shopper's recommendations ("" = no ads there)
     ads_reserve: int = 5
     ads_relevance_floor: float = 0.35
     ads_click_window_minutes: float = 10.0
@@ -166,9 +168,12 @@ class EngineConfig:
              f"must be one of {', '.join(STRATEGY_POLICIES)}, got {self.strategy_policy!r}")
         need(0.0 <= self.strategy_epsilon <= 1.0, "strategy_epsilon", f"must be in 0..1, got {self.strategy_epsilon}")
         need(self.strategy_alpha >= 0.0, "strategy_alpha", f"must be >= 0, got {self.strategy_alpha}")
-        slots = self.ad_slots
-        need(bool(slots) and list(slots) == sorted(set(slots)) and slots[0] >= 1 and slots[-1] <= self.max_k,
-             "ads_search_slots", f"must be increasing positions in 1..max_k, e.g. '1,5', got {self.ads_search_slots!r}")
+        for name in ("ads_search_slots", "ads_similar_slots", "ads_recommend_slots"):
+            slots = self.slots(name)
+            text = str(getattr(self, name)).strip()
+            need((not text and name != "ads_search_slots") or (
+                bool(slots) and list(slots) == sorted(set(slots)) and slots[0] >= 1 and slots[-1] <= self.max_k),
+                name, f"must be increasing positions in 1..max_k, e.g. '1,5', got {getattr(self, name)!r}")
         need(self.ads_reserve >= 0, "ads_reserve", f"must be >= 0 minor units, got {self.ads_reserve}")
         need(-1.0 <= self.ads_relevance_floor <= 1.0, "ads_relevance_floor", "must be in -1..1 (a cosine)")
         need(self.ads_click_window_minutes >= 0, "ads_click_window_minutes", "must be >= 0")
@@ -179,9 +184,13 @@ class EngineConfig:
 
     @property
     def ad_slots(self) -> tuple[int, ...]:
-        """``ads_search_slots`` as positions (empty when it cannot be read; validation names the key)."""
+        """``ads_search_slots`` as positions."""
+        return self.slots("ads_search_slots")
+
+    def slots(self, name: str) -> tuple[int, ...]:
+        """An ``ads_*_slots`` setting as positions (empty when it cannot be read; validation names the key)."""
         try:
-            return tuple(int(x) for x in str(self.ads_search_slots).split(",") if x.strip())
+            return tuple(int(x) for x in str(getattr(self, name)).split(",") if x.strip())
         except ValueError:
             return ()
 

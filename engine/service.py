@@ -93,10 +93,11 @@ class Similar:
     version: str  # the version the hits come from
     hits: list[Hit]
     request_id: str = ""
+    sponsored: list[SponsoredHit] = field(default_factory=list)  # engine.ads: extra slots, at their positions
 
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "item_id": self.item_id, "version": self.version,
-                "similar": [h.to_dict() for h in self.hits]}
+                "similar": [h.to_dict() for h in self.hits], "sponsored": [s.to_dict() for s in self.sponsored]}
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ class Engine:
             qtable=config.rankers_path / "qlearning" / "current.json", refresh_s=config.reload_check_seconds)
         self.ads = Ads(lambda: self.shoppers.events, lambda item: item in self.snapshot().catalog,
                        settings=AdSettings(config.ad_slots, config.ads_reserve, config.ads_relevance_floor,
-                                           config.ads_click_window_minutes * 60.0, config.reload_check_seconds))
+                                           config.ads_click_window_minutes * 60.0, config.reload_check_seconds,
+                                           config.slots("ads_similar_slots"), config.slots("ads_recommend_slots")))
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------
@@ -369,7 +371,11 @@ class Engine:
             hits = [hits[j] for j in explored.order]
         self._log("similar", viewer, item_id, lambda: [(h.id, {"score": h.score}) for h in hits], "nearest", rid=rid,
                   explored=explored)
-        return Similar(item_id, snap.version, hits, rid)
+        row = snap.catalog.row(item_id)
+        vec = np.asarray(snap.vectors[row], np.float32)
+        sponsored = self._placed("similar", snap, [item_id, *(h.id for h in hits)], viewer, rid, context_vec=vec,
+                                 category=snap.catalog[row].category_path, audience=[], near=vec[None, :])
+        return Similar(item_id, snap.version, hits, rid, sponsored)
 
     def item(self, item_id: str) -> Product:
         snap = self.snapshot()
@@ -466,7 +472,48 @@ class Engine:
         self._log(name, user_id if user_id is not None else viewer, None,
                   lambda: [(r.id, dict(r.features or {})) for r in shown], policy, rid=rid, later=later,
                   explored=explored, context=context)
-        return dataclasses.replace(recs, k=k, recommendations=shown, later=later, request_id=rid)
+        sponsored = self._recommend_ads(name, user_id, recent, viewer, [r.id for r in shown], rid)
+        return dataclasses.replace(recs, k=k, recommendations=shown, later=later, request_id=rid, sponsored=sponsored)
+
+    def _recommend_ads(self, surface: str, user_id: str | None, recent: list[str] | None, viewer: str | None,
+                       shown: list[str], rid: str) -> list[SponsoredHit]:
+        """A recommendation list's sponsored items: the context is the shopper's (or session's) last items."""
+        if not self.ads.server.settings.recommend_slots or not self.ads.server.any_campaign():
+            return []
+        snap = self.snapshot()
+        try:
+            items = ([e.item_id for e in self.shoppers.events.user_events(user_id, limit=10) if e.item_id]
+                     if user_id is not None else list(recent or [])[-10:])
+        except StoreUnavailable:
+            return []
+        rows = [snap.catalog.id_map[i] for i in items if i in snap.catalog][-5:]
+        if not rows:
+            return []
+        near = np.asarray(snap.vectors[rows], np.float32)
+        mean = near.mean(axis=0)
+        mean /= max(float(np.linalg.norm(mean)), 1e-12)
+        audience = [snap.catalog[r].category_path for r in rows]
+        return self._placed("recommend", snap, [*items, *shown], user_id if user_id is not None else viewer, rid,
+                            context_vec=mean, category=audience[-1], audience=audience, near=near)
+
+    def _placed(self, placement: str, snap: Snapshot, organic: list[str], user: str | None, rid: str, *,
+                context_vec: np.ndarray, category: str | None, audience: list[str], near: np.ndarray
+                ) -> list[SponsoredHit]:
+        """The sponsored items of a similar strip or a recommendation list, their impression logged."""
+        if not self.ads.server.settings.slots_of(placement) or not self.ads.server.any_campaign():
+            return []
+        ids = snap.catalog.id_map
+        sponsored = self.ads.server.context(
+            placement, category=category, audience=audience, near=near, context_vec=context_vec,
+            item_ids=lambda xs: [ids.get(i, -1) for i in xs], item_vectors=np.asarray(snap.vectors),
+            organic=organic, in_stock=snap.in_stock, ctr_of=lambda xs: self._item_rates(xs)[0],
+            product=lambda r: snap.catalog[r], user=user, request_id=rid, rng=request_rng(rid, stream=1))
+        if sponsored:
+            self._log(f"ads_{placement}", user, None, lambda: [(s.id, {"relevance": s.relevance}) for s in sponsored],
+                      "gsp", rid=f"{rid}:ads", context={"campaigns": [s.campaign_id for s in sponsored],
+                                                        "prices": [s.cpc for s in sponsored],
+                                                        "positions": [s.position for s in sponsored]})
+        return sponsored
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
         """Items taken together with ``item_id`` (see :meth:`Shoppers.also_bought`); none while the event

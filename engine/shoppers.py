@@ -56,10 +56,13 @@ class Recommendations:
     request_id: str = ""  # names this list in the impression log; events may carry it back
     # The recommendations' ranker features, computed when called (see engine.recommend.compose.Composed).
     later: Callable[[], list[dict[str, float]]] | None = field(default=None, compare=False)
+    # Sponsored items (engine.ads.serve.SponsoredHit) in extra slots, each with its display position.
+    sponsored: list[Any] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "user_id": self.user_id, "version": self.version, "k": self.k,
-                "recommendations": [r.to_dict() for r in self.recommendations]}
+                "recommendations": [r.to_dict() for r in self.recommendations],
+                "sponsored": [s.to_dict() for s in self.sponsored]}
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,43 @@ def test_slot_settings_are_checked(config: EngineConfig, slots: str, ok: bool) -
     else:
         with pytest.raises(ConfigError, match="ads_search_slots"):
             config.replace(ads_search_slots=slots)
+
+
+def test_item_page_and_recommendation_placements(config: EngineConfig, encoder: Encoder) -> None:
+    cfg = config.replace(ads_similar_slots="1", ads_recommend_slots="1", ads_relevance_floor=-1.0)
+    engine = Engine(cfg, encoder=encoder)
+    engine.ingest([{"event_id": "a1", "user_id": "ann", "type": "view", "item_id": "gloves-nitrile-m"},
+                   {"event_id": "b1", "user_id": "bob", "type": "view", "item_id": "fil-pla-red"}])
+    near = {"id": "near", "advertiser": "acme", "items": ["respirator"], "bid": 40, "daily_budget": BIG,
+            "targeting": {"similar_to": ["gloves-latex"]}}
+    magnets = {"id": "magnets", "advertiser": "acme", "items": ["calipers"], "bid": 90, "daily_budget": BIG,
+               "targeting": {"categories": ["Industrial & Scientific > Magnets"]}}
+    safety = {"id": "safety", "advertiser": "acme", "items": ["earplugs"], "bid": 30, "daily_budget": BIG,
+              "targeting": {"audience": {"categories": ["Industrial & Scientific > Lab & Safety"]}}}
+    for body in (near, magnets, safety):
+        engine.ads.create(body)
+    gloves_page = engine.similar("gloves-nitrile-m", k=3)
+    ads = {s.campaign_id for s in gloves_page.sponsored}
+    assert "magnets" not in ads and ads <= {"near", "safety"} and ads  # a neighbour of gloves-latex: near
+    assert all(s.position == 1 and s.id not in {h.id for h in gloves_page.hits} for s in gloves_page.sponsored)
+    magnet_page = engine.similar("magnet-neodymium", k=3)
+    assert [s.campaign_id for s in magnet_page.sponsored] == ["magnets"]
+    assert gloves_page.to_dict()["sponsored"][0]["sponsored"] is True
+    # recommendations: the audience of lab-and-safety shoppers
+    ann = engine.recommend("ann", k=4).sponsored
+    assert [s.campaign_id for s in ann] in (["safety"], ["near"])
+    assert all(s.campaign_id != "safety" for s in engine.recommend("bob", k=4).sponsored)
+    assert engine.recommend("ann", k=4).to_dict()["sponsored"][0]["position"] == 1
+
+
+def test_the_item_page_labels_its_sponsored_neighbour(config: EngineConfig, encoder: Encoder) -> None:
+    from web import create_app
+
+    cfg = config.replace(ads_similar_slots="2", ads_relevance_floor=-1.0)
+    engine = Engine(cfg, encoder=encoder)
+    client = create_app({"TESTING": True, "ENGINE_CONFIG": cfg, "ENGINE": engine}).test_client()
+    engine.ads.create({"id": "m", "advertiser": "acme", "items": ["calipers"], "bid": 40, "daily_budget": BIG,
+                       "targeting": {"categories": ["Industrial & Scientific > Magnets"]}})
+    html = client.get("/items/magnet-neodymium").get_data(as_text=True)
+    similar = html.split('id="similar"', 1)[1].split("</section>", 1)[0]
+    assert 'class="card sponsored"' in similar and "Sponsored" in similar and 'data-item="calipers"' in similar

@@ -527,6 +527,8 @@ def openapi_document() -> dict[str, Any]:
                             "properties": {
                     "request_id": {"type": "string", "description": "names this list in the impression log; send it back on events"}, "item_id": {"type": "string"}, "version": {"type": "string"},
                     "similar": {"type": "array", "items": _ref("Hit")},
+                    "sponsored": {"type": "array", "items": _ref("SponsoredHit"),
+                                  "description": "sponsored items of the strip, at their display positions"},
                     "also_bought": {"type": "array", "items": {"type": "object", "required": ["id", "title", "score"],
                                                                "properties": {
                         "id": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"}}}}}},
@@ -603,6 +605,8 @@ def openapi_document() -> dict[str, Any]:
                                     "properties": {
                     "request_id": {"type": "string", "description": "names this list in the impression log; send it back on events"}, "user_id": {"type": ["string", "null"], "description": "null for an anonymous session"},
                     "version": {"type": "string"}, "k": {"type": "integer"},
+                    "sponsored": {"type": "array", "items": _ref("SponsoredHit"),
+                                  "description": "sponsored items of the list, at their display positions"},
                     "recommendations": {"type": "array", "items": {"type": "object", "required": [
                         "id", "title", "category", "brand", "price", "score", "reason", "source", "because_item",
                         "score_parts"], "properties": {

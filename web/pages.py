@@ -150,6 +150,7 @@ def item(item_id: str) -> tuple[str, int]:
     return render_template(
         "item.html", product=product.to_dict(), stats=_item_stats(item_id),
         similar=[h.to_dict() for h in similar.hits], similar_request=similar.request_id,
+        similar_ads={s.position: s.to_dict() for s in similar.sponsored},
         also_bought=engine.also_bought(item_id, k=STRIP_SIZE),
         for_you=for_you, for_you_request=for_you_request, shoppers=_shoppers(),
     ), 200

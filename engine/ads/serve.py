@@ -48,12 +48,13 @@ import numpy as np
 from engine.ads.auction import Bidder, run_auction
 from engine.ads.campaigns import Campaign, Campaigns, Charge, utc_day
 from engine.ads.pacing import Pacer
-from engine.ads.targeting import category_segments, keyword_matches, normalize
+from engine.ads.targeting import category_matches, category_segments, keyword_matches, normalize
 from engine.errors import InvalidQuery, StoreUnavailable
 from engine.events import EventStore
 
 TOKEN_TTL_S = 3600.0
 PACING_STEP_S = 60.0
+SIMILAR_MIN = 0.6  # a context item is "similar to" a campaign's item from this cosine on
 KEY_DDL = "CREATE TABLE IF NOT EXISTS ads_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
@@ -85,6 +86,12 @@ class AdSettings:
     relevance_floor: float = 0.35
     click_window_s: float = 600.0
     refresh_s: float = 1.0
+    similar_slots: tuple[int, ...] = (3,)
+    recommend_slots: tuple[int, ...] = (2,)
+
+    def slots_of(self, placement: str) -> tuple[int, ...]:
+        return {"search": self.search_slots, "similar": self.similar_slots,
+                "recommend": self.recommend_slots}.get(placement, ())
 
 
 class _Index:
@@ -181,29 +188,77 @@ class AdServer:
             self._key = bytes.fromhex(store.run_write(write))
         return self._key
 
+    def any_campaign(self, now: float | None = None) -> bool:
+        """Whether any campaign exists (from the cached index): placements skip their context reads if not."""
+        try:
+            return bool(self._refresh(time.time() if now is None else now).campaigns)
+        except StoreUnavailable:
+            return False
+
     # -- the auction ----------------------------------------------------------------------------------
-    def search(self, *, query: str, category: str | None, item_ids: Callable[[Sequence[str]], list[int]],
-               item_vectors: np.ndarray, qvec: np.ndarray, organic: Sequence[str], in_stock: np.ndarray,
-               ctr_of: Callable[[list[str]], np.ndarray], product: Callable[[int], Any], user: str | None,
-               request_id: str, rng: np.random.Generator, now: float | None = None) -> list[SponsoredHit]:
+    def search(self, *, query: str, category: str | None, qvec: np.ndarray, **kw: Any) -> list[SponsoredHit]:
         """The sponsored items of one search page (see the module docstring); [] when nothing qualifies
         or the store cannot be read (search answers without ads)."""
+        return self.place("search", lambda index, live: index.matching(query, category), qvec, **kw)
+
+    def context(self, placement: str, *, category: str | None, audience: Sequence[str], near: np.ndarray | None,
+                context_vec: np.ndarray, **kw: Any) -> list[SponsoredHit]:
+        """The sponsored items of an item page's similar strip (``placement`` "similar": ``category`` is the
+        page item's, ``near`` its vector) or of a shopper's recommendations ("recommend": ``audience`` the
+        leaf categories of their recent items, ``near`` those items' vectors). A campaign matches when one of
+        its categories is ``category``'s or an audience one, one of its audience categories is in
+        ``audience``, or one of its ``similar_to`` items is a vector neighbour (cosine >= ``SIMILAR_MIN``)
+        of ``near``; relevance is the cosine of ``context_vec`` and the advertised item."""
+        item_ids = kw["item_ids"]
+        vectors = kw["item_vectors"]
+
+        def matching(index: _Index, live: Callable[[Campaign], bool]) -> list[Campaign]:
+            out = []
+            for c in index.campaigns:
+                if not live(c):
+                    continue
+                t = c.targeting
+                if t.categories and any(category_matches(t.categories, x) for x in [category or "", *audience] if x):
+                    out.append(c)
+                elif t.audience_categories and any(category_matches(t.audience_categories, x) for x in audience):
+                    out.append(c)
+                elif t.similar_to and near is not None and len(near):
+                    rows = [r for r in item_ids(list(t.similar_to)) if r >= 0]
+                    if rows and float((np.asarray(vectors[rows], np.float32) @ np.asarray(near, np.float32).T).max()) \
+                            >= SIMILAR_MIN:
+                        out.append(c)
+            return out
+
+        return self.place(placement, matching, context_vec, **kw)
+
+    def place(self, placement: str, match: Callable[[_Index, Callable[[Campaign], bool]], list[Campaign]],
+              context_vec: np.ndarray,
+              *, item_ids: Callable[[Sequence[str]], list[int]], item_vectors: np.ndarray, organic: Sequence[str],
+              in_stock: np.ndarray, ctr_of: Callable[[list[str]], np.ndarray], product: Callable[[int], Any],
+              user: str | None, request_id: str, rng: np.random.Generator, now: float | None = None
+              ) -> list[SponsoredHit]:
+        """One placement's auction over the campaigns ``match`` keeps (see the module docstring)."""
+        slots = self.settings.slots_of(placement)
+        if not slots:
+            return []
         now = time.time() if now is None else now
         try:
             index = self._refresh(now)
+
+            def on(c: Campaign) -> bool:
+                return c.live(now) and self._spend.get(c.id, 0) < c.daily_budget
+
+            live = [c for c in match(index, on) if on(c)]
+            if live and user is not None and any(c.frequency_cap is not None for c in live):
+                seen = self._seen_today(user, now)
+                live = [c for c in live if c.frequency_cap is None or seen.get(c.id, 0) < c.frequency_cap]
         except StoreUnavailable:
             return []
-        live = [c for c in index.matching(query, category)
-                if c.live(now) and self._spend.get(c.id, 0) < c.daily_budget]
         if not live:
             return []
         shown = set(organic)
         bidders: list[Bidder] = []
         meta: dict[tuple[str, str], tuple[int, float]] = {}
-        capped = [c for c in live if c.frequency_cap is not None]
-        if capped and user is not None:
-            seen = self._seen_today(user, now)
-            live = [c for c in live if c.frequency_cap is None or seen.get(c.id, 0) < c.frequency_cap]
         with self._lock:
             entering = [c for c in live if self._pacer(c, now).participates(rng)]
         for c in entering:
@@ -212,13 +267,13 @@ class AdServer:
             keep = [(i, r) for i, r in zip(items, rows) if r >= 0 and bool(in_stock[r])]
             if not keep:
                 continue
-            rel = np.asarray(item_vectors[[r for _, r in keep]], np.float32) @ np.asarray(qvec, np.float32)
+            rel = np.asarray(item_vectors[[r for _, r in keep]], np.float32) @ np.asarray(context_vec, np.float32)
             ctr = ctr_of([i for i, _ in keep])
             for (item, row), score, p in zip(keep, rel.tolist(), ctr.tolist()):
                 if score >= self.settings.relevance_floor:
                     bidders.append(Bidder(c.id, item, c.bid, float(min(max(p, 1e-6), 1.0)), float(score)))
                     meta[(c.id, item)] = (row, float(score))
-        won = run_auction(bidders, self.settings.search_slots, reserve=self.settings.reserve, exclude_items=shown)
+        won = run_auction(bidders, slots, reserve=self.settings.reserve, exclude_items=shown)
         out = []
         for w in won:
             row, score = meta[(w.bidder.campaign_id, w.bidder.item_id)]
