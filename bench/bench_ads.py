@@ -15,7 +15,8 @@ keep-alive session) in three phases:
   in the auction's index), 1.5 s and the warm-up queries again.
 
 Campaigns can only be on or off for the whole server, so A and B cannot alternate request by request; A2
-controls for drift: the added cost is B's p50 minus the mean of A's and A2's.
+controls for drift: the added cost is B's p50 minus the mean of A's and A2's, and no verdict is given when A
+and A2 are more than 0.5 ms apart.
 
 Campaigns (seed 0): 1-5 demo items, bid 5..200, daily budget 100,000 (pacing lets all in), 1-3 keywords
 drawn from the CrowdFlower queries' tokens and bigrams (stop words left out) with random match types; ~30%
@@ -46,6 +47,7 @@ from engine.ads.targeting import Keyword, category_matches, keyword_matches, nor
 from engine.events.store import open_event_store
 
 TARGET_MS = 1.0  # issue 11: p50 at most 1 ms slower
+MAX_DRIFT_MS = 0.5  # A and A2 p50 further apart than this: the load moved, no verdict
 SETTLE_S = 1.5  # > reload_check_seconds (0.5 s by default): the worker reloads its campaigns
 MATCH_TYPES = ("exact", "phrase", "broad")
 _STOP = {"a", "an", "and", "for", "the", "with", "of", "in", "on", "to", "by", "x", "s", "pcs", "pack"}
@@ -220,7 +222,12 @@ def main(argv: list[str]) -> int:
     added = p50[b.name] - base_p50
     took = {ph.name: float(np.median(ph.took_ms)) for ph in (a, b, a2)}
     added_took = took[b.name] - (took[a.name] + took[a2.name]) / 2
-    met = added <= TARGET_MS
+    drift = p50[a2.name] - p50[a.name]
+    if abs(drift) > MAX_DRIFT_MS:  # the baseline itself moved more than the margin can absorb: no verdict
+        verdict = (f"**inconclusive**: A and A2 differ by {drift:+.2f} ms (more than {MAX_DRIFT_MS} ms), so the "
+                   "machine's load moved during the run; rerun on a quieter machine")
+    else:
+        verdict = "met" if added <= TARGET_MS else "**missed**"
     matched, by_keyword = targeted(campaigns, queries, b.top_category)
     n_cat = sum(1 for c in campaigns if c["targeting"].get("categories"))
     body = "\n".join([
@@ -237,7 +244,8 @@ def main(argv: list[str]) -> int:
         f"({per_post * 1e3:.1f} ms each), then {SETTLE_S} s for the worker to reload them. Phase A2: the campaigns "
         f"deleted from the store (no route deletes; pausing would leave them in the auction's index), "
         f"{SETTLE_S} s. Campaigns are global to the server, so A and B cannot alternate request by request; "
-        f"A2 controls for drift: the added cost is B's p50 minus the mean of A's and A2's p50.",
+        f"A2 controls for drift: the added cost is B's p50 minus the mean of A's and A2's p50 (no verdict when A "
+        f"and A2 are more than {MAX_DRIFT_MS} ms apart).",
         "",
         f"Campaigns (seed 0): 1-5 demo items, bid 5..200 cents, daily budget 100,000 cents; each has 1-3 keywords "
         f"from the CrowdFlower queries' tokens and bigrams with random match types, and {n_cat:,} of the "
@@ -254,10 +262,8 @@ def main(argv: list[str]) -> int:
                      [ph.row() for ph in (a, b, a2)]),
         "",
         f"- Added p50: {p50[b.name]:.2f} - ({p50[a.name]:.2f} + {p50[a2.name]:.2f}) / 2 = **{added:+.2f} ms** "
-        f"(server took_ms p50: {added_took:+.2f} ms); drift between A and A2: "
-        f"{p50[a2.name] - p50[a.name]:+.2f} ms.",
-        f"- Target (issue 11: p50 at most {TARGET_MS:.0f} ms slower with 1,000 active campaigns): "
-        + ("met" if met else "**missed**")
+        f"(server took_ms p50: {added_took:+.2f} ms); drift between A and A2: {drift:+.2f} ms.",
+        f"- Target (issue 11: p50 at most {TARGET_MS:.0f} ms slower with 1,000 active campaigns): " + verdict
         + ("" if len(campaigns) == 1000 else f" (measured with {len(campaigns):,} campaigns, not 1,000)") + ".",
     ])
     print(body)

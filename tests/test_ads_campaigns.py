@@ -116,7 +116,7 @@ def _clicker(path: str, worker: int, clicks: int, price: int) -> None:
         th.join()
 
 
-def test_budget_never_exceeded_by_more_than_one_click_across_processes(tmp_path: Path) -> None:
+def test_budget_never_exceeded_across_processes(tmp_path: Path) -> None:
     ads = _store(tmp_path)
     ads.create(parse_campaign({**GOOD, "id": "c1", "bid": 70, "daily_budget": 1000}, known_item=lambda i: True))
     ctx = multiprocessing.get_context("fork")
@@ -127,8 +127,8 @@ def test_budget_never_exceeded_by_more_than_one_click_across_processes(tmp_path:
         p.join(60)
         assert p.exitcode == 0
     spend, clicks = ads.spend("c1", utc_day(time.time()))
-    # 80 clicks of 70 were attempted against a budget of 1000: charged while the spend was under it
-    assert spend == clicks * 70 and 1000 <= spend < 1000 + 70
+    # 80 clicks of 70 were attempted against a budget of 1000: charged while they fit in it
+    assert spend == clicks * 70 and 1000 - 70 < spend <= 1000
 
 
 def test_budget_holds_under_8_concurrent_clients_across_2_server_workers(
@@ -165,7 +165,7 @@ def test_budget_holds_under_8_concurrent_clients_across_2_server_workers(
         charged = [r for r in results if r["charged"]]
         price = charged[0]["price"]
         spend = requests.get(f"{base}/v1/ads/campaigns/c8", headers=ADS, timeout=10).json()["spend_today"]
-        assert spend == sum(r["price"] for r in charged) and 100 <= spend < 100 + price
+        assert spend == sum(r["price"] for r in charged) and 100 - price < spend <= 100
         assert {r["reason"] for r in results if not r["charged"]} <= {"budget", "duplicate"}
     finally:
         stop_server(proc)

@@ -80,7 +80,7 @@ class Campaign:
 @dataclass(frozen=True)
 class Charge:
     """What a click cost: ``charged`` False for a repeat (``reason``: ``duplicate`` or ``repeat_click``) or
-    an exhausted budget (``budget``); ``spend`` is the day's spend after it."""
+    a budget it would cross (``budget``); ``spend`` is the day's spend after it."""
 
     charged: bool
     price: int
@@ -305,7 +305,7 @@ class Campaigns:
                     "SELECT 1 FROM ads_clicks WHERE user_id = ? AND campaign_id = ? AND item_id = ? AND ts > ?",
                     (user_id, campaign.id, item_id, now - self.dedupe_window_s)).fetchone():
                 return Charge(False, price, spent, "repeat_click")
-            if spent >= campaign.daily_budget:
+            if spent + price > campaign.daily_budget:
                 return Charge(False, price, spent, "budget")
             conn.execute("INSERT INTO ads_clicks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (click_id, campaign.id, item_id, user_id, now, day, price, request_id))

@@ -2,8 +2,8 @@
 
 On a search request (first page), :meth:`AdServer.search` picks the sponsored items:
 
-1. **Live campaigns**: active, within their start and end, and under today's budget (spend cached for
-   ``refresh_s``; the hard check is at charge time). They are kept in memory and reloaded when any
+1. **Live campaigns**: active, within their start and end, with at least their bid left of today's budget
+   (spend cached for ``refresh_s``; the hard check is at charge time). They are kept in memory and reloaded when any
    campaign changes (one ``max(updated_at), count(*)`` read per refresh).
 2. **Targeting**: a keyword matches the query (exact, phrase or broad: :mod:`engine.ads.targeting`), or a
    target category is the query's category: the category filter, else the top organic hit's category.
@@ -245,8 +245,8 @@ class AdServer:
         try:
             index = self._refresh(now)
 
-            def on(c: Campaign) -> bool:
-                return c.live(now) and self._spend.get(c.id, 0) < c.daily_budget
+            def on(c: Campaign) -> bool:  # live, with at least a click's worth of budget left
+                return c.live(now) and self._spend.get(c.id, 0) + c.bid <= c.daily_budget
 
             live = [c for c in match(index, on) if on(c)]
             if live and user is not None and any(c.frequency_cap is not None for c in live):
