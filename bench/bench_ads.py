@@ -6,24 +6,26 @@ x 8 threads so every phase hits the same process, a fresh event store under ``be
 key; the query-embedding cache is off (``VITRINE_QUERY_CACHE_SIZE=0``) so every search embeds its query as a
 new one would, whichever phase it is in. The same queries (bench_search's shop queries: all 261 distinct
 CrowdFlower queries, then demo category leaves; 20 more for warm-up) are searched one at a time (k=10,
-keep-alive session) in three phases:
+keep-alive session) in phases:
 
-- **A**: no campaigns;
-- **B**: after 1,000 campaigns are created through ``POST /v1/ads/campaigns`` (then 1.5 s for the worker to
+- **A1**: no campaigns;
+- **B1**: after 1,000 campaigns are created through ``POST /v1/ads/campaigns`` (then 1.5 s for the worker to
   reload them, and the warm-up queries);
 - **A2**: after the campaigns are deleted from the store (there is no DELETE route; pausing would keep them
-  in the auction's index), 1.5 s and the warm-up queries again.
+  in the auction's index), 1.5 s and the warm-up queries again;
+- then B2, A3, ... for ``--rounds`` rounds (default 3).
 
-Campaigns can only be on or off for the whole server, so A and B cannot alternate request by request; A2
-controls for drift: the added cost is B's p50 minus the mean of A's and A2's, and no verdict is given when A
-and A2 are more than 0.5 ms apart.
+Campaigns can only be on or off for the whole server, so A and B cannot alternate request by request. Each
+B is compared with the mean of the A phases just before and after it (drift control), and the added cost is
+the median over rounds: one round alone (A, B, A2) proved noisy on the shared 2-core machine, its A and A2
+p50 up to 0.9 ms apart with the load steady and 1.5 ms apart when it moved.
 
 Campaigns (seed 0): 1-5 demo items, bid 5..200, daily budget 100,000 (pacing lets all in), 1-3 keywords
 drawn from the CrowdFlower queries' tokens and bigrams (stop words left out) with random match types; ~30%
 also target a 2-level category prefix of a random demo item's path (``Industrial & Scientific > Lab &
 Safety``), and then advertise items of that prefix.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ads.py [--queries 300] [--campaigns 1000] [--record]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ads.py [--queries 300] [--campaigns 1000] [--rounds 3] [--record]
 """
 from __future__ import annotations
 
@@ -47,7 +49,6 @@ from engine.ads.targeting import Keyword, category_matches, keyword_matches, nor
 from engine.events.store import open_event_store
 
 TARGET_MS = 1.0  # issue 11: p50 at most 1 ms slower
-MAX_DRIFT_MS = 0.5  # A and A2 p50 further apart than this: the load moved, no verdict
 SETTLE_S = 1.5  # > reload_check_seconds (0.5 s by default): the worker reloads its campaigns
 MATCH_TYPES = ("exact", "phrase", "broad")
 _STOP = {"a", "an", "and", "for", "the", "with", "of", "in", "on", "to", "by", "x", "s", "pcs", "pack"}
@@ -174,12 +175,19 @@ def targeted(campaigns: list[dict[str, Any]], queries: list[str],
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=300, help="distinct queries per phase (default 300)")
-    ap.add_argument("--campaigns", type=int, default=1000, help="active campaigns in phase B (default 1000)")
+    ap.add_argument("--campaigns", type=int, default=1000, help="active campaigns in the B phases (default 1000)")
+    ap.add_argument("--rounds", type=int, default=3, help="B phases, each between two A phases (default 3)")
     ap.add_argument("--record", action="store_true", help="replace the 'ads' section of bench/RESULTS.md")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     load0 = common.load_avg()
     print(f"load average at start: {load0}", file=sys.stderr)
     index = common.ensure_index("demo")
+    cfg = common.engine_config(index)
+    match_organic = getattr(cfg, "ads_match_organic", None)
+    organic = "" if match_organic is None else \
+        f", an ad at least as relevant as the organic result it sits above {'on' if match_organic else 'off'}"
 
     everything = shop_queries(args.queries + WARMUP)
     queries, warmup = everything[:args.queries], everything[args.queries:]
@@ -193,59 +201,72 @@ def main(argv: list[str]) -> int:
     key = "ads-" + secrets.token_hex(16)
     saved = {k: os.environ.get(k) for k in ("VITRINE_EVENTS_URL", "VITRINE_ADS_KEY", "VITRINE_QUERY_CACHE_SIZE")}
     os.environ.update(VITRINE_EVENTS_URL=url, VITRINE_ADS_KEY=key, VITRINE_QUERY_CACHE_SIZE="0")
+    a_phases: list[Phase] = []
+    b_phases: list[Phase] = []
+    per_post: list[float] = []
     try:
         with common.Server(index, workers=1, threads=8, log_name="serve-ads") as server:
             warm_up(server, warmup)
-            a = run_phase("A: no campaigns", server.base, queries)
-            per_post = create_campaigns(server.base, key, campaigns)
-            print(f"  created {len(campaigns)} campaigns, {per_post * 1e3:.1f} ms each", file=sys.stderr)
-            time.sleep(SETTLE_S)
-            warm_up(server, warmup)
-            b = run_phase(f"B: {len(campaigns):,} active campaigns", server.base, queries)
-            deleted = delete_campaigns(url)
-            time.sleep(SETTLE_S)
-            warm_up(server, warmup)
-            a2 = run_phase("A2: campaigns deleted", server.base, queries)
+            a_phases.append(run_phase("A1: no campaigns", server.base, queries))
+            for r in range(1, args.rounds + 1):
+                per_post.append(create_campaigns(server.base, key, campaigns))
+                print(f"  created {len(campaigns)} campaigns, {per_post[-1] * 1e3:.1f} ms each", file=sys.stderr)
+                time.sleep(SETTLE_S)
+                warm_up(server, warmup)
+                b_phases.append(run_phase(f"B{r}: {len(campaigns):,} active campaigns", server.base, queries))
+                deleted = delete_campaigns(url)
+                if deleted != len(campaigns):
+                    raise SystemExit(f"deleted {deleted} campaigns, expected {len(campaigns)}")
+                time.sleep(SETTLE_S)
+                warm_up(server, warmup)
+                a_phases.append(run_phase(f"A{r + 1}: campaigns deleted", server.base, queries))
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    if deleted != len(campaigns):
-        raise SystemExit(f"deleted {deleted} campaigns, expected {len(campaigns)}")
-    if sum(a.sponsored) or sum(a2.sponsored):
+    if any(sum(a.sponsored) for a in a_phases):
         raise SystemExit("sponsored results without campaigns: the phases are not what they claim")
 
-    p50 = {ph.name: common.stats_ms(ph.latencies)["p50"] for ph in (a, b, a2)}
-    base_p50 = (p50[a.name] + p50[a2.name]) / 2
-    added = p50[b.name] - base_p50
-    took = {ph.name: float(np.median(ph.took_ms)) for ph in (a, b, a2)}
-    added_took = took[b.name] - (took[a.name] + took[a2.name]) / 2
-    drift = p50[a2.name] - p50[a.name]
-    if abs(drift) > MAX_DRIFT_MS:  # the baseline itself moved more than the margin can absorb: no verdict
-        verdict = (f"**inconclusive**: A and A2 differ by {drift:+.2f} ms (more than {MAX_DRIFT_MS} ms), so the "
-                   "machine's load moved during the run; rerun on a quieter machine")
-    else:
-        verdict = "met" if added <= TARGET_MS else "**missed**"
-    matched, by_keyword = targeted(campaigns, queries, b.top_category)
+    def p50(ph: Phase) -> float:
+        return common.stats_ms(ph.latencies)["p50"]
+
+    def took(ph: Phase) -> float:
+        return float(np.median(ph.took_ms))
+
+    # Each B against the mean of the A phases just before and just after it.
+    added = [p50(b) - (p50(a_phases[i]) + p50(a_phases[i + 1])) / 2 for i, b in enumerate(b_phases)]
+    added_took = [took(b) - (took(a_phases[i]) + took(a_phases[i + 1])) / 2 for i, b in enumerate(b_phases)]
+    drift = [p50(a_phases[i + 1]) - p50(a_phases[i]) for i in range(len(b_phases))]
+    overall = float(np.median(added))
+    verdict = "met" if overall <= TARGET_MS else "**missed**"
+    if min(added) <= TARGET_MS < max(added):
+        verdict += " (the rounds disagree; the median decides)"
+    order = [ph for i, a in enumerate(a_phases) for ph in ([a, b_phases[i]] if i < len(b_phases) else [a])]
+    matched, by_keyword = targeted(campaigns, queries, b_phases[0].top_category)
     n_cat = sum(1 for c in campaigns if c["targeting"].get("categories"))
+    n_b = len(b_phases)
+    round_lines = [f"  - round {i + 1}: B{i + 1} {p50(b):.2f} - (A{i + 1} {p50(a_phases[i]):.2f} + A{i + 2} "
+                   f"{p50(a_phases[i + 1]):.2f}) / 2 = {added[i]:+.2f} ms (server took_ms {added_took[i]:+.2f} ms; "
+                   f"A{i + 2} - A{i + 1}: {drift[i]:+.2f} ms)" for i, b in enumerate(b_phases)]
     body = "\n".join([
         "### Sponsored products: `/v1/search` with 1,000 active campaigns (`bench/bench_ads.py`)",
         "",
         common.header("bench_ads.py", argv, load0),
         "",
         f"`GET /v1/search?q=...&k=10` over HTTP (one client, keep-alive) against one `vitrine serve` (1 gunicorn "
-        f"worker x 8 threads, so every phase hits the same process; default settings: ad slots 1 and 5, relevance "
-        f"floor 0.35, impression logging on; the query-embedding cache off, so every search embeds its query). "
+        f"worker x 8 threads, so every phase hits the same process; settings as configured: ad slots "
+        f"{cfg.ads_search_slots}, relevance floor {cfg.ads_relevance_floor}{organic}, impression logging "
+        f"{'on' if cfg.log_impressions else 'off'}; the query-embedding cache off, so every search embeds its query). "
         f"A fresh event store; {len(queries)} distinct queries (bench_search's: the CrowdFlower queries, then demo "
-        f"category leaves), each once per phase, after {len(warmup)} warm-up queries. Phase A: no campaigns. "
-        f"Phase B: {len(campaigns):,} campaigns created through `POST /v1/ads/campaigns` "
-        f"({per_post * 1e3:.1f} ms each), then {SETTLE_S} s for the worker to reload them. Phase A2: the campaigns "
-        f"deleted from the store (no route deletes; pausing would leave them in the auction's index), "
-        f"{SETTLE_S} s. Campaigns are global to the server, so A and B cannot alternate request by request; "
-        f"A2 controls for drift: the added cost is B's p50 minus the mean of A's and A2's p50 (no verdict when A "
-        f"and A2 are more than {MAX_DRIFT_MS} ms apart).",
+        f"category leaves), each once per phase, after {len(warmup)} warm-up queries before every phase. "
+        f"A phases: no campaigns. B phases: {len(campaigns):,} campaigns created through `POST /v1/ads/campaigns` "
+        f"({float(np.mean(per_post)) * 1e3:.1f} ms each), then {SETTLE_S} s for the worker to reload them; after "
+        f"each B the campaigns are deleted from the store (no route deletes; pausing would leave them in the "
+        f"auction's index), {SETTLE_S} s, and the next A follows. Campaigns are global to the server, so A and B "
+        f"cannot alternate request by request; instead {n_b} round(s) A, B, A, ..., and each B is compared with the "
+        f"mean of the A just before and just after it (drift control); the added cost is the median over rounds.",
         "",
         f"Campaigns (seed 0): 1-5 demo items, bid 5..200 cents, daily budget 100,000 cents; each has 1-3 keywords "
         f"from the CrowdFlower queries' tokens and bigrams with random match types, and {n_cat:,} of the "
@@ -259,10 +280,12 @@ def main(argv: list[str]) -> int:
         "",
         common.table(["phase", "queries", "p50 ms", "p99 ms", "mean ms", "server took_ms p50",
                       "queries with a sponsored result", "sponsored results per query", "errors"],
-                     [ph.row() for ph in (a, b, a2)]),
+                     [ph.row() for ph in order]),
         "",
-        f"- Added p50: {p50[b.name]:.2f} - ({p50[a.name]:.2f} + {p50[a2.name]:.2f}) / 2 = **{added:+.2f} ms** "
-        f"(server took_ms p50: {added_took:+.2f} ms); drift between A and A2: {drift:+.2f} ms.",
+        "- Added p50 per round (B minus the mean of its neighbouring A phases):",
+        *round_lines,
+        f"- Added p50, median over {n_b} round(s): **{overall:+.2f} ms** (server took_ms p50: "
+        f"{float(np.median(added_took)):+.2f} ms).",
         f"- Target (issue 11: p50 at most {TARGET_MS:.0f} ms slower with 1,000 active campaigns): " + verdict
         + ("" if len(campaigns) == 1000 else f" (measured with {len(campaigns):,} campaigns, not 1,000)") + ".",
     ])

@@ -323,6 +323,8 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
     except ValueError:
         raise InvalidQuery("--seeds", f"comma-separated integers, got {args.seeds!r}") from None
     clicks = ClickModel(bias=args.bias, rel_click=args.rel_click, noise_click=args.noise_click, buy=args.buy)
+    if args.what == "ads":
+        return _simulate_ads(config, args, seeds)
     if args.policies:
         return _simulate_policies(config, args, seeds, clicks)
     args.rounds = 5 if args.rounds is None else args.rounds
@@ -375,6 +377,25 @@ def _ope_on_logs(config: EngineConfig, args: argparse.Namespace) -> int:
             print(line)
         if args.record:
             print("recorded: the admin page shows it beside an experiment variant with this policy")
+    return 0
+
+
+def _simulate_ads(config: EngineConfig, args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
+    from engine.evaluation import ads_sim
+
+    settings = ads_sim.AdSimSettings(requests=args.requests, campaigns=args.campaigns, seed=seeds[0],
+                                     floor=config.ads_relevance_floor)
+    out = Path(args.out if args.out != "bench/out/simulate" else "bench/out/simulate-ads")
+    report = ads_sim.run_ads_simulation(config, settings, out_dir=out,
+                                        data_dir=Path(args.data_dir) if args.data_dir else None)
+    png, js = ads_sim.write_outputs(report, out)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {png} and {js}")
+    if args.record:
+        ads_sim.record_results(report, png, f"vitrine simulate ads --requests {args.requests} --campaigns "
+                                            f"{args.campaigns} --seeds {seeds[0]} --record")
+        print("recorded the run in bench/RESULTS.md (plot: bench/simulate_ads.png)")
     return 0
 
 
@@ -534,6 +555,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="public data (default: data_dir setting, ../shared/data)")
     sm = add("simulate", cmd_simulate, "simulated Scientific shoppers: CTR per round of the blend and the learned "
                                        "ranker retrained on their clicks (see README, 'The learning loop')")
+    sm.add_argument("what", nargs="?", default="loop", choices=["loop", "ads"],
+                    help="loop: the learning loop (default); ads: sponsored products on a simulated day")
+    sm.add_argument("--requests", type=int, default=12000, help="ads: requests in the day (default 12000)")
+    sm.add_argument("--campaigns", type=int, default=24, help="ads: campaigns (default 24)")
     sm.add_argument("--rounds", type=int, default=None,
                     help="serve -> clicks -> retrain rounds (default 5; with --policies, rounds of sessions: 10)")
     sm.add_argument("--policies", action="store_true",

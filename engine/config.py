@@ -100,10 +100,13 @@ class EngineConfig:
     # (minor units), the relevance floor (the vector score of an ad's item against the query) and the window
     # in which a shopper's repeated click on the same ad is not charged again.
     ads_search_slots: str = "1,5"
-    ads_similar_slots: str = "3"  # the item page's similar strip ("" = no ads there)
+    ads_similar_slots: str = "6"  # the item page's similar strip ("" = no ads there)
     ads_recommend_slots: str = "2"  # a shopper's recommendations ("" = no ads there)
     ads_reserve: int = 5
     ads_relevance_floor: float = 0.35
+    # An ad takes a position only if at least as relevant as the organic result it sits above (off by default:
+    # with organic results ranked by relevance it leaves almost no ad; see README, "Sponsored products").
+    ads_match_organic: bool = False
     ads_click_window_minutes: float = 10.0
     # Reward of an outcome on a list, for the bandits and Q-learning.
     reward_click: float = 1.0

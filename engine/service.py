@@ -180,7 +180,8 @@ class Engine:
         self.ads = Ads(lambda: self.shoppers.events, lambda item: item in self.snapshot().catalog,
                        settings=AdSettings(config.ad_slots, config.ads_reserve, config.ads_relevance_floor,
                                            config.ads_click_window_minutes * 60.0, config.reload_check_seconds,
-                                           config.slots("ads_similar_slots"), config.slots("ads_recommend_slots")))
+                                           config.slots("ads_similar_slots"), config.slots("ads_recommend_slots"),
+                                           config.ads_match_organic))
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------
@@ -318,7 +319,7 @@ class Engine:
             query=query, category=category, item_ids=lambda ids: [rows.get(i, -1) for i in ids],
             item_vectors=np.asarray(snap.vectors), qvec=qvec, organic=[h.id for h in hits], in_stock=allowed,
             ctr_of=lambda ids: self._item_rates(ids)[0], product=lambda r: snap.catalog[r], user=user,
-            request_id=rid, rng=request_rng(rid, stream=1))
+            request_id=rid, rng=request_rng(rid, stream=1), organic_scores=[float(h.vector or 0.0) for h in hits])
 
     def suggest(self, q: str, k: int | None = None) -> Suggestions:
         """Type-ahead suggestions for the typed text ``q`` (see :mod:`engine.suggest`)."""
@@ -374,7 +375,8 @@ class Engine:
         row = snap.catalog.row(item_id)
         vec = np.asarray(snap.vectors[row], np.float32)
         sponsored = self._placed("similar", snap, [item_id, *(h.id for h in hits)], viewer, rid, context_vec=vec,
-                                 category=snap.catalog[row].category_path, audience=[], near=vec[None, :])
+                                 category=snap.catalog[row].category_path, audience=[], near=vec[None, :],
+                                 organic_scores=[float(h.score) for h in hits])
         return Similar(item_id, snap.version, hits, rid, sponsored)
 
     def item(self, item_id: str) -> Product:
@@ -493,12 +495,15 @@ class Engine:
         mean = near.mean(axis=0)
         mean /= max(float(np.linalg.norm(mean)), 1e-12)
         audience = [snap.catalog[r].category_path for r in rows]
+        shown_rows = [snap.catalog.id_map[i] for i in shown if i in snap.catalog]
+        scores = (np.asarray(snap.vectors[shown_rows], np.float32) @ mean).tolist() if shown_rows else []
         return self._placed("recommend", snap, [*items, *shown], user_id if user_id is not None else viewer, rid,
-                            context_vec=mean, category=audience[-1], audience=audience, near=near)
+                            context_vec=mean, category=audience[-1], audience=audience, near=near,
+                            organic_scores=scores)
 
     def _placed(self, placement: str, snap: Snapshot, organic: list[str], user: str | None, rid: str, *,
-                context_vec: np.ndarray, category: str | None, audience: list[str], near: np.ndarray
-                ) -> list[SponsoredHit]:
+                context_vec: np.ndarray, category: str | None, audience: list[str], near: np.ndarray,
+                organic_scores: list[float]) -> list[SponsoredHit]:
         """The sponsored items of a similar strip or a recommendation list, their impression logged."""
         if not self.ads.server.settings.slots_of(placement) or not self.ads.server.any_campaign():
             return []
@@ -507,7 +512,8 @@ class Engine:
             placement, category=category, audience=audience, near=near, context_vec=context_vec,
             item_ids=lambda xs: [ids.get(i, -1) for i in xs], item_vectors=np.asarray(snap.vectors),
             organic=organic, in_stock=snap.in_stock, ctr_of=lambda xs: self._item_rates(xs)[0],
-            product=lambda r: snap.catalog[r], user=user, request_id=rid, rng=request_rng(rid, stream=1))
+            product=lambda r: snap.catalog[r], user=user, request_id=rid, rng=request_rng(rid, stream=1),
+            organic_scores=organic_scores)
         if sponsored:
             self._log(f"ads_{placement}", user, None, lambda: [(s.id, {"relevance": s.relevance}) for s in sponsored],
                       "gsp", rid=f"{rid}:ads", context={"campaigns": [s.campaign_id for s in sponsored],

@@ -138,6 +138,7 @@ def start_server(config: EngineConfig) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, VITRINE_MODELS_DIR=str(config.models_path), VITRINE_ADMIN_KEY=ADMIN_KEY,
                VITRINE_INGEST_KEY=INGEST_KEY, VITRINE_READ_KEY=READ_KEY, VITRINE_ADS_KEY=ADS_KEY,
                VITRINE_EVENTS_URL=config.events_url, VITRINE_ADS_RELEVANCE_FLOOR=str(config.ads_relevance_floor),
+               VITRINE_ADS_MATCH_ORGANIC=str(config.ads_match_organic),
                VITRINE_RELOAD_CHECK_SECONDS="0.1", VITRINE_SECRET_KEY=SECRET_KEY,
                VITRINE_SHOPPER_SECRET=SHOPPER_SECRET, VITRINE_LIMITS_PATH=str(config.limits_path),
                VITRINE_DEMO_SHOPPER_MENU="1" if config.demo_shopper_menu else "0",

@@ -156,3 +156,16 @@ def test_calibrated_ctr_rejects_bad_input(args: tuple[object, object], kwargs: d
     with pytest.raises(InvalidQuery) as e:
         calibrated_ctr(*args, **kwargs)  # type: ignore[arg-type]
     assert e.value.field == field
+
+
+def test_min_relevance_per_slot_fills_each_slot_among_its_qualifiers() -> None:
+    a = Bidder("A", "a", 100, 0.05, relevance=0.40)  # best rank score (5.0), not relevant enough for slot 1
+    b = Bidder("B", "b", 50, 0.05, relevance=0.70)  # 2.5
+    c = Bidder("C", "c", 40, 0.05, relevance=0.80)  # 2.0
+    won = run_auction([a, b, c], [1, 5], reserve=10, min_relevance=[0.6, 0.3])
+    # slot 1 (needs 0.6): B and C qualify; B wins and pays C's score / its ctr = 40
+    # slot 5 (needs 0.3): A and C remain; A wins and pays C's score / its ctr = 40
+    assert [(w.position, w.bidder.campaign_id, w.price) for w in won] == [(1, "B", 40), (5, "A", 40)]
+    assert run_auction([a], [1], reserve=10, min_relevance=[0.5]) == []
+    with pytest.raises(InvalidQuery, match="min_relevance"):
+        run_auction([a], [1, 5], reserve=10, min_relevance=[0.5])

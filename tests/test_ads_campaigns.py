@@ -142,7 +142,7 @@ def test_budget_holds_under_8_concurrent_clients_across_2_server_workers(
 
     index_dir = tmp_path / "indexes"
     shutil.copytree(built_index_dir, index_dir, symlinks=True)
-    proc, base = start_server(make_config(index_dir, models_dir))  # gunicorn, 2 workers
+    proc, base = start_server(make_config(index_dir, models_dir, ads_match_organic=False))  # gunicorn, 2 workers
     try:
         made = requests.post(f"{base}/v1/ads/campaigns", headers=ADS, timeout=10, json={
             "id": "c8", "advertiser": "acme", "items": ["goggles"], "bid": 60, "daily_budget": 100,

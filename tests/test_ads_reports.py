@@ -19,7 +19,8 @@ ADS = {"Authorization": f"Bearer {ADS_KEY}"}
 
 
 def _engine(config: EngineConfig, encoder: Encoder, **settings: Any) -> Engine:
-    return Engine(config.replace(ads_search_slots="1", **settings), encoder=encoder, log_impressions=True)
+    return Engine(config.replace(ads_search_slots="1", ads_match_organic=False, **settings), encoder=encoder,
+                  log_impressions=True)
 
 
 def _flush(engine: Engine) -> None:

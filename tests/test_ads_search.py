@@ -25,7 +25,7 @@ def _campaign(engine: Engine, cid: str, items: list[str], bid: int, **extra: Any
 
 def test_sponsored_results_are_extra_targeted_relevant_and_priced_by_gsp(config: EngineConfig,
                                                                          encoder: Encoder) -> None:
-    engine = Engine(config.replace(ads_search_slots="1"), encoder=encoder)
+    engine = Engine(config.replace(ads_search_slots="1", ads_match_organic=False), encoder=encoder)
     plain = engine.search("safety gloves", k=1)
     assert plain.sponsored == [] and plain.hits[0].id == "gloves-latex"
     _campaign(engine, "high", ["gloves-nitrile-m", "gloves-nitrile-l"], 80)  # -l is out of stock: never an ad
@@ -49,7 +49,7 @@ def test_sponsored_results_are_extra_targeted_relevant_and_priced_by_gsp(config:
 
 
 def test_paused_expired_and_future_campaigns_never_show(config: EngineConfig, encoder: Encoder) -> None:
-    engine = Engine(config.replace(ads_search_slots="1,2"), encoder=encoder)
+    engine = Engine(config.replace(ads_search_slots="1,2", ads_match_organic=False), encoder=encoder)
     now = time.time()
     _campaign(engine, "paused", ["gloves-latex"], 90)
     engine.ads.pause("paused")
@@ -63,7 +63,7 @@ def test_paused_expired_and_future_campaigns_never_show(config: EngineConfig, en
 
 
 def test_an_exhausted_budget_stops_the_ads(config: EngineConfig, encoder: Encoder) -> None:
-    engine = Engine(config.replace(ads_search_slots="1", ads_reserve=40), encoder=encoder)
+    engine = Engine(config.replace(ads_search_slots="1", ads_reserve=40, ads_match_organic=False), encoder=encoder)
     engine.ads.create({"id": "small", "advertiser": "acme", "items": GLOVES, "bid": 40, "daily_budget": 40,
                        "targeting": {"keywords": [{"text": "gloves", "match": "broad"}]}})
     ad = engine.search("gloves", k=1).sponsored[0]
@@ -74,7 +74,23 @@ def test_an_exhausted_budget_stops_the_ads(config: EngineConfig, encoder: Encode
     assert engine.search("gloves", k=1).sponsored == []  # spent its day's budget
 
 
-def test_ads_over_http_and_tampered_tokens(client: Any) -> None:
+def test_an_ad_is_at_least_as_relevant_as_the_organic_result_it_sits_above(config: EngineConfig,
+                                                                          encoder: Encoder) -> None:
+    engine = Engine(config.replace(ads_search_slots="1,3", ads_match_organic=True), encoder=encoder)
+    _campaign(engine, "g", ["goggles"], 80)
+    got = engine.search("safety gloves", k=3)
+    organic = [float(h.vector or 0) for h in got.hits]
+    # goggles (vector score 0.44) is less relevant than the organic results at positions 1 to 3 (0.52-0.62)
+    assert got.sponsored == [] and min(organic[:3]) > 0.44
+    relaxed = Engine(config.replace(ads_search_slots="1,3", ads_match_organic=False), encoder=encoder)
+    assert [s.id for s in relaxed.search("safety gloves", k=3).sponsored] == ["goggles"]
+
+
+def test_ads_over_http_and_tampered_tokens(config: EngineConfig, encoder: Encoder) -> None:
+    from web import create_app
+
+    cfg = config.replace(ads_match_organic=False)
+    client = create_app({"TESTING": True, "ENGINE_CONFIG": cfg, "ENGINE": Engine(cfg, encoder=encoder)}).test_client()
     made = client.post("/v1/ads/campaigns", headers=ADS, json={
         "advertiser": "acme", "items": GLOVES, "bid": 30, "daily_budget": BIG,
         "targeting": {"keywords": [{"text": "gloves", "match": "broad"}]}})
@@ -95,7 +111,7 @@ def test_ads_over_http_and_tampered_tokens(client: Any) -> None:
 def test_the_search_page_labels_sponsored_results(config: EngineConfig, encoder: Encoder) -> None:
     from web import create_app
 
-    cfg = config.replace(ads_relevance_floor=-1.0)  # any item may be an ad here: one the first page lacks
+    cfg = config.replace(ads_relevance_floor=-1.0, ads_match_organic=False)  # any item may be an ad here
     engine = Engine(cfg, encoder=encoder)
     client = create_app({"TESTING": True, "ENGINE_CONFIG": cfg, "ENGINE": engine}).test_client()
     organic = {h.id for h in engine.search("gloves", k=10).hits}
@@ -120,7 +136,8 @@ def test_slot_settings_are_checked(config: EngineConfig, slots: str, ok: bool) -
 
 
 def test_item_page_and_recommendation_placements(config: EngineConfig, encoder: Encoder) -> None:
-    cfg = config.replace(ads_similar_slots="1", ads_recommend_slots="1", ads_relevance_floor=-1.0)
+    cfg = config.replace(ads_similar_slots="1", ads_recommend_slots="1", ads_relevance_floor=-1.0,
+                         ads_match_organic=False)
     engine = Engine(cfg, encoder=encoder)
     engine.ingest([{"event_id": "a1", "user_id": "ann", "type": "view", "item_id": "gloves-nitrile-m"},
                    {"event_id": "b1", "user_id": "bob", "type": "view", "item_id": "fil-pla-red"}])
@@ -149,7 +166,7 @@ def test_item_page_and_recommendation_placements(config: EngineConfig, encoder: 
 def test_the_item_page_labels_its_sponsored_neighbour(config: EngineConfig, encoder: Encoder) -> None:
     from web import create_app
 
-    cfg = config.replace(ads_similar_slots="2", ads_relevance_floor=-1.0)
+    cfg = config.replace(ads_similar_slots="2", ads_relevance_floor=-1.0, ads_match_organic=False)
     engine = Engine(cfg, encoder=encoder)
     client = create_app({"TESTING": True, "ENGINE_CONFIG": cfg, "ENGINE": engine}).test_client()
     engine.ads.create({"id": "m", "advertiser": "acme", "items": ["calipers"], "bid": 40, "daily_budget": BIG,

@@ -54,7 +54,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
     catalog = work / "catalog.jsonl"
     shutil.copy(FIXTURE_CATALOG, catalog)
     config = make_config(index_dir, models_dir, events_url=f"sqlite:///{work / 'events.db'}",
-                         demo_shopper_menu=True, ads_relevance_floor=-1.0)  # any item may be an ad (the ads test)
+                         demo_shopper_menu=True, ads_relevance_floor=-1.0,
+                         ads_match_organic=False)  # any item may be an ad (the ads test)
     pipeline.build(config, catalog, encoder=encoder)  # the served manifest now names the copy
     proc, base = start_server(config)
     try:

@@ -146,13 +146,31 @@ def eligible(bidders: Sequence[Bidder], *, reserve: int, exclude_items: Collecti
 
 
 def run_auction(bidders: Sequence[Bidder], positions: Sequence[int], *, reserve: int,
-                exclude_items: Collection[str] = ()) -> list[Won]:
+                exclude_items: Collection[str] = (), min_relevance: Sequence[float] | None = None) -> list[Won]:
     """Fill ``positions`` by GSP with ``ctr * bid`` ranking (see the module docstring for the rules and the
-    price formula). Returns the slots won in slot order; slots nobody won are absent."""
+    price formula). Returns the slots won in slot order; slots nobody won are absent.
+
+    ``min_relevance`` (one per position): a bidder may take a slot only with at least that relevance (the
+    organic result it would sit above). Slots are then filled one by one, each among the remaining bidders
+    that qualify for it, and priced against the next of those (GSP within the slot's qualifiers)."""
     slots = _check_positions(positions)
     for b in bidders:
         if not isinstance(b, Bidder):
             raise InvalidQuery("bidders", f"must be Bidder values, got {type(b).__name__}")
+    if min_relevance is not None:
+        if len(min_relevance) != len(slots):
+            raise InvalidQuery("min_relevance", "must give one relevance per position")
+        remaining = eligible(bidders, reserve=reserve, exclude_items=exclude_items)
+        out: list[Won] = []
+        for i, (position, least) in enumerate(zip(slots, min_relevance)):
+            qualified = [b for b in remaining if b.relevance >= least]
+            if not qualified:
+                continue
+            winner = qualified[0]
+            next_score = qualified[1].rank_score if len(qualified) > 1 else None
+            out.append(Won(i, position, winner, gsp_price(winner, next_score, int(reserve)), winner.rank_score))
+            remaining = [b for b in remaining if b.item_id != winner.item_id]
+        return out
     ranked = eligible(bidders, reserve=reserve, exclude_items=exclude_items)
     won: list[Won] = []
     for i, position in enumerate(slots[:len(ranked)]):

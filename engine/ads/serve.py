@@ -16,7 +16,10 @@ On a search request (first page), :meth:`AdServer.search` picks the sponsored it
    many times this UTC day (counted from the impression log).
 5. **Pacing**: each campaign enters with its pacer's participation probability (:mod:`engine.ads.pacing`),
    updated once a minute from today's spend and the time of day, drawn with the request's generator.
-6. **The auction**: GSP by predicted CTR x bid (:func:`engine.ads.auction.run_auction`) over the
+6. **At least as relevant as organic** (``ads_match_organic``, off by default): an ad may take a position only
+   if its relevance is at least that of the organic result it sits above (the organic result at that
+   position, by the same score); slots are then filled one at a time among their qualifiers.
+7. **The auction**: GSP by predicted CTR x bid (:func:`engine.ads.auction.run_auction`) over the
    ``ads_search_slots`` positions, with the ``ads_reserve`` price. Predicted CTR: the item's click rate
    from the event log, smoothed with a prior (:func:`engine.learn`-style ``item_rates``), the calibrated
    statistic of a new ad.
@@ -86,8 +89,9 @@ class AdSettings:
     relevance_floor: float = 0.35
     click_window_s: float = 600.0
     refresh_s: float = 1.0
-    similar_slots: tuple[int, ...] = (3,)
+    similar_slots: tuple[int, ...] = (6,)
     recommend_slots: tuple[int, ...] = (2,)
+    match_organic: bool = False  # an ad must be at least as relevant as the organic result at its position
 
     def slots_of(self, placement: str) -> tuple[int, ...]:
         return {"search": self.search_slots, "similar": self.similar_slots,
@@ -235,8 +239,8 @@ class AdServer:
               context_vec: np.ndarray,
               *, item_ids: Callable[[Sequence[str]], list[int]], item_vectors: np.ndarray, organic: Sequence[str],
               in_stock: np.ndarray, ctr_of: Callable[[list[str]], np.ndarray], product: Callable[[int], Any],
-              user: str | None, request_id: str, rng: np.random.Generator, now: float | None = None
-              ) -> list[SponsoredHit]:
+              user: str | None, request_id: str, rng: np.random.Generator, now: float | None = None,
+              organic_scores: Sequence[float] | None = None) -> list[SponsoredHit]:
         """One placement's auction over the campaigns ``match`` keeps (see the module docstring)."""
         slots = self.settings.slots_of(placement)
         if not slots:
@@ -273,7 +277,12 @@ class AdServer:
                 if score >= self.settings.relevance_floor:
                     bidders.append(Bidder(c.id, item, c.bid, float(min(max(p, 1e-6), 1.0)), float(score)))
                     meta[(c.id, item)] = (row, float(score))
-        won = run_auction(bidders, slots, reserve=self.settings.reserve, exclude_items=shown)
+        least = None
+        if self.settings.match_organic and organic_scores is not None:
+            # an ad sits above the organic result at its position: it must be at least as relevant
+            least = [max(self.settings.relevance_floor, organic_scores[p - 1] if p - 1 < len(organic_scores) else -1.0)
+                     for p in slots]
+        won = run_auction(bidders, slots, reserve=self.settings.reserve, exclude_items=shown, min_relevance=least)
         out = []
         for w in won:
             row, score = meta[(w.bidder.campaign_id, w.bidder.item_id)]
