@@ -175,8 +175,8 @@ class EngineConfig:
             slots = self.slots(name)
             text = str(getattr(self, name)).strip()
             need((not text and name != "ads_search_slots") or (
-                bool(slots) and list(slots) == sorted(set(slots)) and slots[0] >= 1 and slots[-1] <= self.max_k),
-                name, f"must be increasing positions in 1..max_k, e.g. '1,5', got {getattr(self, name)!r}")
+                bool(slots) and list(slots) == sorted(set(slots)) and slots[0] >= 1 and slots[-1] <= 1000),
+                name, f"must be increasing positions in 1..1000, e.g. '1,5', got {getattr(self, name)!r}")
         need(self.ads_reserve >= 0, "ads_reserve", f"must be >= 0 minor units, got {self.ads_reserve}")
         need(-1.0 <= self.ads_relevance_floor <= 1.0, "ads_relevance_floor", "must be in -1..1 (a cosine)")
         need(self.ads_click_window_minutes >= 0, "ads_click_window_minutes", "must be >= 0")

@@ -33,6 +33,7 @@ Thread-safe: one lock around the policy's state.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -115,6 +116,7 @@ class StrategyPolicy:
     def __init__(self, kind: str, store: Callable[[], EventStore], *, epsilon: float = 0.1, alpha: float = 1.0,
                  rewards: Rewards = Rewards(), qtable: Path | None = None, refresh_s: float = 0.5) -> None:
         self.kind = kind
+        self.epsilon = epsilon
         self.prefix = f"strategy:{kind}/"
         self._store = store
         self.rewards = rewards
@@ -188,6 +190,8 @@ class StrategyPolicy:
         try:
             data = json.loads(path.read_text())
             learner = QLearner.from_dict(data["q"])
+            # serve with this server's exploration (strategy_epsilon), not the one the table was trained with
+            learner.settings = dataclasses.replace(learner.settings, epsilon=self.epsilon)
             categories = tuple(str(c) for c in data.get("categories", []))
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("Q table %s not loaded: %s", path, e)
