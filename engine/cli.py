@@ -557,8 +557,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "ranker retrained on their clicks (see README, 'The learning loop')")
     sm.add_argument("what", nargs="?", default="loop", choices=["loop", "ads"],
                     help="loop: the learning loop (default); ads: sponsored products on a simulated day")
-    sm.add_argument("--requests", type=int, default=12000, help="ads: requests in the day (default 12000)")
-    sm.add_argument("--campaigns", type=int, default=24, help="ads: campaigns (default 24)")
+    sm.add_argument("--requests", type=int, default=60000, help="ads: requests in the day (default 60000)")
+    sm.add_argument("--campaigns", type=int, default=12, help="ads: campaigns (default 12)")
     sm.add_argument("--rounds", type=int, default=None,
                     help="serve -> clicks -> retrain rounds (default 5; with --policies, rounds of sessions: 10)")
     sm.add_argument("--policies", action="store_true",

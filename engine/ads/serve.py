@@ -2,8 +2,9 @@
 
 On a search request (first page), :meth:`AdServer.search` picks the sponsored items:
 
-1. **Live campaigns**: active, within their start and end, with at least their bid left of today's budget
-   (spend cached for ``refresh_s``; the hard check is at charge time). They are kept in memory and reloaded when any
+1. **Live campaigns**: active, within their start and end, with at least the reserve left of today's
+   budget (spend cached for ``refresh_s``; the hard check is at charge time). A campaign bids at most what
+   is left of its budget, so that its price, never above its bid, fits in the budget. They are kept in memory and reloaded when any
    campaign changes (one ``max(updated_at), count(*)`` read per refresh).
 2. **Targeting**: a keyword matches the query (exact, phrase or broad: :mod:`engine.ads.targeting`), or a
    target category is the query's category: the category filter, else the top organic hit's category.
@@ -15,7 +16,9 @@ On a search request (first page), :meth:`AdServer.search` picks the sponsored it
 4. **Frequency caps**: a campaign with ``frequency_cap`` does not enter for a shopper already shown it that
    many times this UTC day (counted from the impression log).
 5. **Pacing**: each campaign enters with its pacer's participation probability (:mod:`engine.ads.pacing`),
-   updated once a minute from today's spend and the time of day, drawn with the request's generator.
+   updated once a minute from today's spend and the share of the day's traffic passed (the hourly traffic
+   curve: ``AdSettings.traffic_curve``, else learned from the impression log, else uniform), drawn with the
+   request's generator.
 6. **At least as relevant as organic** (``ads_match_organic``, off by default): an ad may take a position only
    if its relevance is at least that of the organic result it sits above (the organic result at that
    position, by the same score); slots are then filled one at a time among their qualifiers.
@@ -92,6 +95,9 @@ class AdSettings:
     similar_slots: tuple[int, ...] = (6,)
     recommend_slots: tuple[int, ...] = (2,)
     match_organic: bool = False  # an ad must be at least as relevant as the organic result at its position
+    # 24 hourly traffic weights (UTC) the pacers spread budgets over; None: learned from the impression log
+    # (lists served per hour over the last 7 days), uniform until there is any
+    traffic_curve: tuple[float, ...] | None = None
 
     def slots_of(self, placement: str) -> tuple[int, ...]:
         return {"search": self.search_slots, "similar": self.similar_slots,
@@ -142,6 +148,7 @@ class AdServer:
         self._spend_day = ""
         self._pacers: dict[tuple[str, str], Pacer] = {}
         self._paced_at: dict[tuple[str, str], float] = {}
+        self._curve: tuple[float, tuple[float, ...] | None] = (-1e18, None)  # (computed at, curve)
         self._key: bytes | None = None
 
     # -- state ------------------------------------------------------------------------------------------
@@ -172,9 +179,28 @@ class AdServer:
             # the pacer's gain is per step of about a minute (engine.ads.pacing), whatever the traffic
             midnight = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(hour=0, minute=0, second=0,
                                                                                 microsecond=0)
-            pacer.update(min(spend, c.daily_budget), (now - midnight.timestamp()) / 86400.0)
+            pacer.update(min(spend, c.daily_budget), (now - midnight.timestamp()) / 86400.0, self._traffic(now))
             self._paced_at[key] = now
         return pacer
+
+    def _traffic(self, now: float) -> tuple[float, ...] | None:
+        """The hourly traffic curve the pacers follow: the setting, else the lists served per UTC hour over the
+        last 7 days in the impression log (recomputed hourly; uniform while the log is empty)."""
+        if self.settings.traffic_curve is not None:
+            return self.settings.traffic_curve
+        at, curve = self._curve
+        if now - at < 3600.0:
+            return curve
+        try:
+            rows = self._store().run_read(lambda conn: conn.execute(
+                "SELECT CAST(strftime('%H', ts, 'unixepoch') AS INTEGER), count(*) FROM impressions "
+                "WHERE ts >= ? AND ts < ? GROUP BY 1", (now - 7 * 86400.0, now)).fetchall())
+        except StoreUnavailable:
+            rows = []
+        counts = dict((int(h), int(n)) for h, n in rows)
+        curve = tuple(1.0 + counts.get(h, 0) for h in range(24)) if sum(counts.values()) >= 240 else None
+        self._curve = (now, curve)
+        return curve
 
     def _signing_key(self) -> bytes:
         if self._key is None:
@@ -249,8 +275,8 @@ class AdServer:
         try:
             index = self._refresh(now)
 
-            def on(c: Campaign) -> bool:  # live, with at least a click's worth of budget left
-                return c.live(now) and self._spend.get(c.id, 0) + c.bid <= c.daily_budget
+            def on(c: Campaign) -> bool:  # live, with at least the reserve left of its budget
+                return c.live(now) and c.daily_budget - self._spend.get(c.id, 0) >= max(self.settings.reserve, 1)
 
             live = [c for c in match(index, on) if on(c)]
             if live and user is not None and any(c.frequency_cap is not None for c in live):
@@ -274,8 +300,9 @@ class AdServer:
             rel = np.asarray(item_vectors[[r for _, r in keep]], np.float32) @ np.asarray(context_vec, np.float32)
             ctr = ctr_of([i for i, _ in keep])
             for (item, row), score, p in zip(keep, rel.tolist(), ctr.tolist()):
-                if score >= self.settings.relevance_floor:
-                    bidders.append(Bidder(c.id, item, c.bid, float(min(max(p, 1e-6), 1.0)), float(score)))
+                if score >= self.settings.relevance_floor:  # bids at most what is left of its budget
+                    bid = min(c.bid, c.daily_budget - self._spend.get(c.id, 0))
+                    bidders.append(Bidder(c.id, item, bid, float(min(max(p, 1e-6), 1.0)), float(score)))
                     meta[(c.id, item)] = (row, float(score))
         least = None
         if self.settings.match_organic and organic_scores is not None:

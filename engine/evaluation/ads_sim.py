@@ -5,16 +5,16 @@ Protocol (see README, "Sponsored products"):
 
 - **Catalog and shoppers**: the demo catalog (the Scientific index of ``vitrine eval recommend``) and its
   real shoppers (``data/demo/events.csv.gz`` are their purchases, stored in a fresh event store).
-- **A day of traffic**: ``requests`` (12,000) requests, each from a demo shopper drawn at random, at a time
+- **A day of traffic**: ``requests`` (60,000) requests, each from a demo shopper drawn at random, at a time
   of day drawn from an hourly traffic curve (``TRAFFIC``: quiet at night, peaks at lunch and in the
   evening). A request is an item page view of one of the shopper's items (the similar strip's ad slot,
   60%) or a search (40%) for the leaf category of one of their items, or the first two words of its title
   (half each). The organic results come
   from the real engine (search, similar items), computed once and shared by every run below.
-- **Campaigns**: ``campaigns`` (24), each advertising 3 items of one of the leaf categories the traffic
+- **Campaigns**: ``campaigns`` (12), each advertising 3 items of one of the leaf categories the traffic
   visits most, targeting that category and broad keywords from the items' titles, with a bid from 10 to
   120 cents. Their *demand* is measured first (a run with unlimited budgets); then each gets a daily budget
-  of its demand times a factor drawn from ``BUDGET_FACTORS`` (0.3 to 3; seeded), and at least 10 bids, so
+  of its demand times a factor drawn from ``BUDGET_FACTORS`` (0.3 to 3; seeded), and at least 25 bids, so
   that some campaigns are constrained and some are not.
 - **Clicks**: an ad shown at position p is clicked with probability ``(1 / p) x attractiveness``, the
   attractiveness ``0.05 + 0.6 x max(0, relevance - 0.3)`` (relevance: the ad's vector score against its
@@ -52,15 +52,15 @@ TRAFFIC = (1, 1, 1, 1, 1, 2, 3, 5, 7, 8, 9, 11, 12, 10, 8, 8, 9, 10, 12, 13, 12,
 FLOORS = (0.2, 0.3, 0.35, 0.4, 0.5, 0.6)
 ATTRACT_BASE, ATTRACT_SLOPE = 0.05, 0.6  # an ad's click probability at position 1: base + slope x (relevance - 0.3)
 BUDGET_FACTORS = (0.3, 0.5, 0.7, 1.5, 3.0)  # a campaign's budget against its measured demand
-MIN_BUDGET_BIDS = 10
+MIN_BUDGET_BIDS = 25
 SIMILAR_SLOT = 6  # the similar strip's ad: after its five nearest neighbours (the default ads_similar_slots)
 TARGET_PACING = 0.05
 
 
 @dataclass(frozen=True)
 class AdSimSettings:
-    requests: int = 12000
-    campaigns: int = 24
+    requests: int = 60000
+    campaigns: int = 12
     seed: int = 0
     floor: float = 0.35
 
@@ -263,7 +263,8 @@ def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], 
         ads.create(parse_campaign(body, known_item=lambda i: i in snap.catalog, now=day0))
     server = AdServer(ads, lambda: store, AdSettings(search_slots=(1, 5), reserve=5, relevance_floor=floor,
                                                       click_window_s=600.0, refresh_s=0.0, similar_slots=(SIMILAR_SLOT,),
-                                                      recommend_slots=(), match_organic=False))
+                                                      recommend_slots=(), match_organic=False,
+                                                      traffic_curve=tuple(float(w) for w in TRAFFIC)))
     ids = snap.catalog.id_map
     vectors = np.asarray(snap.vectors)
     rng = np.random.default_rng([seed, int(floor * 1000), int(unlimited)])
