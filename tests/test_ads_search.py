@@ -174,3 +174,20 @@ def test_the_item_page_labels_its_sponsored_neighbour(config: EngineConfig, enco
     html = client.get("/items/magnet-neodymium").get_data(as_text=True)
     similar = html.split('id="similar"', 1)[1].split("</section>", 1)[0]
     assert 'class="card sponsored"' in similar and "Sponsored" in similar and 'data-item="calipers"' in similar
+
+
+def test_recommendation_strips_draw_their_sponsored_items(client: Any) -> None:
+    from flask import render_template_string
+
+    organic = [{"id": f"i{n}", "title": f"Item {n}", "category": "A > B", "brand": "", "price": 1.0,
+                "score_parts": {}} for n in range(3)]
+    ad = {"id": "ad1", "title": "Ad item", "category": "A > C", "brand": "", "price": 2.0, "sponsored": True,
+          "position": 2, "ad": "tok.en"}
+    with client.application.test_request_context("/"):
+        html = render_template_string('{% from "_cards.html" import strip %}{{ strip("s", "S", items, "none") }}',
+                                      items=[organic[0], ad, *organic[1:]])
+    cards = html.split('<li class="card')[1:]
+    assert [c.split('data-item="')[1].split('"')[0] for c in cards] == ["i0", "ad1", "i1", "i2"]
+    assert "Sponsored" in cards[1] and 'data-ad="tok.en"' in cards[1] and "data-position" not in cards[1]
+    # organic positions skip the ad: i1 is the second organic item
+    assert 'data-position="2"' in cards[2] and 'data-position="3"' in cards[3]

@@ -88,7 +88,9 @@ def _recommendations(shopper: str | None) -> tuple[list[dict[str, Any]], str | N
         recs = get_engine().recommend(shopper, k=STRIP_SIZE, surface="for_you" if shopper else "trending",
                                       viewer=session_shopper())
         body = recs.to_dict()
-        recommended: list[dict[str, Any]] = body["recommendations"]
+        recommended: list[dict[str, Any]] = list(body["recommendations"])
+        for ad in sorted(body.get("sponsored", []), key=lambda a: a["position"]):  # at their display positions
+            recommended.insert(min(ad["position"] - 1, len(recommended)), ad)
         return recommended, recs.request_id
     except StoreUnavailable as e:
         log.warning("page without recommendations: %s", e)

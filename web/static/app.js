@@ -164,6 +164,18 @@
     return li;
   }
 
+  // A sponsored item of a strip (engine.ads): labelled, no organic position, its click charged by setupAds.
+  function adCard(a) {
+    const li = el("li", { class: "card sponsored", "data-item": a.id, "data-ad": a.ad });
+    li.append(el("p", { class: "sponsored-label" }, "Sponsored"));
+    li.append(el("a", { class: "item-link ad-link", href: "/items/" + encodeURIComponent(a.id), "data-item": a.id, title: a.title }, a.title));
+    const meta = el("div", { class: "meta" });
+    if (a.category) meta.append(el("span", { class: "category" }, a.category.split(" > ").pop()));
+    meta.append(el("span", { class: "price" }, a.price === null || a.price === undefined ? "no price" : "$" + Number(a.price).toFixed(2)));
+    li.append(meta);
+    return li;
+  }
+
   async function refreshForYou() {
     const strip = document.getElementById("for-you");
     if (!strip || !shopper) return;
@@ -172,7 +184,11 @@
       if (!r.ok) return;
       const body = await r.json();
       const ul = strip.querySelector("ul.cards");
-      ul.replaceChildren(...(body.recommendations || []).map(recCard));
+      const cards = (body.recommendations || []).map(recCard);
+      for (const a of [...(body.sponsored || [])].sort((x, y) => x.position - y.position)) {
+        cards.splice(Math.min(a.position - 1, cards.length), 0, adCard(a));
+      }
+      ul.replaceChildren(...cards);
       if (body.request_id) ul.dataset.requestId = body.request_id;
       const empty = strip.querySelector(".empty");
       if (empty) empty.hidden = (body.recommendations || []).length > 0;
