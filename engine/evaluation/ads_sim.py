@@ -53,7 +53,6 @@ FLOORS = (0.2, 0.3, 0.35, 0.4, 0.5, 0.6)
 ATTRACT_BASE, ATTRACT_SLOPE = 0.05, 0.6  # an ad's click probability at position 1: base + slope x (relevance - 0.3)
 BUDGET_FACTORS = (0.3, 0.5, 0.7, 1.5, 3.0)  # a campaign's budget against its measured demand
 MIN_BUDGET_BIDS = 25
-SIMILAR_SLOT = 6  # the similar strip's ad: after its five nearest neighbours (the default ads_similar_slots)
 TARGET_PACING = 0.05
 
 
@@ -106,6 +105,7 @@ class AdSimReport:
     runs: list[Run]
     started_at: str
     seconds: float
+    slots: dict[str, Any] = field(default_factory=dict)  # the ad settings of the run
 
     def main(self) -> Run:
         return next(r for r in self.runs if not r.unlimited and r.floor == self.settings.floor)
@@ -136,7 +136,8 @@ class AdSimReport:
                 "relevance_met": ad >= org}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": asdict(self.settings), "started_at": self.started_at, "seconds": self.seconds,
+        return {"settings": asdict(self.settings), "ad_settings": self.slots, "started_at": self.started_at,
+                "seconds": self.seconds,
                 "campaigns": self.campaigns, "pacing": self.pacing(), "target": self.target(),
                 "runs": [{"floor": r.floor, "unlimited": r.unlimited, "revenue": r.revenue, "clicks": r.clicks,
                           "shown": r.shown, "ad_relevance": float(np.mean(r.ad_relevance or [0])),
@@ -261,10 +262,11 @@ def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], 
     for c in campaigns:
         body = dict(c, daily_budget=c["daily_budget"] * (10**6 if unlimited else 1))
         ads.create(parse_campaign(body, known_item=lambda i: i in snap.catalog, now=day0))
-    server = AdServer(ads, lambda: store, AdSettings(search_slots=(1, 5), reserve=5, relevance_floor=floor,
-                                                      click_window_s=600.0, refresh_s=0.0, similar_slots=(SIMILAR_SLOT,),
-                                                      recommend_slots=(), match_organic=False,
-                                                      traffic_curve=tuple(float(w) for w in TRAFFIC)))
+    cfg = engine.config
+    server = AdServer(ads, lambda: store, AdSettings(
+        search_slots=cfg.ad_slots, reserve=cfg.ads_reserve, relevance_floor=floor, click_window_s=600.0,
+        refresh_s=0.0, similar_slots=cfg.slots("ads_similar_slots"), recommend_slots=(),
+        match_organic=cfg.ads_match_organic, traffic_curve=tuple(float(w) for w in TRAFFIC)))
     ids = snap.catalog.id_map
     vectors = np.asarray(snap.vectors)
     rng = np.random.default_rng([seed, int(floor * 1000), int(unlimited)])
@@ -316,7 +318,10 @@ def run_ads_simulation(config: EngineConfig, s: AdSimSettings, *, out_dir: Path,
     for floor in sorted(set(FLOORS) | {s.floor}):
         runs.append(_run(engine, requests, campaigns, floor=floor, unlimited=False, seed=s.seed, day0=day0))
     shutil.rmtree(work, ignore_errors=True)
-    return AdSimReport(s, campaigns, runs, started, time.time() - t0)
+    cfg = engine.config
+    return AdSimReport(s, campaigns, runs, started, time.time() - t0,
+                       {"search": cfg.ads_search_slots, "similar": cfg.ads_similar_slots, "reserve": cfg.ads_reserve,
+                        "match_organic": cfg.ads_match_organic})
 
 
 def write_outputs(report: AdSimReport, out_dir: Path) -> tuple[Path, Path]:
@@ -360,7 +365,9 @@ def record_results(report: AdSimReport, png: Path, command: str, *, results: Pat
         "### Sponsored products on a simulated day (`vitrine simulate ads`)", "",
         f"- command: `{command}`",
         f"- date: {report.started_at}; {report.seconds / 60:.1f} min on {os.cpu_count()} cores (load average at the "
-        f"end {load})", "",
+        f"end {load})",
+        f"- settings: search slots {report.slots['search']}, similar-strip slots {report.slots['similar']}, reserve "
+        f"{report.slots['reserve']}, ads_match_organic {report.slots['match_organic']}", "",
         *report.lines()[2:], "",
         f"![Revenue against the relevance floor]({os.path.relpath(image, results.parent)})" if image else "",
     ])
