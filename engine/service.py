@@ -298,10 +298,7 @@ class Engine:
         facet = facets(snap, ranked.bm25_all, qvec, pool, ranked.rows, filters)
         sponsored = [] if offset else self._sponsored(snap, query, qvec, filters, ranked.hits, user, rid)
         if sponsored:  # the ads' own impression (reports, frequency caps): the organic one is unchanged
-            self._log("ads_search", user, query, lambda: [(s.id, {"relevance": s.relevance}) for s in sponsored],
-                      "gsp", rid=f"{rid}:ads", context={"campaigns": [s.campaign_id for s in sponsored],
-                                                        "prices": [s.cpc for s in sponsored],
-                                                        "positions": [s.position for s in sponsored]})
+            self._log_ads("search", user, query, sponsored, rid)
         self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid,
                   later=ranked.later, explored=explored)
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
@@ -515,11 +512,17 @@ class Engine:
             product=lambda r: snap.catalog[r], user=user, request_id=rid, rng=request_rng(rid, stream=1),
             organic_scores=organic_scores)
         if sponsored:
-            self._log(f"ads_{placement}", user, None, lambda: [(s.id, {"relevance": s.relevance}) for s in sponsored],
-                      "gsp", rid=f"{rid}:ads", context={"campaigns": [s.campaign_id for s in sponsored],
-                                                        "prices": [s.cpc for s in sponsored],
-                                                        "positions": [s.position for s in sponsored]})
+            self._log_ads(placement, user, None, sponsored, rid)
         return sponsored
+
+    def _log_ads(self, placement: str, user: str | None, query: str | None, sponsored: list[SponsoredHit],
+                 rid: str) -> None:
+        """The sponsored items' own impression (surface ``ads_<placement>``: reports, frequency caps); the
+        organic list's impression is unchanged."""
+        self._log(f"ads_{placement}", user, query, lambda: [(s.id, {"relevance": s.relevance}) for s in sponsored],
+                  "gsp", rid=f"{rid}:ads", context={"campaigns": [s.campaign_id for s in sponsored],
+                                                    "prices": [s.cpc for s in sponsored],
+                                                    "positions": [s.position for s in sponsored]})
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
         """Items taken together with ``item_id`` (see :meth:`Shoppers.also_bought`); none while the event
@@ -727,7 +730,12 @@ class Explored:
         if later is None:
             return None
         order = self.order
-        return lambda: (lambda full: [full[j] for j in order])(later())
+
+        def reordered() -> list[dict[str, float]]:
+            full = later()
+            return [full[j] for j in order]
+
+        return reordered
 
 
 def _padded(later: Callable[[], list[dict[str, float]]] | None,

@@ -221,7 +221,8 @@ class Campaigns:
     dedupe_window_s: float = 600.0
     _ready: bool = field(default=False, init=False)
 
-    def _events(self) -> EventStore:
+    def events(self) -> EventStore:
+        """The event store, with the ads tables created on first use."""
         events = self.store()
         if not self._ready:
             events.ensure_tables(DDL)
@@ -236,12 +237,12 @@ class Campaigns:
                          (c.id, c.advertiser, _data(c), c.state, c.created_at, c.updated_at))
             return True
 
-        if not self._events().run_write(write):
+        if not self.events().run_write(write):
             raise InvalidQuery("id", f"a campaign {c.id!r} exists already")
         return c
 
     def get(self, cid: str) -> Campaign:
-        row = self._events().run_read(lambda conn: conn.execute(
+        row = self.events().run_read(lambda conn: conn.execute(
             "SELECT id, advertiser, data, state, created_at, updated_at FROM ads_campaigns WHERE id = ?",
             (cid,)).fetchone())
         if row is None:
@@ -249,7 +250,7 @@ class Campaigns:
         return _row(row)
 
     def list(self, advertiser: str | None = None) -> list[Campaign]:
-        rows = self._events().run_read(lambda conn: conn.execute(
+        rows = self.events().run_read(lambda conn: conn.execute(
             "SELECT id, advertiser, data, state, created_at, updated_at FROM ads_campaigns "
             "WHERE ? IS NULL OR advertiser = ? ORDER BY created_at, id", (advertiser, advertiser)).fetchall())
         return [_row(r) for r in rows]
@@ -262,7 +263,7 @@ class Campaigns:
             conn.execute("UPDATE ads_campaigns SET data = ?, state = ?, updated_at = ? WHERE id = ?",
                          (_data(new), new.state, new.updated_at, cid))
 
-        self._events().run_write(write)
+        self.events().run_write(write)
         return new
 
     def set_state(self, cid: str, state: State, now: float | None = None) -> Campaign:
@@ -271,18 +272,18 @@ class Campaigns:
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE ads_campaigns SET state = ?, updated_at = ? WHERE id = ?", (state, c.updated_at, cid))
 
-        self._events().run_write(write)
+        self.events().run_write(write)
         return c
 
     def spend(self, cid: str, day: str) -> tuple[int, int]:
         """(spend, clicks) of a campaign on a UTC day."""
-        row = self._events().run_read(lambda conn: conn.execute(
+        row = self.events().run_read(lambda conn: conn.execute(
             "SELECT spend, clicks FROM ads_spend WHERE campaign_id = ? AND day = ?", (cid, day)).fetchone())
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def spends(self, day: str) -> dict[str, int]:
         """Every campaign's spend on a UTC day."""
-        rows = self._events().run_read(lambda conn: conn.execute(
+        rows = self.events().run_read(lambda conn: conn.execute(
             "SELECT campaign_id, spend FROM ads_spend WHERE day = ?", (day,)).fetchall())
         return {str(c): int(s) for c, s in rows}
 
@@ -313,5 +314,5 @@ class Campaigns:
                          "SET spend = spend + excluded.spend, clicks = clicks + 1", (campaign.id, day, price))
             return Charge(True, price, spent + price)
 
-        result: Charge = self._events().run_write(write)
+        result: Charge = self.events().run_write(write)
         return result

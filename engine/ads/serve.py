@@ -124,15 +124,15 @@ class _Index:
         found: set[int] = set()
         for t in tokens:
             found |= self.by_token.get(t, set()) | self.by_token.get(t.rstrip("s"), set())
-        out = [self.campaigns[i] for i in sorted(found)
-               if any(keyword_matches(k, query) for k in self.campaigns[i].targeting.keywords)]
+        hits = [i for i in sorted(found) if any(keyword_matches(k, query) for k in self.campaigns[i].targeting.keywords)]
         if category:
+            taken = set(hits)
             segs = tuple(s.lower() for s in category_segments(category))
             for n in range(1, len(segs) + 1):
-                for i in sorted(self.by_category.get(segs[:n], set())):
-                    if self.campaigns[i] not in out:
-                        out.append(self.campaigns[i])
-        return out
+                for i in sorted(self.by_category.get(segs[:n], set()) - taken):
+                    taken.add(i)
+                    hits.append(i)
+        return [self.campaigns[i] for i in hits]
 
 
 class AdServer:
@@ -157,7 +157,7 @@ class AdServer:
             if self._index is not None and time.monotonic() - self._checked < self.settings.refresh_s:
                 return self._index
             self._checked = time.monotonic()
-            store = self.campaigns._events()
+            store = self.campaigns.events()
             stamp = store.run_read(lambda c: tuple(c.execute(
                 "SELECT max(updated_at), count(*) FROM ads_campaigns").fetchone()))
             if stamp != self._stamp or self._index is None:
@@ -204,7 +204,7 @@ class AdServer:
 
     def _signing_key(self) -> bytes:
         if self._key is None:
-            store = self.campaigns._events()
+            store = self.campaigns.events()
             store.ensure_tables((KEY_DDL,))
 
             def write(conn: sqlite3.Connection) -> str:

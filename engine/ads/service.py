@@ -9,6 +9,7 @@ from typing import Any, Callable
 from engine.ads.campaigns import Campaign, Campaigns, parse_campaign, utc_day
 from engine.ads.reports import ReportRow, check_day, daily, hourly, to_csv
 from engine.ads.serve import AdServer, AdSettings
+from engine.errors import InvalidQuery
 from engine.events import EventStore
 
 
@@ -22,7 +23,6 @@ class Ads:
     def click(self, body: Any) -> dict[str, Any]:
         """Charge a sponsored result's click: ``{"ad": <its token>}`` (see :meth:`AdServer.click`)."""
         if not isinstance(body, dict):
-            from engine.errors import InvalidQuery
             raise InvalidQuery("body", "must be a JSON object with 'ad'")
         return self.server.click(body.get("ad")).to_dict()
 
@@ -57,8 +57,7 @@ class Ads:
         ids = [campaign] if campaign else [c.id for c in self.campaigns.list(advertiser)]
         if campaign:
             self.campaigns.get(campaign)  # 404 for an unknown one
-        self.campaigns._events()
-        return daily(self.campaigns.store(), ids, day_from=day_from, day_to=day_to, price_of=price_of)
+        return daily(self.campaigns.events(), ids, day_from=day_from, day_to=day_to, price_of=price_of)
 
     @staticmethod
     def csv(rows: "builtins.list[ReportRow]") -> str:
@@ -70,7 +69,7 @@ class Ads:
         c = self.campaigns.get(campaign)
         day = check_day(day, "day") or utc_day(time.time())
         return {"campaign_id": c.id, "day": day, "daily_budget": c.daily_budget,
-                "hours": hourly(self.campaigns.store(), c.id, day)}
+                "hours": hourly(self.campaigns.events(), c.id, day)}
 
     def _with_spend(self, c: Campaign) -> dict[str, Any]:
         return c.to_dict() | {"spend_today": self.campaigns.spend(c.id, utc_day(time.time()))[0]}

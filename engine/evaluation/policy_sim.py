@@ -58,6 +58,7 @@ from engine.errors import InvalidQuery
 from engine.evaluation.simulate import ClickModel, _import_histories, _say
 from engine.learn.bandits import Bandit, Context, Rewards, context_vector, make_bandit
 from engine.learn.ope import DR, IPS, SNIPS, LoggedBandit
+from engine.learn.ope_logs import ridge_rewards
 from engine.learn.policy import ExplorationSettings, choose
 from engine.learn.qlearning import QLearner, QSettings, State, encode_state
 from engine.recommend.strategies import STRATEGIES
@@ -465,13 +466,7 @@ def _ope(log: list[tuple[Context, State, str, float, float]], target: _Policy) -
     pscore = np.array([p for _, _, _, p, _ in log], np.float64)
     probs = [target.probabilities(ctx, state) for ctx, state, *_ in log]
     pi = np.array([pr[a] for pr, a in zip(probs, arms)], np.float64)
-    theta = {}
-    for a in STRATEGIES:
-        m = np.array([x == a for x in arms])
-        Xa = X[m]
-        theta[a] = np.linalg.solve(Xa.T @ Xa + np.eye(X.shape[1]), Xa.T @ reward[m])
-    q_logged = np.array([X[i] @ theta[a] for i, a in enumerate(arms)])
-    q_target = np.array([sum(pr[a] * float(X[i] @ theta[a]) for a in STRATEGIES) for i, pr in enumerate(probs)])
+    q_logged, q_target = ridge_rewards(X, arms, reward, probs, folds=1)
     batch = LoggedBandit(reward, pscore, pi, q_logged=q_logged, q_target=q_target)
     return {"IPS": IPS().value(batch), "SNIPS": SNIPS().value(batch), "DR": DR().value(batch),
             **per_decision(np.array([ctx.session_step for ctx, *_ in log]), reward, pscore, pi)}

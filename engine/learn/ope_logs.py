@@ -185,21 +185,31 @@ def _strategy_target(store: EventStore, policy: str, since: float, window_s: flo
 
 def _cross_fit(X: np.ndarray, arms: list[str], reward: np.ndarray,
                pi_all: list[dict[str, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """DR's reward model: ridge per strategy on the context vector, each half predicted by the other's fit."""
+    """DR's reward model for a list's CTR: :func:`ridge_rewards` cross-fitted in 2 folds, clipped to [0, 1]."""
+    q_logged, q_target = ridge_rewards(X, arms, reward, pi_all, folds=2)
+    return np.clip(q_logged, 0.0, 1.0), np.clip(q_target, 0.0, 1.0)
+
+
+def ridge_rewards(X: np.ndarray, arms: Sequence[str], reward: np.ndarray, pi_all: Sequence[dict[str, float]], *,
+                  folds: int) -> tuple[np.ndarray, np.ndarray]:
+    """A reward model per strategy: ridge regression (L2 1) of ``reward`` on the context vectors ``X``
+    (``(n, d)``), fitted per arm. Returns each row's prediction for its logged arm and its expectation under
+    the target's ``pi_all`` probabilities. ``folds`` > 1: row ``i`` is predicted by the fit on the rows of the
+    other folds (``i % folds``); 1: by the fit on every row."""
     n = len(arms)
-    fold = np.arange(n) % 2
+    fold = np.arange(n) % folds
     q_logged, q_target = np.zeros(n), np.zeros(n)
-    for f in (0, 1):
-        train, test = fold != f, fold == f
+    for f in range(folds):
+        train, test = (fold != f, fold == f) if folds > 1 else (np.ones(n, bool), np.ones(n, bool))
         theta = {}
         for a in STRATEGIES:
             m = train & np.array([x == a for x in arms])
             Xa = X[m]
             theta[a] = np.linalg.solve(Xa.T @ Xa + np.eye(X.shape[1]), Xa.T @ reward[m])
-        for i in np.flatnonzero(test):
+        for i in np.flatnonzero(test).tolist():
             q_logged[i] = X[i] @ theta[arms[i]]
             q_target[i] = sum(pi_all[i][a] * float(X[i] @ theta[a]) for a in STRATEGIES)
-    return np.clip(q_logged, 0.0, 1.0), np.clip(q_target, 0.0, 1.0)
+    return q_logged, q_target
 
 
 def _ranking(surface: str, policy: str, imps: list[Impression], labels: dict[str, dict[str, frozenset[Any]]],
