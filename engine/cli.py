@@ -383,7 +383,7 @@ def _ope_on_logs(config: EngineConfig, args: argparse.Namespace) -> int:
 def _simulate_ads(config: EngineConfig, args: argparse.Namespace, seeds: tuple[int, ...]) -> int:
     from engine.evaluation import ads_sim
 
-    settings = ads_sim.AdSimSettings(requests=args.requests, campaigns=args.campaigns, seed=seeds[0],
+    settings = ads_sim.AdSimSettings(requests=args.requests, campaigns=args.campaigns, seed=seeds[0], items=args.items,
                                      floor=config.ads_relevance_floor)
     out = Path(args.out if args.out != "bench/out/simulate" else "bench/out/simulate-ads")
     report = ads_sim.run_ads_simulation(config, settings, out_dir=out,
@@ -394,7 +394,7 @@ def _simulate_ads(config: EngineConfig, args: argparse.Namespace, seeds: tuple[i
     print(f"wrote {png} and {js}")
     if args.record:
         ads_sim.record_results(report, png, f"vitrine simulate ads --requests {args.requests} --campaigns "
-                                            f"{args.campaigns} --seeds {seeds[0]} --record")
+                                            f"{args.campaigns} --items {args.items} --seeds {seeds[0]} --record")
         print("recorded the run in bench/RESULTS.md (plot: bench/simulate_ads.png)")
     return 0
 
@@ -559,6 +559,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="loop: the learning loop (default); ads: sponsored products on a simulated day")
     sm.add_argument("--requests", type=int, default=60000, help="ads: requests in the day (default 60000)")
     sm.add_argument("--campaigns", type=int, default=12, help="ads: campaigns (default 12)")
+    sm.add_argument("--items", type=int, default=3, help="ads: advertised items per campaign (default 3)")
     sm.add_argument("--rounds", type=int, default=None,
                     help="serve -> clicks -> retrain rounds (default 5; with --policies, rounds of sessions: 10)")
     sm.add_argument("--policies", action="store_true",

@@ -108,6 +108,12 @@ class EngineConfig:
     # with organic results ranked by relevance it leaves almost no ad; see README, "Sponsored products").
     ads_match_organic: bool = False
     ads_click_window_minutes: float = 10.0
+    # An ad's rank score is predicted CTR x bid x relevance ** power: more relevant ads win more often and pay
+    # less (0 ranks on CTR x bid alone). 1 was chosen on simulation seeds 1 and 2 (README, "Sponsored products").
+    ads_relevance_power: float = 1.0
+    # The pacers plan to spend a constrained budget by this fraction of the day (0.9: about 21:36 UTC): the
+    # quiet last hours are slack for a campaign that fell behind, instead of a shortfall at midnight.
+    ads_pacing_finish: float = 0.9
     # Reward of an outcome on a list, for the bandits and Q-learning.
     reward_click: float = 1.0
     reward_cart: float = 3.0
@@ -180,6 +186,8 @@ class EngineConfig:
         need(self.ads_reserve >= 0, "ads_reserve", f"must be >= 0 minor units, got {self.ads_reserve}")
         need(-1.0 <= self.ads_relevance_floor <= 1.0, "ads_relevance_floor", "must be in -1..1 (a cosine)")
         need(self.ads_click_window_minutes >= 0, "ads_click_window_minutes", "must be >= 0")
+        need(0.0 <= self.ads_relevance_power <= 10.0, "ads_relevance_power", "must be in 0..10")
+        need(0.5 <= self.ads_pacing_finish <= 1.0, "ads_pacing_finish", "must be a fraction of the day in 0.5..1")
         for name in ("reward_click", "reward_cart", "reward_purchase"):
             need(getattr(self, name) >= 0.0, name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("events_burst_session", "events_burst_ip"):

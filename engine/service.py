@@ -181,7 +181,9 @@ class Engine:
                        settings=AdSettings(config.ad_slots, config.ads_reserve, config.ads_relevance_floor,
                                            config.ads_click_window_minutes * 60.0, config.reload_check_seconds,
                                            config.slots("ads_similar_slots"), config.slots("ads_recommend_slots"),
-                                           config.ads_match_organic))
+                                           config.ads_match_organic,
+                                           relevance_power=config.ads_relevance_power,
+                                           pacing_finish=config.ads_pacing_finish))
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------

@@ -169,3 +169,23 @@ def test_min_relevance_per_slot_fills_each_slot_among_its_qualifiers() -> None:
     assert run_auction([a], [1], reserve=10, min_relevance=[0.5]) == []
     with pytest.raises(InvalidQuery, match="min_relevance"):
         run_auction([a], [1, 5], reserve=10, min_relevance=[0.5])
+
+
+def test_page_relevance_lets_an_ad_show_lower_where_it_is_as_relevant_by_hand() -> None:
+    a = Bidder("A", "a", 100, 0.05, relevance=0.50)  # rank score 5.0
+    b = Bidder("B", "b", 50, 0.05, relevance=0.70)  # 2.5
+    c = Bidder("C", "c", 40, 0.05, relevance=0.30)  # 2.0
+    page = [0.80, 0.75, 0.60, 0.55, 0.52, 0.45, 0.40]  # the organic results' relevance, positions 1..7
+    won = run_auction([a, b, c], [1, 5], reserve=10, page_relevance=page)
+    # slot 1 offers positions 1-4 (the next slot is 5): A (0.50) meets none, B (0.70) meets position 3;
+    # B wins, shown at 3, priced against the next qualifier (none: C is 0.30) -> the reserve.
+    # slot 5 offers positions 5-7: A meets 6 (0.45); C meets none; A pays the reserve.
+    assert [(w.slot, w.position, w.bidder.campaign_id, w.price) for w in won] == [(0, 3, "B", 10), (1, 6, "A", 10)]
+    # a slot past the page's end has no organic result to match: any bidder may take it
+    assert [(w.position, w.bidder.campaign_id) for w in run_auction([c], [9], reserve=10, page_relevance=page)] \
+        == [(9, "C")]
+    # GSP within a slot's qualifiers: B and A both qualify for positions 5-7; A ranks first and pays 2.5 / 0.05
+    won = run_auction([a, b], [5], reserve=10, page_relevance=page)
+    assert [(w.position, w.bidder.campaign_id, w.price) for w in won] == [(6, "A", 50)]
+    with pytest.raises(InvalidQuery, match="min_relevance"):
+        run_auction([a], [1], reserve=10, min_relevance=[0.5], page_relevance=page)

@@ -113,6 +113,18 @@ def test_spent_budget_exhausts_the_pacer() -> None:
     assert not can_charge(1_000, 1_000) and can_charge(999, 1_000)
 
 
+def test_finishing_early_compresses_the_plan_by_hand() -> None:
+    early = Pacer(1_000, finish=0.8)
+    # at t = 0.4 the plan is at share(0.4 / 0.8) = 0.5: target 500, spend 600, gap -0.1 -> p = exp(-0.2)
+    assert early.update(600, 0.4) == pytest.approx(math.exp(-0.2))
+    # after t = 0.8 the whole budget is due: spend 900 is behind (gap +0.1) -> p grows back to 1
+    assert early.update(900, 0.9) == pytest.approx(min(1.0, math.exp(-0.2) * math.exp(0.2)))
+    with pytest.raises(InvalidQuery, match="finish"):
+        Pacer(1_000, finish=0.3)
+    with pytest.raises(InvalidQuery, match="t"):
+        early.update(10, 1.5)
+
+
 def test_update_rule_by_hand() -> None:
     pacer = Pacer(1_000, gain=2.0)
     # Ahead of target: target 250 at t = 0.25, spend 350, gap -0.1 -> p = exp(-0.2).
@@ -153,3 +165,12 @@ def test_bad_spend_is_named() -> None:
     with pytest.raises(InvalidQuery) as e:
         can_charge(10, 0)
     assert e.value.field == "budget"
+
+
+@pytest.mark.parametrize("key,value", [("ads_pacing_finish", 0.3), ("ads_pacing_finish", 1.2),
+                                       ("ads_relevance_power", -1.0), ("ads_relevance_power", 11.0)])
+def test_bad_ad_settings_are_named(key: str, value: float) -> None:
+    from engine.config import ConfigError, EngineConfig
+
+    with pytest.raises(ConfigError, match=key):
+        EngineConfig.load(env={f"VITRINE_{key.upper()}": str(value)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine.config import EngineConfig
@@ -25,7 +26,8 @@ def _campaign(engine: Engine, cid: str, items: list[str], bid: int, **extra: Any
 
 def test_sponsored_results_are_extra_targeted_relevant_and_priced_by_gsp(config: EngineConfig,
                                                                          encoder: Encoder) -> None:
-    engine = Engine(config.replace(ads_search_slots="1", ads_match_organic=False), encoder=encoder)
+    engine = Engine(config.replace(ads_search_slots="1", ads_match_organic=False, ads_relevance_power=0.0),
+                    encoder=encoder)
     plain = engine.search("safety gloves", k=1)
     assert plain.sponsored == [] and plain.hits[0].id == "gloves-latex"
     _campaign(engine, "high", ["gloves-nitrile-m", "gloves-nitrile-l"], 80)  # -l is out of stock: never an ad
@@ -46,6 +48,22 @@ def test_sponsored_results_are_extra_targeted_relevant_and_priced_by_gsp(config:
     assert engine.ads.server.click(ad.ad).reason == "duplicate"
     # nothing matches an untargeted query; an item on the page is never also an ad
     assert engine.search("pipette tips", k=3).sponsored == []
+
+
+def test_relevance_weights_the_rank_score_and_so_the_price(config: EngineConfig, encoder: Encoder) -> None:
+    engine = Engine(config.replace(ads_search_slots="1", ads_match_organic=False, ads_relevance_power=1.0),
+                    encoder=encoder)
+    _campaign(engine, "high", ["gloves-nitrile-m"], 80)
+    _campaign(engine, "low", ["goggles"], 50)
+    ad = engine.search("safety gloves", k=1).sponsored[0]
+    snap = engine.snapshot()
+    query = np.asarray(engine.embed_query("safety gloves"), np.float32)
+    goggles = float(np.asarray(snap.vectors)[snap.catalog.row("goggles")] @ query)
+    assert ad.id == "gloves-nitrile-m" and ad.relevance > goggles
+    # rank score ctr x bid x relevance: the winner pays the least that keeps it ahead of goggles' 50 x relevance
+    price = engine.ads.server.click(ad.ad).price
+    least = 50 * goggles / ad.relevance
+    assert least - 1e-6 <= price < least + 1 and price < 50
 
 
 def test_paused_expired_and_future_campaigns_never_show(config: EngineConfig, encoder: Encoder) -> None:

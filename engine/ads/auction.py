@@ -146,31 +146,40 @@ def eligible(bidders: Sequence[Bidder], *, reserve: int, exclude_items: Collecti
 
 
 def run_auction(bidders: Sequence[Bidder], positions: Sequence[int], *, reserve: int,
-                exclude_items: Collection[str] = (), min_relevance: Sequence[float] | None = None) -> list[Won]:
+                exclude_items: Collection[str] = (), min_relevance: Sequence[float] | None = None,
+                page_relevance: Sequence[float] | None = None) -> list[Won]:
     """Fill ``positions`` by GSP with ``ctr * bid`` ranking (see the module docstring for the rules and the
     price formula). Returns the slots won in slot order; slots nobody won are absent.
 
     ``min_relevance`` (one per position): a bidder may take a slot only with at least that relevance (the
     organic result it would sit above). Slots are then filled one by one, each among the remaining bidders
-    that qualify for it, and priced against the next of those (GSP within the slot's qualifiers)."""
+    that qualify for it, and priced against the next of those (GSP within the slot's qualifiers).
+
+    ``page_relevance`` (the least relevance at each display position ``1..n`` of the page, e.g. the organic
+    results' own): the slots become the highest positions an ad may take. Slot ``i`` may place its winner
+    anywhere from its position to the one before the next slot (the last slot: to ``n``), at the first
+    position whose least relevance the winner meets; it is filled by the best-ranked remaining bidder that
+    meets one of them, priced against the next such bidder. A slot past ``n`` has no organic result to
+    compare with and takes any bidder. (Like the search engines' ad-rank thresholds per position: an ad not
+    relevant enough for the top of the page may still show lower down.)"""
     slots = _check_positions(positions)
     for b in bidders:
         if not isinstance(b, Bidder):
             raise InvalidQuery("bidders", f"must be Bidder values, got {type(b).__name__}")
+    if min_relevance is not None and page_relevance is not None:
+        raise InvalidQuery("min_relevance", "give min_relevance or page_relevance, not both")
+    if page_relevance is not None:
+        page = [float(x) for x in page_relevance]
+        ranges = []
+        for i, first in enumerate(slots):
+            last = slots[i + 1] - 1 if i + 1 < len(slots) else max(first, len(page))
+            ranges.append([(p, page[p - 1] if p <= len(page) else -math.inf) for p in range(first, last + 1)])
+        return _fill(eligible(bidders, reserve=reserve, exclude_items=exclude_items), ranges, int(reserve))
     if min_relevance is not None:
         if len(min_relevance) != len(slots):
             raise InvalidQuery("min_relevance", "must give one relevance per position")
-        remaining = eligible(bidders, reserve=reserve, exclude_items=exclude_items)
-        out: list[Won] = []
-        for i, (position, least) in enumerate(zip(slots, min_relevance)):
-            qualified = [b for b in remaining if b.relevance >= least]
-            if not qualified:
-                continue
-            winner = qualified[0]
-            next_score = qualified[1].rank_score if len(qualified) > 1 else None
-            out.append(Won(i, position, winner, gsp_price(winner, next_score, int(reserve)), winner.rank_score))
-            remaining = [b for b in remaining if b.item_id != winner.item_id]
-        return out
+        return _fill(eligible(bidders, reserve=reserve, exclude_items=exclude_items),
+                     [[(p, float(least))] for p, least in zip(slots, min_relevance)], int(reserve))
     ranked = eligible(bidders, reserve=reserve, exclude_items=exclude_items)
     won: list[Won] = []
     for i, position in enumerate(slots[:len(ranked)]):
@@ -178,6 +187,23 @@ def run_auction(bidders: Sequence[Bidder], positions: Sequence[int], *, reserve:
         next_score = ranked[i + 1].rank_score if i + 1 < len(ranked) else None
         won.append(Won(i, position, winner, gsp_price(winner, next_score, int(reserve)), winner.rank_score))
     return won
+
+
+def _fill(remaining: list[Bidder], ranges: list[list[tuple[int, float]]], reserve: int) -> list[Won]:
+    """Slots one by one: slot ``i`` offers the (position, least relevance) pairs ``ranges[i]``; its winner is
+    the best remaining bidder meeting one of them, shown at the first it meets, priced against the next."""
+    out: list[Won] = []
+    for i, offers in enumerate(ranges):
+        lowest = min(least for _, least in offers)
+        qualified = [b for b in remaining if b.relevance >= lowest]
+        if not qualified:
+            continue
+        winner = qualified[0]
+        position = next(p for p, least in offers if winner.relevance >= least)
+        next_score = qualified[1].rank_score if len(qualified) > 1 else None
+        out.append(Won(i, position, winner, gsp_price(winner, next_score, reserve), winner.rank_score))
+        remaining = [b for b in remaining if b.item_id != winner.item_id]
+    return out
 
 
 def calibrated_ctr(clicks: int, impressions: int, *, prior_ctr: float, prior_strength: float = 100.0) -> float:

@@ -18,6 +18,10 @@ campaign enters with probability ``p`` (probabilistic throttling). At each :meth
 
     ``p <- clip(max(p, p_min) * exp(gain * gap), p_min, 1)``;   ``p <- 0`` once ``spend >= budget``.
 
+With ``finish < 1`` the plan is compressed so that the whole budget is due by ``t = finish`` (``share(min(t /
+finish, 1))``). The controller lags its target: a campaign that only catches up in the quiet last hours
+ends the day short of its budget; planning to finish a little early leaves those hours as slack.
+
 This is integral control on ``log p``: behind the target ``p`` grows, ahead of it ``p`` shrinks, at a rate
 proportional to the gap; multiplicative steps reach low participation (a budget far below demand) in a few
 updates and keep ``p`` positive. ``gain`` is per update; the default 2 is tuned for an update about once a
@@ -109,6 +113,8 @@ class Pacer:
     p: float = 1.0
     p_min: float = 0.01
     gain: float = 2.0
+    finish: float = 1.0  # the fraction of the day by which the plan spends the whole budget
+
 
     def __post_init__(self) -> None:
         self.budget = _money("budget", self.budget, positive=True)
@@ -118,7 +124,10 @@ class Pacer:
             raise InvalidQuery("p", f"must be a probability in [0, 1], got {self.p!r}")
         if not _is_number(self.gain) or not 0.0 < float(self.gain) < math.inf:
             raise InvalidQuery("gain", f"must be a finite number > 0, got {self.gain!r}")
+        if not _is_number(self.finish) or not 0.5 <= float(self.finish) <= 1.0:
+            raise InvalidQuery("finish", f"must be a fraction of the day in [0.5, 1], got {self.finish!r}")
         self.p, self.p_min, self.gain = float(self.p), float(self.p_min), float(self.gain)
+        self.finish = float(self.finish)
 
     @property
     def exhausted(self) -> bool:
@@ -128,7 +137,8 @@ class Pacer:
         """Adjust ``p`` to the day's ``spend`` so far at time of day ``t`` (optionally with a traffic
         ``curve``); returns the new ``p``."""
         spend = _money("spend", spend)
-        share = target_share(t, curve)
+        target_share(t)  # validates t
+        share = target_share(min(float(t) / self.finish, 1.0), curve)
         if spend >= self.budget:
             self.p = 0.0
             return self.p

@@ -21,11 +21,13 @@ On a search request (first page), :meth:`AdServer.search` picks the sponsored it
    request's generator.
 6. **At least as relevant as organic** (``ads_match_organic``, off by default): an ad may take a position only
    if its relevance is at least that of the organic result it sits above (the organic result at that
-   position, by the same score); slots are then filled one at a time among their qualifiers.
-7. **The auction**: GSP by predicted CTR x bid (:func:`engine.ads.auction.run_auction`) over the
-   ``ads_search_slots`` positions, with the ``ads_reserve`` price. Predicted CTR: the item's click rate
-   from the event log, smoothed with a prior (:func:`engine.learn`-style ``item_rates``), the calibrated
-   statistic of a new ad.
+   position, by the same score). A slot is then the highest position its ad may take: it may show lower,
+   up to the next slot, where it is as relevant (``run_auction``'s ``page_relevance``).
+7. **The auction**: GSP by quality x bid (:func:`engine.ads.auction.run_auction`) over the
+   ``ads_search_slots`` positions, with the ``ads_reserve`` price. Quality is the predicted CTR times
+   ``relevance ** ads_relevance_power`` (1 by default; 0 for CTR alone). Predicted CTR: the item's click
+   rate from the event log, smoothed with a prior (:func:`engine.learn`-style ``item_rates``), the
+   calibrated statistic of a new ad.
 
 Each winner is returned with a signed ``ad`` token (campaign, item, price, request id, shopper, time; an
 HMAC with a random key kept in the event store, so every process verifies every other's). A click sends
@@ -98,6 +100,8 @@ class AdSettings:
     # 24 hourly traffic weights (UTC) the pacers spread budgets over; None: learned from the impression log
     # (lists served per hour over the last 7 days), uniform until there is any
     traffic_curve: tuple[float, ...] | None = None
+    relevance_power: float = 0.0  # quality = predicted CTR x relevance ** power (0: CTR alone)
+    pacing_finish: float = 1.0  # the fraction of the day by which a pacer plans to have spent the budget
 
     def slots_of(self, placement: str) -> tuple[int, ...]:
         return {"search": self.search_slots, "similar": self.similar_slots,
@@ -173,7 +177,7 @@ class AdServer:
         if pacer is None or pacer.budget != c.daily_budget:
             if len(self._pacers) > 10_000:
                 self._pacers = {k: v for k, v in self._pacers.items() if k[1] == key[1]}
-            pacer = self._pacers[key] = Pacer(c.daily_budget)
+            pacer = self._pacers[key] = Pacer(c.daily_budget, finish=self.settings.pacing_finish)
         spend = self._spend.get(c.id, 0)
         if spend >= c.daily_budget or now - self._paced_at.get(key, -1e18) >= PACING_STEP_S:
             # the pacer's gain is per step of about a minute (engine.ads.pacing), whatever the traffic
@@ -302,14 +306,15 @@ class AdServer:
             for (item, row), score, p in zip(keep, rel.tolist(), ctr.tolist()):
                 if score >= self.settings.relevance_floor:  # bids at most what is left of its budget
                     bid = min(c.bid, c.daily_budget - self._spend.get(c.id, 0))
-                    bidders.append(Bidder(c.id, item, bid, float(min(max(p, 1e-6), 1.0)), float(score)))
+                    q = p * max(score, 1e-6) ** self.settings.relevance_power
+                    bidders.append(Bidder(c.id, item, bid, float(min(max(q, 1e-6), 1.0)), float(score)))
                     meta[(c.id, item)] = (row, float(score))
-        least = None
+        page = None
         if self.settings.match_organic and organic_scores is not None:
-            # an ad sits above the organic result at its position: it must be at least as relevant
-            least = [max(self.settings.relevance_floor, organic_scores[p - 1] if p - 1 < len(organic_scores) else -1.0)
-                     for p in slots]
-        won = run_auction(bidders, slots, reserve=self.settings.reserve, exclude_items=shown, min_relevance=least)
+            # an ad sits above the organic result at its position: it must be at least as relevant, and may
+            # show lower on the page (up to the next ad slot) where it is
+            page = [max(self.settings.relevance_floor, float(x)) for x in organic_scores]
+        won = run_auction(bidders, slots, reserve=self.settings.reserve, exclude_items=shown, page_relevance=page)
         out = []
         for w in won:
             row, score = meta[(w.bidder.campaign_id, w.bidder.item_id)]

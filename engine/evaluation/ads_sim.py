@@ -11,7 +11,7 @@ Protocol (see README, "Sponsored products"):
   60%) or a search (40%) for the leaf category of one of their items, or the first two words of its title
   (half each). The organic results come
   from the real engine (search, similar items), computed once and shared by every run below.
-- **Campaigns**: ``campaigns`` (12), each advertising 3 items of one of the leaf categories the traffic
+- **Campaigns**: ``campaigns`` (12), each advertising ``items`` (3) items of one of the leaf categories the traffic
   visits most, targeting that category and broad keywords from the items' titles, with a bid from 10 to
   120 cents. Their *demand* is measured first (a run with unlimited budgets); then each gets a daily budget
   of its demand times a factor drawn from ``BUDGET_FACTORS`` (0.3 to 3; seeded), and at least 25 bids, so
@@ -20,9 +20,9 @@ Protocol (see README, "Sponsored products"):
   attractiveness ``0.05 + 0.6 x max(0, relevance - 0.3)`` (relevance: the ad's vector score against its
   context); a click is sent to the real charging path (signed token, one write transaction, dedupe).
 - **Runs**: the real ad server (:class:`engine.ads.serve.AdServer`: targeting, floor, pacing, GSP; the
-  default settings, so ``ads_match_organic`` off) with the simulated clock. *Demand* is a
-  campaign's spend in a run with unlimited budgets; a campaign whose
-  demand exceeds its budget is *constrained*, and its **pacing error** is ``|spend - budget| / budget``
+  configured settings: slots, reserve, ``ads_match_organic``, ``ads_relevance_power``,
+  ``ads_pacing_finish``) with the simulated clock. *Demand* is a campaign's spend in a run with unlimited
+  budgets; a campaign whose demand exceeds its budget is *constrained*, and its **pacing error** is ``|spend - budget| / budget``
   at the day's end in the run with the real budgets (target: at most 5% for every one). **Overspend** is
   the sum of ``max(0, spend - budget)`` (target: 0). **Relevance**: the mean vector score of the
   sponsored results against that of the organic results at the same positions of the same pages. The
@@ -62,12 +62,15 @@ class AdSimSettings:
     campaigns: int = 12
     seed: int = 0
     floor: float = 0.35
+    items: int = 3  # advertised items per campaign
 
     def __post_init__(self) -> None:
         if not 100 <= self.requests <= 1_000_000:
             raise InvalidQuery("requests", f"must be in 100..1000000, got {self.requests}")
         if not 1 <= self.campaigns <= 1000:
             raise InvalidQuery("campaigns", f"must be in 1..1000, got {self.campaigns}")
+        if not 1 <= self.items <= 100:
+            raise InvalidQuery("items", f"must be in 1..100, got {self.items}")
 
 
 @dataclass
@@ -239,7 +242,8 @@ def _traffic(config: EngineConfig, s: AdSimSettings, work: Path, data_dir: Path,
         pool = by_cat.get(cat, [])
         if len(pool) < 3:
             continue
-        items = [str(x) for x in rng.choice(pool, size=3, replace=False)]
+        n_items = min(len(pool), s.items)
+        items = [str(x) for x in rng.choice(pool, size=n_items, replace=False)]
         words = [w for w in snap.catalog[snap.catalog.row(items[0])].title.lower().split() if len(w) > 3][:2]
         bid = int(rng.integers(10, 121))
         budget = bid * int(rng.choice([2, 5, 10, 25, 60, 150, 400]))
@@ -266,7 +270,8 @@ def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], 
     server = AdServer(ads, lambda: store, AdSettings(
         search_slots=cfg.ad_slots, reserve=cfg.ads_reserve, relevance_floor=floor, click_window_s=600.0,
         refresh_s=0.0, similar_slots=cfg.slots("ads_similar_slots"), recommend_slots=(),
-        match_organic=cfg.ads_match_organic, traffic_curve=tuple(float(w) for w in TRAFFIC)))
+        match_organic=cfg.ads_match_organic, traffic_curve=tuple(float(w) for w in TRAFFIC),
+        pacing_finish=cfg.ads_pacing_finish, relevance_power=cfg.ads_relevance_power))
     ids = snap.catalog.id_map
     vectors = np.asarray(snap.vectors)
     rng = np.random.default_rng([seed, int(floor * 1000), int(unlimited)])
@@ -321,7 +326,9 @@ def run_ads_simulation(config: EngineConfig, s: AdSimSettings, *, out_dir: Path,
     cfg = engine.config
     return AdSimReport(s, campaigns, runs, started, time.time() - t0,
                        {"search": cfg.ads_search_slots, "similar": cfg.ads_similar_slots, "reserve": cfg.ads_reserve,
-                        "match_organic": cfg.ads_match_organic})
+                        "match_organic": cfg.ads_match_organic,
+                        "relevance_power": cfg.ads_relevance_power, "pacing_finish": cfg.ads_pacing_finish,
+                        "items": s.items})
 
 
 def write_outputs(report: AdSimReport, out_dir: Path) -> tuple[Path, Path]:
@@ -367,7 +374,9 @@ def record_results(report: AdSimReport, png: Path, command: str, *, results: Pat
         f"- date: {report.started_at}; {report.seconds / 60:.1f} min on {os.cpu_count()} cores (load average at the "
         f"end {load})",
         f"- settings: search slots {report.slots['search']}, similar-strip slots {report.slots['similar']}, reserve "
-        f"{report.slots['reserve']}, ads_match_organic {report.slots['match_organic']}", "",
+        f"{report.slots['reserve']}, ads_match_organic {report.slots['match_organic']}, ads_relevance_power "
+        f"{report.slots.get('relevance_power')}, ads_pacing_finish {report.slots.get('pacing_finish')}, "
+        f"{report.slots.get('items')} items per campaign", "",
         *report.lines()[2:], "",
         f"![Revenue against the relevance floor]({os.path.relpath(image, results.parent)})" if image else "",
     ])
