@@ -220,6 +220,73 @@ def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0 if not report.rejected else EXIT_FAILED
 
 
+def cmd_eval_dp_trending(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`eval dp-trending`: top-10 overlap, NDCG@10 and L1 error of private trending at epsilon 1 and 0.1."""
+    from engine.catalog import read_catalog
+    from engine.evaluation import dp_trending
+
+    catalog, _ = read_catalog(dp_trending.ROOT / "data" / "demo" / "catalog.jsonl")
+    report = dp_trending.run(catalog, items=args.items, draws=args.draws)
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    for line in report.lines():
+        print(line)
+    if args.record:
+        dp_trending.record_results(report, f"vitrine eval dp-trending --items {args.items} --draws {args.draws} "
+                                           "--record")
+        print("recorded the table in bench/RESULTS.md")
+    return 0
+
+
+def cmd_analytics_dp_accuracy(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`analytics dp-accuracy`: mean relative error of DP analytics reports on the demo events (issue 12)."""
+    from engine.analytics import accuracy
+
+    rows = accuracy.run(draws=args.draws, seed=args.seed)
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'report':<22} {'epsilon':>7} {'cells':>6} {'mean exact':>10} {'noise scale':>11} {'mean rel. error':>15} "
+          f"{'weighted rel. error':>19}")
+    for r in rows:
+        print(f"{r['report']:<22} {r['epsilon']:>7g} {r['cells']:>6} {r['mean_exact']:>10} {r['noise_scale']:>11g} "
+              f"{r['mean_relative_error']:>15.1%} {r['weighted_relative_error']:>19.1%}")
+    return 0
+
+
+def cmd_qa_import(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`qa import FILE`: past questions and answers of catalog items (engine.qa.importer), with the skip report."""
+    from engine.service import Engine
+
+    engine = Engine(config)
+    try:
+        report = engine.qa.import_file(Path(args.file))
+    finally:
+        engine.events.close()
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return 0
+
+
+def cmd_eval_qa(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`eval qa`: BM25, vector and the tuned answer scorer side by side (engine.evaluation.qa_eval)."""
+    from engine.evaluation import qa_eval
+
+    report = qa_eval.run_qa_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    if args.record:
+        qa_eval.record_results(report, "vitrine eval qa --dataset " + args.dataset + " --record")
+    return 0
+
+
 def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
     """`eval search|recommend|personalized-search|ope`: run the evaluation, print its lines or its JSON."""
     import importlib
@@ -540,6 +607,20 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--batch-size", type=int, default=1000)
     imp.add_argument("--json", action="store_true")
 
+    an = sub.add_parser("analytics", help="behaviour analytics (issue 12)").add_subparsers(metavar="ACTION")
+    da = an.add_parser("dp-accuracy", help="mean relative error of DP reports at epsilon 1 and 0.1 on the demo events")
+    da.set_defaults(func=cmd_analytics_dp_accuracy)
+    da.add_argument("--draws", type=int, default=100, help="DP releases per report and epsilon (default 100)")
+    da.add_argument("--seed", type=int, default=None, help="seed the noise (default: os.urandom)")
+    da.add_argument("--json", action="store_true")
+
+    qa = sub.add_parser("qa", help="shopper questions and answers").add_subparsers(metavar="ACTION")
+    qi = qa.add_parser("import", help="load past questions and answers of catalog items (Amazon QA format or "
+                                      "item_id,question,answer CSV/JSON Lines; idempotent)")
+    qi.set_defaults(func=cmd_qa_import)
+    qi.add_argument("file")
+    qi.add_argument("--json", action="store_true")
+
     tr = sub.add_parser("train", help="train models").add_subparsers(metavar="WHAT")
     t = tr.add_parser("ranker", help="train the learned ranker and publish it (see README, 'The learning loop')")
     t.set_defaults(func=cmd_train_ranker)
@@ -633,6 +714,19 @@ def _parser() -> argparse.ArgumentParser:
             e.add_argument("--since", default="7d", help="--policy: how far back, e.g. 7d, 12h (default 7d)")
             e.add_argument("--record", action="store_true",
                            help="--policy: keep the estimate for the admin experiments panel")
+    eq = ev.add_parser("qa", help="answer ranking MRR/R@1 of BM25, vector and the tuned scorer (Amazon QA); "
+                                  "trains the scorer on the tune half into <models_dir>/qa")
+    eq.set_defaults(func=cmd_eval_qa)
+    eq.add_argument("--dataset", default="appliances", choices=["appliances"])
+    eq.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
+    eq.add_argument("--json", action="store_true")
+    eq.add_argument("--record", action="store_true", help="write the table to bench/RESULTS.md")
+    dp = ev.add_parser("dp-trending", help="accuracy of differentially private trending on the demo events")
+    dp.set_defaults(func=cmd_eval_dp_trending)
+    dp.add_argument("--items", type=int, default=5, help="items counted per shopper (default 5)")
+    dp.add_argument("--draws", type=int, default=50, help="releases per epsilon (default 50)")
+    dp.add_argument("--json", action="store_true")
+    dp.add_argument("--record", action="store_true", help="write the table to bench/RESULTS.md")
     return p
 
 

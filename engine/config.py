@@ -83,6 +83,9 @@ class EngineConfig:
     # An outcome event without a request_id is joined to the shopper's latest impression of that item logged
     # at most this long before it (engine.learn.attribution).
     attribution_window_minutes: float = 30.0
+    # Behaviour analytics (engine.analytics): the epsilon each key may spend per UTC day on reports asked
+    # with dp_epsilon (sequential composition; refused with 429 once spent).
+    dp_daily_budget: float = 10.0
     # Exploration per surface (engine.learn.policy): "0" is deterministic (as before); "epsilon:0.1" or
     # "softmax:0.5" (Plackett-Luce temperature), optionally with ",positions=5,pool=50,cold_share=0.1"; or a
     # TOML table with those keys. Every shown item's propensity is then logged in its impression.
@@ -114,6 +117,14 @@ class EngineConfig:
     # The pacers plan to spend a constrained budget by this fraction of the day (0.9: about 21:36 UTC): the
     # quiet last hours are slack for a campaign that fell behind, instead of a shortfall at midnight.
     ads_pacing_finish: float = 0.9
+    # Shopper questions (engine.qa): a past answer is shown only if its calibrated probability of answering the
+    # question is at least this; below it the API says "no good answer". Chosen on the tune half by
+    # `vitrine eval qa` (README, "Shopper questions"); 0 shows the best answers whatever their score.
+    qa_min_score: float = 0.44
+    # Differentially private trending (engine.recommend.live): 0 is off; else the epsilon of each hourly release,
+    # with each shopper's first ``trending_dp_items`` items counted (README, "Privacy").
+    trending_dp_epsilon: float = 0.0
+    trending_dp_items: int = 5
     # Reward of an outcome on a list, for the bandits and Q-learning.
     reward_click: float = 1.0
     reward_cart: float = 3.0
@@ -173,6 +184,7 @@ class EngineConfig:
         need(self.impression_retention_days > 0, "impression_retention_days", "must be > 0")
         need(self.impression_flush_seconds > 0, "impression_flush_seconds", "must be > 0")
         need(self.attribution_window_minutes > 0, "attribution_window_minutes", "must be > 0")
+        need(0 < self.dp_daily_budget <= 1000, "dp_daily_budget", f"must be in (0, 1000], got {self.dp_daily_budget}")
         need(self.strategy_policy in STRATEGY_POLICIES, "strategy_policy",
              f"must be one of {', '.join(STRATEGY_POLICIES)}, got {self.strategy_policy!r}")
         need(0.0 <= self.strategy_epsilon <= 1.0, "strategy_epsilon", f"must be in 0..1, got {self.strategy_epsilon}")
@@ -187,7 +199,11 @@ class EngineConfig:
         need(-1.0 <= self.ads_relevance_floor <= 1.0, "ads_relevance_floor", "must be in -1..1 (a cosine)")
         need(self.ads_click_window_minutes >= 0, "ads_click_window_minutes", "must be >= 0")
         need(0.0 <= self.ads_relevance_power <= 10.0, "ads_relevance_power", "must be in 0..10")
+        need(self.trending_dp_epsilon == 0.0 or 0.01 <= self.trending_dp_epsilon <= 10.0, "trending_dp_epsilon",
+             "must be 0 (off) or in 0.01..10")
+        need(1 <= self.trending_dp_items <= 10_000, "trending_dp_items", "must be in 1..10000")
         need(0.5 <= self.ads_pacing_finish <= 1.0, "ads_pacing_finish", "must be a fraction of the day in 0.5..1")
+        need(0.0 <= self.qa_min_score <= 1.0, "qa_min_score", f"must be a probability in 0..1, got {self.qa_min_score}")
         for name in ("reward_click", "reward_cart", "reward_purchase"):
             need(getattr(self, name) >= 0.0, name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("events_burst_session", "events_burst_ip"):

@@ -53,3 +53,11 @@ class StoreUnavailable(VitrineError):
 
 class Unauthorized(VitrineError):
     """A credential (key, shopper token) is missing, wrong or expired for what was asked (HTTP 401)."""
+
+
+class PrivacyBudgetExhausted(VitrineError):
+    """A differentially private analytics request asks more epsilon than its key has left today (HTTP 429)."""
+
+    def __init__(self, message: str, remaining: float) -> None:
+        super().__init__(message)
+        self.remaining = remaining

@@ -21,6 +21,8 @@ import numpy as np
 
 from engine.ads.serve import AdSettings, SponsoredHit
 from engine.ads.service import Ads
+from engine.qa.service import QA
+from engine.analytics.service import Analytics, snapshot_catalog
 from engine.catalog import Product
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
@@ -177,6 +179,9 @@ class Engine:
             alpha=config.strategy_alpha,
             rewards=Rewards(config.reward_click, config.reward_cart, config.reward_purchase),
             qtable=config.rankers_path / "qlearning" / "current.json", refresh_s=config.reload_check_seconds)
+        self.analytics = Analytics(lambda: self.shoppers.events, snapshot_catalog(self.snapshot),
+                                   daily_budget=config.dp_daily_budget,  # engine.analytics (issue 12)
+                                   window_s=config.attribution_window_minutes * 60.0)
         self.ads = Ads(lambda: self.shoppers.events, lambda item: item in self.snapshot().catalog,
                        settings=AdSettings(config.ad_slots, config.ads_reserve, config.ads_relevance_floor,
                                            config.ads_click_window_minutes * 60.0, config.reload_check_seconds,
@@ -184,6 +189,9 @@ class Engine:
                                            config.ads_match_organic,
                                            relevance_power=config.ads_relevance_power,
                                            pacing_finish=config.ads_pacing_finish))
+        self.qa = QA(lambda: self.shoppers.events, lambda: self.encoder, self.item,
+                     lambda item: item in self.snapshot().catalog, models_path=config.models_path,
+                     min_score=config.qa_min_score)
         set_search_threads(config.faiss_threads)
 
     # -- versions -----------------------------------------------------------------------------
@@ -257,8 +265,9 @@ class Engine:
         snap = self.snapshot()
         mask = snap.filter_mask(filters)
         strength = (self.config.personalize if personalize is None else personalize) if user else 0.0
+        consent = not user or self.shoppers.personalized(user)
         affinity = None
-        if user and strength > 0:
+        if user and strength > 0 and consent:
             try:
                 affinity = self.shoppers.affinity(user, snap)
             except StoreUnavailable as e:  # search still answers, unpersonalized
@@ -302,7 +311,7 @@ class Engine:
         if sponsored:  # the ads' own impression (reports, frequency caps): the organic one is unchanged
             self._log_ads("search", user, query, sponsored, rid)
         self._log("search", user, query, lambda: [(h.id, _hit_features(h)) for h in ranked.hits], policy, offset, rid,
-                  later=ranked.later, explored=explored)
+                  later=ranked.later, explored=explored, context=None if consent else {"personalization": False})
         return SearchResult(query, snap.version, k, offset, ranked.hits, (time.perf_counter() - t0) * 1000,
                             total_candidates=len(ranked.rows), facets=facet, request_id=rid, sponsored=sponsored)
 
@@ -441,6 +450,9 @@ class Engine:
         k = self._check_k(k)
         asked = check_strategy(strategy) if strategy is not None else None
         name = surface or ("recommend" if user_id is not None else "recommend_session")
+        consent = user_id is None or self.shoppers.personalized(user_id)
+        if not consent:  # the answer of an empty session: no history, no session items, no shopper context
+            recent = None
         rid = uuid.uuid4().hex
         chosen = self._choose("recommend", user_id)
         policy = chosen.policy or "blend"
@@ -448,7 +460,7 @@ class Engine:
         if asked is not None:
             policy = f"strategy/{asked}" + (f"+{chosen.policy}" if chosen.policy else "")
         elif self.strategy is not None and (chosen.policy is None or chosen.policy.startswith("ranker:")):
-            ctx = self._context(name, user_id, recent)
+            ctx = self._context(name, user_id if consent else None, recent)
             arm, p = self.strategy.choose(ctx, rid)
             context = {"arm": arm, "p": p, "context": context_dict(ctx)}
             policy = f"{self.strategy.name}/{arm}" + (f"+{chosen.policy}" if chosen.policy else "")
@@ -472,8 +484,8 @@ class Engine:
             shown, later = [shown[j] for j in explored.order], explored.reorder(later)
         self._log(name, user_id if user_id is not None else viewer, None,
                   lambda: [(r.id, dict(r.features or {})) for r in shown], policy, rid=rid, later=later,
-                  explored=explored, context=context)
-        sponsored = self._recommend_ads(name, user_id, recent, viewer, [r.id for r in shown], rid)
+                  explored=explored, context=context if consent else {**(context or {}), "personalization": False})
+        sponsored = [] if not consent else self._recommend_ads(name, user_id, recent, viewer, [r.id for r in shown], rid)
         return dataclasses.replace(recs, k=k, recommendations=shown, later=later, request_id=rid, sponsored=sponsored)
 
     def _recommend_ads(self, surface: str, user_id: str | None, recent: list[str] | None, viewer: str | None,
@@ -544,6 +556,23 @@ class Engine:
 
     def delete_user(self, user_id: str) -> int:
         return self.shoppers.delete_user(user_id)
+
+    def erase_user(self, user_id: str) -> dict[str, Any]:
+        """Delete everything of a shopper; returns the deletion receipt (see :meth:`Shoppers.erase_user`)."""
+        return self.shoppers.erase_user(user_id)
+
+    def verify_deletion(self, receipt: str) -> dict[str, Any]:
+        """Re-check a deletion receipt (see :meth:`Shoppers.verify_deletion`)."""
+        return self.shoppers.verify_deletion(receipt)
+
+    def set_consent(self, user_id: str, personalization: Any, source: str = "api") -> dict[str, Any]:
+        """Record a shopper's consent to personalization (``personalization``: true or false)."""
+        if not isinstance(personalization, bool):
+            raise InvalidQuery("personalization", "must be true or false")
+        return self.shoppers.set_consent(user_id, personalization, source)
+
+    def consent(self, user_id: str) -> dict[str, Any]:
+        return {"user_id": user_id, "personalization": self.shoppers.personalized(user_id)}
 
     def event_stats(self, days: int = 30, *, now: float | None = None) -> EventStats:
         return self.shoppers.event_stats(days, now=now)

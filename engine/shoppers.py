@@ -8,11 +8,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.config import EngineConfig
-from engine.errors import InvalidQuery
+from engine.errors import InvalidQuery, NotFound, StoreUnavailable
 from engine.events import EventStore, EventType, RejectedEvent, open_event_store, validate_many
 from engine.filters import NO_FILTERS, Filters
 from engine.learn.attribution import AttributionStats, surface_stats
@@ -141,7 +142,8 @@ class Shoppers:
         strategy: str = "blend",
     ) -> Recommendations:
         """Recommendations for a known shopper (their stored history and profile) or an anonymous
-        session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers.
+        session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers,
+        and so does a shopper who said no to personalization.
         ``k`` is checked by the engine. ``scorer``: a learned ranker re-ranking the blend's candidates;
         ``features``: the items' ranker features are wanted (attached, or ``later``: see
         :func:`engine.recommend.compose.recommend`); ``strategy``: see :mod:`engine.recommend.strategies`."""
@@ -150,8 +152,8 @@ class Shoppers:
         snap = self._snapshot()
         mask = snap.filter_mask(filters)
         profile = None
-        if user_id is not None:
-            history = self._history(user_id, snap)
+        if user_id is not None:  # a shopper without consent gets the answer of an empty session
+            history = self._history(user_id, snap) if self.personalized(user_id) else []
             profile = self._profile(user_id, snap) if history else None
         else:
             history = [Touch(i, "view") for i in (recent or [])]
@@ -169,6 +171,8 @@ class Shoppers:
     def affinity(self, user_id: str, snap: Snapshot) -> Affinity | None:
         """``rows -> personal score`` for this shopper (see :mod:`engine.recommend.personal`), or None for a
         shopper without history (then search is not personalized)."""
+        if not self.personalized(user_id):
+            return None
         history = self._history(user_id, snap)
         profile = self._profile(user_id, snap) if history else None
         return None if profile is None else affinity(snap, self.live, history, profile)
@@ -179,7 +183,8 @@ class Shoppers:
             events = self.events
             with self._events_lock:
                 if self._live is None:
-                    self._live = LiveModels(events)
+                    self._live = LiveModels(events, dp_epsilon=self.config.trending_dp_epsilon,
+                                            dp_items=self.config.trending_dp_items)
         return self._live
 
     def also_bought(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
@@ -220,9 +225,41 @@ class Shoppers:
         return self.events.user_stats(user_id)
 
     def delete_user(self, user_id: str) -> int:
-        removed = self.events.delete_user(user_id)
+        return int(self.erase_user(user_id)["removed"]["events"])
+
+    def erase_user(self, user_id: str) -> dict[str, Any]:
+        """Delete everything of ``user_id`` (see :meth:`EventStore.erase_user`) and return the receipt: its id,
+        the time and what was removed, per kind. The live models (co-occurrence, trending, item counts) are
+        rebuilt from the remaining events at their next read, as every process sees the deletion epoch move."""
+        receipt, now = uuid.uuid4().hex, time.time()
+        tables = self.events.erase_user(user_id, (receipt, now))
         self._top_users.clear()
-        return removed
+        return receipt_body(receipt, now, tables)
+
+    def verify_deletion(self, receipt: str) -> dict[str, Any]:
+        """Re-check a deletion receipt: no row of any shopper table names its shopper any more, and the live
+        models were rebuilt since (so they hold nothing of the deleted events). ``verified`` and, if not,
+        ``remaining`` (rows per table)."""
+        stored = self.events.get_receipt(receipt)
+        if stored is None:
+            raise NotFound(f"no deletion receipt {receipt!r}")
+        remaining = self.events.receipt_traces(receipt)
+        with self.live.current() as models:
+            rebuilt = models.epoch >= int(stored["epoch"])
+        body = receipt_body(receipt, float(stored["deleted_at"]), stored["removed"])
+        return body | {"verified": not remaining and rebuilt, "remaining": remaining,
+                       "live_models_rebuilt": rebuilt, "checked_at": time.time()}
+
+    def personalized(self, user_id: str) -> bool:
+        """Whether ``user_id`` consented to personalization (default yes); a store that cannot be read says
+        no, so that nothing personal is used when consent cannot be checked."""
+        try:
+            return self.events.personalization(user_id)
+        except StoreUnavailable:
+            return False
+
+    def set_consent(self, user_id: str, personalization: bool, source: str = "api") -> dict[str, Any]:
+        return self.events.set_consent(user_id, personalization, source)
 
     def event_stats(self, days: int = 30, *, now: float | None = None) -> EventStats:
         """Event counts of the last ``days`` UTC calendar days, today included (by event timestamp):
@@ -268,3 +305,25 @@ def _first_day(days: int, now: float | None) -> tuple[dt.date, float]:
     today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc).date()
     first = today - dt.timedelta(days=days - 1)
     return first, dt.datetime(first.year, first.month, first.day, tzinfo=dt.timezone.utc).timestamp()
+
+
+# The kinds a deletion receipt lists, from the tables ``EventStore.erase_user`` reports.
+RECEIPT_KINDS = {
+    "events": ("events",),
+    "features": ("user_features", "user_categories"),
+    "profile": ("profiles",),
+    "impressions": ("impressions",),
+    "consent": ("consent",),
+    "ad_attributions": ("ads_clicks",),
+}
+
+
+def receipt_body(receipt: str, deleted_at: float, tables: dict[str, int]) -> dict[str, Any]:
+    """A deletion receipt as the API returns it: per kind, the rows removed; ``item_features``, the events
+    taken out of the item counts, is also what left co-occurrence and trending (rebuilt without them)."""
+    removed = {kind: sum(int(tables.get(t, 0)) for t in names) for kind, names in RECEIPT_KINDS.items()}
+    removed["item_statistics"] = int(tables.get("item_features", 0))
+    removed["co_occurrence_and_trending"] = int(tables.get("item_features", 0))
+    return {"receipt": receipt, "deleted_at": deleted_at,
+            "deleted_at_iso": dt.datetime.fromtimestamp(deleted_at, dt.timezone.utc).isoformat(timespec="seconds"),
+            "removed": removed, "tables": dict(sorted(tables.items()))}

@@ -31,12 +31,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from web import admin, ads, api, errors, pages, shoppers
+    from web import admin, ads, analytics, api, errors, pages, shoppers
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(shoppers.bp)
     app.register_blueprint(ads.bp)
+    from web import qa
+
+    app.register_blueprint(qa.bp)
+    app.register_blueprint(analytics.bp)
     errors.register_error_handlers(app)
     return app

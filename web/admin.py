@@ -116,3 +116,9 @@ def _object_body(fields: tuple[str, ...]) -> dict[str, Any]:
 def _given(body: dict[str, Any], key: str) -> Any:
     """``body[key]``, None when not given: the engine checks the value and says "required" for None."""
     return body.get(key)
+
+
+@bp.get("/deletions/<receipt>")
+def deletion(receipt: str) -> Response:
+    """Re-check a deletion receipt: ``verified`` is true while no row names the deleted shopper."""
+    return jsonify(get_engine().verify_deletion(receipt))

@@ -85,10 +85,16 @@ def openapi_document() -> dict[str, Any]:
         _q("in_stock", {"type": "boolean"}, "true: only items not marked out of stock"),
     ]
     user_id = _path("user_id", "the shop's user id")
+    qa_params = [_q("q", {"type": "string", "minLength": 1, "maxLength": 500}, "the shopper's question (not blank)",
+                    True),
+                 _q("k", {"type": "integer", "minimum": 1, "maximum": 20, "default": 5}, "number of answers")]
+    from web import openapi_analytics  # issue 12: /v1/admin/analytics
+
     return {
         "openapi": "3.1.0",
         "info": {"title": "Vitrine API", "version": "1"},
         "paths": {
+            **openapi_analytics.paths(),
             "/v1/search": {"get": {
                 "summary": "Hybrid (BM25 + vector) product search with filters and paging; with `user`, "
                            "re-ranked for that shopper (their data: the read scope, or their own token or "
@@ -130,6 +136,18 @@ def openapi_document() -> dict[str, Any]:
                                _q("same_category", {"type": "boolean", "default": False}, "only the item's category")],
                 "responses": _responses(_ok("Similar"), "400", "404", "414", "503"),
             }},
+            "/v1/items/{item_id}/answers": {"get": {
+                "summary": "Answers to a shopper's question about the item: the catalog fields it names first "
+                           "(`source` says which), then past answers by score, a calibrated probability that they "
+                           "answer it; none below `qa_min_score` (then `no_answer` is true, with a message)",
+                "parameters": [_path("item_id", "the catalog id"), *qa_params],
+                "responses": _responses(_ok("Answers"), "400", "404", "414", "503"),
+            }},
+            "/v1/answers": {"get": {
+                "summary": "Past answers to a shopper's question across the catalog (each names its item)",
+                "parameters": qa_params,
+                "responses": _responses(_ok("Answers"), "400", "414", "503"),
+            }},
             "/v1/info": {"get": {"summary": "The served version, for anyone (no paths or hashes)",
                                  "responses": _responses(_ok("Info"), "503")}},
             "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
@@ -166,10 +184,27 @@ def openapi_document() -> dict[str, Any]:
                 "get": {"summary": "A shopper's features (zeros for an unknown shopper)", "security": _READ,
                         "parameters": [user_id],
                         "responses": _responses(_ok("UserFeatures"), *_AUTH, "404", "414", "503")},
-                "delete": {"summary": "Delete the shopper's events, features and profile", "security": _ADMIN,
+                "delete": {"summary": "Delete everything of the shopper; returns a deletion receipt (what was "
+                                      "removed, with counts and a time)", "security": _ADMIN,
                            "parameters": [user_id],
                            "responses": _responses(_ok("DeletedUser"), *_AUTH, "404", "414", "503")},
             },
+            "/v1/users/{user_id}/consent": {
+                "get": {"summary": "The shopper's consent to personalization (true unless they said no)",
+                        "security": _READ, "parameters": [user_id],
+                        "responses": _responses(_ok("Consent"), *_AUTH, "404", "414", "503")},
+                "put": {"summary": "Set the shopper's consent to personalization; false drops their profile and "
+                                   "shopper features at once", "security": _INGEST, "parameters": [user_id],
+                        "requestBody": {"required": True, **_json(_ref("ConsentRequest"))},
+                        "responses": _responses(_ok("Consent"), "400", *_AUTH, "404", "413", "414", "503")},
+            },
+            "/v1/admin/deletions/{receipt}": {"get": {
+                "summary": "Verify a deletion receipt: re-checks that nothing of the shopper remains",
+                "security": _ADMIN,
+                "parameters": [_path("receipt", "the receipt id from DELETE /v1/users/{user_id}",
+                                     {"type": "string", "minLength": 1})],
+                "responses": _responses(_ok("DeletionCheck"), *_AUTH, "404", "414", "503"),
+            }},
             "/v1/admin/versions": {"get": {
                 "summary": "The served version, the history a rollback walks back, the versions on disk and "
                            "the served version's whole manifest",
@@ -313,6 +348,7 @@ def openapi_document() -> dict[str, Any]:
                                  "stands in for it)"},
             },
             "schemas": {
+                **openapi_analytics.SCHEMAS,
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["code", "message"], "properties": {
                         "code": {"type": "string"}, "message": {"type": "string"},
@@ -522,6 +558,19 @@ def openapi_document() -> dict[str, Any]:
                                       "of the shoppers; give every variant one (summing to 1) or none (equal)"}}}}}},
                 "WinnerRequest": {"type": "object", "required": ["variant"], "additionalProperties": False,
                                   "properties": {"variant": {"type": "string", "description": "a variant's name"}}},
+                "Answers": {"type": "object", "required": ["question", "item_id", "answers", "no_answer", "min_score",
+                                                           "candidates"], "properties": {
+                    "question": {"type": "string"}, "item_id": {"type": ["string", "null"]},
+                    "answers": {"type": "array", "items": {"type": "object", "required": [
+                        "item_id", "answer", "question", "score", "date", "source"], "properties": {
+                        "item_id": {"type": "string"}, "answer": {"type": "string"},
+                        "question": {"type": ["string", "null"], "description": "the past question it answered"},
+                        "score": {"type": "number", "minimum": 0, "maximum": 1},
+                        "date": {"type": ["string", "null"], "description": "answer date, YYYY-MM-DD"},
+                        "source": {"type": "string", "description": "past answer, or catalog attribute 'KEY'"},
+                        "field": {"type": "string"}}}},
+                    "no_answer": {"type": "boolean"}, "message": {"type": "string"},
+                    "min_score": {"type": "number"}, "candidates": {"type": "integer"}}},
                 "Similar": {"type": "object", "required": ["request_id", "item_id", "version", "similar",
                                                            "also_bought"],
                             "properties": {
@@ -559,8 +608,26 @@ def openapi_document() -> dict[str, Any]:
                     "categories": {"type": "object", "description": "events per category: top level and leaf",
                                    "additionalProperties": {"type": "object",
                                                             "additionalProperties": {"type": "integer"}}}}},
-                "DeletedUser": {"type": "object", "required": ["user_id", "deleted_events"], "properties": {
-                    "user_id": {"type": "string"}, "deleted_events": {"type": "integer"}}},
+                "DeletedUser": {"type": "object", "required": ["user_id", "deleted_events", "receipt", "removed"],
+                                "properties": {
+                    "user_id": {"type": "string"}, "deleted_events": {"type": "integer"},
+                    "receipt": {"type": "string"}, "deleted_at": {"type": "number"},
+                    "deleted_at_iso": {"type": "string"},
+                    "removed": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "tables": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+                "DeletionCheck": {"type": "object", "required": ["receipt", "verified", "remaining"], "properties": {
+                    "receipt": {"type": "string"}, "deleted_at": {"type": "number"},
+                    "deleted_at_iso": {"type": "string"},
+                    "removed": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "tables": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "verified": {"type": "boolean"}, "live_models_rebuilt": {"type": "boolean"},
+                    "remaining": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "checked_at": {"type": "number"}}},
+                "Consent": {"type": "object", "required": ["user_id", "personalization"], "properties": {
+                    "user_id": {"type": "string"}, "personalization": {"type": "boolean"},
+                    "updated_at": {"type": "number"}, "source": {"type": "string"}}},
+                "ConsentRequest": {"type": "object", "required": ["personalization"], "properties": {
+                    "personalization": {"type": "boolean"}}},
                 "Event": {"type": "object", "required": ["event_id", "user_id", "type"], "additionalProperties": False,
                           "description": "`item_id` is required for every type but search, which requires `query`; "
                                          "a rating needs `value` in 1..5. An invalid event is listed in `rejected`",
@@ -576,7 +643,9 @@ def openapi_document() -> dict[str, Any]:
                     "request_id": {"type": ["string", "integer"], "maxLength": 128, "description":
                                    "the request_id of the list the item was shown in"},
                     "position": {"type": "integer", "minimum": 1, "maximum": 10000, "description":
-                                 "the item's 1-based position in that list"}}},
+                                 "the item's 1-based position in that list"},
+                    "personalization": {"type": "boolean", "description":
+                                        "the shopper's consent to personalization, recorded from this event on"}}},
                 "EventBatch": {"oneOf": [
                     _ref("Event"),
                     {"type": "array", "maxItems": 1000, "items": _ref("Event")},

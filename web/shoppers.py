@@ -101,4 +101,26 @@ def user(user_id: str) -> Response | tuple[Response, int]:
 @bp.delete("/v1/users/<path:user_id>")
 @requires("admin")
 def delete_user(user_id: str) -> Response:
-    return jsonify(user_id=user_id, deleted_events=get_engine().delete_user(user_id))
+    """Delete everything of the shopper: the receipt says what, with counts (``GET /v1/admin/deletions/<id>``
+    verifies it later)."""
+    receipt = get_engine().erase_user(user_id)
+    return jsonify({"user_id": user_id, "deleted_events": receipt["removed"]["events"], **receipt})
+
+
+@bp.get("/v1/users/<path:user_id>/consent")
+def get_consent(user_id: str) -> Response | tuple[Response, int]:
+    return check_shopper(user_id) or jsonify(get_engine().consent(user_id))
+
+
+@bp.put("/v1/users/<path:user_id>/consent")
+@requires("ingest")
+def put_consent(user_id: str) -> Response | tuple[Response, int]:
+    """``{"personalization": false}`` turns personalization off for the shopper (true turns it back on): the
+    ingest key, or the shopper's own token or session."""
+    if g.get("auth") in ("session", "token") and g.shopper != user_id:
+        return error_response(403, "forbidden", "a shopper may set their own consent only", "user_id")
+    body = json_body(required=True)
+    if not isinstance(body, dict) or "personalization" not in body:
+        raise InvalidQuery("personalization", "required: true or false")
+    return jsonify(get_engine().set_consent(user_id, body.get("personalization"),
+                                            "shopper" if g.get("auth") in ("session", "token") else "api"))

@@ -95,6 +95,13 @@ class Run:
     shown: int = 0
     ad_relevance: list[float] = field(default_factory=list)
     organic_relevance: list[float] = field(default_factory=list)
+    # per placement, (ad relevance, organic relevance at its position) for the ads within the organic list
+    pairs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def by_placement(self) -> dict[str, tuple[int, float, float]]:
+        """Placement -> (ads compared, their mean relevance, the organic results' at their positions)."""
+        return {k: (len(v), float(np.mean([a for a, _ in v])), float(np.mean([o for _, o in v])))
+                for k, v in sorted(self.pairs.items()) if v}
 
     @property
     def revenue(self) -> int:
@@ -144,7 +151,9 @@ class AdSimReport:
                 "campaigns": self.campaigns, "pacing": self.pacing(), "target": self.target(),
                 "runs": [{"floor": r.floor, "unlimited": r.unlimited, "revenue": r.revenue, "clicks": r.clicks,
                           "shown": r.shown, "ad_relevance": float(np.mean(r.ad_relevance or [0])),
-                          "organic_relevance": float(np.mean(r.organic_relevance or [0]))} for r in self.runs]}
+                          "organic_relevance": float(np.mean(r.organic_relevance or [0])),
+                          "by_placement": {k: {"ads": n, "ad_relevance": a, "organic_relevance": o}
+                                           for k, (n, a, o) in r.by_placement().items()}} for r in self.runs]}
 
     def lines(self) -> list[str]:
         t = self.target()
@@ -165,6 +174,9 @@ class AdSimReport:
                     f"{t['overspend']} (target 0: {'met' if t['overspend'] == 0 else 'NOT met'}); sponsored "
                     f"relevance {t['ad_relevance']:.3f} vs organic {t['organic_relevance']:.3f} "
                     f"({'at least as relevant' if t['relevance_met'] else 'LESS relevant'})"]
+        for kind, (n, ad, org) in self.main().by_placement().items():
+            out.append(f"- {kind}: {n} sponsored results within the organic list, relevance {ad:.3f} against "
+                       f"{org:.3f} for the organic results at their positions")
         return out
 
 
@@ -295,6 +307,7 @@ def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], 
             run.ad_relevance.append(a.relevance)
             if a.position - 1 < len(organic_scores):  # the organic result at the same position
                 run.organic_relevance.append(organic_scores[a.position - 1])
+                run.pairs.setdefault(r.kind, []).append((a.relevance, organic_scores[a.position - 1]))
             attractiveness = ATTRACT_BASE + ATTRACT_SLOPE * max(0.0, a.relevance - 0.3)
             if rng.random() < (1.0 / a.position) * attractiveness:
                 run.clicks += 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,11 +154,14 @@ def _update_items(conn: sqlite3.Connection, deltas: Mapping[str, _ItemDelta], co
 
 
 def add(conn: sqlite3.Connection, events: Sequence[Event], config: FeatureConfig,
-        categories: Categories | None) -> None:
-    """Count newly stored ``events``; call inside the transaction that inserted them."""
+        categories: Categories | None, *, skip_users: Collection[str] = ()) -> None:
+    """Count newly stored ``events``; call inside the transaction that inserted them. The events of
+    ``skip_users`` (shoppers without consent to personalization) count in the item features only."""
     if not events:
         return
     _update_items(conn, _item_deltas(events, config), config, +1)
+    if skip_users:
+        events = [e for e in events if e.user_id not in skip_users]
     users: dict[str, list[Any]] = {}
     cats: Counter[tuple[str, str, str]] = Counter()
     idx = {t: i for i, t in enumerate(USER_COUNTS)}

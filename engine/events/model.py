@@ -21,7 +21,8 @@ MAX_BATCH = 1000
 MAX_ID_CHARS = 128
 MAX_QUERY_CHARS = 1000
 MAX_FUTURE_S = 86400.0  # timestamps more than a day ahead of the server clock are rejected
-FIELDS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp", "request_id", "position")
+FIELDS = ("event_id", "user_id", "type", "item_id", "value", "query", "timestamp", "request_id", "position",
+          "personalization")
 MAX_POSITION = 10_000
 
 
@@ -56,6 +57,10 @@ class Event:
     # client knows them (the storefront sends both): what attribution joins on.
     request_id: str | None = None
     position: int | None = None
+    # The shopper's consent to personalization, when the event carries it (``false``: answers for them are
+    # not personalized and no profile is kept; see EventStore.set_consent). Stored as the shopper's consent,
+    # not as a column of the event.
+    personalization: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; ``timestamp`` stays epoch seconds, ``type`` its string value."""
@@ -63,7 +68,7 @@ class Event:
             "event_id": self.event_id, "user_id": self.user_id, "type": self.type.value,
             "item_id": self.item_id, "value": self.value, "query": self.query,
             "timestamp": self.timestamp, "seq": self.seq, "request_id": self.request_id, "position": self.position,
-        }
+        } | ({} if self.personalization is None else {"personalization": self.personalization})
 
 
 class InvalidEvent(InvalidQuery):
@@ -142,9 +147,12 @@ def _validate(obj: Mapping[str, Any], event_id: str, known_item: Callable[[str],
     if position is not None and (isinstance(position, bool) or not isinstance(position, int)
                                  or not 1 <= position <= MAX_POSITION):
         raise InvalidEvent("position", f"must be an integer in 1..{MAX_POSITION} (the item's place in the list)")
+    personalization = obj.get("personalization")
+    if personalization is not None and not isinstance(personalization, bool):
+        raise InvalidEvent("personalization", "must be true or false (the shopper's consent to personalization)")
     return Event(event_id=event_id, user_id=user_id, type=etype, timestamp=_timestamp(obj.get("timestamp"), now),
                  item_id=item_id, value=_value(etype, obj.get("value")), query=query or None,
-                 request_id=request_id, position=position)
+                 request_id=request_id, position=position, personalization=personalization)
 
 
 def _id(obj: Mapping[str, Any], field: str, event_id: str | None, required: bool = True) -> Any:

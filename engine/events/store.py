@@ -29,6 +29,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -68,6 +70,21 @@ OPE_DDL = (
     "CREATE TABLE IF NOT EXISTS ope_estimates (surface TEXT NOT NULL, policy TEXT NOT NULL, computed_at REAL NOT NULL, "
     "since REAL NOT NULL, rows INTEGER NOT NULL, estimates TEXT NOT NULL, PRIMARY KEY (surface, policy, computed_at))"
 )
+# Privacy (issue 12). A shopper's consent to personalization (absent: given); ``false`` keeps no profile and
+# no shopper features, their events counting in the item aggregates only.
+CONSENT_DDL = (
+    "CREATE TABLE IF NOT EXISTS consent (user_id TEXT PRIMARY KEY, personalization INTEGER NOT NULL, "
+    "updated_at REAL NOT NULL, source TEXT NOT NULL)"
+)
+# What a shopper's consent-off clears at once: the derived, personal state (their events stay, for aggregates).
+PERSONAL_TABLES = ("profiles", "user_features", "user_categories")
+# Deletion receipts: ``subject`` is an HMAC of the shopper id (key ``receipt_key`` in meta), never the id.
+RECEIPTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS deletion_receipts (receipt TEXT PRIMARY KEY, subject TEXT NOT NULL, "
+    "deleted_at REAL NOT NULL, removed TEXT NOT NULL, epoch INTEGER NOT NULL)"
+)
+# Tables other parts create in the event store that hold a shopper id, cleared by delete_user when present.
+OPTIONAL_USER_TABLES = (("ads_clicks", "user_id"),)
 # (name, surface, kind, variants JSON, state, created_at, stopped_at, winner)
 ExperimentRow = tuple[str, str, str, str, str, float, float | None, str | None]
 
@@ -149,6 +166,11 @@ class EventStore(Protocol):
     def count_users(self, since: float | None = None) -> int: ...
     def top_users(self, limit: int) -> list[tuple[str, int, str | None]]: ...
     def delete_user(self, user_id: str) -> int: ...
+    def erase_user(self, user_id: str, receipt: tuple[str, float] | None = None) -> dict[str, int]: ...
+    def get_receipt(self, receipt: str) -> dict[str, Any] | None: ...
+    def receipt_traces(self, receipt: str) -> dict[str, int]: ...
+    def set_consent(self, user_id: str, personalization: bool, source: str = "api") -> dict[str, Any]: ...
+    def personalization(self, user_id: str) -> bool: ...
     def deletion_epoch(self) -> int: ...
     def get_profile(self, user_id: str) -> tuple[bytes, int] | None: ...
     def put_profile(self, user_id: str, data: bytes, seq: int) -> bool: ...
@@ -206,6 +228,27 @@ def _row_experiment(row: Sequence[Any]) -> ExperimentRow:
             None if stopped_at is None else float(stopped_at), winner)
 
 
+def _set_consent(conn: sqlite3.Connection, user_id: str, given: bool, source: str, now: float) -> None:
+    conn.execute("INSERT INTO consent VALUES (?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET "
+                 "personalization = excluded.personalization, updated_at = excluded.updated_at, "
+                 "source = excluded.source", (user_id, int(given), now, source))
+    if not given:
+        for table in PERSONAL_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+
+
+def _opted_out(conn: sqlite3.Connection, users: set[str]) -> set[str]:
+    """Which of ``users`` said no to personalization."""
+    out: set[str] = set()
+    ids = sorted(users)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        out.update(r[0] for r in conn.execute(
+            f"SELECT user_id FROM consent WHERE personalization = 0 AND user_id IN ({','.join('?' * len(chunk))})",
+            chunk))
+    return out
+
+
 def _row_event(row: Sequence[Any]) -> Event:
     seq, event_id, user_id, etype, item_id, value, query, ts, request_id, position = row
     return Event(event_id=event_id, user_id=user_id, type=EventType(etype), timestamp=ts,
@@ -229,7 +272,7 @@ class SQLiteEventStore:
         self._pid = os.getpid()
         # (table, column) pairs whose rows delete_user removes.
         self.user_tables: list[tuple[str, str]] = [("events", "user_id"), ("profiles", "user_id"),
-                                                   ("impressions", "user_id")]
+                                                   ("impressions", "user_id"), ("consent", "user_id")]
         self.user_tables += [(t, "user_id") for t in features.USER_TABLES]
         self._schema_ok = False  # False: opened read-only, the schema is to be checked before writing
         self._os_checked: tuple[float, str | None] = (float("-inf"), None)
@@ -386,6 +429,8 @@ class SQLiteEventStore:
             conn.execute("CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts)")
             conn.execute(EXPERIMENTS_DDL)
             conn.execute(OPE_DDL)
+            conn.execute(CONSENT_DDL)
+            conn.execute(RECEIPTS_DDL)
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS experiments_running ON experiments (surface) "
                          "WHERE state = 'running'")
             for ddl in features.SCHEMA:
@@ -459,6 +504,9 @@ class SQLiteEventStore:
         result, stored, now = AddResult(), [], time.time()
         conn.execute("SAVEPOINT add_many")
         try:
+            consent = {e.user_id: e.personalization for e in p.events if e.personalization is not None}
+            for user, given in consent.items():  # an event's consent applies to it and what follows
+                _set_consent(conn, user, given, "event", now)
             for e in p.events:
                 cur = conn.execute(
                     "INSERT INTO events (event_id, user_id, type, item_id, value, query, ts, received_at, request_id, "
@@ -471,7 +519,8 @@ class SQLiteEventStore:
                     stored.append(e)
                 else:
                     result.duplicates.append(e.event_id)
-            features.add(conn, stored, self.config, p.categories)
+            features.add(conn, stored, self.config, p.categories,
+                         skip_users=_opted_out(conn, {e.user_id for e in stored}))
         except Exception as e:
             conn.execute("ROLLBACK TO add_many")
             conn.execute("RELEASE add_many")
@@ -484,16 +533,88 @@ class SQLiteEventStore:
     def delete_user(self, user_id: str) -> int:
         """Remove the user's events (also from the item features), features, profile and every row of a
         registered user table, in one transaction; returns the number of events removed."""
+        return self.erase_user(user_id)["events"]
+
+    @_guarded
+    def erase_user(self, user_id: str, receipt: tuple[str, float] | None = None) -> dict[str, int]:
+        """:meth:`delete_user`, returning the rows removed per table (``item_features`` counts the events
+        taken out of the item counts) and, with ``receipt`` (its id and time), storing a deletion receipt in
+        the same transaction (see :meth:`add_receipt`'s table)."""
         self._require_writable()
         with self._write() as conn:
             rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events WHERE user_id = ?", (user_id,)).fetchall()
-            features.subtract_items(conn, [_row_event(r) for r in rows], self.config)
-            for table, column in self.user_tables:
-                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,))
+            events = [_row_event(r) for r in rows]
+            features.subtract_items(conn, events, self.config)
+            removed = {"item_features": sum(1 for e in events if e.item_id is not None)}
+            for table, column in self._user_tables(conn):
+                removed[table] = conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (user_id,)).rowcount
             conn.execute("INSERT INTO meta VALUES ('deletions', '1') "
                          "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+            if receipt is not None:
+                epoch = int(conn.execute("SELECT value FROM meta WHERE key = 'deletions'").fetchone()[0])
+                conn.execute("INSERT INTO deletion_receipts VALUES (?, ?, ?, ?, ?)",
+                             (receipt[0], self._subject(conn, user_id), receipt[1],
+                              json.dumps(removed, sort_keys=True), epoch))
         self._fold_wal()
-        return len(rows)
+        return removed
+
+    def _user_tables(self, conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return [(t, c) for t, c in [*self.user_tables, *OPTIONAL_USER_TABLES] if t in have]
+
+    def _subject(self, conn: sqlite3.Connection, user_id: str) -> str:
+        """The receipt's name for a shopper: HMAC-SHA256 of the id under a random key kept in ``meta``."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'receipt_key'").fetchone()
+        key = row[0] if row else None
+        if key is None:
+            key = os.urandom(32).hex()
+            conn.execute("INSERT INTO meta VALUES ('receipt_key', ?)", (key,))
+        return hmac.new(bytes.fromhex(key), user_id.encode(), hashlib.sha256).hexdigest()
+
+    @_guarded
+    def get_receipt(self, receipt: str) -> dict[str, Any] | None:
+        """A stored deletion receipt: ``receipt``, ``deleted_at``, ``removed`` (rows per table), ``epoch``."""
+        with self._read() as conn:
+            row = conn.execute("SELECT receipt, deleted_at, removed, epoch FROM deletion_receipts WHERE receipt = ?",
+                               (receipt,)).fetchone()
+        if row is None:
+            return None
+        return {"receipt": row[0], "deleted_at": row[1], "removed": json.loads(row[2]), "epoch": row[3]}
+
+    @_guarded
+    def receipt_traces(self, receipt: str) -> dict[str, int]:
+        """Rows still naming the receipt's shopper, per table: every shopper id in every user table is
+        hashed with the receipt key and compared with the receipt's subject (the id itself is not kept)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT subject FROM deletion_receipts WHERE receipt = ?", (receipt,)).fetchone()
+            key_row = conn.execute("SELECT value FROM meta WHERE key = 'receipt_key'").fetchone()
+            if row is None or key_row is None:
+                return {}
+            subject, key = row[0], bytes.fromhex(key_row[0])
+            found: dict[str, int] = {}
+            for table, column in self._user_tables(conn):
+                for (uid,) in conn.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL"):
+                    if hmac.compare_digest(hmac.new(key, str(uid).encode(), hashlib.sha256).hexdigest(), subject):
+                        found[table] = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?",
+                                                    (uid,)).fetchone()[0]
+            return found
+
+    @_guarded
+    def set_consent(self, user_id: str, personalization: bool, source: str = "api") -> dict[str, Any]:
+        """Record ``user_id``'s consent to personalization; ``False`` also clears their profile and shopper
+        features at once (their events stay, counting in the item aggregates)."""
+        self._require_writable()
+        now = time.time()
+        with self._write() as conn:
+            _set_consent(conn, user_id, bool(personalization), source, now)
+        return {"user_id": user_id, "personalization": bool(personalization), "updated_at": now, "source": source}
+
+    @_guarded
+    def personalization(self, user_id: str) -> bool:
+        """Whether ``user_id`` may get personalized answers (true unless they said no)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT personalization FROM consent WHERE user_id = ?", (user_id,)).fetchone()
+        return row is None or bool(row[0])
 
     @_guarded
     def deletion_epoch(self) -> int:
@@ -531,10 +652,11 @@ class SQLiteEventStore:
             with self._transaction(wait=False) as tx:
                 cur = tx.execute(
                     "INSERT INTO profiles SELECT ?, ?, ?, ? WHERE EXISTS "
-                    "(SELECT 1 FROM events WHERE seq = ? AND user_id = ?) "
+                    "(SELECT 1 FROM events WHERE seq = ? AND user_id = ?) AND NOT EXISTS "
+                    "(SELECT 1 FROM consent WHERE user_id = ? AND personalization = 0) "
                     "ON CONFLICT (user_id) DO UPDATE SET data = excluded.data, seq = excluded.seq, "
                     "updated_at = excluded.updated_at WHERE excluded.seq > profiles.seq",
-                    (user_id, bytes(data), seq, time.time(), seq, user_id))
+                    (user_id, bytes(data), seq, time.time(), seq, user_id, user_id))
             return cur.rowcount == 1
         except BlockingIOError:  # another process writes
             return False
@@ -563,7 +685,8 @@ class SQLiteEventStore:
                                 (last,)).fetchall()
             if not rows:
                 return
-            features.add(conn, [_row_event(r) for r in rows], self.config, None)
+            batch = [_row_event(r) for r in rows]
+            features.add(conn, batch, self.config, None, skip_users=_opted_out(conn, {e.user_id for e in batch}))
             last = rows[-1][0]
 
     @_guarded

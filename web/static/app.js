@@ -235,8 +235,41 @@
     window.addEventListener("pageshow", (ev) => { if (ev.persisted) refreshForYou(); });
   }
 
+  // -- "Ask a question" on the item page: answers from the catalog and past answers (/v1/items/<id>/answers) --
+  function setupAsk() {
+    const form = document.querySelector(".ask-form");
+    if (!form) return;
+    const status = document.querySelector(".ask-status");
+    const list = document.querySelector(".answers");
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const q = form.elements.q.value.trim();
+      if (!q) return;
+      list.replaceChildren();
+      status.textContent = "Looking for answers…";
+      try {
+        const r = await fetch(form.action + "?" + new URLSearchParams({ q, k: "5" }));
+        const body = await r.json();
+        if (!r.ok) { status.textContent = body.message || "Could not ask that."; return; }
+        status.textContent = body.no_answer ? body.message : "";
+        for (const a of body.answers) {
+          const li = el("li", { class: "answer" });
+          li.append(el("p", { class: "answer-text" }, a.answer));
+          const parts = [a.source === "past answer" ? `Answer to “${a.question}”` : `From the ${a.source.replace(/^catalog /, "catalog's ")}`];
+          if (a.date) parts.push(a.date);
+          parts.push(`score ${a.score.toFixed(2)}`);
+          li.append(el("p", { class: "answer-meta" }, parts.join(" · ")));
+          list.append(li);
+        }
+      } catch (e) {
+        status.textContent = "Could not reach the server.";
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     setupDebug();
+    setupAsk();
     setupSuggest();
     setupAds();
     setupShopper();

@@ -1,0 +1,253 @@
+"""`vitrine eval qa`: answer ranking on the Amazon QA "Appliances" set (issue 12).
+
+Protocol: repeated (asin, question) pairs are deduplicated (the first answer kept); products with at
+least 5 questions; for each question, every answer of the same product is ranked and the right one's
+reciprocal rank is taken (MRR, recall@1). Split: ``zlib.crc32(question.encode())`` even is the tune half,
+odd the report half; nothing is fitted or chosen on the odd half. Inside the tune half, bit 1 of the CRC
+splits it again: the question adapter is trained on one part (in-batch softmax, torch, training only),
+the logistic regression and the "no good answer" threshold are fitted on the other, so the regression
+sees the adapter's cosine as it will be on unseen questions.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+import time
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.qa.rank import FEATURES, AnswerTexts, QaModel, features
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+SECTION = "eval-qa"
+DATASETS = {"appliances": ("amazon_qa", "qa_appliances.csv.gz")}
+MIN_QUESTIONS = 5
+TARGET_PRECISION = 0.75  # of the answers shown above qa_min_score, on the tune half
+
+
+@dataclass
+class QaSet:
+    asins: list[str]
+    questions: list[str]
+    answers: list[str]
+    groups: dict[str, list[int]]
+
+    def split(self, half: int) -> list[int]:
+        return [i for i, q in enumerate(self.questions) if zlib.crc32(q.encode()) % 2 == half]
+
+
+def load_qa_set(data_dir: Path, dataset: str = "appliances") -> QaSet:
+    folder, name = DATASETS[dataset]
+    path = data_dir / folder / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; set data_dir (VITRINE_DATA_DIR) to the shared data folder")
+    seen: set[tuple[str, str]] = set()
+    rows: list[tuple[str, str, str]] = []
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["asin"], r["question"])
+            if key not in seen:
+                seen.add(key)
+                rows.append((r["asin"], r["question"], r["answer"]))
+    count = Counter(a for a, _, _ in rows)
+    rows = [r for r in rows if count[r[0]] >= MIN_QUESTIONS]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (a, _, _) in enumerate(rows):
+        groups[a].append(i)
+    return QaSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], dict(groups))
+
+
+def ranks(data: QaSet, idx: list[int], score: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Rank (1 = best; ties count against) of each question's own answer among its product's answers."""
+    out = np.zeros(len(idx), np.int64)
+    for j, i in enumerate(idx):
+        g = np.array(data.groups[data.asins[i]], np.int64)
+        s = score(i, g)
+        out[j] = 1 + int(np.sum(s > s[int(np.flatnonzero(g == i)[0])]))
+    return out
+
+
+def mrr_r1(r: np.ndarray) -> tuple[float, float]:
+    return (float(np.mean(1.0 / r)), float(np.mean(r == 1))) if len(r) else (0.0, 0.0)
+
+
+def train_adapter(q: np.ndarray, a: np.ndarray, *, epochs: int = 20, lr: float = 1e-3, temperature: float = 0.05,
+                  ridge: float = 1e-2, batch: int = 128, seed: int = 0) -> np.ndarray:
+    """W (dim x dim, from the identity) so that normalise(q @ W) . a ranks each pair's answer first among the
+    batch's answers (in-batch softmax), with an L2 pull back to the identity. Torch: training only."""
+    import torch
+
+    torch.manual_seed(seed)
+    dim = q.shape[1]
+    eye = torch.eye(dim)
+    w = eye.clone().requires_grad_(True)
+    qt, at = torch.tensor(q), torch.tensor(a)
+    opt = torch.optim.Adam([w], lr=lr)
+    order = np.arange(len(q))
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        rng.shuffle(order)
+        for b in range(0, len(order), batch):
+            bi = torch.tensor(order[b:b + batch])
+            qb = torch.nn.functional.normalize(qt[bi] @ w, dim=1)
+            logits = qb @ at[bi].T / temperature
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(bi))) + ridge * ((w - eye) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    return np.asarray(w.detach().numpy(), np.float32)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """L2-regularised logistic regression (scipy L-BFGS) on standardised features: coef, intercept, mean, scale."""
+    from scipy.optimize import minimize
+
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = (x - mean) / scale
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        m = z @ theta[:-1] + theta[-1]
+        p = 1.0 / (1.0 + np.exp(-m))
+        nll = float(np.sum(np.logaddexp(0, m) - y * m)) + 0.5 * l2 * float(theta[:-1] @ theta[:-1])
+        g = p - y
+        return nll, np.concatenate([z.T @ g + l2 * theta[:-1], [g.sum()]])
+
+    res = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B")
+    return res.x[:-1], float(res.x[-1]), mean, scale
+
+
+def choose_threshold(top_prob: np.ndarray, top_right: np.ndarray, precision: float = TARGET_PRECISION) -> float:
+    """The lowest probability at which the top answers shown (top probability >= it) are right at least
+    ``precision`` of the time on the tune half: below it the API says "no good answer"."""
+    order = np.argsort(-top_prob)
+    right = np.cumsum(top_right[order]) / np.arange(1, len(order) + 1)
+    ok = np.flatnonzero(right >= precision)
+    return float(top_prob[order][ok[-1]]) if len(ok) else 1.0
+
+
+@dataclass
+class QaEvalReport:
+    dataset: str
+    rows: dict[str, dict[str, float]]
+    threshold: float
+    tune: dict[str, Any]
+    seconds: float
+    started_at: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "report_half": self.rows, "threshold": self.threshold, "tune": self.tune,
+                "seconds": round(self.seconds, 1), "started_at": self.started_at} | self.extra
+
+    def lines(self) -> list[str]:
+        out = [f"QA answer ranking, {self.dataset}: report half (crc32 odd), answers of the same product ranked",
+               "", "| method | MRR | R@1 | questions |", "|---|---|---|---|"]
+        for name, m in self.rows.items():
+            out.append(f"| {name} | {m['mrr']:.4f} | {m['r1']:.4f} | {int(m['n'])} |")
+        t = self.tune
+        out += ["", f"tune half (crc32 even, {t['n']} questions): adapter trained on {t['adapter_n']}, logistic "
+                f"regression and threshold fitted on {t['fit_n']}; held-out part of tune: vector MRR "
+                f"{t['vector_mrr']:.4f}, adapter only {t['adapter_mrr']:.4f}, tuned {t['tuned_mrr']:.4f}",
+                f"qa_min_score (chosen on tune: lowest with >= {TARGET_PRECISION:.0%} of shown top answers right): "
+                f"{self.threshold:.3f}; on the report half "
+                f"{self.extra['shown_share']:.1%} of questions get an answer, {self.extra['shown_right']:.1%} of those "
+                "are right"]
+        return out
+
+
+def run_qa_eval(config: EngineConfig, dataset: str = "appliances", data_dir: Path | None = None,
+                encoder: Any = None, save_to: Path | None = None) -> QaEvalReport:
+    """Measure BM25, vector and the tuned scorer; write the tuned model to ``save_to`` (default
+    ``<models_path>/qa``), where the server picks it up."""
+    started = time.time()
+    data = load_qa_set(Path(data_dir or config.data_dir), dataset)
+    if encoder is None:
+        from engine.embedding.factory import build_encoder
+
+        encoder = build_encoder(config.encoder, cache_dir=config.models_path, threads=config.torch_threads)
+    q_vecs = encoder.encode(data.questions, batch_size=64)
+    texts = AnswerTexts.build(data.answers, encoder.encode(data.answers, batch_size=64))
+    tune, report = data.split(0), data.split(1)
+    part = {i: (zlib.crc32(data.questions[i].encode()) >> 1) & 1 for i in tune}
+    adapter_idx = [i for i in tune if part[i] == 0]
+    fit_idx = [i for i in tune if part[i] == 1]
+    adapter = train_adapter(q_vecs[adapter_idx], texts.vectors[adapter_idx])
+    x, y = [], []
+    for i in fit_idx:
+        g = np.array(data.groups[data.asins[i]], np.int64)
+        x.append(features(data.questions[i], q_vecs[i], texts, g, adapter))
+        y.append((g == i).astype(np.float64))
+    coef, intercept, mean, scale = fit_logistic(np.vstack(x), np.concatenate(y))
+    model = QaModel(coef, intercept, mean, scale, adapter, 0.5, {})
+
+    def vector(i: int, g: np.ndarray) -> np.ndarray:
+        return np.asarray(texts.vectors[g] @ q_vecs[i])
+
+    def bm25(i: int, g: np.ndarray) -> np.ndarray:
+        return features(data.questions[i], q_vecs[i], texts, g, None)[:, FEATURES.index("bm25")]
+
+    def adapted(i: int, g: np.ndarray) -> np.ndarray:
+        return features(data.questions[i], q_vecs[i], texts, g, adapter)[:, FEATURES.index("cos")]
+
+    def tuned(i: int, g: np.ndarray) -> np.ndarray:
+        return model.score(data.questions[i], q_vecs[i], texts, g)
+
+    def top(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        probs, right = [], []
+        for i in idx:
+            g = np.array(data.groups[data.asins[i]], np.int64)
+            p = tuned(i, g)
+            probs.append(float(p.max()))
+            right.append(bool(g[int(np.argmax(p))] == i))
+        return np.array(probs), np.array(right)
+
+    tp, tr = top(fit_idx)
+    threshold = choose_threshold(tp, tr)
+    model = QaModel(coef, intercept, mean, scale, adapter, threshold, {})
+    rows: dict[str, dict[str, float]] = {}
+    for name, fn in (("BM25", bm25), ("vector (MiniLM cosine)", vector), ("vector + adapter", adapted),
+                     ("tuned (adapter + BM25 + features, logistic)", tuned)):
+        m, r1 = mrr_r1(ranks(data, report, fn))
+        rows[name] = {"mrr": m, "r1": r1, "n": float(len(report))}
+    all_m, _ = mrr_r1(ranks(data, list(range(len(data.questions))), vector))
+    rp, rr = top(report)
+    shown = rp >= threshold
+    tune_info = {"n": len(tune), "adapter_n": len(adapter_idx), "fit_n": len(fit_idx),
+                 "vector_mrr": mrr_r1(ranks(data, fit_idx, vector))[0],
+                 "adapter_mrr": mrr_r1(ranks(data, fit_idx, adapted))[0],
+                 "tuned_mrr": mrr_r1(ranks(data, fit_idx, tuned))[0]}
+    report_obj = QaEvalReport(dataset, rows, threshold, tune_info, time.time() - started,
+                              time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+                              {"zero_shot_all_mrr": all_m, "shown_share": float(shown.mean()),
+                               "shown_right": float(rr[shown].mean()) if shown.any() else 0.0,
+                               "questions": len(data.questions), "products": len(data.groups)})
+    metrics = {k: v for k, v in report_obj.to_dict().items() if k in ("dataset", "report_half", "threshold", "tune")}
+    QaModel(coef, intercept, mean, scale, adapter, threshold, metrics).save(save_to or config.models_path / "qa")
+    return report_obj
+
+
+def record_results(report: QaEvalReport, command: str, *, results: Path = ROOT / "bench" / "RESULTS.md") -> None:
+    from engine.evaluation.simulate import replace_section
+
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    body = "\n".join([
+        "### Shopper questions: answer ranking (`vitrine eval qa`)", "",
+        f"- command: `{command}`",
+        f"- date: {report.started_at}; {report.seconds / 60:.1f} min on {os.cpu_count()} cores (load average at the "
+        f"end {load})",
+        f"- data: Amazon QA Appliances, {report.extra['questions']} deduplicated questions on {report.extra['products']}"
+        f" products with >= {MIN_QUESTIONS} questions; zero-shot MiniLM MRR on all of them "
+        f"{report.extra['zero_shot_all_mrr']:.4f}", "",
+        *report.lines()[2:],
+    ])
+    replace_section(results, SECTION, body)
