@@ -58,6 +58,15 @@ def _err(msg: str) -> None:
     print(f"vitrine: error: {msg}", file=sys.stderr)
 
 
+def _print_report(report: Any, as_json: bool, *, summary: bool = False) -> None:
+    """A command's report: its JSON, or its lines (``summary_lines`` for the importers)."""
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    for line in (report.summary_lines() if summary else report.lines()):
+        print(line)
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -212,11 +221,7 @@ def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
         report = import_events(engine.events, Path(args.file), batch_size=args.batch_size, known_item=known)
     finally:
         engine.events.close()
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        for line in report.summary_lines():
-            print(line)
+    _print_report(report, args.json, summary=True)
     return 0 if not report.rejected else EXIT_FAILED
 
 
@@ -264,11 +269,7 @@ def cmd_qa_import(config: EngineConfig, args: argparse.Namespace) -> int:
         report = engine.qa.import_file(Path(args.file))
     finally:
         engine.events.close()
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        for line in report.lines():
-            print(line)
+    _print_report(report, args.json)
     return 0
 
 
@@ -277,11 +278,7 @@ def cmd_eval_qa(config: EngineConfig, args: argparse.Namespace) -> int:
     from engine.evaluation import qa_eval
 
     report = qa_eval.run_qa_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        for line in report.lines():
-            print(line)
+    _print_report(report, args.json)
     if args.record:
         qa_eval.record_results(report, "vitrine eval qa --dataset " + args.dataset + " --record")
     return 0
@@ -297,11 +294,7 @@ def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
     run = getattr(importlib.import_module(module), func)
     extra = {k: getattr(args, k) for k in ("bootstrap", "clip") if getattr(args, k, None) is not None}
     report = run(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None, **extra)
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        for line in report.lines():
-            print(line)
+    _print_report(report, args.json)
     return 0
 
 
@@ -437,13 +430,9 @@ def _ope_on_logs(config: EngineConfig, args: argparse.Namespace) -> int:
             ope_logs.record(store, report)
     finally:
         store.close()
-    if args.json:
-        _print_json(report.to_dict())
-    else:
-        for line in report.lines():
-            print(line)
-        if args.record:
-            print("recorded: the admin page shows it beside an experiment variant with this policy")
+    _print_report(report, args.json)
+    if args.record and not args.json:
+        print("recorded: the admin page shows it beside an experiment variant with this policy")
     return 0
 
 

@@ -7,7 +7,6 @@ Chromium is installed by `make test` (Debian's package) when missing. Screenshot
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -21,15 +20,12 @@ import requests
 from engine import pipeline
 from engine.embedding.base import Encoder
 from engine.events import open_event_store
-from tests.conftest import (ADMIN_KEY, ADS_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, ROOT, make_config, start_server,
+from tests.conftest import (ADMIN_KEY, ADS_KEY, FIXTURE_CATALOG, INGEST_KEY, READ_KEY, make_config, start_server,
                             stop_server)
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-expect = playwright_api.expect
+from tests.browser_support import SHOTS, browser, playwright_api, require_chromium, watched_page  # noqa: F401
 
-CHROMIUM = os.environ.get("VITRINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
+expect = playwright_api.expect
 FILAMENT = "Industrial & Scientific > 3D Printing > Filament"
 UPDATED = re.compile(r"^\d+$")  # the "for you" strip's data-updated after a refresh
 # Demo shoppers for the picker: real histories sent through the API before the pages are opened.
@@ -46,8 +42,7 @@ HISTORIES = {
 def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models_dir: Path,
          encoder: Encoder) -> Iterator[dict[str, Any]]:
     """A server on a private index of a catalog copy (the admin test edits it and rebuilds)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package")
+    require_chromium()
     work = tmp_path_factory.mktemp("site")
     index_dir = work / "indexes"
     shutil.copytree(built_index_dir, index_dir, symlinks=True)  # keeps the embedding cache
@@ -70,35 +65,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
         stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Any, site: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh browser context (own cookies) whose every request must stay on the server: no CDN."""
-    context = browser.new_context(base_url=site["base"], viewport={"width": 1200, "height": 900})
-    foreign: list[str] = []
-    context.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(site["base"]) else None)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    # console errors other than HTTP statuses the tests provoke on purpose (a 404 page, a wrong admin key)
-    pg.on("console", lambda m: errors.append(f"console: {m.text}")
-          if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
-    pg.set_default_timeout(15000)
-    yield pg
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        pg.screenshot(path=str(SHOTS / f"{request.node.name}-FAILED.png"), full_page=True)
-    context.close()
-    assert not foreign, f"requests left the server: {foreign}"
-    assert not errors, f"JavaScript or console errors (a CSP violation shows here): {errors}"
+    """Console errors from HTTP statuses the tests provoke on purpose (a 404 page, a wrong admin key) are
+    accepted."""
+    with watched_page(browser, site["base"], request,
+                      console_ok=lambda text: text.startswith("Failed to load resource")) as pg:
+        yield pg
 
 
 def shot(pg: Any, name: str) -> None:

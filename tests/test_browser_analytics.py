@@ -5,7 +5,6 @@ leaves the server and no script or console error (a CSP violation among them) oc
 tests/test_browser.py; screenshots go to `test-artifacts/screenshots/`."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -15,13 +14,10 @@ import pytest
 import requests
 
 from engine.embedding.base import Encoder
-from tests.conftest import ADMIN_KEY, INGEST_KEY, ROOT, make_config, start_server, stop_server
+from tests.conftest import ADMIN_KEY, INGEST_KEY, make_config, start_server, stop_server
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+from tests.browser_support import SHOTS, browser, playwright_api, require_chromium, watched_page  # noqa: F401
 
-CHROMIUM = os.environ.get("VITRINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 ITEMS = ["fil-pla-red", "gloves-nitrile-m", "beaker-set", "solder-wire"]
 STEPS = ["view", "click", "add_to_cart", "purchase"]
 
@@ -30,8 +26,7 @@ STEPS = ["view", "click", "add_to_cart", "purchase"]
 def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models_dir: Path,
          encoder: Encoder) -> Iterator[str]:
     """A server on a private copy of the fixture index, with a few shoppers' funnels over the last 10 days."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package")
+    require_chromium()
     work = tmp_path_factory.mktemp("analytics-site")
     index_dir = work / "indexes"
     shutil.copytree(built_index_dir, index_dir, symlinks=True)
@@ -50,34 +45,10 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
         stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Any, site: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh context whose every request must stay on the server, failing on any script or console error."""
-    context = browser.new_context(base_url=site, viewport={"width": 1200, "height": 900}, accept_downloads=True)
-    foreign: list[str] = []
-    context.on("request", lambda r: foreign.append(r.url)
-               if not (r.url.startswith(site) or r.url.startswith("blob:")) else None)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-    pg.set_default_timeout(15000)
-    yield pg
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        pg.screenshot(path=str(SHOTS / f"{request.node.name}-FAILED.png"), full_page=True)
-    context.close()
-    assert not foreign, f"requests left the server: {foreign}"
-    assert not errors, f"JavaScript or console errors (a CSP violation shows here): {errors}"
+    with watched_page(browser, site, request, accept_downloads=True) as pg:
+        yield pg
 
 
 def login(pg: Any) -> None:

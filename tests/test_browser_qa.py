@@ -3,7 +3,6 @@ process, with past answers imported into its event store (issue 12). Same fixtur
 tests/test_browser.py: no request leaves the server, no script or console error."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,14 +11,11 @@ import pytest
 
 from engine.embedding.base import Encoder
 from engine.service import Engine
-from tests.conftest import ROOT, make_config, start_server, stop_server
+from tests.conftest import make_config, start_server, stop_server
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+from tests.browser_support import SHOTS, browser, playwright_api, require_chromium, watched_page  # noqa: F401
+
 expect = playwright_api.expect
-
-CHROMIUM = os.environ.get("VITRINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 TEMPERATURE = "Print it at 200 to 215 C on the nozzle with the bed at 60 C."
 PAIRS = [
     ("fil-pla-red", "What temperature should I print this at?", TEMPERATURE),
@@ -31,8 +27,7 @@ PAIRS = [
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models_dir: Path,
          encoder: Encoder) -> Iterator[dict[str, Any]]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package")
+    require_chromium()
     work = tmp_path_factory.mktemp("qa-site")
     index_dir = work / "indexes"
     shutil.copytree(built_index_dir, index_dir, symlinks=True)
@@ -52,32 +47,10 @@ def site(tmp_path_factory: pytest.TempPathFactory, built_index_dir: Path, models
         stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Any, site: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Any]:
-    context = browser.new_context(base_url=site["base"], viewport={"width": 1200, "height": 900})
-    foreign: list[str] = []
-    context.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(site["base"]) else None)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-    pg.set_default_timeout(15000)
-    yield pg
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        pg.screenshot(path=str(SHOTS / f"{request.node.name}-FAILED.png"), full_page=True)
-    context.close()
-    assert not foreign, f"requests left the server: {foreign}"
-    assert not errors, f"JavaScript or console errors (a CSP violation shows here): {errors}"
+    with watched_page(browser, site["base"], request) as pg:
+        yield pg
 
 
 def ask(pg: Any, question: str) -> None:

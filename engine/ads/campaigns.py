@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 
 from engine.ads.targeting import Targeting, parse_targeting, targeting_to_dict
 from engine.errors import InvalidQuery, NotFound
-from engine.events import EventStore
+from engine.events import EventStore, StoreTables
 
 State = Literal["active", "paused"]
 MAX_ITEMS = 100
@@ -219,15 +219,14 @@ class Campaigns:
 
     store: Callable[[], EventStore]
     dedupe_window_s: float = 600.0
-    _ready: bool = field(default=False, init=False)
+    _tables: StoreTables = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tables = StoreTables(self.store, DDL)
 
     def events(self) -> EventStore:
         """The event store, with the ads tables created on first use."""
-        events = self.store()
-        if not self._ready:
-            events.ensure_tables(DDL)
-            self._ready = True
-        return events
+        return self._tables()
 
     def create(self, c: Campaign) -> Campaign:
         def write(conn: sqlite3.Connection) -> bool:

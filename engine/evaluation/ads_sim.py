@@ -376,16 +376,13 @@ def write_outputs(report: AdSimReport, out_dir: Path) -> tuple[Path, Path]:
 
 def record_results(report: AdSimReport, png: Path, command: str, *, results: Path = ROOT / "bench" / "RESULTS.md",
                    image: Path | None = ROOT / "bench" / "simulate_ads.png") -> None:
-    from engine.evaluation.simulate import replace_section
+    from engine.evaluation.simulate import replace_section, run_lines
 
     if image is not None:
         shutil.copyfile(png, image)
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     body = "\n".join([
         "### Sponsored products on a simulated day (`vitrine simulate ads`)", "",
-        f"- command: `{command}`",
-        f"- date: {report.started_at}; {report.seconds / 60:.1f} min on {os.cpu_count()} cores (load average at the "
-        f"end {load})",
+        *run_lines(command, report.started_at, report.seconds),
         f"- settings: search slots {report.slots['search']}, similar-strip slots {report.slots['similar']}, reserve "
         f"{report.slots['reserve']}, ads_match_organic {report.slots['match_organic']}, ads_relevance_power "
         f"{report.slots.get('relevance_power')}, ads_pacing_finish {report.slots.get('pacing_finish')}, "

@@ -15,7 +15,6 @@ shopper are shown (the sensitivity is the cap times the largest event weight, 5)
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import tempfile
 import time
@@ -127,14 +126,11 @@ def run(catalog: Catalog, events_csv: Path = ROOT / "data" / "demo" / "events.cs
 
 
 def record_results(report: DpTrendingReport, command: str, *, results: Path = ROOT / "bench" / "RESULTS.md") -> None:
-    from engine.evaluation.simulate import replace_section
+    from engine.evaluation.simulate import replace_section, run_lines
 
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     body = "\n".join([
         "### Differentially private trending (`vitrine eval dp-trending`)", "",
-        f"- command: `{command}`",
-        f"- date: {report.started_at}; {report.seconds:.0f} s on {os.cpu_count()} cores (load average at the end "
-        f"{load})", "",
+        *run_lines(command, report.started_at, report.seconds), "",
         *report.lines(),
     ])
     replace_section(results, SECTION, body)

@@ -570,20 +570,17 @@ def record_results(report: PolicySimReport, png: Path, command: str, *,
                    results: Path = ROOT / "bench" / "RESULTS.md",
                    image: Path | None = ROOT / "bench" / "simulate_policies.png") -> None:
     """Replace the ``<!-- simulate-policies -->`` section of ``results`` with the table and the plot."""
-    from engine.evaluation.simulate import replace_section
+    from engine.evaluation.simulate import replace_section, run_lines
 
     s = report.settings
     if image is not None:
         shutil.copyfile(png, image)
     picture = (f"![Cumulative reward and regret]({os.path.relpath(image, results.parent)})" if image is not None
                else "")
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     c = s.clicks
     body = "\n".join([
         "### Strategy policies on simulated sessions (`vitrine simulate --policies`)", "",
-        f"- command: `{command}`",
-        f"- date: {report.started_at}; {report.seconds / 60:.1f} min on {os.cpu_count()} cores (load average at the "
-        f"end {load})",
+        *run_lines(command, report.started_at, report.seconds),
         f"- {report.data['users']} Scientific shoppers (their stored histories; true next items: the last "
         f"{s.holdout}), {s.rounds} rounds x {s.sessions} sessions x {s.steps} lists of {s.k} per seed; "
         f"rewards purchase {s.rewards.purchase:g}, click {s.rewards.click:g} (a list's highest outcome); "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
-import os
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -237,14 +236,11 @@ def run_qa_eval(config: EngineConfig, dataset: str = "appliances", data_dir: Pat
 
 
 def record_results(report: QaEvalReport, command: str, *, results: Path = ROOT / "bench" / "RESULTS.md") -> None:
-    from engine.evaluation.simulate import replace_section
+    from engine.evaluation.simulate import replace_section, run_lines
 
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     body = "\n".join([
         "### Shopper questions: answer ranking (`vitrine eval qa`)", "",
-        f"- command: `{command}`",
-        f"- date: {report.started_at}; {report.seconds / 60:.1f} min on {os.cpu_count()} cores (load average at the "
-        f"end {load})",
+        *run_lines(command, report.started_at, report.seconds),
         f"- data: Amazon QA Appliances, {report.extra['questions']} deduplicated questions on {report.extra['products']}"
         f" products with >= {MIN_QUESTIONS} questions; zero-shot MiniLM MRR on all of them "
         f"{report.extra['zero_shot_all_mrr']:.4f}", "",

@@ -688,14 +688,11 @@ def record_results(report: SimReport, png: Path, command: str, *, results: Path 
         shutil.copyfile(png, image)
     picture = (f"![CTR per round]({os.path.relpath(image, results.parent)})" if image is not None
                else f"(plot: `{png.name}` beside the JSON, not kept here)")
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     body = "\n".join([
         "### The learning loop, closed: simulated shoppers (`vitrine simulate`"
         + (", returning shoppers)" if s.returning else ")"),
         "",
-        f"- command: `{command}`",
-        f"- date: {report.started_at}; {report.seconds / 60:.1f} min on {os.cpu_count()} cores "
-        f"(load average at the end {load}; the machine is shared)",
+        *run_lines(command, report.started_at, report.seconds, "; the machine is shared"),
         f"- {s.shoppers} Scientific shoppers per seed ("
         f"{'the same ones every round' if s.returning else 'a new cohort each round'}), {s.lists_per_round} "
         f"list(s) of {s.k} per round, {s.rounds} rounds; true next items: each shopper's last {s.holdout} items "
@@ -716,6 +713,15 @@ def record_results(report: SimReport, png: Path, command: str, *, results: Path 
         f"learned rises from round 1: {'yes' if t['learned_rises'] else 'no'}.",
     ])
     replace_section(results, section, body)
+
+
+def run_lines(command: str, started_at: str, seconds: float, note: str = "") -> list[str]:
+    """The ``- command:`` and ``- date:`` lines of a RESULTS.md section: when, how long, on how many cores,
+    under what load (read now, at the end of the run)."""
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    took = f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    return [f"- command: `{command}`",
+            f"- date: {started_at}; {took} on {os.cpu_count()} cores (load average at the end {load}{note})"]
 
 
 def replace_section(results: Path, section: str, body: str) -> None:

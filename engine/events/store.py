@@ -228,6 +228,21 @@ def _row_experiment(row: Sequence[Any]) -> ExperimentRow:
             None if stopped_at is None else float(stopped_at), winner)
 
 
+class StoreTables:
+    """The tables an extension of the event store keeps there (sponsored products, questions and answers):
+    calling it returns the store, with ``ddl`` run once first (``CREATE ... IF NOT EXISTS``)."""
+
+    def __init__(self, store: Callable[[], EventStore], ddl: Sequence[str]) -> None:
+        self.store, self.ddl, self._ready = store, tuple(ddl), False
+
+    def __call__(self) -> EventStore:
+        events = self.store()
+        if not self._ready:
+            events.ensure_tables(self.ddl)
+            self._ready = True
+        return events
+
+
 def _set_consent(conn: sqlite3.Connection, user_id: str, given: bool, source: str, now: float) -> None:
     conn.execute("INSERT INTO consent VALUES (?, ?, ?, ?) ON CONFLICT(user_id) DO UPDATE SET "
                  "personalization = excluded.personalization, updated_at = excluded.updated_at, "

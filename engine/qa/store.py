@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.events import EventStore
+from engine.events import EventStore, StoreTables
 from engine.qa.rank import AnswerTexts
 
 DDL = [
@@ -62,16 +62,16 @@ class Corpus:
 class QaStore:
     store: Callable[[], EventStore]
     dim: int = 384
-    _ready: bool = field(default=False, init=False)
     _corpus: Corpus | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _tables: StoreTables = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tables = StoreTables(self.store, DDL)
 
     def events(self) -> EventStore:
-        events = self.store()
-        if not self._ready:
-            events.ensure_tables(DDL)
-            self._ready = True
-        return events
+        """The event store, with the QA table created on first use."""
+        return self._tables()
 
     def known(self, keys: Sequence[str]) -> set[str]:
         """Which of these pair keys are stored already."""
