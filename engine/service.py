@@ -269,7 +269,7 @@ class Engine:
         affinity = None
         if user and strength > 0 and consent:
             try:
-                affinity = self.shoppers.affinity(user, snap)
+                affinity = self.shoppers.affinity(user, snap, consent=True)
             except StoreUnavailable as e:  # search still answers, unpersonalized
                 log.warning("search not personalized: %s", e)
         qvec = self.embed_query(query)
@@ -468,13 +468,14 @@ class Engine:
         recs = self.shoppers.recommend(user_id, recent=recent, k=k if explore.deterministic else self._explore_pool(explore, k),
                                        filters=filters, exclude=exclude, diversity=diversity,
                                        scorer=None if chosen.model is None else chosen.model.score,
-                                       features=self.impressions is not None, strategy=arm)
+                                       features=self.impressions is not None, strategy=arm, consent=consent)
         shown, later, explored = recs.recommendations, recs.later, None
         if not explore.deterministic:
             scores = [r.score for r in shown]
             if explore.cold_share > 0 and arm != "new":  # cold candidates: the "new" strategy's, below the rest
                 cold = self.shoppers.recommend(user_id, recent=recent, k=self._explore_pool(explore, k),
-                                               filters=filters, exclude=exclude, strategy="new").recommendations
+                                               filters=filters, exclude=exclude, strategy="new",
+                                               consent=consent).recommendations
                 have = {r.id for r in shown}
                 extra = [r for r in cold if r.id not in have]
                 floor = min(scores, default=0.0) - 1.0

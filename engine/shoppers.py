@@ -140,20 +140,23 @@ class Shoppers:
         scorer: Scorer | None = None,
         features: bool = False,
         strategy: str = "blend",
+        consent: bool | None = None,
     ) -> Recommendations:
         """Recommendations for a known shopper (their stored history and profile) or an anonymous
         session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers,
         and so does a shopper who said no to personalization.
         ``k`` is checked by the engine. ``scorer``: a learned ranker re-ranking the blend's candidates;
         ``features``: the items' ranker features are wanted (attached, or ``later``: see
-        :func:`engine.recommend.compose.recommend`); ``strategy``: see :mod:`engine.recommend.strategies`."""
+        :func:`engine.recommend.compose.recommend`); ``strategy``: see :mod:`engine.recommend.strategies`;
+        ``consent``: the shopper's consent to personalization when the caller has read it (else read here)."""
         if not 0.0 <= diversity <= 1.0:
             raise InvalidQuery("diversity", f"must be in 0..1, got {diversity}")
         snap = self._snapshot()
         mask = snap.filter_mask(filters)
         profile = None
         if user_id is not None:  # a shopper without consent gets the answer of an empty session
-            history = self._history(user_id, snap) if self.personalized(user_id) else []
+            given = self.personalized(user_id) if consent is None else consent
+            history = self._history(user_id, snap) if given else []
             profile = self._profile(user_id, snap) if history else None
         else:
             history = [Touch(i, "view") for i in (recent or [])]
@@ -168,10 +171,10 @@ class Shoppers:
                 for e in self.events.user_events(user_id, limit=HISTORY_LIMIT)
                 if e.item_id is not None and e.item_id in snap.catalog]
 
-    def affinity(self, user_id: str, snap: Snapshot) -> Affinity | None:
+    def affinity(self, user_id: str, snap: Snapshot, consent: bool | None = None) -> Affinity | None:
         """``rows -> personal score`` for this shopper (see :mod:`engine.recommend.personal`), or None for a
         shopper without history (then search is not personalized)."""
-        if not self.personalized(user_id):
+        if not (self.personalized(user_id) if consent is None else consent):
             return None
         history = self._history(user_id, snap)
         profile = self._profile(user_id, snap) if history else None
