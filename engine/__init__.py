@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the real types of the lazy names below, for mypy (`from eng
         StoreUnavailable as StoreUnavailable,
         Unauthorized as Unauthorized,
         VitrineError as VitrineError,
+        WarmingUp as WarmingUp,
     )
     from engine.events import open_event_store as open_event_store
     from engine.filters import Filters as Filters
@@ -77,6 +78,7 @@ _WHERE = {
     "InvalidQuery": "engine.errors",
     "NotFound": "engine.errors",
     "PrivacyBudgetExhausted": "engine.errors",
+    "WarmingUp": "engine.errors",
     "IndexNotBuilt": "engine.errors",
     "BuildInProgress": "engine.errors",
     "StoreUnavailable": "engine.errors",

@@ -86,6 +86,10 @@ class EngineConfig:
     # Behaviour analytics (engine.analytics): the epsilon each key may spend per UTC day on reports asked
     # with dp_epsilon (sequential composition; refused with 429 once spent).
     dp_daily_budget: float = 10.0
+    # The server copies the event store for analytics in the background at start-up (the first copy of 10M
+    # events takes minutes); a report asked meanwhile waits this long, then gets 503 warming_up.
+    analytics_warm: bool = True
+    analytics_warm_wait_seconds: float = 5.0
     # Exploration per surface (engine.learn.policy): "0" is deterministic (as before); "epsilon:0.1" or
     # "softmax:0.5" (Plackett-Luce temperature), optionally with ",positions=5,pool=50,cold_share=0.1"; or a
     # TOML table with those keys. Every shown item's propensity is then logged in its impression.
@@ -185,6 +189,8 @@ class EngineConfig:
         need(self.impression_flush_seconds > 0, "impression_flush_seconds", "must be > 0")
         need(self.attribution_window_minutes > 0, "attribution_window_minutes", "must be > 0")
         need(0 < self.dp_daily_budget <= 1000, "dp_daily_budget", f"must be in (0, 1000], got {self.dp_daily_budget}")
+        need(0 <= self.analytics_warm_wait_seconds <= 60, "analytics_warm_wait_seconds",
+             f"must be in [0, 60], got {self.analytics_warm_wait_seconds}")
         need(self.strategy_policy in STRATEGY_POLICIES, "strategy_policy",
              f"must be one of {', '.join(STRATEGY_POLICIES)}, got {self.strategy_policy!r}")
         need(0.0 <= self.strategy_epsilon <= 1.0, "strategy_epsilon", f"must be in 0..1, got {self.strategy_epsilon}")

@@ -61,3 +61,12 @@ class PrivacyBudgetExhausted(VitrineError):
     def __init__(self, message: str, remaining: float) -> None:
         super().__init__(message)
         self.remaining = remaining
+
+
+class WarmingUp(VitrineError):
+    """What the answer needs is still being built in the background, for example the analytics copy of a
+    large event store right after start-up (HTTP 503 with Retry-After). ``progress`` says how far it got."""
+
+    def __init__(self, message: str, progress: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.progress = progress or {}

@@ -181,7 +181,8 @@ class Engine:
             qtable=config.rankers_path / "qlearning" / "current.json", refresh_s=config.reload_check_seconds)
         self.analytics = Analytics(lambda: self.shoppers.events, snapshot_catalog(self.snapshot),
                                    daily_budget=config.dp_daily_budget,  # engine.analytics (issue 12)
-                                   window_s=config.attribution_window_minutes * 60.0)
+                                   window_s=config.attribution_window_minutes * 60.0,
+                                   warm_wait_s=config.analytics_warm_wait_seconds)
         self.ads = Ads(lambda: self.shoppers.events, lambda item: item in self.snapshot().catalog,
                        settings=AdSettings(config.ad_slots, config.ads_reserve, config.ads_relevance_floor,
                                            config.ads_click_window_minutes * 60.0, config.reload_check_seconds,

@@ -18,7 +18,7 @@ from engine.analytics.dp import Laplace
 from engine.analytics.reports import SENSITIVITY, parse_params
 from engine.analytics.service import Analytics
 from engine.config import EngineConfig
-from engine.errors import InvalidQuery, PrivacyBudgetExhausted
+from engine.errors import InvalidQuery, PrivacyBudgetExhausted, WarmingUp
 from engine.events import open_event_store
 from engine.events.impressions import Impression
 from engine.events.model import Event, EventType
@@ -191,6 +191,20 @@ def test_deleted_shopper_leaves_the_copy(store: EventStore) -> None:
     assert an.mirror.con.execute("SELECT count(*) FROM events WHERE user_id = 'u4'").fetchone() == (0,)
     store.add_many([Event("late", "u5", EventType.PURCHASE, ts(0, 50000), item_id=A)])  # incremental copy
     assert table(an.report("funnel", {"from": d(0), "to": d(0)}), "funnel")[0]["purchase"] == 2
+
+
+def test_warm_up_copies_in_the_background_and_reports_wait_or_say_warming_up(store: EventStore) -> None:
+    an = Analytics(lambda: store, lambda: ("v1", lambda: CATALOG), daily_budget=10.0, warm_wait_s=0.2)
+    with an.mirror.lock:  # the copy cannot progress while this holds the copy's lock
+        thread = an.warm()
+        assert an.warm() is thread and thread.is_alive()
+        with pytest.raises(WarmingUp) as e:
+            an.report("funnel", {"from": d(0), "to": d(1), "dp_epsilon": "1"})
+        assert e.value.progress == {"rows_copied": 0}
+    assert an.privacy()["spent"] == 0  # refused before any budget was spent
+    thread.join(30)
+    assert not thread.is_alive() and an.mirror.last_seq == store.count()  # warm: everything copied
+    assert table(an.report("funnel", {"from": d(0), "to": d(1)}), "funnel")[0]["view"] == 3
 
 
 @pytest.mark.parametrize(("report", "args", "field"), [

@@ -26,6 +26,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True)
     app.extensions["vitrine"] = app.config.get("ENGINE") or Engine(config, warm_suggestions=True,
                                                                        log_impressions=config.log_impressions)
+    if config.analytics_warm and app.config.get("ENGINE") is None:
+        app.extensions["vitrine"].analytics.warm()  # the analytics copy, in the background (engine.analytics)
     app.extensions["vitrine_admin"] = Admin(config)
     app.extensions["vitrine_limits"] = RateLimiter(config.limits_path)
     if not app.debug and not logging.getLogger().handlers:

@@ -10,7 +10,7 @@ import hashlib
 
 from flask import Blueprint, Response, jsonify, request
 
-from engine import InvalidQuery, NotFound, PrivacyBudgetExhausted
+from engine import InvalidQuery, NotFound, PrivacyBudgetExhausted, WarmingUp
 from web.auth import check_key
 from web.engine_ext import get_config, get_engine
 from web.errors import error_response
@@ -27,6 +27,13 @@ def require_admin_key() -> tuple[Response, int] | None:
 @bp.errorhandler(PrivacyBudgetExhausted)
 def _exhausted(e: PrivacyBudgetExhausted) -> tuple[Response, int]:
     return error_response(429, "privacy_budget_exhausted", str(e))
+
+
+@bp.errorhandler(WarmingUp)
+def _warming(e: WarmingUp) -> tuple[Response, int]:
+    resp, status = error_response(503, "warming_up", str(e))
+    resp.headers["Retry-After"] = "10"
+    return resp, status
 
 
 def budget_key() -> str:

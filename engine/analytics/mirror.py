@@ -101,6 +101,7 @@ class Mirror:
         for ddl in _DDL:
             self.con.execute(ddl)
         self._source: str | None = None
+        self.copied = 0  # rows copied by this process (events and impressions): the warm-up's progress
         self._catalog_key: str | None = None
 
     # -- state
@@ -164,6 +165,7 @@ class Mirror:
                                  "'$[*]') AS VARCHAR[])), ts, surface FROM chunk WHERE user_id IS NOT NULL AND n > 0")
             self._set(**{mark: rows[-1][0]})
             total += len(rows)
+            self.copied += len(rows)
             if show_progress:
                 log.info("analytics copy: %s %s rows", total, table)
 
