@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install chromium demo demo-index demo-events serve check test bench eval clean
+.PHONY: install chromium postgresql demo demo-index demo-events serve check test bench eval clean
 
 install: $(STAMP)
 
@@ -49,6 +49,14 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The PostgreSQL event store's tests run on a throwaway server (scripts/pg_throwaway.sh: initdb and pg_ctl
+# in a temp folder) from Debian's packages; installed here when missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the event store tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 # Static checks, before the tests: mypy (strict, configured in pyproject.toml's [tool.mypy]) and the
 # import contracts of [tool.importlinter] (engine never imports web; engine's layers point down;
 # web uses only engine's public names).
@@ -56,8 +64,9 @@ check: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install check chromium
-	$(BIN)/python -m pytest
+# pytest runs with VITRINE_TEST_PG_URL pointing at a throwaway PostgreSQL, stopped afterwards (even on failure).
+test: install check chromium postgresql
+	scripts/pg_throwaway.sh run -- $(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python bench/bench_build.py --record

@@ -173,3 +173,42 @@ def stop_server(proc: subprocess.Popen[str]) -> str:
         out, _ = proc.communicate()
     assert "Traceback" not in (out or ""), out
     return out or ""
+
+
+# --------------------------------------------------------------------------- PostgreSQL (issue 13)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The URL of a throwaway PostgreSQL: ``VITRINE_TEST_PG_URL`` (``make test`` starts one with
+    scripts/pg_throwaway.sh), else one this session starts with the same script and stops at its end."""
+    url = os.environ.get("VITRINE_TEST_PG_URL")
+    if url:
+        yield url
+        return
+    out = subprocess.run([str(ROOT / "scripts" / "pg_throwaway.sh"), "start"], capture_output=True, text=True,
+                         timeout=120)
+    if out.returncode != 0:
+        pytest.fail(f"scripts/pg_throwaway.sh start failed: {out.stderr}")
+    values = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    try:
+        yield values["VITRINE_TEST_PG_URL"]
+    finally:
+        subprocess.run([str(ROOT / "scripts" / "pg_throwaway.sh"), "stop", values["PG_THROWAWAY_DIR"]], timeout=120)
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on the throwaway server for one test (dropped after it)."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield pg_server.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

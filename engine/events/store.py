@@ -1,7 +1,8 @@
 """Durable event storage: the :class:`EventStore` protocol and its SQLite implementation.
 
 ``open_event_store(url)`` picks a backend by URL prefix (``sqlite:///relative.db``,
-``sqlite:////absolute/path.db``); :func:`register_backend` adds others.
+``sqlite:////absolute/path.db``, ``postgresql://...``: engine/events/postgres.py, the same logic over
+psycopg); :func:`register_backend` adds others.
 
 SQLite settings: WAL journal, ``synchronous=FULL`` (a batch is on disk before ``add_many`` returns),
 ``secure_delete`` (deleted rows are overwritten), one connection per thread, ``BEGIN IMMEDIATE`` write
@@ -208,7 +209,7 @@ def _guarded(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[
     def guarded(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
-        except (sqlite3.Error, OSError) as e:
+        except self._errors as e:
             fault = self._fault(e)
             if fault is None:
                 raise
@@ -272,6 +273,11 @@ def _row_event(row: Sequence[Any]) -> Event:
 
 class SQLiteEventStore:
     """Events and their features in one SQLite file. Thread-safe and multi-process safe."""
+
+    # The driver's errors that ``_guarded`` looks at, and those of them a cache write shrugs off (busy);
+    # the PostgreSQL store (engine/events/postgres.py) swaps in psycopg's.
+    _errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
+    _soft_errors: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
 
     def __init__(self, path: str | Path, *, config: FeatureConfig | None = None) -> None:
         """Open (creating it if need be) the store at ``path``; :class:`StoreUnavailable` when it cannot
@@ -342,7 +348,7 @@ class SQLiteEventStore:
         with self._lock:
             if conn in self._conns:
                 self._conns.remove(conn)
-        with suppress(sqlite3.Error):
+        with suppress(*self._errors):
             conn.close()
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
@@ -350,7 +356,7 @@ class SQLiteEventStore:
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
+            except self._errors:
                 self._drop_conn()  # closing it rolls back
 
     @contextmanager
@@ -522,14 +528,8 @@ class SQLiteEventStore:
             consent = {e.user_id: e.personalization for e in p.events if e.personalization is not None}
             for user, given in consent.items():  # an event's consent applies to it and what follows
                 _set_consent(conn, user, given, "event", now)
-            for e in p.events:
-                cur = conn.execute(
-                    "INSERT INTO events (event_id, user_id, type, item_id, value, query, ts, received_at, request_id, "
-                    "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                    (e.event_id, e.user_id, e.type.value, e.item_id, e.value, e.query, e.timestamp, now,
-                     e.request_id, e.position),
-                )
-                if cur.rowcount == 1:
+            for e, new in zip(p.events, self._insert_events(conn, p.events, now)):
+                if new:
                     result.accepted.append(e.event_id)
                     stored.append(e)
                 else:
@@ -543,6 +543,20 @@ class SQLiteEventStore:
             return
         conn.execute("RELEASE add_many")
         p.result = result
+
+    def _insert_events(self, conn: sqlite3.Connection, events: Sequence[Event], now: float) -> list[bool]:
+        """Insert ``events`` in order, skipping those whose ``event_id`` is stored (or earlier in the list);
+        whether each one was new."""
+        new = []
+        for e in events:
+            cur = conn.execute(
+                "INSERT INTO events (event_id, user_id, type, item_id, value, query, ts, received_at, request_id, "
+                "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                (e.event_id, e.user_id, e.type.value, e.item_id, e.value, e.query, e.timestamp, now,
+                 e.request_id, e.position),
+            )
+            new.append(cur.rowcount == 1)
+        return new
 
     @_guarded
     def delete_user(self, user_id: str) -> int:
@@ -675,13 +689,13 @@ class SQLiteEventStore:
             return cur.rowcount == 1
         except BlockingIOError:  # another process writes
             return False
-        except (sqlite3.Error, OSError) as e:  # SQLite is busy, or the store cannot write (dropped by _fault)
-            if self._fault(e) is None and not isinstance(e, sqlite3.OperationalError):
+        except self._errors as e:  # SQLite is busy, or the store cannot write (dropped by _fault)
+            if self._fault(e) is None and not isinstance(e, self._soft_errors):
                 raise
             return False
         finally:
             if conn is not None:
-                with suppress(sqlite3.Error):  # closed if the failure dropped it
+                with suppress(*self._errors):  # closed if the failure dropped it
                     conn.execute("PRAGMA synchronous = FULL")
             self._write_lock.release()
 
@@ -822,11 +836,13 @@ class SQLiteEventStore:
                 SELECT rid, item_id, type FROM explicit
                 UNION SELECT rid, item_id, type FROM windowed WHERE rid IS NOT NULL
             )
-            SELECT p.rid, i.surface, p.item_id, i.offset_ + 1 +
-                   (SELECT min(j.key) FROM json_each(i.items) j WHERE j.value = p.item_id) AS position, p.type
-            FROM pairs p JOIN impressions i ON i.request_id = p.rid
-            WHERE i.ts >= :since AND i.ts < :until AND position IS NOT NULL
-            ORDER BY p.rid, p.item_id, p.type"""
+            SELECT rid, surface, item_id, position, type FROM (
+                SELECT p.rid, i.surface, p.item_id, i.offset_ + 1 +
+                       (SELECT min(j.key) FROM json_each(i.items) j WHERE j.value = p.item_id) AS position, p.type
+                FROM pairs p JOIN impressions i ON i.request_id = p.rid
+                WHERE i.ts >= :since AND i.ts < :until) AS shown
+            WHERE position IS NOT NULL
+            ORDER BY rid, item_id, type"""
         args: dict[str, Any] = {"since": since, "until": _upper(until), "window": window_s, "skew": CLOCK_SKEW_S}
         args.update({f"t{k}": t.value for k, t in enumerate(types)})
         with self._read() as conn:
@@ -1056,7 +1072,7 @@ class SQLiteEventStore:
             return e.reason
         except BlockingIOError:  # another process writes
             return None
-        except (sqlite3.Error, OSError) as e:
+        except self._errors as e:
             if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
                 return None
             log.warning("event store %s: health probe failed: %s", self.path, e)
@@ -1155,4 +1171,13 @@ def _open_sqlite(url: str, *, config: FeatureConfig | None = None) -> SQLiteEven
     return SQLiteEventStore(path, config=config)
 
 
+def _open_postgres(url: str, *, config: FeatureConfig | None = None) -> EventStore:
+    """engine/events/postgres.py, imported (with psycopg) only for a PostgreSQL URL."""
+    from engine.events.postgres import PostgresEventStore
+
+    return PostgresEventStore(url, config=config)
+
+
 register_backend("sqlite:///", _open_sqlite)
+register_backend("postgresql://", _open_postgres)
+register_backend("postgres://", _open_postgres)

@@ -51,6 +51,7 @@ class ImpressionLog:
         self.retention_s = retention_s
         self.flush_every_s = flush_every_s
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time: two would store, then pop, the same records
         self._wake = threading.Event()
         self._queue: deque[tuple[Impression, Later]] = deque()
         self._fd = -1
@@ -95,6 +96,10 @@ class ImpressionLog:
 
     def flush(self) -> int:
         """Store every queued impression now; returns how many were written (0 while the store cannot)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         written = 0
         while True:
             with self._lock:
