@@ -95,7 +95,7 @@ def cmd_build(config: EngineConfig, args: argparse.Namespace) -> int:
             write_job(job_file, state)
 
     try:
-        result = pipeline.build(config, catalog, full=args.full, progress=progress)
+        result = pipeline.build(config, catalog, full=args.full, progress=progress, ray=args.ray)
     except Exception as e:
         if job_file:
             state.update(state="failed", error=job_error(e), finished_at=time.time())
@@ -277,10 +277,29 @@ def cmd_eval_qa(config: EngineConfig, args: argparse.Namespace) -> int:
     """`eval qa`: BM25, vector and the tuned answer scorer side by side (engine.evaluation.qa_eval)."""
     from engine.evaluation import qa_eval
 
-    report = qa_eval.run_qa_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None)
+    report = qa_eval.run_qa_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None,
+                                 top_layer=Path(args.top_layer) if args.top_layer else None,
+                                 finetune_epochs=args.finetune_epochs)
     _print_report(report, args.json)
     if args.record:
-        qa_eval.record_results(report, "vitrine eval qa --dataset " + args.dataset + " --record")
+        extra = f" --finetune-epochs {args.finetune_epochs}" if args.finetune_epochs else ""
+        qa_eval.record_results(report, f"vitrine eval qa --dataset {args.dataset}{extra} --record")
+    return 0
+
+
+def cmd_eval_encoder_agreement(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`eval encoder-agreement`: the int8 encoder against fp32 (engine.evaluation.encoder_eval)."""
+    from engine.evaluation import encoder_eval
+
+    report = encoder_eval.run_encoder_agreement(config, Path(args.data_dir) if args.data_dir else None,
+                                                rounds=args.rounds, search_eval=not args.no_ndcg, items=args.items)
+    _print_report(report, args.json)
+    if args.record:
+        flags = [f"--rounds {args.rounds}"] if args.rounds != 3 else []
+        flags += [f"--items {args.items}"] if args.items is not None else []
+        flags += ["--no-ndcg"] if args.no_ndcg else []
+        encoder_eval.record_results(report, " ".join(["vitrine eval encoder-agreement", *flags, "--record"]))
+        print("recorded the section in bench/RESULTS.md")
     return 0
 
 
@@ -550,6 +569,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--catalog", help="catalog file: .csv, .csv.gz, .jsonl, .jsonl.gz or .parquet")
     b.add_argument("--full", action="store_true", help="re-embed every item instead of reusing cached vectors")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ray", metavar="auto|ADDRESS",
+                   help="embed over a Ray cluster: auto (a running local cluster, else a new local one), HOST:PORT "
+                        "or ray://HOST:PORT; off for a local build (default: the build_ray setting)")
     b.add_argument("--job-file", help=argparse.SUPPRESS)
 
     cat = sub.add_parser("catalog", help="catalog tools").add_subparsers(metavar="ACTION")
@@ -710,6 +732,19 @@ def _parser() -> argparse.ArgumentParser:
     eq.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
     eq.add_argument("--json", action="store_true")
     eq.add_argument("--record", action="store_true", help="write the table to bench/RESULTS.md")
+    eq.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                    help="first fine-tune MiniLM's top layer on the tune half for N epochs (slow: about 25 min an "
+                         "epoch on 2 loaded cores); default: use the packaged fine-tuned layer")
+    eq.add_argument("--top-layer", metavar="NPZ", help="a fine-tuned top layer from an earlier run")
+    ea = ev.add_parser("encoder-agreement", help="the int8 encoder against fp32: cosine, top-10 overlap, CrowdFlower "
+                                                 "nDCG@10, build throughput and query encoding time")
+    ea.set_defaults(func=cmd_eval_encoder_agreement)
+    ea.add_argument("--data-dir", help="evaluation data (default: data_dir setting, ../shared/data)")
+    ea.add_argument("--rounds", type=int, default=3, help="interleaved fp32/int8 build rounds (default 3; queries: >= 5)")
+    ea.add_argument("--items", type=int, help="Scientific item texts to encode (default all)")
+    ea.add_argument("--no-ndcg", action="store_true", help="skip the two CrowdFlower search evals")
+    ea.add_argument("--json", action="store_true")
+    ea.add_argument("--record", action="store_true", help="write the section to bench/RESULTS.md")
     dp = ev.add_parser("dp-trending", help="accuracy of differentially private trending on the demo events")
     dp.set_defaults(func=cmd_eval_dp_trending)
     dp.add_argument("--items", type=int, default=5, help="items counted per shopper (default 5)")

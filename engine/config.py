@@ -33,10 +33,15 @@ class EngineConfig:
     models_dir: Path | None = None
     # Where learned rankers are published (default: <index_dir>/rankers; see engine.learn.registry).
     ranker_dir: Path | None = None
-    # Encoder: onnx (exported from the packaged weights, fp32, same vectors as torch) or torch.
+    # Encoder: onnx (exported from the packaged weights, fp32, same vectors as torch), torch, or onnx-int8
+    # (that export quantized to int8 weights: faster, vectors of its own family, so the index must be built
+    # with it too; see README, "The int8 encoder").
     encoder: EncoderKind = EncoderKind.ONNX
     encode_batch_size: int = 64
     max_seq_length: int = 256
+    # `vitrine build` embeds over a Ray cluster when set: "auto" (a running local cluster, else a new local
+    # instance) or the cluster's HOST:PORT / ray://HOST:PORT; `--ray` overrides it (README, "Builds on a Ray cluster").
+    build_ray: str | None = None
     query_cache_size: int = 4096
     # Search.
     default_k: int = 10
@@ -51,6 +56,9 @@ class EngineConfig:
     approx_threshold: int = 20000
     ivf_nprobe: int = 16
     target_recall: float = 0.95
+    # Above approx_threshold the build picks the fastest index (IVF-Flat/SQ8/PQ, HNSW...) reaching
+    # target_recall whose memory per item (codes, ids, graph; what serving keeps) fits this budget in bytes.
+    index_bytes_per_item: float = 500.0
     # An incremental build reuses the previous version's IVF centroids (no k-means) until the items
     # embedded or removed since they were trained pass this share of the catalog; 0 always retrains.
     ivf_retrain_share: float = 0.2
@@ -124,7 +132,7 @@ class EngineConfig:
     # Shopper questions (engine.qa): a past answer is shown only if its calibrated probability of answering the
     # question is at least this; below it the API says "no good answer". Chosen on the tune half by
     # `vitrine eval qa` (README, "Shopper questions"); 0 shows the best answers whatever their score.
-    qa_min_score: float = 0.44
+    qa_min_score: float = 0.47
     # Differentially private trending (engine.recommend.live): 0 is off; else the epsilon of each hourly release,
     # with each shopper's first ``trending_dp_items`` items counted (README, "Privacy").
     trending_dp_epsilon: float = 0.0
@@ -166,6 +174,8 @@ class EngineConfig:
         need(self.approx_threshold >= 1000, "approx_threshold", "must be >= 1000")
         need(self.ivf_nprobe >= 1, "ivf_nprobe", "must be >= 1")
         need(0.0 < self.target_recall <= 1.0, "target_recall", "must be in (0, 1]")
+        need(8.0 <= self.index_bytes_per_item <= 1_000_000.0, "index_bytes_per_item",
+             f"must be in 8..1000000 bytes, got {self.index_bytes_per_item}")
         need(0.0 <= self.ivf_retrain_share <= 1.0, "ivf_retrain_share", "must be in 0..1")
         need(self.keep_versions >= 2, "keep_versions", "must be >= 2 (rollback needs one earlier version)")
         need(1 <= self.port <= 65535, "port", "must be in 1..65535")

@@ -33,7 +33,7 @@ ACTIVE = ("queued", "running")
 _JOB_RE = re.compile(r"^[0-9a-f]{32}$")
 # Settings a child build must share with the server that started it.
 _INHERITED = (
-    "index_dir", "models_dir", "encoder", "approx_threshold", "ivf_nprobe", "target_recall",
+    "index_dir", "models_dir", "encoder", "approx_threshold", "ivf_nprobe", "target_recall", "index_bytes_per_item",
     "keep_versions", "max_seq_length", "encode_batch_size", "ivf_retrain_share",
 )
 

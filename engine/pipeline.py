@@ -28,6 +28,7 @@ from engine.index import publish, versions
 from engine.index.keyword import B, K1, KeywordIndex
 from engine.index.vector import VectorIndex, build_vector_index
 from engine.item_text import embedding_text, keyword_text
+from engine.ray_build import RayBuildError, RayEmbedInfo, RayEncoderPool, wanted
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class BuildResult:
             f"embeddings: {c['embedded']} embedded, {c['from_cache']} from cache "
             f"({m['embedding']['items_per_second']:.0f} items/s embedding)",
             f"vector index: {ix['spec']} ({ix['kind']}), recall@10 vs exact {ix['recall_at_10']:.4f}"
-            + (f" at nprobe {ix['nprobe']} over {ix['recall_queries']} probe queries" if ix["kind"] != "exact" else ""),
+            + (f" at nprobe {ix['nprobe']} over {ix['recall_queries']} probe queries" if ix["kind"] != "exact" else "")
+            + (f", {ix['bytes_per_item']:.0f} bytes/item, {ix['qps']:.0f} QPS (1 thread)" if ix.get("qps") else ""),
             f"keyword index: BM25 k1={K1} b={B}, {m['bm25']['vocabulary']} terms",
         ] + ([f"pruned old versions: {', '.join(self.pruned)}"] if self.pruned else [])
 
@@ -88,11 +90,15 @@ def build(
     full: bool = False,
     encoder: Encoder | None = None,
     progress: Progress | None = None,
+    ray: str | None = None,
 ) -> BuildResult:
     """Build and publish a new version from ``catalog_path``.
 
-    ``full`` re-embeds every item instead of reusing cached vectors. Raises ``CatalogError`` when
-    the file cannot be read or holds no valid product, ``BuildInProgress`` when locked.
+    ``full`` re-embeds every item instead of reusing cached vectors. ``ray`` (default: the ``build_ray``
+    setting) embeds the texts missing from the cache over a Ray cluster: ``auto`` or its address, ``off``
+    for a local build (``engine.ray_build``); the vectors are the same as a local build's. Raises
+    ``CatalogError`` when the file cannot be read or holds no valid product, ``BuildInProgress`` when
+    locked, ``RayBuildError`` when the cluster cannot be used.
     """
     started = time.time()
     say = progress or (lambda event: None)
@@ -109,7 +115,8 @@ def build(
             # A build may use every core (the server's encoders use ``torch_threads``, 1 by default).
             encoder = build_encoder(config.encoder, cache_dir=config.models_path, threads=os.cpu_count() or 1,
                                     max_seq_length=config.max_seq_length)
-        vectors, embedded, embed_seconds = _embed(config, catalog, encoder, full, say)
+        ray_address = wanted(config.build_ray if ray is None else ray)
+        vectors, embedded, embed_seconds, ray_info = _embed(config, catalog, encoder, full, say, ray_address)
         say({"stage": "index", "done": 0, "total": len(catalog)})
         previous, drift, trained_in = (None, 0, None) if full else _previous_ivf(
             index_dir, len(catalog), embedded, encoder, config.ivf_retrain_share)
@@ -119,6 +126,9 @@ def build(
             nprobe=config.ivf_nprobe,
             target_recall=config.target_recall,
             reuse=previous,
+            bytes_per_item=config.index_bytes_per_item,
+            reuse_spec=_served_spec(index_dir) if previous is not None else None,
+            say=lambda line: say({"stage": "index", "done": 0, "total": len(catalog), "candidate": line}),
         )
         del previous
         keyword = KeywordIndex.build([keyword_text(p) for p in catalog])
@@ -132,6 +142,8 @@ def build(
         manifest = _manifest(
             version, catalog_path, catalog, report, encoder, info, keyword, embedded, embed_seconds, started, config
         )
+        if ray_info is not None:
+            manifest["embedding"]["ray"] = ray_info.to_dict()
         if info.kind == "ivf":
             reused = info.quantizer == "reused"
             manifest["index"]["centroids"] = {"trained_in": trained_in if reused else version,
@@ -142,6 +154,14 @@ def build(
         pruned = publish.prune(index_dir, config.keep_versions)
     log.info("published %s with %d items", version, len(catalog))
     return BuildResult(version, path, manifest, report, pruned)
+
+
+def _served_spec(index_dir: Path) -> str | None:
+    """The FAISS spec of the served version (the index choice an incremental build may keep)."""
+    try:
+        return str(versions.read_manifest(versions.current_dir(index_dir))["index"]["spec"])
+    except Exception:
+        return None
 
 
 def _previous_ivf(index_dir: Path, n: int, embedded: int, encoder: Encoder,
@@ -167,31 +187,63 @@ def _previous_ivf(index_dir: Path, n: int, embedded: int, encoder: Encoder,
 
 
 def _embed(
-    config: EngineConfig, catalog: Catalog, encoder: Encoder, full: bool, say: Progress
-) -> tuple[np.ndarray, int, float]:
+    config: EngineConfig, catalog: Catalog, encoder: Encoder, full: bool, say: Progress, ray_address: str | None = None,
+) -> tuple[np.ndarray, int, float, RayEmbedInfo | None]:
+    """Every item's vector: from the cache, else encoded here (or over Ray) and cached. Returns the vectors,
+    the number encoded, the seconds spent encoding and, for a Ray build, what it ran on.
+
+    The missing texts are encoded in steps of ``step`` (each sorted by length and batched by the encoder); a
+    Ray build cuts its shards on the same step boundaries, so its batches and vectors are the same."""
     texts = [embedding_text(p) for p in catalog]
     hashes = [text_hash(t) for t in texts]
     cache = EmbeddingCache(config.index_dir / "cache" / "embeddings.sqlite", encoder.family, encoder.dim)
+    ray_info: RayEmbedInfo | None = None
     try:
         known = {} if full else cache.get_many(sorted(set(hashes)))
         missing = sorted({h: i for i, h in enumerate(hashes) if h not in known}.values())
         total = len(missing)
-        t0 = time.time()
-        say({"stage": "embed", "done": 0, "total": total, "from_cache": len(catalog) - total})
         step = max(config.encode_batch_size * 4, 256)
-        for start in range(0, total, step):
-            rows = missing[start : start + step]
-            vecs = encoder.encode([texts[i] for i in rows], batch_size=config.encode_batch_size)
+        done = 0
+        t0 = time.time()
+
+        def store(rows: list[int], vecs: np.ndarray) -> None:
+            nonlocal done
             cache.put_many((hashes[i], v) for i, v in zip(rows, vecs))
             known.update({hashes[i]: v for i, v in zip(rows, vecs)})
-            done = start + len(rows)
+            done += len(rows)
             rate = done / max(time.time() - t0, 1e-9)
             say({"stage": "embed", "done": done, "total": total, "items_per_s": rate, "eta_s": (total - done) / rate})
+
+        if ray_address is not None and total:
+            with RayEncoderPool(ray_address, kind=config.encoder.value, models_path=config.models_path,
+                                max_seq_length=config.max_seq_length, say=say) as pool:
+                _check_same_encoder(encoder, pool.describe())
+                ray_info = pool.info
+                t0 = time.time()
+                say({"stage": "embed", "done": 0, "total": total, "from_cache": len(catalog) - total})
+                for offset, vecs in pool.encode([texts[i] for i in missing], step=step,
+                                                batch_size=config.encode_batch_size):
+                    store(missing[offset:offset + len(vecs)], vecs)
+        else:
+            say({"stage": "embed", "done": 0, "total": total, "from_cache": len(catalog) - total})
+            for start in range(0, total, step):
+                rows = missing[start : start + step]
+                store(rows, encoder.encode([texts[i] for i in rows], batch_size=config.encode_batch_size))
         seconds = time.time() - t0
     finally:
         cache.close()
     vectors = np.stack([known[h] for h in hashes]).astype(np.float32)
-    return np.ascontiguousarray(vectors), total, seconds
+    return np.ascontiguousarray(vectors), total, seconds, ray_info
+
+
+def _check_same_encoder(encoder: Encoder, workers: list[dict[str, Any]]) -> None:
+    """The Ray encoders must make the driver's vectors (same family and dims), or the cache would mix."""
+    for w in workers:
+        if (w["family"], int(w["dim"]), w["name"]) != (encoder.family, encoder.dim, encoder.name):
+            raise RayBuildError(
+                f"the Ray encoder on {w['host']} is {w['name']} ({w['family']}, {w['dim']} dims), "
+                f"the build's is {encoder.name} ({encoder.family}, {encoder.dim} dims): "
+                "give the build the encoder of the `encoder` setting")
 
 
 def _manifest(

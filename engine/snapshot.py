@@ -41,7 +41,12 @@ class Snapshot:
         manifest = versions.read_manifest(version_dir)
         catalog = load_catalog_jsonl(version_dir / "items.jsonl")
         vectors = np.load(version_dir / "vectors.npy", mmap_mode="r", allow_pickle=False)
-        vindex = VectorIndex.load(version_dir / "vectors.faiss", vectors, int(manifest["index"].get("nprobe", 0)))
+        ix = manifest["index"]
+        # A compressed index scores from its own codes: the fp32 array stays on disk for it (the search
+        # path never reads it; ``vectors`` below is a lazy memory map for the recommenders).
+        vindex = VectorIndex.load(version_dir / "vectors.faiss", None if ix.get("serves_from_codes") else vectors,
+                                  int(ix.get("nprobe", 0)), ef_search=int(ix.get("ef_search", 0)),
+                                  k_factor=int(ix.get("k_factor", 0)))
         keyword = KeywordIndex.load(version_dir / "bm25", len(catalog))
         price = np.array([math.nan if p.price is None else p.price for p in catalog], np.float32)
         in_stock = np.array([p.in_stock is not False for p in catalog], bool)

@@ -16,10 +16,13 @@ class Fusion(str, Enum):
 
 
 class EncoderKind(str, Enum):
-    """``onnx``: the fp32 ONNX export of the packaged weights; ``torch``: sentence-transformers."""
+    """``onnx``: the fp32 ONNX export of the packaged weights; ``torch``: sentence-transformers;
+    ``onnx-int8``: that export with int8 weights (dynamic quantization, see :mod:`engine.embedding.int8`),
+    a different vector family (an index is queried by the kind that built it)."""
 
     ONNX = "onnx"
     TORCH = "torch"
+    ONNX_INT8 = "onnx-int8"
 
 
 class SearchHits(NamedTuple):

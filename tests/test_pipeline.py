@@ -171,7 +171,8 @@ def test_build_killed_half_way_leaves_the_previous_version_serving(config: Engin
 
 def test_incremental_builds_reuse_ivf_centroids_until_the_catalog_drifts(config: EngineConfig, encoder: Encoder,
                                                                          tmp_path: Path) -> None:
-    config = config.replace(approx_threshold=1000)
+    # 600 bytes/item: at 1,400 items the 128 IVF centroids alone cost 140 bytes an item (500 fits nothing)
+    config = config.replace(approx_threshold=1000, index_bytes_per_item=600)
     with DEMO_CATALOG.open(encoding="utf-8") as fh:
         rows = [json.loads(line) for _, line in zip(range(1400), fh)]
     catalog = tmp_path / "catalog.jsonl"

@@ -14,13 +14,15 @@ from engine.types import EncoderKind
 log = logging.getLogger(__name__)
 
 ONNX_DIRNAME = "minilm-onnx-fp32"
+INT8_DIRNAME = "minilm-onnx-int8"
 KINDS = tuple(k.value for k in EncoderKind)
 
-__all__ = ["KINDS", "ONNX_DIRNAME", "PROBE_TEXTS", "build_encoder", "check_compatible"]
+__all__ = ["INT8_DIRNAME", "KINDS", "ONNX_DIRNAME", "PROBE_TEXTS", "build_encoder", "check_compatible"]
 
 
 def build_encoder(kind: EncoderKind | str, *, cache_dir: Path, threads: int | None = None, max_seq_length: int = 256) -> Encoder:
     """``"onnx"``: export once into ``cache_dir/minilm-onnx-fp32`` then load it (``threads`` default 1);
+    ``"onnx-int8"``: that export, quantized once into ``cache_dir/minilm-onnx-int8`` (``threads`` default 1);
     ``"torch"``: sentence-transformers (``threads`` default: torch's own setting)."""
     try:
         kind = EncoderKind(kind)
@@ -29,6 +31,11 @@ def build_encoder(kind: EncoderKind | str, *, cache_dir: Path, threads: int | No
     if kind is EncoderKind.ONNX:
         model_dir = export_onnx(Path(cache_dir) / ONNX_DIRNAME)
         return OnnxEncoder(model_dir, threads=threads if threads is not None else 1, max_seq_length=max_seq_length)
+    if kind is EncoderKind.ONNX_INT8:
+        from engine.embedding.int8 import OnnxInt8Encoder, quantize_onnx
+
+        int8_dir = quantize_onnx(export_onnx(Path(cache_dir) / ONNX_DIRNAME), Path(cache_dir) / INT8_DIRNAME)
+        return OnnxInt8Encoder(int8_dir, threads=threads if threads is not None else 1, max_seq_length=max_seq_length)
     from engine.embedding.st import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder(max_seq_length=max_seq_length, threads=threads)

@@ -169,8 +169,13 @@ def _valid_export(out_dir: Path, sha: str, optimize: bool) -> bool:
             and meta.get("optimize") == optimize)
 
 
-def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool = False) -> Path:
+def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool = False,
+                top_layer: Path | None = None) -> Path:
     """Export the packaged model to ``out_dir/model.onnx`` (once) and return ``out_dir``.
+
+    ``top_layer``: an ``.npz`` of weights for the last transformer layer (``BertLayer.state_dict()`` names)
+    that replace the packaged ones, e.g. the answer-ranking fine-tune of ``engine.qa.finetune``; the export
+    is then keyed by both files' hashes.
 
     With ``optimize`` the graph also goes through onnxruntime's BERT fusion (still fp32); the fused
     graph is kept only if its vectors stay within ``FUSED_MAX_ABS_DIFF`` of torch. Off by default:
@@ -181,7 +186,7 @@ def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool 
     out_dir = Path(out_dir)
     src = Path(model_path) if model_path is not None else Path(default_model_path())
     weights = src / "model.safetensors"
-    sha = _sha256(weights)
+    sha = _sha256(weights) + (f"+{_sha256(top_layer)}" if top_layer is not None else "")
     if _valid_export(out_dir, sha, optimize):
         log.debug("ONNX export in %s is current", out_dir)
         return out_dir
@@ -198,6 +203,9 @@ def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool 
     try:
         with quiet_transformers():
             model = AutoModel.from_pretrained(str(src), attn_implementation="eager", local_files_only=True).eval()
+        if top_layer is not None:
+            with np.load(top_layer, allow_pickle=False) as z:
+                model.encoder.layer[-1].load_state_dict({k: torch.from_numpy(z[k].astype(np.float32)) for k in z.files})
 
         class _Transformer(torch.nn.Module):
             def __init__(self, inner: torch.nn.Module) -> None:
@@ -257,6 +265,7 @@ def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool 
             "source_path": str(src),
             "source_file": weights.name,
             "source_sha256": sha,
+            "top_layer": str(top_layer) if top_layer is not None else None,
             "optimize": optimize,
             "fused": fused,
             "opset": OPSET,

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engine.config import EngineConfig
-from engine.qa.rank import FEATURES, AnswerTexts, QaModel, features
+from engine.qa.rank import FEATURES, PACKAGED, AnswerTexts, QaModel, features
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,29 +165,53 @@ class QaEvalReport:
 
 
 def run_qa_eval(config: EngineConfig, dataset: str = "appliances", data_dir: Path | None = None,
-                encoder: Any = None, save_to: Path | None = None) -> QaEvalReport:
+                encoder: Any = None, save_to: Path | None = None, *, top_layer: Path | None = None,
+                finetune_epochs: int = 0) -> QaEvalReport:
     """Measure BM25, vector and the tuned scorer; write the tuned model to ``save_to`` (default
-    ``<models_path>/qa``), where the server picks it up."""
+    ``<models_path>/qa``), where the server picks it up.
+
+    ``finetune_epochs``: first fine-tune MiniLM's top layer on the whole tune half (engine.qa.finetune,
+    about 25 minutes an epoch on 2 loaded cores) into ``save_to/top_layer.npz``; else ``top_layer`` (an
+    ``.npz`` from an earlier run; None: the packaged one, if any). With a top layer, the tuned scorer ranks
+    with its vectors and no adapter."""
     started = time.time()
     data = load_qa_set(Path(data_dir or config.data_dir), dataset)
     if encoder is None:
         from engine.embedding.factory import build_encoder
 
         encoder = build_encoder(config.encoder, cache_dir=config.models_path, threads=config.torch_threads)
+    folder = save_to or config.models_path / "qa"
+    tune, report = data.split(0), data.split(1)
+    if finetune_epochs:
+        from engine.qa.finetune import finetune_top_layer, save_top_layer
+
+        weights = finetune_top_layer(data.questions, data.answers, data.asins, tune, epochs=finetune_epochs)
+        top_layer = save_top_layer(weights, folder / "top_layer.npz", {
+            "trained_on": f"{dataset} tune half (crc32 even), {len(tune)} questions", "epochs": finetune_epochs,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    elif top_layer is None and (PACKAGED / "top_layer.npz").is_file():
+        top_layer = PACKAGED / "top_layer.npz"
     q_vecs = encoder.encode(data.questions, batch_size=64)
     texts = AnswerTexts.build(data.answers, encoder.encode(data.answers, batch_size=64))
-    tune, report = data.split(0), data.split(1)
+    ft_texts, ft_q = texts, q_vecs
+    if top_layer is not None:
+        from engine.qa.service import qa_encoder
+
+        qa_enc = qa_encoder(encoder, top_layer, config.models_path)
+        ft_q = qa_enc.encode(data.questions, batch_size=64)
+        ft_texts = AnswerTexts.build(data.answers, qa_enc.encode(data.answers, batch_size=64))
     part = {i: (zlib.crc32(data.questions[i].encode()) >> 1) & 1 for i in tune}
     adapter_idx = [i for i in tune if part[i] == 0]
     fit_idx = [i for i in tune if part[i] == 1]
     adapter = train_adapter(q_vecs[adapter_idx], texts.vectors[adapter_idx])
+    model_adapter: np.ndarray | None = adapter if top_layer is None else None
     x, y = [], []
     for i in fit_idx:
         g = np.array(data.groups[data.asins[i]], np.int64)
-        x.append(features(data.questions[i], q_vecs[i], texts, g, adapter))
+        x.append(features(data.questions[i], ft_q[i], ft_texts, g, model_adapter))
         y.append((g == i).astype(np.float64))
     coef, intercept, mean, scale = fit_logistic(np.vstack(x), np.concatenate(y))
-    model = QaModel(coef, intercept, mean, scale, adapter, 0.5, {})
+    model = QaModel(coef, intercept, mean, scale, model_adapter, 0.5, {}, top_layer)
 
     def vector(i: int, g: np.ndarray) -> np.ndarray:
         return np.asarray(texts.vectors[g] @ q_vecs[i])
@@ -198,8 +222,11 @@ def run_qa_eval(config: EngineConfig, dataset: str = "appliances", data_dir: Pat
     def adapted(i: int, g: np.ndarray) -> np.ndarray:
         return features(data.questions[i], q_vecs[i], texts, g, adapter)[:, FEATURES.index("cos")]
 
+    def fine_tuned(i: int, g: np.ndarray) -> np.ndarray:
+        return np.asarray(ft_texts.vectors[g] @ ft_q[i])
+
     def tuned(i: int, g: np.ndarray) -> np.ndarray:
-        return model.score(data.questions[i], q_vecs[i], texts, g)
+        return model.score(data.questions[i], ft_q[i], ft_texts, g)
 
     def top(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
         probs, right = [], []
@@ -212,10 +239,16 @@ def run_qa_eval(config: EngineConfig, dataset: str = "appliances", data_dir: Pat
 
     tp, tr = top(fit_idx)
     threshold = choose_threshold(tp, tr)
-    model = QaModel(coef, intercept, mean, scale, adapter, threshold, {})
+    model = QaModel(coef, intercept, mean, scale, model_adapter, threshold, {}, top_layer)
     rows: dict[str, dict[str, float]] = {}
-    for name, fn in (("BM25", bm25), ("vector (MiniLM cosine)", vector), ("vector + adapter", adapted),
-                     ("tuned (adapter + BM25 + features, logistic)", tuned)):
+    methods: list[tuple[str, Callable[[int, np.ndarray], np.ndarray]]] = [
+        ("BM25", bm25), ("vector (MiniLM cosine)", vector), ("vector + adapter", adapted)]
+    if top_layer is not None:
+        methods += [("vector, MiniLM with the fine-tuned top layer", fine_tuned),
+                    ("tuned (fine-tuned top layer + BM25 + features, logistic)", tuned)]
+    else:
+        methods.append(("tuned (adapter + BM25 + features, logistic)", tuned))
+    for name, fn in methods:
         m, r1 = mrr_r1(ranks(data, report, fn))
         rows[name] = {"mrr": m, "r1": r1, "n": float(len(report))}
     all_m, _ = mrr_r1(ranks(data, list(range(len(data.questions))), vector))
@@ -231,7 +264,7 @@ def run_qa_eval(config: EngineConfig, dataset: str = "appliances", data_dir: Pat
                                "shown_right": float(rr[shown].mean()) if shown.any() else 0.0,
                                "questions": len(data.questions), "products": len(data.groups)})
     metrics = {k: v for k, v in report_obj.to_dict().items() if k in ("dataset", "report_half", "threshold", "tune")}
-    QaModel(coef, intercept, mean, scale, adapter, threshold, metrics).save(save_to or config.models_path / "qa")
+    QaModel(coef, intercept, mean, scale, model_adapter, threshold, metrics, top_layer).save(folder)
     return report_obj
 
 

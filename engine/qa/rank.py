@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,7 @@ class QaModel:
     adapter: np.ndarray | None
     threshold: float
     metrics: dict[str, object]
+    top_layer: Path | None = None  # the fine-tuned top layer of the question/answer encoder (None: MiniLM's own)
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         """P(answer answers the question) for a feature matrix from :func:`features`: shape (n,)."""
@@ -123,13 +125,19 @@ class QaModel:
         return self.probability(features(question, q_vec, texts, rows, self.adapter))
 
     def save(self, folder: Path) -> None:
+        """``qa_model.json``, ``adapter.npy`` and a copy of the top layer (unless it is already there)."""
         folder.mkdir(parents=True, exist_ok=True)
+        if self.top_layer is not None and self.top_layer.resolve() != (folder / self.top_layer.name).resolve():
+            shutil.copyfile(self.top_layer, folder / self.top_layer.name)
+            shutil.copyfile(self.top_layer.with_suffix(".json"), folder / self.top_layer.with_suffix(".json").name)
         if self.adapter is not None:
             np.save(folder / "adapter.npy", self.adapter.astype(np.float32), allow_pickle=False)
         (folder / "qa_model.json").write_text(json.dumps({
             "features": list(FEATURES), "coef": self.coef.tolist(), "intercept": self.intercept,
             "mean": self.mean.tolist(), "scale": self.scale.tolist(), "threshold": self.threshold,
-            "adapter": "adapter.npy" if self.adapter is not None else None, "metrics": self.metrics}, indent=1) + "\n",
+            "adapter": "adapter.npy" if self.adapter is not None else None,
+            "top_layer": self.top_layer.name if self.top_layer is not None else None,
+            "metrics": self.metrics}, indent=1) + "\n",
             encoding="utf-8")
 
     @classmethod
@@ -139,8 +147,12 @@ class QaModel:
             raise ValueError(f"{folder}: QA model features {meta['features']} differ from {list(FEATURES)}; "
                              "retrain with `vitrine eval qa`")
         adapter = np.load(folder / meta["adapter"], allow_pickle=False) if meta.get("adapter") else None
+        top = folder / meta["top_layer"] if meta.get("top_layer") else None
+        if top is not None and not top.is_file():
+            raise ValueError(f"{folder}: QA model names the encoder layer {top.name}, which is missing")
         return cls(np.array(meta["coef"], np.float64), float(meta["intercept"]), np.array(meta["mean"], np.float64),
-                   np.array(meta["scale"], np.float64), adapter, float(meta["threshold"]), dict(meta.get("metrics", {})))
+                   np.array(meta["scale"], np.float64), adapter, float(meta["threshold"]), dict(meta.get("metrics", {})),
+                   top)
 
 
 def load_model(models_path: Path) -> QaModel:

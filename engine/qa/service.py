@@ -60,9 +60,27 @@ def attribute_answers(question: str, product: Product) -> list[dict[str, Any]]:
     return out
 
 
+def qa_encoder(base: Encoder, top_layer: Path | None, models_path: Path) -> Encoder:
+    """The encoder of questions and stored answers: MiniLM with the QA model's fine-tuned top layer (an ONNX
+    export made once into ``models_path``, keyed by the layer's hash), or ``base`` when the model has none."""
+    if top_layer is None:
+        return base
+    import hashlib
+
+    from engine.embedding.onnx_encoder import OnnxEncoder, export_onnx
+
+    digest = hashlib.sha256(top_layer.read_bytes()).hexdigest()[:12]
+    enc = OnnxEncoder(export_onnx(models_path / f"minilm-onnx-qa-{digest}", top_layer=top_layer),
+                      threads=int(getattr(base, "threads", 1) or 1))
+    enc.name = f"{enc.name}+qa-top-layer-{digest}"
+    enc.family = f"{enc.family}+qa-{digest}"  # not interchangeable with the index's vectors
+    return enc
+
+
 class QA:
-    """``store``: the event store (tables made on first use); ``encoder``: MiniLM, built on first use;
-    ``product``: an item by id (raises NotFound); ``min_score``: below it no past answer is shown."""
+    """``store``: the event store (tables made on first use); ``encoder``: MiniLM, built on first use (the
+    index's; questions and answers use :func:`qa_encoder` of it); ``product``: an item by id (raises
+    NotFound); ``min_score``: below it no past answer is shown."""
 
     def __init__(self, store: Callable[[], EventStore], encoder: Callable[[], Encoder],
                  product: Callable[[str], Product], known_item: Callable[[str], bool], *, models_path: Path,
@@ -74,7 +92,35 @@ class QA:
         self._models_path = models_path
         self.min_score = min_score
         self._model: QaModel | None = None
-        self._model_lock = threading.Lock()
+        self._model_lock = threading.RLock()  # encoder() builds the model first, under the same lock
+        self._qa_encoder: Encoder | None = None
+        self._current: str | None = None  # the encoder name the stored vectors were checked against
+
+    def encoder(self) -> Encoder:
+        """The QA encoder (see :func:`qa_encoder`), built on first use."""
+        if self._qa_encoder is None:
+            with self._model_lock:
+                if self._qa_encoder is None:
+                    self._qa_encoder = qa_encoder(self._encoder(), self.model.top_layer, self._models_path)
+        return self._qa_encoder
+
+    def _vectors_current(self) -> None:
+        """Re-embed the stored pairs once if they come from another encoder (a new QA model, or pairs
+        stored before the QA encoder existed: those were embedded by the index's encoder)."""
+        enc = self.encoder()
+        if self._current == enc.name:
+            return
+        stored = self.store.encoder()
+        if stored is None:
+            stored = self._encoder().name  # recorded by nothing: the index's encoder embedded them
+        if stored != enc.name and self.store.count():
+            started = time.monotonic()
+            n = self.store.reembed(lambda texts: enc.encode(texts, batch_size=64), enc.name)
+            log.warning("qa: re-embedded %d stored pairs with %s (were %s) in %.0f s", n, enc.name, stored,
+                        time.monotonic() - started)
+        elif self.store.encoder() != enc.name:
+            self.store.set_encoder(enc.name)
+        self._current = enc.name
 
     @property
     def model(self) -> QaModel:
@@ -106,7 +152,8 @@ class QA:
         stored = self.store.known([p.key for p in pairs])
         report.already_stored = sum(1 for p in pairs if p.key in stored)
         new = [p for p in pairs if p.key not in stored]
-        encoder = self._encoder()
+        self._vectors_current()
+        encoder = self.encoder()
         for b in range(0, len(new), batch_size):
             chunk = new[b:b + batch_size]
             q = encoder.encode([p.question for p in chunk], show_progress=show_progress)
@@ -134,6 +181,7 @@ class QA:
         found: list[dict[str, Any]] = []
         if item_id is not None:
             found = attribute_answers(question, self._product(item_id))  # NotFound for an unknown item
+        self._vectors_current()
         corpus = self.store.corpus()
         rows = corpus.by_item.get(item_id, np.zeros(0, np.int64)) if item_id is not None else np.arange(len(corpus))
         past = self._past(question, corpus, rows, k) if len(rows) else []
@@ -149,7 +197,7 @@ class QA:
 
     def _past(self, question: str, corpus: Corpus, rows: np.ndarray, k: int) -> list[dict[str, Any]]:
         model = self.model
-        q_vec = self._encoder().encode([question])[0]
+        q_vec = self.encoder().encode([question])[0]
         if len(rows) > CATALOG_POOL:
             q = q_vec @ model.adapter if model.adapter is not None else q_vec
             cos = corpus.texts.vectors[rows] @ q

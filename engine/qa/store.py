@@ -21,6 +21,9 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS qa_pairs (hash TEXT PRIMARY KEY, item_id TEXT NOT NULL, question TEXT NOT NULL, "
     "answer TEXT NOT NULL, answered_at REAL, imported_at REAL NOT NULL, q_vec BLOB NOT NULL, a_vec BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS qa_pairs_item ON qa_pairs (item_id)",
+    # ``encoder``: the name of the encoder the stored vectors come from (absent: the index's encoder, before
+    # the QA encoder existed); a different QA encoder re-embeds them (QA._vectors_current).
+    "CREATE TABLE IF NOT EXISTS qa_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
 
 
@@ -97,6 +100,37 @@ class QaStore:
             return int(conn.total_changes - before)
 
         return self.events().run_write(write)
+
+    def encoder(self) -> str | None:
+        """The name of the encoder the stored vectors come from; None when never recorded."""
+        row = self.events().run_read(lambda conn: conn.execute(
+            "SELECT value FROM qa_meta WHERE key = 'encoder'").fetchone())
+        return str(row[0]) if row else None
+
+    def set_encoder(self, name: str) -> None:
+        self.events().run_write(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO qa_meta VALUES ('encoder', ?)", (name,)))
+
+    def reembed(self, encode: Callable[[list[str]], np.ndarray], name: str, batch: int = 512) -> int:
+        """Replace every stored pair's vectors by ``encode``'s and record ``name``; returns the pairs done."""
+        rows = self.events().run_read(lambda conn: conn.execute(
+            "SELECT hash, question, answer FROM qa_pairs ORDER BY rowid").fetchall())
+        for b in range(0, len(rows), batch):
+            chunk = rows[b:b + batch]
+            q = encode([r[1] for r in chunk])
+            a = encode([r[2] for r in chunk])
+
+            def write(conn: sqlite3.Connection, chunk: list[tuple[str, str, str]] = chunk, q: np.ndarray = q,
+                      a: np.ndarray = a) -> None:
+                conn.executemany("UPDATE qa_pairs SET q_vec = ?, a_vec = ? WHERE hash = ?",
+                                 [(np.asarray(qv, np.float32).tobytes(), np.asarray(av, np.float32).tobytes(), r[0])
+                                  for r, qv, av in zip(chunk, q, a)])
+
+            self.events().run_write(write)
+        self.set_encoder(name)
+        with self._lock:
+            self._corpus = None  # the row count and last rowid did not move: drop the cached vectors
+        return len(rows)
 
     def count(self) -> int:
         return int(self.events().run_read(lambda conn: conn.execute("SELECT count(*) FROM qa_pairs").fetchone()[0]))

@@ -164,7 +164,7 @@ class InterestProfile:
             return np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64)
         hits = vector_index.search(self.unit_centers(), k, allowed=allowed)
         rows = np.unique(hits.rows[hits.rows >= 0])
-        vecs = np.asarray(vector_index.vectors)[rows]  # plain-array gather: indexing a memmap is slower
+        vecs = vector_index.rows_vectors(rows)  # exact rows for Flat, decoded from the codes when compressed
         scores, best = self.score(vecs, beta)
         order = np.lexsort((rows, -scores))[:k]
         return rows[order], scores[order], best[order]
