@@ -19,10 +19,8 @@ built by the other family.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from engine.embedding.base import MODEL_NAME
-from engine.embedding.onnx_encoder import PROBE_TEXTS, OnnxEncoder, _sha256
+from engine.embedding.onnx_encoder import PROBE_TEXTS, OnnxEncoder, _sha256, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,27 +135,13 @@ def quantize_onnx(fp32_dir: Path, out_dir: Path) -> Path:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _replace_dir(tmp, out_dir, sha)
+        replace_dir(tmp, out_dir, lambda: _valid(out_dir, sha))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("quantized %s to int8 in %s (%.1fs; probe cosine vs fp32 min %.4f, mean %.4f)",
              MODEL_NAME, out_dir, meta["quantize_seconds"], worst, mean)
     return out_dir
-
-
-def _replace_dir(tmp: Path, out_dir: Path, sha: str) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``, replacing a stale one."""
-    if out_dir.exists():
-        stale = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(out_dir, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if not _valid(out_dir, sha):  # lost a race against a concurrent quantizer?
-            raise
 
 
 class OnnxInt8Encoder(OnnxEncoder):

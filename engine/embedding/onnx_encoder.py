@@ -17,7 +17,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -280,7 +280,7 @@ def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool 
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _replace_dir(tmp, out_dir, sha, optimize)
+        replace_dir(tmp, out_dir, lambda: _valid_export(out_dir, sha, optimize))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -302,8 +302,9 @@ def _fuse(src: Path, dst: Path, config: Any) -> Path:
     return dst
 
 
-def _replace_dir(tmp: Path, out_dir: Path, sha: str, optimize: bool) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``, replacing a stale one."""
+def replace_dir(tmp: Path, out_dir: Path, valid: Callable[[], bool]) -> None:
+    """Move the finished ``tmp`` folder to ``out_dir``, replacing a stale one; when the move fails, a
+    concurrent builder may have won the race, which is fine if ``valid()`` says its result is current."""
     if out_dir.exists():
         stale = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         with contextlib.suppress(FileNotFoundError):
@@ -312,7 +313,7 @@ def _replace_dir(tmp: Path, out_dir: Path, sha: str, optimize: bool) -> None:
     try:
         os.replace(tmp, out_dir)
     except OSError:
-        if not _valid_export(out_dir, sha, optimize):  # lost a race against a concurrent exporter?
+        if not valid():  # lost a race against a concurrent builder?
             raise
 
 

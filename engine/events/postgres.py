@@ -382,6 +382,7 @@ class PostgresEventStore(SQLiteEventStore):
 
     _errors: tuple[type[Exception], ...] = (psycopg.Error, OSError)
     _soft_errors: tuple[type[Exception], ...] = (psycopg.OperationalError,)
+    _begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"  # one snapshot for every statement inside
 
     def __init__(self, url: str, *, config: FeatureConfig | None = None) -> None:
         if url.startswith("postgres://"):
@@ -487,18 +488,6 @@ class PostgresEventStore(SQLiteEventStore):
         except BaseException:
             self._rollback(conn)
             raise
-
-    @contextmanager
-    def _read(self) -> Iterator[Any]:
-        """A read transaction: every statement inside sees the same snapshot."""
-        conn = self._conn()
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            yield conn
-        except BaseException:
-            self._rollback(conn)
-            raise
-        conn.execute("COMMIT")
 
     def _init_schema(self) -> None:
         with self._write() as conn:

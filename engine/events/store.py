@@ -278,6 +278,8 @@ class SQLiteEventStore:
     # the PostgreSQL store (engine/events/postgres.py) swaps in psycopg's.
     _errors: tuple[type[Exception], ...] = (sqlite3.Error, OSError)
     _soft_errors: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
+    # How a read transaction starts (PostgreSQL: a repeatable-read, read-only snapshot).
+    _begin_read = "BEGIN"
 
     def __init__(self, path: str | Path, *, config: FeatureConfig | None = None) -> None:
         """Open (creating it if need be) the store at ``path``; :class:`StoreUnavailable` when it cannot
@@ -388,7 +390,7 @@ class SQLiteEventStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every statement inside sees the same snapshot."""
         conn = self._conn()
-        conn.execute("BEGIN")
+        conn.execute(self._begin_read)
         try:
             yield conn
         except BaseException:
