@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the real types of the lazy names below, for mypy (`from eng
     )
     from engine.events import open_event_store as open_event_store
     from engine.filters import Filters as Filters
-    from engine.limits import RateLimiter as RateLimiter
+    from engine.limits import RateLimiter as RateLimiter, open_limiter as open_limiter
     from engine.recommend.compose import Recommended as Recommended
     from engine.recommend.strategies import STRATEGIES as STRATEGIES
     from engine.search import Hit as Hit
@@ -72,6 +72,7 @@ _WHERE = {
     "Rollback": "engine.admin",
     "ShopperToken": "engine.tokens",
     "RateLimiter": "engine.limits",
+    "open_limiter": "engine.limits",
     "text_problem": "engine.text",
     "parse_bool": "engine.text",
     "VitrineError": "engine.errors",

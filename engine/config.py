@@ -78,7 +78,8 @@ class EngineConfig:
     # The storefront's "shopping as" menu of real shoppers: a demo feature (``make demo`` turns it on).
     demo_shopper_menu: bool = False
     # Events from storefront sessions and shopper tokens (not from the ingest key): token buckets per
-    # session and per client IP, shared by every worker (``limits_path``); over the limit: 429.
+    # session and per client IP, shared by every worker (``limits_path``; in the event store's database when
+    # ``events_url`` is PostgreSQL, shared by every machine); over the limit: 429.
     events_per_second_session: float = 5.0
     events_burst_session: int = 40
     events_per_second_ip: float = 20.0

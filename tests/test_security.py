@@ -7,14 +7,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from engine import jobs
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
-from engine.limits import RateLimiter, backoff
+from engine.limits import RateLimiter, backoff, open_limiter
 from engine.service import Engine
 from engine.tokens import ShopperToken
 from tests.conftest import ADMIN_KEY, INGEST_KEY, READ_KEY, SHOPPER_SECRET
@@ -125,15 +125,59 @@ def test_a_flood_from_one_browser_is_rate_limited_and_does_not_move_trending(app
     assert trending(client) == before  # one shopper counts once per item however often they send it
 
 
-def test_rate_limits_are_per_session_and_per_ip(tmp_path: Path) -> None:
-    limiter = RateLimiter(tmp_path / "limits.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def limits_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], RateLimiter]]:
+    """A factory of limiters on one shared state: the SQLite file (the workers of one machine) or the
+    event store's PostgreSQL database (every machine), as ``open_limiter`` picks from the settings."""
+    opened: list[RateLimiter] = []
+    url = "sqlite:///unused.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+    def make() -> RateLimiter:
+        limiter = open_limiter(url, tmp_path / "limits.db")
+        opened.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in opened:
+        limiter.close()
+
+
+def test_rate_limits_are_per_session_and_per_ip(limits_backend: Callable[[], RateLimiter]) -> None:
+    limiter = limits_backend()
     assert limiter.take("s1", 5, rate=1.0, burst=5, now=100.0) == 0.0
     assert limiter.take("s1", 1, rate=1.0, burst=5, now=100.0) == pytest.approx(1.0)
     assert limiter.take("s2", 5, rate=1.0, burst=5, now=100.0) == 0.0  # another bucket
     assert limiter.take("s1", 2, rate=1.0, burst=5, now=102.0) == 0.0  # refilled 2 in 2 s
     assert limiter.take("s1", 50, rate=1.0, burst=5, now=1000.0) == pytest.approx(1.0)  # over the burst: never
-    other = RateLimiter(tmp_path / "limits.db")  # another worker process sees the same buckets
+    other = limits_backend()  # another worker process (or, on PostgreSQL, another machine) sees the same buckets
     assert other.take("s2", 1, rate=1.0, burst=5, now=100.0) > 0
+    for _ in range(6):
+        limiter.failed("login:1.2.3.4", now=200.0)
+    assert other.blocked_for("login:1.2.3.4", now=200.5) == pytest.approx(1.5)  # 6 failures: 2 s from the last
+    other.succeeded("login:1.2.3.4")
+    assert limiter.blocked_for("login:1.2.3.4", now=200.5) == 0.0
+
+
+def test_concurrent_takers_never_overspend_a_bucket(limits_backend: Callable[[], RateLimiter]) -> None:
+    """4 limiters (as 4 workers or machines) take 1 token at a time from one bucket of 20 at the same
+    instant: exactly 20 takes pass, whatever the interleaving."""
+    import threading
+
+    passed: list[int] = []
+    start = threading.Barrier(4)
+
+    def worker() -> None:
+        limiter = limits_backend()
+        limiter.take("warm-up", 1, rate=1.0, burst=5, now=0.0)  # connect before the race
+        start.wait()
+        passed.append(sum(limiter.take("shared", 1, rate=0.001, burst=20, now=500.0) == 0.0 for _ in range(10)))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(passed) == 20
 
 
 # --------------------------------------------------------------------------- admin login throttle

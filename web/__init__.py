@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from engine import Admin, Engine, EngineConfig, RateLimiter
+from engine import Admin, Engine, EngineConfig, open_limiter
 from web.auth import load_secret_key
 
 
@@ -29,7 +29,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if config.analytics_warm and app.config.get("ENGINE") is None:
         app.extensions["vitrine"].analytics.warm()  # the analytics copy, in the background (engine.analytics)
     app.extensions["vitrine_admin"] = Admin(config)
-    app.extensions["vitrine_limits"] = RateLimiter(config.limits_path)
+    app.extensions["vitrine_limits"] = open_limiter(config.events_url, config.limits_path)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
