@@ -5,7 +5,11 @@ builds a new Snapshot and swaps the reference (see ``engine.service``).
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +21,33 @@ from engine.filters import Filters
 from engine.index import versions
 from engine.index.keyword import KeywordIndex
 from engine.index.vector import VectorIndex
+
+log = logging.getLogger(__name__)
+_WARM_CHUNK = 4 << 20
+
+
+def warm_page_cache(paths: Sequence[Path]) -> threading.Thread:
+    """Read ``paths`` once, in a daemon thread, so that their pages are in the OS page cache (shared by
+    every process that maps them) before queries touch them. Errors are logged, never raised."""
+
+    def read() -> None:
+        t0, total = time.perf_counter(), 0
+        buf = bytearray(_WARM_CHUNK)
+        for path in paths:
+            try:
+                with open(path, "rb", buffering=0) as fh:
+                    if hasattr(os, "posix_fadvise"):
+                        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+                    while n := fh.readinto(buf):
+                        total += n
+            except OSError as e:
+                log.warning("could not warm the page cache with %s: %s", path, e)
+        log.debug("page cache warmed with %.0f MB in %.2f s", total / 2**20, time.perf_counter() - t0)
+
+    thread = threading.Thread(target=read, name="vitrine-warm-page-cache", daemon=True)
+    thread.start()
+    return thread
+
 
 def title_key(title: str) -> str:
     return " ".join(title.lower().split())
@@ -48,6 +79,10 @@ class Snapshot:
                                   int(ix.get("nprobe", 0)), ef_search=int(ix.get("ef_search", 0)),
                                   k_factor=int(ix.get("k_factor", 0)))
         keyword = KeywordIndex.load(version_dir / "bm25", len(catalog))
+        # The indexes are memory-mapped: read them into the page cache now, in the background, so that the
+        # first queries do not wait on the disk for each page they touch (at 1M items that made p99 0.3 s).
+        warm_page_cache([version_dir / "vectors.faiss", *sorted((version_dir / "bm25").glob("*"))]
+                        + ([] if ix.get("serves_from_codes") else [version_dir / "vectors.npy"]))
         price = np.array([math.nan if p.price is None else p.price for p in catalog], np.float32)
         in_stock = np.array([p.in_stock is not False for p in catalog], bool)
         prefixes: dict[str, list[int]] = {}

@@ -138,3 +138,44 @@ def test_the_tokenizer_is_bm25s_recipe_exactly() -> None:
     texts = [r["title"] for r in rows] + [r.get("description", "") for r in rows] + ["", "The  a of", "CO2-laser 3D's"]
     expected = bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer, return_ids=False, show_progress=False)
     assert tokenize(texts) == [list(t) for t in expected]
+
+
+
+def _resident_share(path: Path) -> float:
+    """Share of ``path``'s pages in the OS page cache (Linux ``mincore`` over a private, unmodified map)."""
+    import ctypes
+    import mmap
+    import os
+
+    size = path.stat().st_size
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    vec = ctypes.create_string_buffer(pages)
+    with path.open("rb") as fh:
+        mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY)
+        first = ctypes.c_char.from_buffer(mm)
+        try:
+            assert libc.mincore(ctypes.addressof(first), size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            del first
+            mm.close()
+    return sum(b & 1 for b in vec.raw) / pages
+
+
+def test_a_loaded_version_warms_the_page_cache_with_its_indexes(tmp_path: Path) -> None:
+    """The memory-mapped index files are read into the page cache at load, so that the first queries do
+    not each wait on the disk (at 1M items that made /v1/search p99 0.3 s)."""
+    import os
+
+    from engine.snapshot import warm_page_cache
+
+    path = tmp_path / "index.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(8 << 20))
+    with path.open("rb") as fh:
+        os.fsync(fh.fileno())
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+    if _resident_share(path) > 0.5:
+        pytest.skip("this file system keeps the pages in memory (tmpfs): nothing to warm")
+    warm_page_cache([path, tmp_path / "missing.bin"]).join(timeout=30)  # a missing file is logged, not raised
+    assert _resident_share(path) == 1.0
