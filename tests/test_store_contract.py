@@ -23,12 +23,14 @@ from engine.ads.campaigns import Campaigns, parse_campaign, utc_day
 from engine.ads.reports import hourly
 from engine.analytics.dp import PrivacyBudget
 from engine.analytics.mirror import Mirror
+from engine import pipeline
 from engine.config import EngineConfig
+from engine.embedding.base import Encoder
 from engine.errors import StoreUnavailable
 from engine.events import Event, EventStore, EventType, open_event_store
 from engine.events.impressions import Impression
 from engine.qa.store import Pair, QaStore
-from tests.conftest import INGEST_KEY, READ_KEY, ROOT, start_server, stop_server
+from tests.conftest import FIXTURE_CATALOG, INGEST_KEY, READ_KEY, ROOT, start_server, stop_server
 
 T0 = 1_760_000_000.0  # 2025-10-09T08:53:20Z
 INGEST = {"Authorization": f"Bearer {INGEST_KEY}"}
@@ -278,9 +280,10 @@ def test_tailing_by_seq_under_4_concurrent_writers(store: EventStore, store_url:
 # --------------------------------------------------------------------------- PostgreSQL only
 
 
-def test_two_servers_share_one_postgres(pg_url: str, config: EngineConfig) -> None:
-    """Two `vitrine serve` processes (gunicorn, 2 workers each) on one database: an event sent to one
-    changes the other's next recommendation."""
+def test_two_servers_share_one_postgres(pg_url: str, config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    """Two `vitrine serve` processes (gunicorn, 2 workers each) on one database and one index folder: an
+    event sent to one changes the other's next recommendation, and a version published into the folder is
+    served by every worker of both."""
     shared = dataclasses.replace(config, events_url=pg_url)
     (a, base_a), (b, base_b) = start_server(shared), start_server(shared)
     try:
@@ -306,6 +309,23 @@ def test_two_servers_share_one_postgres(pg_url: str, config: EngineConfig) -> No
         assert stats["counts"]["purchase"] == 3
         post(base_b, ("s2", "shopper", "view", "multimeter"))  # and the other way round
         assert requests.get(f"{base_a}/v1/users/shopper", headers=READ, timeout=30).json()["counts"]["view"] == 1
+
+        old = requests.get(f"{base_a}/v1/info", timeout=30).json()["version"]
+        catalog = tmp_path / "edited.jsonl"
+        rows = [json.loads(line) for line in FIXTURE_CATALOG.read_text().splitlines() if line.strip()]
+        catalog.write_text("".join(json.dumps(dict(r, title=r["title"] + " (new edition)")) + "\n" for r in rows))
+        new = pipeline.build(config, catalog, encoder=encoder).version
+        assert new != old
+
+        def served(base: str) -> set[str]:  # 12 fresh connections: both workers answer
+            return {requests.get(f"{base}/v1/info", timeout=30).json()["version"] for _ in range(12)}
+
+        deadline = time.time() + 30
+        while time.time() < deadline and not served(base_a) == served(base_b) == {new}:
+            time.sleep(0.2)
+        assert served(base_a) == served(base_b) == {new}
+        hit = requests.get(f"{base_b}/v1/search", params={"q": "solder wire", "k": 1}, timeout=30).json()
+        assert hit["version"] == new and hit["hits"][0]["title"].endswith("(new edition)")
     finally:
         stop_server(a)
         stop_server(b)
