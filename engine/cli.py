@@ -279,10 +279,12 @@ def cmd_eval_qa(config: EngineConfig, args: argparse.Namespace) -> int:
 
     report = qa_eval.run_qa_eval(config, dataset=args.dataset, data_dir=Path(args.data_dir) if args.data_dir else None,
                                  top_layer=Path(args.top_layer) if args.top_layer else None,
-                                 finetune_epochs=args.finetune_epochs)
+                                 fit_layer=Path(args.fit_layer) if args.fit_layer else None,
+                                 finetune_epochs=args.finetune_epochs, finetune_layers=args.finetune_layers)
     _print_report(report, args.json)
     if args.record:
-        extra = f" --finetune-epochs {args.finetune_epochs}" if args.finetune_epochs else ""
+        extra = (f" --finetune-epochs {args.finetune_epochs} --finetune-layers {args.finetune_layers}"
+                 if args.finetune_epochs else "")
         qa_eval.record_results(report, f"vitrine eval qa --dataset {args.dataset}{extra} --record")
     return 0
 
@@ -733,9 +735,14 @@ def _parser() -> argparse.ArgumentParser:
     eq.add_argument("--json", action="store_true")
     eq.add_argument("--record", action="store_true", help="write the table to bench/RESULTS.md")
     eq.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
-                    help="first fine-tune MiniLM's top layer on the tune half for N epochs (slow: about 25 min an "
-                         "epoch on 2 loaded cores); default: use the packaged fine-tuned layer")
-    eq.add_argument("--top-layer", metavar="NPZ", help="a fine-tuned top layer from an earlier run")
+                    help="first fine-tune MiniLM's top layers on the tune half for N epochs (slow: 5 to 25 min an "
+                         "epoch a layer on 2 cores, with load); default: use the packaged fine-tuned layers")
+    eq.add_argument("--finetune-layers", type=int, default=2, metavar="L",
+                    help="how many of MiniLM's top layers --finetune-epochs trains (default 2)")
+    eq.add_argument("--top-layer", metavar="NPZ", help="fine-tuned top layers from an earlier run")
+    eq.add_argument("--fit-layer", metavar="NPZ", help="the layers trained on the first tune part only, that the "
+                                                       "regression is fitted with (default: fit_layer.npz beside "
+                                                       "--top-layer, if any)")
     ea = ev.add_parser("encoder-agreement", help="the int8 encoder against fp32: cosine, top-10 overlap, CrowdFlower "
                                                  "nDCG@10, build throughput and query encoding time")
     ea.set_defaults(func=cmd_eval_encoder_agreement)

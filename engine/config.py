@@ -133,7 +133,7 @@ class EngineConfig:
     # Shopper questions (engine.qa): a past answer is shown only if its calibrated probability of answering the
     # question is at least this; below it the API says "no good answer". Chosen on the tune half by
     # `vitrine eval qa` (README, "Shopper questions"); 0 shows the best answers whatever their score.
-    qa_min_score: float = 0.47
+    qa_min_score: float = 0.43
     # Differentially private trending (engine.recommend.live): 0 is off; else the epsilon of each hourly release,
     # with each shopper's first ``trending_dp_items`` items counted (README, "Privacy").
     trending_dp_epsilon: float = 0.0

@@ -313,3 +313,17 @@ def test_a_new_qa_encoder_re_embeds_the_stored_pairs(qa_engine: Engine, qa_confi
     assert np.abs(corpus.q_vecs - fresh).max() < 1e-5  # stored vectors are the QA encoder's now
     assert np.abs(corpus.q_vecs - encoder.encode(corpus.questions)).max() > 1e-2  # not the index's
     assert got["answers"] and got["answers"][0]["question"] is not None
+
+
+def test_top_layer_files_name_their_layers_and_the_first_format_means_the_last_layer() -> None:
+    import numpy as np
+
+    from engine.embedding.onnx_encoder import layer_weights
+    from engine.qa.finetune import load_top_layer
+    from engine.qa.rank import PACKAGED
+
+    one = np.ones(2, np.float32)
+    assert layer_weights({"output.dense.bias": one}, 6) == {5: {"output.dense.bias": one}}
+    packaged = layer_weights(load_top_layer(PACKAGED / "top_layer.npz"), 6)
+    assert sorted(packaged) == [4, 5]  # the shipped encoder fine-tunes MiniLM's last two layers
+    assert packaged[4].keys() == packaged[5].keys() and "attention.self.query.weight" in packaged[5]

@@ -169,6 +169,18 @@ def _valid_export(out_dir: Path, sha: str, optimize: bool) -> bool:
             and meta.get("optimize") == optimize)
 
 
+def layer_weights(weights: dict[str, np.ndarray], n_layers: int) -> dict[int, dict[str, np.ndarray]]:
+    """``{layer index: BertLayer state_dict}`` of a ``top_layer`` file (engine.qa.finetune); a file of bare
+    ``BertLayer`` names, the first format, holds the last layer."""
+    if not any(k.startswith("layer.") for k in weights):
+        return {n_layers - 1: dict(weights)}
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for k, v in weights.items():
+        _, i, name = k.split(".", 2)
+        out.setdefault(int(i), {})[name] = v
+    return out
+
+
 def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool = False,
                 top_layer: Path | None = None) -> Path:
     """Export the packaged model to ``out_dir/model.onnx`` (once) and return ``out_dir``.
@@ -205,7 +217,9 @@ def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool 
             model = AutoModel.from_pretrained(str(src), attn_implementation="eager", local_files_only=True).eval()
         if top_layer is not None:
             with np.load(top_layer, allow_pickle=False) as z:
-                model.encoder.layer[-1].load_state_dict({k: torch.from_numpy(z[k].astype(np.float32)) for k in z.files})
+                saved = {k: z[k].astype(np.float32) for k in z.files}
+            for i, state in layer_weights(saved, len(model.encoder.layer)).items():
+                model.encoder.layer[i].load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
 
         class _Transformer(torch.nn.Module):
             def __init__(self, inner: torch.nn.Module) -> None:
