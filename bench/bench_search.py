@@ -101,19 +101,29 @@ def ask(session: requests.Session, base: str, query: str) -> tuple[float, float 
     return elapsed, (r.json()["took_ms"] if r.status_code == 200 else None)
 
 
-def warm_up(server: Server, queries: list[str]) -> None:
+def warm_up(server: Server, queries: list[str]) -> float:
     """Ask the warm-up queries, then more of them on fresh connections until every worker has loaded
-    the index and the encoder (its RSS within half of the largest worker's), at most 200 requests."""
+    the index and the encoder (its RSS within half of the largest worker's), at most 200 requests; then
+    wait until no worker reports a background warm-up still running (``/v1/info`` ``warming``: the
+    suggestion index, the analytics copy, the page cache), at most 10 minutes. Returns that wait (s)."""
     with requests.Session() as s:
         for q in queries:
             ask(s, server.base, q)
     for i in range(200):
         rss = [rss_mb(p) for p in server.worker_pids()]
         if len(rss) == server.workers and min(rss) > 0.5 * max(rss):
-            return
+            break
         with requests.Session() as s:
             ask(s, server.base, queries[i % len(queries)])
-    print(f"  warning: a worker still looks cold after warm-up (RSS MB {rss})", file=sys.stderr)
+    else:
+        print(f"  warning: a worker still looks cold after warm-up (RSS MB {rss})", file=sys.stderr)
+    t0, quiet = time.perf_counter(), 0
+    while quiet < 4 * server.workers and time.perf_counter() - t0 < 600:  # fresh connections: every worker
+        warming = requests.get(f"{server.base}/v1/info", timeout=60).json().get("warming", [])
+        quiet = 0 if warming else quiet + 1
+        if warming:
+            time.sleep(0.5)
+    return time.perf_counter() - t0
 
 
 def http_run(size: str, index: Path, workers: int, threads: int, clients: int, queries: list[str],

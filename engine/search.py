@@ -210,7 +210,6 @@ def facets(
     and price filters when one of them is set."""
     if filters.narrows_category_or_price:
         rows = candidates(snap, bm25_all, qvec, pool, snap.filter_mask(filters.stock_only()))
-    catalog = snap.catalog
     prices = snap.price[rows]  # float32: find the rows, report their catalog (float64) prices
     priced = ~np.isnan(prices)
     price: dict[str, float | None] = {"min": None, "max": None}
@@ -225,7 +224,11 @@ def facets(
         if filters.max_price is not None:
             within &= prices <= filters.max_price
         counted = rows[within]
-    paths = Counter(catalog[int(r)].category for r in counted)
+    # Count category codes, then name them in the order each first appears among the rows (what a Counter
+    # over the rows' paths would give; it decides which spelling of a path differing only in case is shown).
+    codes, first, counts = np.unique(snap.category_code[counted], return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    paths = Counter({snap.category_paths[int(codes[i])]: int(counts[i]) for i in order})
     return {"category": _category_facet(paths, filters.category), "price": price}
 
 

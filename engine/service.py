@@ -123,10 +123,24 @@ class Info:
     dims: int | None
     encoder: str | None
     rankers: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=dict)  # surface -> served
+    # The background warm-ups this process still runs (see ``warming``): it serves meanwhile, more slowly.
+    warming: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "items": self.items, "created_at": self.created_at,
-                "model": self.model, "dims": self.dims, "encoder": self.encoder, "rankers": self.rankers}
+                "model": self.model, "dims": self.dims, "encoder": self.encoder, "rankers": self.rankers,
+                "warming": list(self.warming)}
+
+
+# The background threads of a start or a version load (by name), and what each warms.
+WARM_UPS = {"warm-suggestions": "suggestions", "analytics-warm": "analytics", "vitrine-warm-page-cache": "page_cache"}
+
+
+def warming() -> tuple[str, ...]:
+    """The warm-ups still running in this process: the suggestion index, the analytics copy of the event
+    store, the page cache of the index files. The process answers meanwhile, but on a small machine they
+    compete with the requests (at 1M items on 2 cores: the first 20 s, p95 over 100 ms)."""
+    return tuple(sorted({WARM_UPS[t.name] for t in threading.enumerate() if t.name in WARM_UPS}))
 
 
 @dataclass(frozen=True)
@@ -397,7 +411,7 @@ class Engine:
         snap = self.snapshot()
         m = snap.manifest
         return Info(snap.version, len(snap), m.get("created_at"), m.get("model"), m.get("dims"),
-                    m.get("embedding", {}).get("encoder"), self.ranker_info())
+                    m.get("embedding", {}).get("encoder"), self.ranker_info(), warming())
 
     def ranker_info(self) -> dict[str, dict[str, Any] | None]:
         """Per surface, the learned ranker served (version, when, what it was trained on, its metrics and

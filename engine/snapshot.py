@@ -65,6 +65,8 @@ class Snapshot:
     price: np.ndarray  # float32, NaN where unknown
     in_stock: np.ndarray  # bool; unknown counts as in stock
     category_rows: dict[str, np.ndarray]  # every category prefix key -> int64 rows
+    category_code: np.ndarray  # int32 per row: its category path's index in ``category_paths``
+    category_paths: list[tuple[str, ...]]  # every distinct category path, in catalog order of first use
     title_keys: list[str]
 
     @classmethod
@@ -86,9 +88,12 @@ class Snapshot:
         price = np.array([math.nan if p.price is None else p.price for p in catalog], np.float32)
         in_stock = np.array([p.in_stock is not False for p in catalog], bool)
         prefixes: dict[str, list[int]] = {}
+        codes: dict[tuple[str, ...], int] = {}
+        category_code = np.empty(len(catalog), np.int32)
         for row, p in enumerate(catalog):
             for depth in range(1, len(p.category) + 1):
                 prefixes.setdefault(category_key(p.category[:depth]), []).append(row)
+            category_code[row] = codes.setdefault(p.category, len(codes))
         return cls(
             version=manifest["version"],
             path=version_dir,
@@ -100,6 +105,8 @@ class Snapshot:
             price=price,
             in_stock=in_stock,
             category_rows={k: np.array(v, np.int64) for k, v in prefixes.items()},
+            category_code=category_code,
+            category_paths=list(codes),
             title_keys=[title_key(p.title) for p in catalog],
         )
 

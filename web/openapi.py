@@ -691,7 +691,11 @@ def openapi_document() -> dict[str, Any]:
                     "dims": {"type": ["integer", "null"]}, "encoder": {"type": ["string", "null"]},
                     "rankers": {"type": "object", "description": "per surface (recommend, search), the learned "
                                 "ranker served, or null when the blend / fused order serves",
-                                "additionalProperties": {"type": ["object", "null"]}}}},
+                                "additionalProperties": {"type": ["object", "null"]}},
+                    "warming": {"type": "array", "items": {"type": "string",
+                                "enum": ["analytics", "page_cache", "suggestions"]},
+                                "description": "background warm-ups this process still runs; it answers "
+                                "meanwhile, more slowly"}}},
                 "Versions": {"type": "object", "required": ["current", "served", "on_disk", "manifest"],
                              "properties": {
                     "current": {"type": ["string", "null"], "description": "the served version"},

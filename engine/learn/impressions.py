@@ -106,7 +106,13 @@ class ImpressionLog:
                 queued = [self._queue[i] for i in range(min(MAX_BATCH, len(self._queue)))]
             if not queued:
                 return written
-            batch = [_complete(imp, later) for imp, later in queued]
+            batch = []
+            for imp, later in queued:
+                batch.append(_complete(imp, later))
+                # Hand the GIL to a request thread that waits for it: otherwise a request coming back from
+                # onnxruntime or FAISS waits up to the 5 ms switch interval, again and again, while these
+                # features are computed (at 1M items, search p99 30 ms with the log against 9 ms without).
+                time.sleep(0)
             try:
                 self._store().add_impressions(batch)
             except StoreUnavailable as e:
