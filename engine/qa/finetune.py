@@ -10,7 +10,8 @@ Training: in-batch softmax (InfoNCE, temperature 0.05) of each question against 
 answers of the batch, and one other answer of the same product per question (a hard negative: the eval
 ranks answers of the same product). AdamW with a short warm-up and a linear decay, fixed seeds.
 
-The result is a plain artifact, ``top_layer.npz``: the layers' weights (float16, 3.5 MB a layer) named
+The result is a plain artifact, ``top_layer.npz``: the layers' weights (as int8 differences from MiniLM's,
+about 1.7 MB a layer) named
 ``layer.<i>.<BertLayer.state_dict() name>``, ``i`` the layer's index in ``encoder.layer`` (a file of one
 layer's bare ``BertLayer`` names, the first format, means the last layer);
 :func:`engine.embedding.onnx_encoder.export_onnx` puts them into an ONNX export (``top_layer=``), which
@@ -139,19 +140,19 @@ def finetune_top_layer(questions: Sequence[str], answers: Sequence[str], groups:
 
 
 def save_top_layer(weights: dict[str, np.ndarray], path: Path, meta: dict[str, Any]) -> Path:
-    """Write ``weights`` as float16 (``top_layer.npz``, no pickle) with ``meta`` as JSON beside them."""
+    """Write ``weights`` (``top_layer.npz``, no pickle; as differences from MiniLM's, see
+    :func:`engine.embedding.onnx_encoder.save_layers`) with ``meta`` as JSON beside them."""
     import json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    half: dict[str, Any] = {k: v.astype(np.float16) for k, v in weights.items()}
-    np.savez(tmp, **half)
-    tmp.replace(path)
+    from engine.embedding.onnx_encoder import save_layers
+
+    save_layers(weights, path)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return path
 
 
 def load_top_layer(path: Path) -> dict[str, np.ndarray]:
     """The weights saved by :func:`save_top_layer`, as float32."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k].astype(np.float32) for k in z.files}
+    from engine.embedding.onnx_encoder import load_layers
+
+    return load_layers(path)
