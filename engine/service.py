@@ -42,6 +42,7 @@ from engine.learn.policy import ExplorationSettings, choose
 from engine.learn.registry import load_version
 from engine.learn.serve import Rankers
 from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES, item_rates
+from engine.recommend.compose import SeqScorer
 from engine.recommend.strategies import check_strategy
 from engine.memory import release_free_memory
 from engine.search import Hit, Ranked, facets, ranked_search, similar_items
@@ -483,7 +484,8 @@ class Engine:
         recs = self.shoppers.recommend(user_id, recent=recent, k=k if explore.deterministic else self._explore_pool(explore, k),
                                        filters=filters, exclude=exclude, diversity=diversity,
                                        scorer=None if chosen.model is None else chosen.model.score,
-                                       features=self.impressions is not None, strategy=arm, consent=consent)
+                                       features=self.impressions is not None, strategy=arm, consent=consent,
+                                       seq=self._seq_scorer(chosen))
         shown, later, explored = recs.recommendations, recs.later, None
         if not explore.deterministic:
             scores = [r.score for r in shown]
@@ -652,6 +654,16 @@ class Engine:
             return Chosen(self._variant_model(surface, exp.variants[0]), exp.policy(exp.variants[0].name), exp)
         variant = exp.assign(user_id or "")
         return Chosen(self._variant_model(surface, variant), exp.policy(variant.name))
+
+    def _seq_scorer(self, chosen: Chosen) -> SeqScorer | None:
+        """The sequence model behind a recommendation list's ``seq`` features: the ranking model's own, or,
+        when the blend ranks, the published ranker's (so that the logged features are those a retrained
+        model will see); None without one (the features are then 0)."""
+        model = chosen.model
+        if model is None:
+            published = self.rankers.get("recommend")
+            model = None if published is None else published.model
+        return None if model is None or model.seq is None else model.seq.scores
 
     def _variant_model(self, surface: str, variant: Variant) -> MlpRanker | None:
         """The model a variant serves: None for the blend; the published ranker; or a pinned version (loaded

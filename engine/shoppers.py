@@ -18,7 +18,7 @@ from engine.events import EventStore, EventType, RejectedEvent, open_event_store
 from engine.filters import NO_FILTERS, Filters
 from engine.learn.attribution import AttributionStats, surface_stats
 from engine.recommend.blend import Blender
-from engine.recommend.compose import HISTORY_LIMIT, Recommended, Scorer, Touch, profile_from, recommend
+from engine.recommend.compose import HISTORY_LIMIT, Recommended, Scorer, SeqScorer, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
 from engine.recommend.personal import Affinity, affinity
@@ -141,6 +141,7 @@ class Shoppers:
         features: bool = False,
         strategy: str = "blend",
         consent: bool | None = None,
+        seq: SeqScorer | None = None,
     ) -> Recommendations:
         """Recommendations for a known shopper (their stored history and profile) or an anonymous
         session (``recent`` item ids, oldest first). An unknown shopper gets cold-start (trending) answers,
@@ -148,7 +149,8 @@ class Shoppers:
         ``k`` is checked by the engine. ``scorer``: a learned ranker re-ranking the blend's candidates;
         ``features``: the items' ranker features are wanted (attached, or ``later``: see
         :func:`engine.recommend.compose.recommend`); ``strategy``: see :mod:`engine.recommend.strategies`;
-        ``consent``: the shopper's consent to personalization when the caller has read it (else read here)."""
+        ``consent``: the shopper's consent to personalization when the caller has read it (else read here);
+        ``seq``: the published ranker's sequence model, for the ``seq`` features."""
         if not 0.0 <= diversity <= 1.0:
             raise InvalidQuery("diversity", f"must be in 0..1, got {diversity}")
         snap = self._snapshot()
@@ -162,7 +164,7 @@ class Shoppers:
             history = [Touch(i, "view") for i in (recent or [])]
         composed = recommend(snap, self.live, history, k=k, blender=Blender(mmr_lambda=1.0 - diversity),
                              profile=profile, filter_mask=mask, exclude=exclude or [], scorer=scorer,
-                             features=features, strategy=strategy)
+                             features=features, strategy=strategy, seq=seq)
         return Recommendations(user_id, snap.version, k, composed.recommendations, later=composed.later)
 
     def _history(self, user_id: str, snap: Snapshot) -> list[Touch]:

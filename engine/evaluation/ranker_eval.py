@@ -64,9 +64,11 @@ def recommend_lists(
     transitions: CategoryTransitions,
     follows: Callable[[int], np.ndarray],
     pool: int = POOL,
+    seq_scores: np.ndarray | None = None,
 ) -> Lists:
     """Candidates and features for every user: ``raw`` source -> (users, n) raw scores; ``cooc_last(row)``
-    -> (n,) co-occurrence of every row with that single item; ``counts`` (n,) training interactions."""
+    -> (n,) co-occurrence of every row with that single item; ``counts`` (n,) training interactions;
+    ``seq_scores`` (users, n): the sequence model's next-item scores (None: the ``seq`` features are 0)."""
     n = vectors.shape[0]
     cats = np.asarray(categories, object)
     brand = np.asarray(brands, object)
@@ -90,7 +92,7 @@ def recommend_lists(
             follows_last=follows(int(h[-1]))[top] if len(h) else np.zeros(len(top)),
             category_next=transitions.log_prob(str(cats[h[-1]]) if len(h) else "", cats[top].tolist()),
             ctr=ctr[top], conversion=conv[top], hist_vectors=vectors[h], hist_categories=cats[h].tolist(), hist_brands=brand[h].tolist(),
-            hist_prices=prices[h],
+            hist_prices=prices[h], seq=None if seq_scores is None else seq_scores[u][top],
         )
         X.append(recommend_features(c))
         y.append((top == targets[u]).astype(np.float32))
@@ -122,6 +124,7 @@ class RankerRows:
     test: Lists
     features: tuple[str, ...]
     info: dict[str, Any]
+    seq: Any = None  # the SeqModel behind validation's and test's seq features (published with the MLP)
 
 
 def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart: bool = True
@@ -190,6 +193,7 @@ def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publ
         metrics[phase.name] = {"blend": R.loo_metrics(blend),
                                "mlp": R.loo_metrics(reranked_ranks(lists, scores["mlp"][i], phase.targets, blend))}
     model = facts["mlp_models"][0].model
+    model.seq = rows.seq
     manifest: dict[str, Any] = {
         "training": {"data": "scientific", "span": "each user's items but the last two (targets at depths "
                      f"{list(TRAIN_DEPTHS)} from the end)", "lists": facts["train_lists"], "rows": facts["train_rows"],

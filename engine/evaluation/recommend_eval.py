@@ -39,8 +39,9 @@ import scipy.sparse as sp
 
 from engine.config import EngineConfig
 from engine.evaluation import ranker_eval
-from engine.ranking.scores import zscore
+from engine.learn.sequence import SeqConfig, score_matrix, train_seq
 from engine.ranking.features import RECOMMEND_FEATURES, brand_key
+from engine.ranking.scores import zscore
 from engine.recommend.blend import BlendWeights, Blender
 from engine.recommend.categories import CategoryTransitions
 from engine.recommend.content import InterestProfile, score_profiles
@@ -500,10 +501,13 @@ def served_params() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase, co_p: Mapping[str, Any],
                 ct_p: Mapping[str, Any], weights: BlendWeights, pool: int = ranker_eval.POOL,
-                depths: Sequence[int] = ranker_eval.TRAIN_DEPTHS) -> ranker_eval.RankerRows:
+                depths: Sequence[int] = ranker_eval.TRAIN_DEPTHS,
+                seq_config: SeqConfig | None = SeqConfig()) -> ranker_eval.RankerRows:
     """Training lists (for each depth ``d``: target = each user's d-th item from the end, history = all
     before it, feature models fit on each user's items but the last ``d``, so none has seen the target),
-    validation and test lists; each re-ranks the blend's best ``pool`` candidates."""
+    validation and test lists; each re-ranks the blend's best ``pool`` candidates. ``seq_config``: the
+    sequence model behind the ``seq`` features, fit like the other feature models (one per depth, and one
+    on ``train`` for validation and test, which is also the one published); None leaves them 0."""
     n = data.n_items
     categories = data.categories or [""] * n
     phases: list[tuple[Phase, list[np.ndarray]]] = []
@@ -514,7 +518,15 @@ def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase,
                              history_matrix(hists, n).toarray().astype(bool)), hists))
     phases += [(val, train), (test, train)]
     out = []
+    seq_models: dict[int, Any] = {}  # id(fit) -> its sequence model (validation and test share train's)
+    seq_info: list[dict[str, Any]] = []
     for phase, fit in phases:
+        seq_scores = None
+        if seq_config is not None:
+            if id(fit) not in seq_models:
+                seq_models[id(fit)] = train_seq(fit, data.vectors, data.item_ids, seq_config)
+                seq_info.append({"fit": phase.name, **(seq_models[id(fit)].info or {})})
+            seq_scores = score_matrix(seq_models[id(fit)], phase.hists, data.vectors, data.item_ids)
         co = CoSource(data, fit)
         sim = co.similarity(co_p)
         counts = np.bincount(np.concatenate(fit), minlength=n).astype(np.float64)
@@ -537,13 +549,14 @@ def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase,
             hists=phase.hists, targets=phase.targets, excluded=phase.excluded, raw=raw, weights=weights,
             vectors=data.vectors, categories=categories, brands=data.brands or [""] * n,
             cooc_last=cooc_last, counts=counts,
-            transitions=transitions, follows=follows, pool=pool))
-        del raw
+            transitions=transitions, follows=follows, pool=pool, seq_scores=seq_scores))
+        del raw, seq_scores
     trains = [x.with_positive() for x in out[:-2]]
     joined = ranker_eval.Lists(np.concatenate([x.X for x in trains]), np.concatenate([x.y for x in trains]),
                                [g for x in trains for g in x.groups], [r for x in trains for r in x.rows])
     return ranker_eval.RankerRows(joined, out[-2], out[-1], RECOMMEND_FEATURES,
-                                  {"pool": pool, "train_depths": list(depths)})
+                                  {"pool": pool, "train_depths": list(depths), "sequence_models": seq_info},
+                                  seq_models.get(id(train)))
 
 
 # -- report ---------------------------------------------------------------------------------------

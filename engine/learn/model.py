@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from engine.learn.sequence import SeqModel, SeqModelError
+
 WEIGHTS = "weights.npz"
 
 
@@ -28,6 +30,9 @@ class MlpRanker:
     mean: np.ndarray  # (F,)
     scale: np.ndarray  # (F,), 1 where the training std was 0
     layers: list[tuple[np.ndarray, np.ndarray]]  # (W (in, out), b (out,)); the last has out = 1
+    # The sequence model behind the ``seq`` features (engine.learn.sequence), saved in the same file; None:
+    # those features are 0 wherever this model serves.
+    seq: SeqModel | None = None
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Logit per row of ``X`` ``(m, F)`` (higher ranks first); float64 ``(m,)``."""
@@ -43,6 +48,8 @@ class MlpRanker:
                                          "features": np.array(self.features, dtype="U64")}
         for i, (W, b) in enumerate(self.layers):
             arrays[f"W{i}"], arrays[f"b{i}"] = W, b
+        if self.seq is not None:
+            arrays.update(self.seq.arrays())
         path = folder / WEIGHTS
         with path.open("wb") as f:
             np.savez(f, allow_pickle=False, **arrays)
@@ -73,9 +80,12 @@ class MlpRanker:
             while f"W{i}" in data:
                 layers.append((data[f"W{i}"].astype(np.float32), data[f"b{i}"].astype(np.float32)))
                 i += 1
-            model = cls(names, data["mean"].astype(np.float32), data["scale"].astype(np.float32), layers)
+            model = cls(names, data["mean"].astype(np.float32), data["scale"].astype(np.float32), layers,
+                        SeqModel.from_arrays(data))
         except KeyError as e:
             raise ModelError(f"{path.name} lacks the array {e}") from e
+        except SeqModelError as e:
+            raise ModelError(f"{path.name}: {e}") from e
         model.check(features)
         return model
 
@@ -99,7 +109,8 @@ class MlpRanker:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "mlp", "features": list(self.features),
-                "layers": [int(W.shape[1]) for W, _ in self.layers[:-1]]}
+                "layers": [int(W.shape[1]) for W, _ in self.layers[:-1]],
+                "sequence_model": None if self.seq is None else self.seq.describe()}
 
 
 def manifest_json(manifest: dict[str, Any]) -> str:

@@ -186,6 +186,9 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
                      "epochs": res.epochs, "best_epoch": res.best_epoch, "seed": seed, "seconds": res.seconds},
         "metrics": metrics,
     }
+    res.model.seq = _served_seq(config, surface, features)
+    if res.model.seq is not None:
+        manifest["training"]["sequence_model"] = "kept from the served version (its seq features were logged)"
     better = metrics["val_ndcg@10"]["mlp"] >= metrics["val_ndcg@10"]["served_order"]
     if publish and (better or force):
         manifest["version"] = registry.publish(config.rankers_path, surface, res.model, manifest)
@@ -194,3 +197,19 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
                                      f"(nDCG@10 {metrics['val_ndcg@10']['mlp']} < {metrics['val_ndcg@10']['served_order']}); "
                                      "use --force to publish it anyway")
     return manifest
+
+
+def _served_seq(config: Any, surface: str, features: Sequence[str]) -> Any:
+    """The sequence model of the served ``surface`` ranker, or None. A model retrained on the logs keeps it:
+    the logged ``seq`` features came from it (or are 0 where none served), so it must keep making them."""
+    from engine.learn import registry
+    from engine.learn.model import ModelError
+    from engine.errors import NotFound
+
+    version = registry.current_version(config.rankers_path, surface)
+    if version is None:
+        return None
+    try:
+        return registry.load_version(config.rankers_path, surface, version, features)[0].seq
+    except (ModelError, NotFound, OSError, ValueError):
+        return None

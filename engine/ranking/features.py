@@ -40,6 +40,8 @@ RECOMMEND_FEATURES = (
     "price_ratio", "price_known",  # log(price / the shopper's median price); 1 when both are known
     "history_len",  # log1p(items in the history)
     "item_ctr", "item_conversion",  # smoothed click and purchase rates of the item (event log)
+    "seq", "seq_z",  # the sequence model's next-item score (engine.learn.sequence; 0 without one), and its
+    # z-score within the candidates
     "position",
 )
 
@@ -108,6 +110,7 @@ class RecCandidates:
     hist_brands: Sequence[str]
     hist_prices: np.ndarray  # (h,)
     positions: Sequence[int | None] | None = None  # display positions (logged rows only)
+    seq: np.ndarray | None = None  # (m,) the sequence model's next-item scores; None: no sequence model
 
 
 def recommend_features(c: RecCandidates) -> np.ndarray:
@@ -163,6 +166,10 @@ def recommend_features(c: RecCandidates) -> np.ndarray:
     out[:, col["category_next"]] = c.category_next
     out[:, col["item_ctr"]] = c.ctr
     out[:, col["item_conversion"]] = c.conversion
+    if c.seq is not None and m:
+        seq = np.asarray(c.seq, np.float64)
+        out[:, col["seq"]] = seq
+        out[:, col["seq_z"]] = (seq - seq.mean()) / seq.std() if seq.std() > 1e-12 else 0.0
     if c.positions is not None:
         out[:, col["position"]] = [position_feature(p) for p in c.positions]
     return out.astype(np.float32)

@@ -81,6 +81,7 @@ def recommend(
     scorer: Scorer | None = None,
     features: bool = False,
     strategy: str = "blend",
+    seq: SeqScorer | None = None,
 ) -> Composed:
     """The ``k`` best items for a shopper with this ``history`` (oldest first), blended and explained.
 
@@ -88,7 +89,8 @@ def recommend(
     candidates, whose features :func:`_pool_features` computes now; ``features``: the recommendations' feature
     values are wanted (for the impression log): attached when a scorer computed them, else deferred to
     ``Composed.later``, so that logging costs the request only a few array slices. ``strategy``: one of
-    :data:`engine.recommend.strategies.STRATEGIES` (its source weights and rows replace the blender's)."""
+    :data:`engine.recommend.strategies.STRATEGIES` (its source weights and rows replace the blender's).
+    ``seq``: the published ranker's sequence model (``SeqModel.scores``), for the ``seq`` features (0 without)."""
     n = len(snap)
     rows = snap.catalog.id_map
     known = [t for t in history if t.item_id in snap.catalog][-HISTORY_LIMIT:]
@@ -128,7 +130,7 @@ def recommend(
         if scorer is None:
             kept.update(inputs)
             return None
-        feats = _pool_features(snap, live, known, **inputs)
+        feats = _pool_features(snap, live, known, seq=seq, **inputs)
         X.update(zip(pool.tolist(), feats))
         return np.asarray(scorer(feats), np.float64)
 
@@ -160,7 +162,7 @@ def recommend(
         shown = [rec.row for rec in picks]
 
         def later() -> list[dict[str, float]]:
-            feats = _pool_features(snap, live, known, **kept)
+            feats = _pool_features(snap, live, known, seq=seq, **kept)
             at = {r: i for i, r in enumerate(kept["pool"].tolist())}
             return [dict(zip(RECOMMEND_FEATURES, feats[at[r]].tolist())) for r in shown]
 
@@ -168,6 +170,8 @@ def recommend(
 
 
 Scorer = Callable[[np.ndarray], np.ndarray]
+# (history vectors, history ids, candidate vectors, candidate ids) -> (m,) next-item scores (SeqModel.scores)
+SeqScorer = Callable[[np.ndarray, Sequence[str], np.ndarray, Sequence[str]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -180,9 +184,11 @@ class Composed:
 
 
 def _pool_features(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray,
-                   raw: Mapping[str, np.ndarray], z: Mapping[str, np.ndarray], blend: np.ndarray) -> np.ndarray:
+                   raw: Mapping[str, np.ndarray], z: Mapping[str, np.ndarray], blend: np.ndarray,
+                   seq: SeqScorer | None = None) -> np.ndarray:
     """The ranker features of the blend's candidate ``pool`` (rows in blend order, with their raw and z-scored
-    source scores and blend scores), reading the live models as last refreshed."""
+    source scores and blend scores), reading the live models as last refreshed; ``seq`` scores the
+    candidates as the history's next item."""
     catalog = snap.catalog
     hist = [catalog.row(t.item_id) for t in known]
     last = known[-1].item_id if known else None
@@ -198,18 +204,21 @@ def _pool_features(snap: Snapshot, live: LiveModels, known: Sequence[Touch], poo
         follows = models.follows(last, ids) if last is not None else np.zeros(len(ids))
         views, clicks, purchases = models.item_counts(ids)
     ctr, conversion = item_rates(views, clicks, purchases)
+    vectors = np.asarray(snap.vectors)
+    hist_rows = np.asarray(hist, np.int64)
+    seq_scores = None if seq is None else seq(vectors[hist_rows], [catalog.ids[r] for r in hist], vectors[pool], ids)
     return recommend_features(RecCandidates(
         raw={s: np.asarray(x, np.float64) for s, x in raw.items()},
         z={s: np.asarray(x, np.float64) for s, x in z.items()},
         blend=np.asarray(blend, np.float64),
-        vectors=np.asarray(snap.vectors)[pool], categories=cats,
+        vectors=vectors[pool], categories=cats,
         brands=[brand_key(p.brand) for p in prods], prices=np.asarray(snap.price[pool], np.float64),
         cooc_last=np.array([cooc_last.get(i, (0.0, None))[0] for i in ids], np.float64),
         cooc_prev=np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
         follows_last=follows, category_next=category_next, ctr=ctr, conversion=conversion,
-        hist_vectors=np.asarray(snap.vectors)[np.asarray(hist, np.int64)],
+        hist_vectors=vectors[hist_rows],
         hist_categories=[p.category_path for p in hprods], hist_brands=[brand_key(p.brand) for p in hprods],
-        hist_prices=np.asarray(snap.price[hist], np.float64),
+        hist_prices=np.asarray(snap.price[hist], np.float64), seq=seq_scores,
     ))
 
 
