@@ -2,7 +2,7 @@
 
 In process, on the demo index: 300 real Scientific histories (each shopper's last 5 items, as an anonymous
 session's ``recent`` list) are asked ``Engine.recommend`` with no ranker and with a published MLP ranker
-(64-32 hidden, the served shape) re-ranking the blend's best 100, alternating request by request so both
+(64-32 hidden, with the sequence model of the ``seq`` features: the served shapes) re-ranking the blend's best 100, alternating request by request so both
 see the same machine load. Then CrowdFlower queries are searched with no search ranker and with one
 re-ranking the fused best 100, alternating the same way. Impression logging is off in both (it is measured by bench_search.py).
 
@@ -21,6 +21,7 @@ import pandas as pd
 import common
 from engine.learn import registry
 from engine.learn.model import MlpRanker
+from engine.learn.sequence import SeqConfig, train_seq
 from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
 from engine.service import Engine
 
@@ -44,7 +45,11 @@ def main(argv: list[str]) -> int:
     shutil.rmtree(rankers, ignore_errors=True)
     config = common.engine_config(index).replace(ranker_dir=rankers, events_url=f"sqlite:///{common.OUT / 'ranker-bench.db'}")
     plain = Engine(config.replace(ranker_dir=common.OUT / "rankers-none"))
-    registry.publish(rankers, "recommend", random_mlp(), {"training": {"data": "bench"}})
+    snap = plain.snapshot()
+    recommend_model = random_mlp()
+    # The served shape of the sequence model behind the seq features (untrained: its cost, not its quality).
+    recommend_model.seq = train_seq([], np.asarray(snap.vectors), snap.catalog.ids, SeqConfig(epochs=0))
+    registry.publish(rankers, "recommend", recommend_model, {"training": {"data": "bench"}})
     registry.publish(rankers, "search", random_mlp(SEARCH_FEATURES), {"training": {"data": "bench"}})
     learned = Engine(config)
     inter = pd.read_csv(config.data_dir / "amazon_scientific_unisrec" / "interactions.csv.gz")

@@ -778,6 +778,7 @@ def run_recommend_eval(
                                                                    blend_ranks)) for r in facts["mlp_models"]]
                 tuned["ranker"] = {k: v for k, v in facts.items() if k != "mlp_models"} | {
                     "pool": rows.info["pool"], "train_depths": rows.info["train_depths"],
+                    "sequence_models": rows.info["sequence_models"],
                     "test_per_seed": per_seed,
                     "position_bias": "no display positions in these lists: the position feature is 0 throughout"}
         clock["ranker"] = time.time() - t

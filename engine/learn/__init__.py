@@ -1,6 +1,10 @@
 """The learning loop: what shoppers are shown and what they do next, turned into a better ranking.
 
-Owns impressions (:mod:`engine.learn.impressions`: every list served is logged with its ``request_id``,
-positions and the features its ranking used); attribution, training data, the learned ranker and
-experiments come next (issue 9).
+Owns impressions (:mod:`~engine.learn.impressions`), attribution (:mod:`~engine.learn.attribution`), the
+training rows (:mod:`~engine.learn.dataset`), the learned ranker (:mod:`~engine.learn.train`,
+:mod:`~engine.learn.model`) and the sequence model behind its ``seq`` features
+(:mod:`~engine.learn.sequence`), published versions (:mod:`~engine.learn.registry`,
+:mod:`~engine.learn.serve`), experiments, and exploration: stochastic policies, bandits, Q-learning and
+off-policy evaluation (:mod:`~engine.learn.policy`, :mod:`~engine.learn.bandits`,
+:mod:`~engine.learn.qlearning`, :mod:`~engine.learn.online`, :mod:`~engine.learn.ope`).
 """

@@ -53,7 +53,8 @@ class SeqConfig:
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + LN_EPS) * w + b
+    out: np.ndarray = (x - mu) / np.sqrt(var + LN_EPS) * w + b
+    return out
 
 
 LAYER_KEYS = ("in_w", "in_b", "out_w", "out_b", "ln1_w", "ln1_b", "ln2_w", "ln2_b", "ff1_w", "ff1_b", "ff2_w", "ff2_b")
@@ -95,7 +96,7 @@ class SeqModel:
             known = rows >= 0
             if known.any():
                 e[known] += self.id_emb[rows[known]]
-        return e.astype(np.float32)
+        return np.asarray(e, np.float32)
 
     def states(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """``(users, dim)``: the last position's output for each history, given as its items' embeddings
@@ -279,7 +280,7 @@ def train_seq(seqs: Sequence[np.ndarray], vectors: np.ndarray, ids: Sequence[str
             ok = t != n
             loss = torch.nn.functional.cross_entropy(h[ok] @ e.T, t[ok])
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += float(loss.detach()) * len(idx)
         losses.append(round(total / len(usable), 4))
