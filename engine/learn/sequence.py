@@ -51,9 +51,9 @@ class SeqConfig:
 
 
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    mu = x.mean(axis=-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
-    out: np.ndarray = (x - mu) / np.sqrt(var + LN_EPS) * w + b
+    d = x - np.add.reduce(x, axis=-1, keepdims=True) * (1.0 / x.shape[-1])
+    var = np.add.reduce(d * d, axis=-1, keepdims=True) * (1.0 / x.shape[-1])
+    out: np.ndarray = d / np.sqrt(var + LN_EPS) * w + b
     return out
 
 
@@ -77,6 +77,8 @@ class SeqModel:
 
     def __post_init__(self) -> None:
         self._row = {i: r for r, i in enumerate(self.item_ids)}
+        self._fast: list[dict[str, np.ndarray]] | None = None  # _state's transposed weights, made on first use
+        self._masks: dict[int, np.ndarray] = {}
 
     @property
     def dim(self) -> int:
@@ -140,8 +142,42 @@ class SeqModel:
         """``(m,)`` float64: how strongly the model expects each candidate next after this history (oldest
         first); zeros for an empty history."""
         h = self.embed(np.asarray(hist_vectors)[-self.maxlen:], list(hist_ids)[-self.maxlen:])
-        state = self.states([h])[0]
-        return np.asarray(self.embed(cand_vectors, cand_ids) @ state, np.float64)
+        if not len(h):
+            return np.zeros(len(cand_vectors), np.float64)
+        return np.asarray(self.embed(cand_vectors, cand_ids) @ self._state(h), np.float64)
+
+    def _state(self, h: np.ndarray) -> np.ndarray:
+        """:meth:`states` for one non-empty history of ``t <= maxlen`` embeddings, without the padding, and in
+        the last layer for the last position only (the serving path: a fraction of a millisecond)."""
+        t, D, H = len(h), self.dim, self.heads
+        dh = D // H
+        if self._fast is None:
+            self._fast = [{"q_w": np.ascontiguousarray(p["in_w"][:D].T / math.sqrt(dh)),
+                           "q_b": p["in_b"][:D] / math.sqrt(dh), "kv_w": np.ascontiguousarray(p["in_w"][D:].T),
+                           "kv_b": p["in_b"][D:], "out_w": np.ascontiguousarray(p["out_w"].T),
+                           "ff1_w": np.ascontiguousarray(p["ff1_w"].T), "ff2_w": np.ascontiguousarray(p["ff2_w"].T)}
+                          for p in self.layers]
+        neg = self._masks.get(t)
+        if neg is None:
+            neg = self._masks[t] = np.where(np.triu(np.ones((t, t), bool), 1), -np.inf, 0.0).astype(np.float32)
+        x = h + self.pos[self.maxlen - t:]
+        for i, (p, w) in enumerate(zip(self.layers, self._fast)):
+            a = _layer_norm(x, p["ln1_w"], p["ln1_b"])
+            if i == len(self.layers) - 1:  # only the last position's output is wanted
+                x, neg = x[-1:], neg[-1:]
+                q = (a[-1:] @ w["q_w"] + w["q_b"]).reshape(1, H, dh).transpose(1, 0, 2)
+            else:
+                q = (a @ w["q_w"] + w["q_b"]).reshape(t, H, dh).transpose(1, 0, 2)
+            kv = (a @ w["kv_w"] + w["kv_b"]).reshape(t, 2, H, dh)
+            k, v = kv[:, 0].transpose(1, 2, 0), kv[:, 1].transpose(1, 0, 2)
+            sc = q @ k + neg
+            sc = np.exp(sc - sc.max(axis=-1, keepdims=True))
+            sc /= sc.sum(axis=-1, keepdims=True)
+            o = (sc @ v).transpose(1, 0, 2).reshape(len(x), D)
+            x = x + (o @ w["out_w"] + p["out_b"])
+            f = _layer_norm(x, p["ln2_w"], p["ln2_b"])
+            x = x + (np.maximum(f @ w["ff1_w"] + p["ff1_b"], 0.0) @ w["ff2_w"] + p["ff2_b"])
+        return np.asarray(_layer_norm(x[-1], self.ln_w, self.ln_b), np.float32)
 
     # -- storage ----------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
