@@ -33,7 +33,7 @@ from engine.index import versions
 from engine.events.impressions import Impression
 from engine.index.vector import set_search_threads
 from engine.learn.attribution import AttributionStats
-from engine.learn.impressions import ImpressionLog
+from engine.learn.impressions import ImpressionLog, InFlight
 from engine.learn.experiments import INTERLEAVED, TEAM_FEATURE, Experiment, Experiments, Kind, Variant, team_draft
 from engine.learn.model import MlpRanker, ModelError
 from engine.learn.bandits import Context, Rewards
@@ -183,9 +183,11 @@ class Engine:
         self._pinned: dict[tuple[str, str], MlpRanker | None] = {}
         self.rankers = Rankers(config.rankers_path, features={"recommend": RECOMMEND_FEATURES, "search": SEARCH_FEATURES},
                                check_s=config.reload_check_seconds)
+        # Requests being answered now (the web app counts them): the impression flusher works between them.
+        self.in_flight = InFlight()
         self.impressions = ImpressionLog(
             lambda: self.shoppers.events, retention_s=config.impression_retention_days * 86400.0,
-            flush_every_s=config.impression_flush_seconds) if log_impressions else None
+            flush_every_s=config.impression_flush_seconds, busy=self.in_flight.busy) if log_impressions else None
         # Exploration per surface (engine.learn.policy) and the recommendations' strategy policy (engine.learn.online).
         self.exploration = {s: ExplorationSettings.parse(getattr(config, f"explore_{s}"), key=f"explore_{s}")
                             for s in EXPLORED_SURFACES}

@@ -95,3 +95,52 @@ def test_impressions_survive_kill_9_after_the_response(config: EngineConfig, mon
 
 def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
+
+
+def test_deferred_features_wait_for_a_gap_between_requests(config: EngineConfig, monkeypatch: Any) -> None:
+    """The flusher computes ``later`` features only while no request is in flight; with a backlog it stops
+    waiting, so a server that is never idle still stores every list with its features."""
+    import threading
+
+    from engine.events.impressions import Impression
+    from engine.learn import impressions as imp_mod
+    from engine.learn.impressions import ImpressionLog, InFlight
+
+    monkeypatch.setattr(imp_mod, "IDLE_WAIT_S", 30.0)  # no deadline in this test: only a gap or a backlog
+    store = open_event_store(config.events_url)
+    in_flight = InFlight()
+    log = ImpressionLog(lambda: store, retention_s=86400.0, flush_every_s=3600.0, busy=in_flight.busy)
+    seen: list[bool] = []
+
+    def later() -> list[dict[str, float]]:
+        seen.append(in_flight.busy())
+        return [{"f": 1.0}]
+
+    in_flight.enter()
+    log.log(Impression("gap-1", time.time(), "search", None, "q", ["goggles"]), later)
+    threading.Timer(0.3, in_flight.exit).start()  # the request ends
+    t = time.monotonic()
+    log.flush()
+    assert seen == [False] and time.monotonic() - t >= 0.25, "computed in the gap after the request"
+    stored = store.get_impression("gap-1")
+    assert stored is not None and stored.features == [{"f": 1.0}]
+
+    monkeypatch.setattr(imp_mod, "BACKLOG", 2)
+    in_flight.enter()  # and it never ends
+    for i in range(3):
+        log.log(Impression(f"busy-{i}", time.time(), "search", None, "q", ["goggles"]), later)
+    t = time.monotonic()
+    log.flush()
+    assert time.monotonic() - t < 10 and seen[1:] == [True, True, True]
+    assert [getattr(store.get_impression(f"busy-{i}"), "features", None) for i in range(3)] == [[{"f": 1.0}]] * 3
+    log.close()
+
+
+def test_the_app_counts_requests_in_and_out(config: EngineConfig, encoder: Encoder) -> None:
+    client, engine = logging_client(config, encoder)
+    client.application.add_url_rule("/probe", "probe", lambda: {"busy": engine.in_flight.busy()})
+    assert client.get("/probe").get_json() == {"busy": True}
+    assert client.get("/v1/search", query_string={"q": "gloves"}, headers=READ).status_code == 200
+    assert client.get("/v1/search", headers=READ).status_code == 400
+    assert client.get("/no/such/page").status_code == 404
+    assert not engine.in_flight.busy()

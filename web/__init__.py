@@ -5,7 +5,7 @@ import logging
 import os
 from typing import Any, Mapping
 
-from flask import Flask
+from flask import Flask, g
 
 from engine import Admin, Engine, EngineConfig, open_limiter
 from web.auth import load_secret_key
@@ -45,4 +45,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(qa.bp)
     app.register_blueprint(analytics.bp)
     errors.register_error_handlers(app)
+    in_flight = app.extensions["vitrine"].in_flight
+
+    @app.before_request
+    def _count_in() -> None:  # the impression flusher computes deferred features between requests
+        g.vitrine_counted = True
+        in_flight.enter()
+
+    @app.teardown_request
+    def _count_out(_: BaseException | None) -> None:
+        if g.pop("vitrine_counted", False):
+            in_flight.exit()
+
     return app

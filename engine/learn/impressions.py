@@ -12,6 +12,10 @@ Features that cost to compute (the ranker features of search and recommendations
 to answer) may be given as
 ``later``: the flusher computes them just before storing, so the request does not wait for them. A process
 killed before its flush loses those features of its last lists (the lists, items and positions survive).
+Computing them holds the GIL (about 0.7 ms a list at 1M items), so a request thread coming back from
+onnxruntime or FAISS would wait for it: given ``busy`` (the process's :class:`InFlight` requests), the flusher
+computes them between requests, waiting up to ``IDLE_WAIT_S`` for a gap, and not at all once
+``BACKLOG`` records are queued (a server that is never idle still stores everything).
 
 Thread-safe; one log per process (``Engine`` makes it when the server asks for logging).
 """
@@ -37,6 +41,28 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY_S = 0.5
 MAX_BATCH = 1000
 PRUNE_EVERY_S = 3600.0
+IDLE_WAIT_S = 0.05  # the longest a deferred computation waits for a gap between requests
+BACKLOG = 250  # queued records beyond which the flusher stops waiting for gaps
+IDLE_POLL_S = 0.0005
+
+
+class InFlight:
+    """How many requests this process is answering now (the web app counts them in and out)."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self._n += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._n = max(0, self._n - 1)
+
+    def busy(self) -> bool:
+        return self._n > 0
 
 
 def spool_dir(store: EventStore) -> Path:
@@ -46,8 +72,9 @@ def spool_dir(store: EventStore) -> Path:
 
 class ImpressionLog:
     def __init__(self, store: Callable[[], EventStore], *, retention_s: float,
-                 flush_every_s: float = FLUSH_EVERY_S) -> None:
+                 flush_every_s: float = FLUSH_EVERY_S, busy: Callable[[], bool] | None = None) -> None:
         self._store = store
+        self._busy = busy
         self.retention_s = retention_s
         self.flush_every_s = flush_every_s
         self._lock = threading.Lock()
@@ -108,6 +135,8 @@ class ImpressionLog:
                 return written
             batch = []
             for imp, later in queued:
+                if later is not None:
+                    self._wait_for_a_gap()
                 batch.append(_complete(imp, later))
                 # Hand the GIL to a request thread that waits for it: otherwise a request coming back from
                 # onnxruntime or FAISS waits up to the 5 ms switch interval, again and again, while these
@@ -124,6 +153,14 @@ class ImpressionLog:
                 if not self._queue and self._fd >= 0:
                     os.ftruncate(self._fd, 0)  # everything spooled so far is stored
             written += len(batch)
+
+    def _wait_for_a_gap(self) -> None:
+        """Return when no request is in flight, after ``IDLE_WAIT_S``, or at once with a backlog."""
+        if self._busy is None:
+            return
+        deadline = time.monotonic() + IDLE_WAIT_S
+        while self._busy() and len(self._queue) < BACKLOG and not self._closed and time.monotonic() < deadline:
+            time.sleep(IDLE_POLL_S)
 
     def _recover(self) -> None:
         """Store the spool files of processes that are gone, then delete them."""
