@@ -91,7 +91,7 @@ def _store(tmp_path: Path) -> Campaigns:
 def test_a_click_is_charged_once(tmp_path: Path) -> None:
     ads = _store(tmp_path)
     c = ads.create(parse_campaign({**GOOD, "id": "c1"}, known_item=lambda i: True))
-    now = time.time()
+    now = time.time() // 86400 * 86400 + 43200  # today's UTC noon: now + 601 s stays on the same budget day
     first = ads.charge("k1", c, "gloves-latex", "ann", 30, now=now)
     assert first.charged and first.spend == 30
     assert ads.charge("k1", c, "gloves-latex", "ann", 30, now=now + 1).reason == "duplicate"
