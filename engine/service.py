@@ -187,7 +187,7 @@ class Engine:
         self.in_flight = InFlight()
         self.impressions = ImpressionLog(
             lambda: self.shoppers.events, retention_s=config.impression_retention_days * 86400.0,
-            flush_every_s=config.impression_flush_seconds, busy=self.in_flight.busy) if log_impressions else None
+            flush_every_s=config.impression_flush_seconds, in_flight=self.in_flight) if log_impressions else None
         # Exploration per surface (engine.learn.policy) and the recommendations' strategy policy (engine.learn.online).
         self.exploration = {s: ExplorationSettings.parse(getattr(config, f"explore_{s}"), key=f"explore_{s}")
                             for s in EXPLORED_SURFACES}

@@ -109,7 +109,7 @@ def test_deferred_features_wait_for_a_gap_between_requests(config: EngineConfig,
     monkeypatch.setattr(imp_mod, "IDLE_WAIT_S", 30.0)  # no deadline in this test: only a gap or a backlog
     store = open_event_store(config.events_url)
     in_flight = InFlight()
-    log = ImpressionLog(lambda: store, retention_s=86400.0, flush_every_s=3600.0, busy=in_flight.busy)
+    log = ImpressionLog(lambda: store, retention_s=86400.0, flush_every_s=3600.0, in_flight=in_flight)
     seen: list[bool] = []
 
     def later() -> list[dict[str, float]]:

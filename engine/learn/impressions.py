@@ -13,7 +13,7 @@ to answer) may be given as
 ``later``: the flusher computes them just before storing, so the request does not wait for them. A process
 killed before its flush loses those features of its last lists (the lists, items and positions survive).
 Computing them holds the GIL (about 0.7 ms a list at 1M items), so a request thread coming back from
-onnxruntime or FAISS would wait for it: given ``busy`` (the process's :class:`InFlight` requests), the flusher
+onnxruntime or FAISS would wait for it: given ``in_flight`` (the process's :class:`InFlight` requests), the flusher
 computes them between requests, waiting up to ``IDLE_WAIT_S`` for a gap, and not at all once
 ``BACKLOG`` records are queued (a server that is never idle still stores everything).
 
@@ -43,26 +43,35 @@ MAX_BATCH = 1000
 PRUNE_EVERY_S = 3600.0
 IDLE_WAIT_S = 0.05  # the longest a deferred computation waits for a gap between requests
 BACKLOG = 250  # queued records beyond which the flusher stops waiting for gaps
-IDLE_POLL_S = 0.0005
 
 
 class InFlight:
-    """How many requests this process is answering now (the web app counts them in and out)."""
+    """How many requests this process is answering now (the web app counts them in and out); ``wait_idle``
+    blocks without polling (a polling thread would take the GIL from the requests every time it wakes)."""
 
     def __init__(self) -> None:
         self._n = 0
         self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
 
     def enter(self) -> None:
         with self._lock:
             self._n += 1
+            self._idle.clear()
 
     def exit(self) -> None:
         with self._lock:
             self._n = max(0, self._n - 1)
+            if not self._n:
+                self._idle.set()
 
     def busy(self) -> bool:
         return self._n > 0
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True as soon as no request is in flight, False after ``timeout`` seconds of requests."""
+        return self._idle.wait(timeout)
 
 
 def spool_dir(store: EventStore) -> Path:
@@ -72,9 +81,9 @@ def spool_dir(store: EventStore) -> Path:
 
 class ImpressionLog:
     def __init__(self, store: Callable[[], EventStore], *, retention_s: float,
-                 flush_every_s: float = FLUSH_EVERY_S, busy: Callable[[], bool] | None = None) -> None:
+                 flush_every_s: float = FLUSH_EVERY_S, in_flight: InFlight | None = None) -> None:
         self._store = store
-        self._busy = busy
+        self._in_flight = in_flight
         self.retention_s = retention_s
         self.flush_every_s = flush_every_s
         self._lock = threading.Lock()
@@ -156,11 +165,9 @@ class ImpressionLog:
 
     def _wait_for_a_gap(self) -> None:
         """Return when no request is in flight, after ``IDLE_WAIT_S``, or at once with a backlog."""
-        if self._busy is None:
+        if self._in_flight is None or self._closed or len(self._queue) >= BACKLOG:
             return
-        deadline = time.monotonic() + IDLE_WAIT_S
-        while self._busy() and len(self._queue) < BACKLOG and not self._closed and time.monotonic() < deadline:
-            time.sleep(IDLE_POLL_S)
+        self._in_flight.wait_idle(IDLE_WAIT_S)
 
     def _recover(self) -> None:
         """Store the spool files of processes that are gone, then delete them."""
