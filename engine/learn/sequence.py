@@ -77,7 +77,7 @@ class SeqModel:
 
     def __post_init__(self) -> None:
         self._row = {i: r for r, i in enumerate(self.item_ids)}
-        self._fast: list[dict[str, np.ndarray]] | None = None  # _state's transposed weights, made on first use
+        self._fast: list[dict[str, np.ndarray]] | None = None  # state's transposed weights, made on first use
         self._masks: dict[int, np.ndarray] = {}
 
     @property
@@ -100,43 +100,6 @@ class SeqModel:
                 e[known] += self.id_emb[rows[known]]
         return np.asarray(e, np.float32)
 
-    def states(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """``(users, dim)``: the last position's output for each history, given as its items' embeddings
-        ``(h, dim)`` oldest first (:meth:`embed`); only the last ``maxlen`` count. An empty history gets
-        zeros."""
-        L, D = self.maxlen, self.dim
-        B = len(histories)
-        x = np.zeros((B, L, D), np.float32)
-        pad = np.ones((B, L), bool)
-        for u, h in enumerate(histories):
-            h = np.asarray(h, np.float32)[-L:]
-            if len(h):
-                x[u, L - len(h):] = h
-                pad[u, L - len(h):] = False
-        x = x + self.pos[None]  # a padding slot is its position's vector alone, as in training
-        causal = np.triu(np.ones((L, L), bool), 1)
-        blocked = causal[None] | pad[:, None, :]
-        blocked &= ~np.eye(L, dtype=bool)[None]
-        neg = np.where(blocked, -np.inf, 0.0).astype(np.float32)[:, None]  # (B, 1, L, L)
-        H = self.heads
-        dh = D // H
-        for p in self.layers:
-            a = _layer_norm(x, p["ln1_w"], p["ln1_b"])
-            qkv = a @ p["in_w"].T + p["in_b"]  # (B, L, 3D)
-            q, k, v = (qkv[..., i * D:(i + 1) * D].reshape(B, L, H, dh).transpose(0, 2, 1, 3) for i in range(3))
-            s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh) + neg
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-            s /= s.sum(axis=-1, keepdims=True)
-            o = (s @ v).transpose(0, 2, 1, 3).reshape(B, L, D)
-            x = x + (o @ p["out_w"].T + p["out_b"])
-            f = _layer_norm(x, p["ln2_w"], p["ln2_b"])
-            f = np.maximum(f @ p["ff1_w"].T + p["ff1_b"], 0.0) @ p["ff2_w"].T + p["ff2_b"]
-            x = x + f
-        out = _layer_norm(x[:, -1], self.ln_w, self.ln_b).astype(np.float32)
-        empty = pad[:, -1]
-        out[empty] = 0.0
-        return out
-
     def scores(self, hist_vectors: np.ndarray, hist_ids: Sequence[str], cand_vectors: np.ndarray,
                cand_ids: Sequence[str]) -> np.ndarray:
         """``(m,)`` float64: how strongly the model expects each candidate next after this history (oldest
@@ -144,11 +107,13 @@ class SeqModel:
         h = self.embed(np.asarray(hist_vectors)[-self.maxlen:], list(hist_ids)[-self.maxlen:])
         if not len(h):
             return np.zeros(len(cand_vectors), np.float64)
-        return np.asarray(self.embed(cand_vectors, cand_ids) @ self._state(h), np.float64)
+        return np.asarray(self.embed(cand_vectors, cand_ids) @ self.state(h), np.float64)
 
-    def _state(self, h: np.ndarray) -> np.ndarray:
-        """:meth:`states` for one non-empty history of ``t <= maxlen`` embeddings, without the padding, and in
-        the last layer for the last position only (the serving path: a fraction of a millisecond)."""
+    def state(self, h: np.ndarray) -> np.ndarray:
+        """``(dim,)``: the last position's output after one non-empty history of ``t <= maxlen`` item
+        embeddings (:meth:`embed`, oldest first). The one forward pass, for serving and offline rows alike:
+        no padding (training pads on the left, and masks the padding out), and in the last layer the last
+        position only."""
         t, D, H = len(h), self.dim, self.heads
         dh = D // H
         if self._fast is None:
@@ -243,12 +208,14 @@ class SeqModel:
 def score_matrix(model: SeqModel, hists: Sequence[np.ndarray], vectors: np.ndarray, ids: Sequence[str],
                  batch: int = 1024) -> np.ndarray:
     """``(users, n)`` float32: every item's score after each history (catalog rows of ``vectors`` / ``ids``),
-    the numpy path serving uses, in batches (offline rows, evals)."""
+    through :meth:`SeqModel.state` as serving does, in batches (offline rows, evals)."""
     items = model.embed(vectors, ids)
-    out = np.empty((len(hists), len(items)), np.float32)
+    out = np.zeros((len(hists), len(items)), np.float32)
     for lo in range(0, len(hists), batch):
-        part = [items[np.asarray(h, np.int64)[-model.maxlen:]] for h in hists[lo:lo + batch]]
-        out[lo:lo + len(part)] = model.states(part) @ items.T
+        part = [np.asarray(h, np.int64)[-model.maxlen:] for h in hists[lo:lo + batch]]
+        full = [i for i, h in enumerate(part) if len(h)]  # an empty history scores 0 everywhere
+        if full:
+            out[lo + np.array(full)] = np.stack([model.state(items[part[i]]) for i in full]) @ items.T
     return out
 
 
