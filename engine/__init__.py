@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from engine import pyfix
+
+pyfix.install()  # before any thread of ours parses: see engine/pyfix.py (CPython gh-106905)
+
 if TYPE_CHECKING:  # the real types of the lazy names below, for mypy (`from engine import Engine` in web/)
     from engine.admin import Admin as Admin, Rollback as Rollback, Versions as Versions
     from engine.catalog import Catalog as Catalog, Product as Product
