@@ -208,6 +208,35 @@ def cmd_serve(config: EngineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_impressions_writer(config: EngineConfig, args: argparse.Namespace) -> int:
+    """`impressions writer`: store what spool-only serving processes spool (``vitrine serve`` starts it)."""
+    import signal
+    import threading
+
+    from engine.learn.impressions import SpoolWriter
+    from engine.process import process_alive
+    from engine.service import Engine
+
+    engine = Engine(config)
+    try:
+        engine.snapshot()  # load the served version now, beside the workers' start, not on the first list
+    except IndexNotBuilt:
+        pass  # nothing published yet: loaded with the first list that needs it
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    parent = args.parent
+
+    def alive() -> bool:  # the server that started it: when it is gone (even by kill -9), stop
+        return parent is None or process_alive(parent)
+
+    writer = SpoolWriter(lambda: engine.shoppers.events, engine.deferred,
+                         retention_s=config.impression_retention_days * 86400.0,
+                         every_s=config.impression_flush_seconds, before_pass=engine.refresh_live)
+    writer.run(stop, alive)
+    return 0
+
+
 def cmd_events_import(config: EngineConfig, args: argparse.Namespace) -> int:
     from engine.events.importer import import_events
     from engine.service import Engine
@@ -612,6 +641,12 @@ def _parser() -> argparse.ArgumentParser:
     add("rollback", cmd_rollback, "serve the version served before the current one (walks back the history)")
     i = add("info", cmd_info, "show the published version and its manifest")
     i.add_argument("--json", action="store_true")
+
+    ims = sub.add_parser("impressions", help="the impression log").add_subparsers(metavar="ACTION")
+    iw = ims.add_parser("writer", help="store the impressions that spool-only servers spool (vitrine serve starts "
+                                       "it: impressions_writer = process)")
+    iw.set_defaults(func=cmd_impressions_writer)
+    iw.add_argument("--parent", type=int, help="stop when this process is gone")
 
     evs = sub.add_parser("events", help="shopper events").add_subparsers(metavar="ACTION")
     imp = evs.add_parser("import", help="bulk-load events from CSV or JSON Lines (idempotent)")

@@ -89,6 +89,9 @@ class EngineConfig:
     log_impressions: bool = True
     impression_retention_days: float = 30.0
     impression_flush_seconds: float = 0.5  # how often the spooled impressions are written to the store
+    # `vitrine serve`: "process" stores the spooled impressions (and computes their deferred features) in a
+    # writer process of its own, off the workers' GIL; "thread" in a thread of each worker.
+    impressions_writer: str = "process"
     # An outcome event without a request_id is joined to the shopper's latest impression of that item logged
     # at most this long before it (engine.learn.attribution).
     attribution_window_minutes: float = 30.0
@@ -198,6 +201,7 @@ class EngineConfig:
             need(getattr(self, name) > 0, name, "must be > 0")
         need(self.impression_retention_days > 0, "impression_retention_days", "must be > 0")
         need(self.impression_flush_seconds > 0, "impression_flush_seconds", "must be > 0")
+        need(self.impressions_writer in ("process", "thread"), "impressions_writer", "must be process or thread")
         need(self.attribution_window_minutes > 0, "attribution_window_minutes", "must be > 0")
         need(0 < self.dp_daily_budget <= 1000, "dp_daily_budget", f"must be in (0, 1000], got {self.dp_daily_budget}")
         need(0 <= self.analytics_warm_wait_seconds <= 60, "analytics_warm_wait_seconds",

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from engine.catalog import CATEGORY_SEP, category_key
 from engine.filters import Filters
-from engine.ranking.features import SEARCH_FEATURES, SearchCandidates, brand_key, search_features
+from engine.ranking.features import (SEARCH_FEATURES, SearchCandidates, brand_key, pack_floats, search_features,
+                                     unpack_floats)
 from engine.ranking.fields import FieldTokens, norm, query_terms
 from engine.ranking.fusion import fuse
 from engine.recommend.personal import Affinity, personalized
@@ -147,15 +148,9 @@ def ranked_search(
     later = None
     if defer_features and scorer is None:
         top = order[:rerank_top]
-        p_rows, p_bm25, p_vec, p_fused = rows[top], bm25[top], vec[top], fused[top]
-        p_personal = None if personal is None else personal[top]
-        shown = np.arange(len(top))[offset:offset + k]
-
-        def later() -> list[dict[str, float]]:
-            feats = search_features(search_inputs(snap, query, p_rows, p_bm25, p_vec, p_fused, p_personal,
-                                                  item_rates, shown))
-            return [dict(zip(SEARCH_FEATURES, x.tolist())) for x in feats]
-
+        later = SearchDeferred(snap, query, rows[top], bm25[top], vec[top], fused[top],
+                               None if personal is None else personal[top], np.arange(len(top))[offset:offset + k],
+                               item_rates)
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)
@@ -164,6 +159,45 @@ def ranked_search(
 
 
 ItemRates = Callable[[list[str]], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
+
+
+@dataclass(frozen=True)
+class SearchDeferred:
+    """The shown hits' ranker features of one search, computed when called: by the impression log's
+    flusher in this process, or, from :meth:`spec`, by the impression writer process
+    (:meth:`from_spec` there, on its own snapshot and item statistics)."""
+
+    snap: Snapshot
+    query: str
+    rows: np.ndarray  # the ranking's best candidates, in its order (the list-relative features' list)
+    bm25: np.ndarray
+    vec: np.ndarray
+    fused: np.ndarray
+    personal: np.ndarray | None
+    shown: np.ndarray  # indexes into ``rows``: the hits shown, in order
+    item_rates: ItemRates | None = None
+
+    def __call__(self) -> list[dict[str, float]]:
+        feats = search_features(search_inputs(self.snap, self.query, self.rows, self.bm25, self.vec, self.fused,
+                                              self.personal, self.item_rates, self.shown))
+        return [dict(zip(SEARCH_FEATURES, x.tolist())) for x in feats]
+
+    def spec(self) -> dict[str, Any]:
+        """What another process needs to compute the same features (JSON; item ids, not rows)."""
+        ids = self.snap.catalog.ids
+        return {"kind": "search", "version": self.snap.version, "query": self.query,
+                "ids": [ids[int(r)] for r in self.rows], "bm25": pack_floats(self.bm25), "vec": pack_floats(self.vec),
+                "fused": pack_floats(self.fused), "personal": None if self.personal is None else pack_floats(self.personal),
+                "shown": [int(i) for i in self.shown]}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, item_rates: ItemRates | None) -> "SearchDeferred":
+        """The deferred features of :meth:`spec` on ``snap`` (KeyError: an item no longer in the catalog)."""
+        rows = np.array([snap.catalog.row(i) for i in spec["ids"]], np.int64)
+        personal = spec.get("personal")
+        return cls(snap, str(spec["query"]), rows, unpack_floats(spec["bm25"]), unpack_floats(spec["vec"]),
+                   unpack_floats(spec["fused"]), None if personal is None else unpack_floats(personal),
+                   np.asarray(spec["shown"], np.int64), item_rates)
 
 
 def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,

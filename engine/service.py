@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import logging
 import uuid
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from engine.index import versions
 from engine.events.impressions import Impression
 from engine.index.vector import set_search_threads
 from engine.learn.attribution import AttributionStats
-from engine.learn.impressions import ImpressionLog, InFlight
+from engine.learn.impressions import WRITER_ENV, ImpressionLog, InFlight
 from engine.learn.experiments import INTERLEAVED, TEAM_FEATURE, Experiment, Experiments, Kind, Variant, team_draft
 from engine.learn.model import MlpRanker, ModelError
 from engine.learn.bandits import Context, Rewards
@@ -42,10 +43,10 @@ from engine.learn.policy import ExplorationSettings, choose
 from engine.learn.registry import load_version
 from engine.learn.serve import Rankers
 from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES, item_rates
-from engine.recommend.compose import SeqScorer
+from engine.recommend.compose import RecDeferred, SeqScorer
 from engine.recommend.strategies import check_strategy
 from engine.memory import release_free_memory
-from engine.search import Hit, Ranked, facets, ranked_search, similar_items
+from engine.search import Hit, Ranked, SearchDeferred, facets, ranked_search, similar_items
 from engine.shoppers import EventStats, IngestResult, Recommendations, SampleShopper, Shoppers
 from engine.snapshot import Snapshot
 from engine.suggest import DEFAULT_K as DEFAULT_SUGGESTIONS
@@ -187,7 +188,8 @@ class Engine:
         self.in_flight = InFlight()
         self.impressions = ImpressionLog(
             lambda: self.shoppers.events, retention_s=config.impression_retention_days * 86400.0,
-            flush_every_s=config.impression_flush_seconds, in_flight=self.in_flight) if log_impressions else None
+            flush_every_s=config.impression_flush_seconds, in_flight=self.in_flight,
+            spool_only=bool(os.environ.get(WRITER_ENV))) if log_impressions else None
         # Exploration per surface (engine.learn.policy) and the recommendations' strategy policy (engine.learn.online).
         self.exploration = {s: ExplorationSettings.parse(getattr(config, f"explore_{s}"), key=f"explore_{s}")
                             for s in EXPLORED_SURFACES}
@@ -667,6 +669,30 @@ class Engine:
             model = None if published is None else published.model
         return None if model is None or model.seq is None else model.seq.scores
 
+    def refresh_live(self) -> None:
+        """Bring the live models (item statistics, co-occurrence, trending) up to the event store now: the
+        impression writer does before each pass, as it answers no recommendation that would."""
+        try:
+            with self.shoppers.live.current():
+                pass
+        except StoreUnavailable as e:
+            log.warning("live models not refreshed: %s", e)
+
+    def deferred(self, spec: Mapping[str, Any]) -> Callable[[], list[dict[str, float]]]:
+        """A deferred feature computation from its spec (``later.spec()`` of another process: the impression
+        writer computes the serving processes' deferred features with it), on this engine's current
+        snapshot, item statistics and published sequence model. ValueError / NotFound: it cannot be had."""
+        kind = spec.get("kind")
+        if kind == "reorder":
+            return Reordered(self.deferred(spec["of"]), tuple(int(j) for j in spec["order"]))
+        if kind == "pad":
+            return Padded(self.deferred(spec["of"]), int(spec["n"]))
+        if kind == "search":
+            return SearchDeferred.from_spec(spec, self.snapshot(), self._item_rates)
+        if kind == "recommend":
+            return RecDeferred.from_spec(spec, self.snapshot(), self.shoppers.live, self._seq_scorer(Chosen(None, None)))
+        raise ValueError(f"unknown deferred features {kind!r}")
+
     def _variant_model(self, surface: str, variant: Variant) -> MlpRanker | None:
         """The model a variant serves: None for the blend; the published ranker; or a pinned version (loaded
         once and kept; None, with a warning, when it cannot be loaded)."""
@@ -788,15 +814,44 @@ class Explored:
 
     def reorder(self, later: Callable[[], list[dict[str, float]]] | None) -> Callable[[], list[dict[str, float]]] | None:
         """``later`` (features of the ranking's best, in its order) for the shown items, in the shown order."""
-        if later is None:
-            return None
-        order = self.order
+        return None if later is None else Reordered(later, tuple(self.order))
 
-        def reordered() -> list[dict[str, float]]:
-            full = later()
-            return [full[j] for j in order]
 
-        return reordered
+@dataclasses.dataclass(frozen=True)
+class Reordered:
+    """Deferred features (``inner``: the ranking's best, in its order) for the shown items, in the shown order."""
+
+    inner: Callable[[], list[dict[str, float]]]
+    order: tuple[int, ...]
+
+    def __call__(self) -> list[dict[str, float]]:
+        full = self.inner()
+        return [full[j] for j in self.order]
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "reorder", "order": list(self.order), "of": deferred_spec(self.inner)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Padded:
+    """Deferred features with ``n`` empty feature sets after its own (for candidates it did not rank)."""
+
+    inner: Callable[[], list[dict[str, float]]]
+    n: int
+
+    def __call__(self) -> list[dict[str, float]]:
+        return self.inner() + [{} for _ in range(self.n)]
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "pad", "n": self.n, "of": deferred_spec(self.inner)}
+
+
+def deferred_spec(later: Callable[[], list[dict[str, float]]]) -> dict[str, Any]:
+    """The JSON spec of a deferred feature computation (ValueError: it has none)."""
+    spec = getattr(later, "spec", None)
+    if spec is None:
+        raise ValueError(f"{later!r} cannot be computed in another process")
+    return dict(spec())
 
 
 def _padded(later: Callable[[], list[dict[str, float]]] | None,
@@ -804,7 +859,7 @@ def _padded(later: Callable[[], list[dict[str, float]]] | None,
     """``later`` with ``n`` empty feature sets after its own (for candidates it did not rank)."""
     if later is None or n == 0:
         return later
-    return lambda: later() + [{} for _ in range(n)]
+    return Padded(later, n)
 
 
 def _hit_features(h: Hit) -> dict[str, float | None]:

@@ -7,10 +7,13 @@ index files are shared through the page cache.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from engine.config import EngineConfig
+from engine.learn.impressions import WRITER_ENV
 
 APP_SPEC = "web:create_app()"
 
@@ -35,7 +38,10 @@ def gunicorn_options(config: EngineConfig) -> dict[str, Any]:
 
 
 def serve(config: EngineConfig, config_file: str | None = None) -> None:
-    """Run until interrupted. Settings reach the workers through the environment."""
+    """Run until interrupted. Settings reach the workers through the environment. With impression logging
+    and ``impressions_writer = "process"``, a writer process (``vitrine impressions writer``) stores what the
+    workers spool and computes its deferred features (:mod:`engine.learn.impressions`), and stops with the
+    server (it also stops by itself when this process is gone)."""
     from gunicorn.app.base import BaseApplication
     from gunicorn.util import import_app
 
@@ -43,6 +49,12 @@ def serve(config: EngineConfig, config_file: str | None = None) -> None:
     os.environ["VITRINE_TORCH_THREADS"] = str(config.torch_threads)
     if config_file:
         os.environ["VITRINE_CONFIG"] = str(Path(config_file).resolve())
+    writer = None
+    os.environ.pop(WRITER_ENV, None)
+    if config.log_impressions and config.impressions_writer == "process":
+        writer = subprocess.Popen([sys.executable, "-m", "engine.cli", "impressions", "writer",
+                                   "--parent", str(os.getpid())], env=dict(os.environ))
+        os.environ[WRITER_ENV] = str(writer.pid)  # the workers only spool
 
     class _App(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints: subclassing Any
         def load_config(self) -> None:
@@ -53,4 +65,12 @@ def serve(config: EngineConfig, config_file: str | None = None) -> None:
         def load(self) -> Any:
             return import_app(APP_SPEC)
 
-    _App().run()
+    try:
+        _App().run()
+    finally:
+        if writer is not None:
+            writer.terminate()  # it stores what is spooled, then exits
+            try:
+                writer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                writer.kill()

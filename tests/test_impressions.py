@@ -86,7 +86,7 @@ def test_impressions_survive_kill_9_after_the_response(config: EngineConfig, mon
             time.sleep(0.3)
         missing = [i for i in ids if store.get_impression(i) is None]
         assert not missing, missing
-        assert not [p for p in spool_dir(store).glob("*.jsonl") if p.stat().st_size and not _alive(int(p.stem))]
+        assert not [p for p in spool_dir(store).glob("*.jsonl") if p.stat().st_size and not _alive(int(p.stem.split(".")[0]))]
         store.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -48,14 +48,18 @@ class Impression:
                    json.loads(feats) if feats else [], policy, None if props is None else json.loads(props),
                    None if context is None else json.loads(context))
 
-    def to_json(self) -> str:
+    def to_json(self, **extra: Any) -> str:
+        """One JSON object; ``extra`` keys ride along (a spool line's deferred-feature spec)."""
         return json.dumps({"request_id": self.request_id, "ts": self.ts, "surface": self.surface,
                            "user_id": self.user_id, "query": self.query, "items": self.items, "offset": self.offset,
                            "features": self.features, "policy": self.policy, "propensities": self.propensities,
-                           "context": self.context})
+                           "context": self.context, **extra})
 
     @classmethod
     def from_json(cls, text: str) -> Impression:
-        d = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Impression:
         return cls(d["request_id"], d["ts"], d["surface"], d["user_id"], d["query"], d["items"], d["offset"],
                    d["features"], d["policy"], d["propensities"], d.get("context"))

@@ -17,19 +17,29 @@ onnxruntime or FAISS would wait for it: given ``in_flight`` (the process's :clas
 computes them between requests, waiting up to ``IDLE_WAIT_S`` for a gap, and not at all once
 ``BACKLOG`` records are queued (a server that is never idle still stores everything).
 
+**A writer process** (``spool_only``; what ``vitrine serve`` runs, see :mod:`engine.serving`): the serving
+process then only appends to its spool, in segments (``<pid>.<stamp>.jsonl``, a new one every
+``SEGMENT_S`` or ``SEGMENT_BYTES``), and each line carries its deferred features as a spec
+(``later.spec()``: the inputs, item ids and packed floats) instead of a closure. :class:`SpoolWriter`, in its
+own process with its own engine, reads every segment as it grows, computes the deferred features
+(``Engine.deferred``), stores the impressions and deletes a segment once it is stored and sealed (a newer
+one of its process exists, or the process is gone). No flusher thread, no feature computation and no
+store write then take the serving process's GIL.
+
 Thread-safe; one log per process (``Engine`` makes it when the server asks for logging).
 """
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from engine.errors import StoreUnavailable
 from engine.events import EventStore
@@ -43,6 +53,9 @@ MAX_BATCH = 1000
 PRUNE_EVERY_S = 3600.0
 IDLE_WAIT_S = 0.05  # the longest a deferred computation waits for a gap between requests
 BACKLOG = 250  # queued records beyond which the flusher stops waiting for gaps
+WRITER_ENV = "VITRINE_IMPRESSION_WRITER_PID"  # set by `vitrine serve` for its workers: a writer process runs
+SEGMENT_S = 60.0  # spool-only: a serving process starts a new spool segment this often (when it logs)...
+SEGMENT_BYTES = 8 << 20  # ...or once its segment holds this much
 
 
 class InFlight:
@@ -81,8 +94,13 @@ def spool_dir(store: EventStore) -> Path:
 
 class ImpressionLog:
     def __init__(self, store: Callable[[], EventStore], *, retention_s: float,
-                 flush_every_s: float = FLUSH_EVERY_S, in_flight: InFlight | None = None) -> None:
+                 flush_every_s: float = FLUSH_EVERY_S, in_flight: InFlight | None = None,
+                 spool_only: bool = False) -> None:
+        """``spool_only``: a :class:`SpoolWriter` process stores this process's spool (see the module)."""
         self._store = store
+        self.spool_only = spool_only
+        self._segment_at = 0.0
+        self._segment_bytes = 0
         self._in_flight = in_flight
         self.retention_s = retention_s
         self.flush_every_s = flush_every_s
@@ -100,6 +118,9 @@ class ImpressionLog:
         """Spool and queue ``imp``; never raises (a failure is logged: the answer matters more). ``later()``
         gives more features per shown item, merged into ``imp.features`` by the flusher."""
         try:
+            if self.spool_only:
+                self._spool(imp, later)
+                return
             line = (imp.to_json() + "\n").encode("utf-8")
             with self._lock:
                 self._start()
@@ -107,6 +128,30 @@ class ImpressionLog:
                 self._queue.append((imp, later))
         except (OSError, ValueError) as e:
             log.warning("impression %s not logged: %s", imp.request_id, e)
+
+    def _spool(self, imp: Impression, later: Later) -> None:
+        """Spool-only: append ``imp`` (with its deferred features' spec) to this process's current segment."""
+        spec = getattr(later, "spec", None) if later is not None else None
+        if later is not None and spec is None:  # cannot be computed elsewhere: compute it here
+            imp, later = _complete(imp, later), None
+        line = (imp.to_json(deferred=spec()) if spec is not None else imp.to_json()).encode("utf-8") + b"\n"
+        with self._lock:
+            now = time.monotonic()
+            if (self._pid != os.getpid() or self._fd < 0 or now - self._segment_at >= SEGMENT_S
+                    or self._segment_bytes >= SEGMENT_BYTES):
+                self._new_segment(now)
+            os.write(self._fd, line)
+            self._segment_bytes += len(line)
+
+    def _new_segment(self, now: float) -> None:
+        """Spool-only: start a new segment file (the writer deletes the previous one once it is stored)."""
+        folder = spool_dir(self._store())
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"{os.getpid()}.{time.time_ns()}.jsonl",
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._pid, self._fd, self._segment_at, self._segment_bytes = os.getpid(), fd, now, 0
 
     def _start(self) -> None:
         """Open this process's spool file and start the flusher (once per process; under ``_lock``)."""
@@ -131,7 +176,8 @@ class ImpressionLog:
                 log.exception("impression flush failed; retrying")
 
     def flush(self) -> int:
-        """Store every queued impression now; returns how many were written (0 while the store cannot)."""
+        """Store every queued impression now; returns how many were written (0 while the store cannot, and
+        always 0 spool-only: the writer process stores them)."""
         with self._flushing:
             return self._flush()
 
@@ -208,6 +254,124 @@ class ImpressionLog:
 
 
 Later = Optional[Callable[[], list[dict[str, float]]]]
+
+
+class SpoolWriter:
+    """Stores what spool-only serving processes spooled (see the module), computing their deferred features
+    with ``deferred(spec)`` (``Engine.deferred``). Run it in a process of its own (``vitrine impressions
+    writer``, started by ``vitrine serve``): :meth:`run` until ``stop`` is set. A segment is processed by one
+    writer at a time (an exclusive ``flock``); stored lines are skipped on a rerun by ``request_id``, so a
+    writer killed mid-segment loses nothing and stores nothing twice."""
+
+    def __init__(self, store: Callable[[], EventStore], deferred: Callable[[dict[str, Any]], Callable[[], list[dict[str, float]]]],
+                 *, retention_s: float, every_s: float = FLUSH_EVERY_S,
+                 before_pass: Callable[[], None] | None = None) -> None:
+        """``before_pass``: called before each pass that has lines to store (``Engine.refresh_live``)."""
+        self._store = store
+        self._before_pass = before_pass
+        self._deferred = deferred
+        self.retention_s = retention_s
+        self.every_s = every_s
+        self._done: dict[str, int] = {}  # segment name -> bytes stored
+        self._pruned_at = 0.0
+        self._refreshed = False
+
+    def run(self, stop: threading.Event, alive: Callable[[], bool] = lambda: True) -> None:
+        """Pass over the spool every ``every_s`` until ``stop`` is set or ``alive()`` turns False (the
+        server that started this writer is gone), then once more."""
+        while not stop.is_set() and alive():
+            try:
+                self.write()
+                self._prune()
+            except Exception:  # the writer must outlive any one failure
+                log.exception("impression writer pass failed; retrying")
+            stop.wait(self.every_s)
+        self.write()
+
+    def write(self) -> int:
+        """One pass: store every complete line not stored yet; delete the segments done with. Returns the
+        number of impressions stored (0 while the store cannot write: they stay spooled)."""
+        folder = spool_dir(self._store())
+        if not folder.is_dir():
+            return 0
+        segments: dict[int, list[tuple[int, Path]]] = {}
+        for path in folder.glob("*.jsonl"):
+            parts = path.stem.split(".")
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                segments.setdefault(int(parts[0]), []).append((int(parts[1]), path))
+            elif len(parts) == 1 and parts[0].isdigit() and not process_alive(int(parts[0])):
+                segments.setdefault(int(parts[0]), []).append((-1, path))  # a dead flusher's spool (no segments)
+        written = 0
+        self._refreshed = False
+        for pid, segs in segments.items():
+            segs.sort()
+            gone = not process_alive(pid)
+            for i, (_, path) in enumerate(segs):
+                try:
+                    written += self._segment(path, sealed=gone or i < len(segs) - 1)
+                except StoreUnavailable as e:
+                    log.warning("impressions kept in the spool until the store can write: %s", e)
+                    return written
+        live = {p.name for segs in segments.values() for _, p in segs}
+        self._done = {k: v for k, v in self._done.items() if k in live}
+        return written
+
+    def _segment(self, path: Path, *, sealed: bool) -> int:
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            return 0
+        with fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # another writer has it
+            start = self._done.get(path.name, 0)
+            fh.seek(start)
+            data = fh.read()
+            end = data.rfind(b"\n") + 1  # complete lines only: the process may be writing the next one
+            written = 0
+            if end:
+                if self._before_pass is not None and not self._refreshed:
+                    self._before_pass()
+                    self._refreshed = True
+                rows = []
+                for line in data[:end].decode("utf-8").splitlines():
+                    if line.strip():
+                        rows.append(self._record(line))
+                for i in range(0, len(rows), MAX_BATCH):
+                    written += self._store().add_impressions([r for r in rows[i:i + MAX_BATCH] if r is not None])
+                self._done[path.name] = start + end
+            if sealed and start + end == os.fstat(fh.fileno()).st_size:
+                path.unlink()
+                self._done.pop(path.name, None)
+            return written
+
+    def _record(self, line: str) -> Impression | None:
+        try:
+            d = json.loads(line)
+            imp = Impression.from_dict(d)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("a spooled impression cannot be read, skipped: %s", e)
+            return None
+        spec = d.get("deferred")
+        if spec is None:
+            return imp
+        try:
+            later = self._deferred(spec)
+        except Exception as e:  # an item gone from the catalog, a malformed spec: the list survives
+            log.warning("impression %s stored without its deferred features: %s", imp.request_id, e)
+            return imp
+        return _complete(imp, later)
+
+    def _prune(self) -> None:
+        now = time.time()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            try:
+                self._store().prune_impressions(now - self.retention_s)
+            except StoreUnavailable as e:
+                log.warning("impressions not pruned: %s", e)
 
 
 def _complete(imp: Impression, later: Later) -> Impression:

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from engine.ranking.features import RECOMMEND_FEATURES, RecCandidates, brand_key, item_rates, recommend_features
+from engine.ranking.features import (RECOMMEND_FEATURES, RecCandidates, brand_key, item_rates, pack_floats,
+                                     recommend_features, unpack_floats)
 from engine.recommend.blend import Blender
 from engine.recommend.content import InterestProfile, event_weight
 from engine.recommend.live import LiveModels
@@ -159,19 +160,59 @@ def recommend(
         ))
     later = None
     if features and kept:
-        shown = [rec.row for rec in picks]
-
-        def later() -> list[dict[str, float]]:
-            feats = _pool_features(snap, live, known, seq=seq, **kept)
-            at = {r: i for i, r in enumerate(kept["pool"].tolist())}
-            return [dict(zip(RECOMMEND_FEATURES, feats[at[r]].tolist())) for r in shown]
-
+        later = RecDeferred(snap, live, tuple(known), kept["pool"], kept["raw"], kept["z"], kept["blend"],
+                            tuple(rec.row for rec in picks), seq)
     return Composed(out, later)
 
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 # (history vectors, history ids, candidate vectors, candidate ids) -> (m,) next-item scores (SeqModel.scores)
 SeqScorer = Callable[[np.ndarray, Sequence[str], np.ndarray, Sequence[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class RecDeferred:
+    """The shown recommendations' ranker features, computed when called: by the impression log's flusher in
+    this process, or, from :meth:`spec`, by the impression writer process (:meth:`from_spec`, on its own
+    snapshot and live models)."""
+
+    snap: Snapshot
+    live: LiveModels
+    known: tuple[Touch, ...]  # the shopper's history the list was made from, oldest first
+    pool: np.ndarray  # the re-ranked candidates' rows, blend order
+    raw: Mapping[str, np.ndarray]
+    z: Mapping[str, np.ndarray]
+    blend: np.ndarray
+    shown: tuple[int, ...]  # rows, in the shown order
+    seq: SeqScorer | None = None
+
+    def __call__(self) -> list[dict[str, float]]:
+        feats = _pool_features(self.snap, self.live, self.known, self.pool, self.raw, self.z, self.blend, seq=self.seq)
+        at = {r: i for i, r in enumerate(self.pool.tolist())}
+        return [dict(zip(RECOMMEND_FEATURES, feats[at[r]].tolist())) for r in self.shown]
+
+    def spec(self) -> dict[str, Any]:
+        """What another process needs to compute the same features (JSON; item ids, not rows). ``seq``: a
+        sequence model scored them: the published ranker's, the only one a deferred list uses (a list
+        ranked by a model has its features computed on the request path)."""
+        ids = self.snap.catalog.ids
+        return {"kind": "recommend", "version": self.snap.version,
+                "history": [[t.item_id, t.type, t.timestamp] for t in self.known],
+                "pool": [ids[int(r)] for r in self.pool.tolist()],
+                "raw": {s: pack_floats(x) for s, x in self.raw.items()},
+                "z": {s: pack_floats(x) for s, x in self.z.items()}, "blend": pack_floats(self.blend),
+                "shown": [ids[r] for r in self.shown], "seq": self.seq is not None}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, live: LiveModels,
+                  seq: SeqScorer | None) -> "RecDeferred":
+        """The deferred features of :meth:`spec` on ``snap`` (NotFound: an item no longer in the catalog)."""
+        row = snap.catalog.row
+        known = tuple(Touch(str(i), str(t), None if ts is None else float(ts)) for i, t, ts in spec["history"])
+        return cls(snap, live, known, np.array([row(i) for i in spec["pool"]], np.int64),
+                   {s: unpack_floats(x) for s, x in spec["raw"].items()},
+                   {s: unpack_floats(x) for s, x in spec["z"].items()}, unpack_floats(spec["blend"]),
+                   tuple(row(i) for i in spec["shown"]), seq if spec.get("seq") else None)
 
 
 @dataclass(frozen=True)
