@@ -30,7 +30,6 @@ Safety``), and then advertise items of that prefix.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import secrets
 import shutil
@@ -199,12 +198,10 @@ def main(argv: list[str]) -> int:
             p.unlink()
     url = f"sqlite:///{DB}"
     key = "ads-" + secrets.token_hex(16)
-    saved = {k: os.environ.get(k) for k in ("VITRINE_EVENTS_URL", "VITRINE_ADS_KEY", "VITRINE_QUERY_CACHE_SIZE")}
-    os.environ.update(VITRINE_EVENTS_URL=url, VITRINE_ADS_KEY=key, VITRINE_QUERY_CACHE_SIZE="0")
     a_phases: list[Phase] = []
     b_phases: list[Phase] = []
     per_post: list[float] = []
-    try:
+    with common.environment({"VITRINE_EVENTS_URL": url, "VITRINE_ADS_KEY": key, "VITRINE_QUERY_CACHE_SIZE": "0"}):
         with common.Server(index, workers=1, threads=8, log_name="serve-ads") as server:
             warm_up(server, warmup)
             a_phases.append(run_phase("A1: no campaigns", server.base, queries))
@@ -220,12 +217,6 @@ def main(argv: list[str]) -> int:
                 time.sleep(SETTLE_S)
                 warm_up(server, warmup)
                 a_phases.append(run_phase(f"A{r + 1}: campaigns deleted", server.base, queries))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     if any(sum(a.sponsored) for a in a_phases):
         raise SystemExit("sponsored results without campaigns: the phases are not what they claim")
 

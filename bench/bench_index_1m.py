@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 import requests
 
-from common import (OUT, ROOT, VARIANTS, Server, engine_config, header, load_avg, record, stats_ms, table,
-                    write_rows)
+from common import (OUT, ROOT, VARIANTS, Server, engine_config, environment, header, load_avg, record, stats_ms,
+                    table, write_rows)
 
 BASES = [ROOT / "indexes" / "eval" / "crowdflower" / "current", ROOT / "indexes" / "eval" / "scientific" / "current"]
 TARGETS = {"recall": 0.95, "bytes": 500.0, "p99_ms": 15.0}
@@ -118,12 +118,27 @@ def build(n: int, sigma: float, index: Path, target: float, budget: float) -> di
     return manifest
 
 
-def http_search(index: Path, n_queries: int) -> dict[str, Any]:
-    from bench_search import ask, shop_queries, warm_up
+LOG_MODES = {  # --impressions: how the server logs impressions (the environment its configuration reads)
+    "process": {"VITRINE_LOG_IMPRESSIONS": "1", "VITRINE_IMPRESSIONS_WRITER": "process"},  # the default
+    "thread": {"VITRINE_LOG_IMPRESSIONS": "1", "VITRINE_IMPRESSIONS_WRITER": "thread"},
+    "off": {"VITRINE_LOG_IMPRESSIONS": "0"},
+}
+LOG_LABELS = {"process": "on, writer process (default)", "thread": "on, flusher thread in the worker", "off": "off"}
+
+
+def http_search(index: Path, n_queries: int, mode: str = "process", parts: bool = True) -> dict[str, Any]:
+    from bench_search import shop_queries
 
     queries = shop_queries(n_queries + 20)
     warm, timed = queries[:20], queries[20:]
     t0 = time.time()
+    with environment({"VITRINE_LOG_IMPRESSIONS": "1", "VITRINE_IMPRESSIONS_WRITER": "process", **LOG_MODES[mode]}):
+        return _http_search(index, warm, timed, t0, parts)
+
+
+def _http_search(index: Path, warm: list[str], timed: list[str], t0: float, parts: bool) -> dict[str, Any]:
+    from bench_search import ask, warm_up
+
     with Server(index, 1, 4, log_name="serve-index-1m") as server:
         start_s = time.time() - t0
         warmed_s = warm_up(server, warm)
@@ -139,8 +154,7 @@ def http_search(index: Path, n_queries: int) -> dict[str, Any]:
         rss, pss = server.memory_mb()
     from bench_search import breakdown
 
-    parts = breakdown(index, timed[:100], warm)
-    return {"parts": parts, "latency": stats_ms(lat), "took_p50": float(np.median(took)), "errors": errors, "rss_mb": rss,
+    return {"parts": breakdown(index, timed[:100], warm) if parts else {}, "latency": stats_ms(lat), "took_p50": float(np.median(took)), "errors": errors, "rss_mb": rss,
             "pss_mb": pss, "queries": len(timed), "start_s": start_s, "warmed_s": warmed_s}
 
 
@@ -153,6 +167,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--skip-build", action="store_true", help="serve the version already built for --items")
     ap.add_argument("--record", action="store_true", help="replace the bench_index_1m section of bench/RESULTS.md")
+    ap.add_argument("--impressions", default="process",
+                    help="comma-separated impression logging modes to serve with, one HTTP run each, in this order: "
+                         "process (the default configuration: a writer process), thread, off (default: process)")
     args = ap.parse_args()
     load_at_start = load_avg()
     index = OUT / f"index-{args.items}-real-variants"
@@ -175,9 +192,16 @@ def main() -> None:
                               "chosen" if c["spec"] == ix["spec"] else ("meets" if c["meets_target"] else "misses")])
     print(table(["candidate", "bytes/item", "recall@10", "setting", "QPS (1 thread)", "build s", ""], cand_rows))
     http: dict[str, Any] | None = None
+    runs: list[tuple[str, dict[str, Any]]] = []
     failure = ""
+    modes = [m.strip() for m in args.impressions.split(",") if m.strip()]
+    if not modes or any(m not in LOG_MODES for m in modes):
+        ap.error(f"--impressions: expected some of {', '.join(LOG_MODES)}")
     try:
-        http = http_search(index, args.queries)
+        for i, mode in enumerate(modes):
+            runs.append((mode, http_search(index, args.queries, mode, parts=i == 0)))
+        http = dict(runs[[m for m, _ in runs].index("process")][1]) if "process" in modes else dict(runs[0][1])
+        http["parts"] = runs[0][1]["parts"]
     except Exception as e:  # the serving stack may not fit this machine at 1M: say what failed
         failure = f"{type(e).__name__}: {e}"
         print(f"HTTP part failed: {failure}", file=sys.stderr)
@@ -204,11 +228,12 @@ def main() -> None:
             f"`/v1/search` over HTTP, 1 worker x 4 threads, one client, {http['queries']} distinct queries (each encoded "
             f"by the real fp32 ONNX query encoder), after warm-up; server start {http['start_s']:.0f} s, its background "
             f"warm-ups (suggestions, analytics copy, page cache) done {http.get('warmed_s', 0):.0f} s after the warm-up "
-            "queries:",
+            "queries; one fresh server per impression-log mode, in this order (RSS / PSS: the server's processes, the "
+            "writer process included):",
             "",
-            table(["p50 ms", "p95 ms", "p99 ms", "mean ms", "server took p50 ms", "errors", "RSS / PSS MB"],
-                  [[s["p50"], s["p95"], s["p99"], s["mean"], http["took_p50"], http["errors"],
-                    f"{http['rss_mb']:,.0f} / {http['pss_mb']:,.0f}"]]),
+            table(["impression log", "p50 ms", "p95 ms", "p99 ms", "mean ms", "server took p50 ms", "errors", "RSS / PSS MB"],
+                  [[LOG_LABELS[m], r["latency"]["p50"], r["latency"]["p95"], r["latency"]["p99"], r["latency"]["mean"],
+                    r["took_p50"], r["errors"], f"{r['rss_mb']:,.0f} / {r['pss_mb']:,.0f}"] for m, r in runs]),
             "",
             "In-process breakdown of one search (100 of the queries, bench_search.py's parts, ms):",
             "",
@@ -216,7 +241,8 @@ def main() -> None:
             "",
             f"Targets: recall@10 >= {TARGETS['recall']} at <= {TARGETS['bytes']:g} bytes/item: "
             f"{'met' if ix['recall_at_10'] >= TARGETS['recall'] and ix['bytes_per_item'] <= TARGETS['bytes'] else 'NOT met'}; "
-            f"p99 <= {TARGETS['p99_ms']:g} ms: {'met' if s['p99'] <= TARGETS['p99_ms'] else 'NOT met'}.",
+            f"p99 <= {TARGETS['p99_ms']:g} ms ({LOG_LABELS[runs[0][0] if 'process' not in modes else 'process']}): "
+            f"{'met' if s['p99'] <= TARGETS['p99_ms'] else 'NOT met'}.",
         ]
     else:
         lines += [f"`/v1/search` over HTTP: failed ({failure}); see bench/out/logs/serve-index-1m.log."]

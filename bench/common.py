@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -174,6 +175,28 @@ def pss_mb(pid: int) -> float:
     return _status_kb(pid, "Pss", "smaps_rollup") / 1024
 
 
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside the block, as it was after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _is_writer(pid: int) -> bool:
+    try:
+        return b"impressions\0writer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 @dataclass
 class Server:
     """``python -m engine.cli --index-dir DIR serve`` on a free 127.0.0.1 port; use as a context manager."""
@@ -216,10 +239,11 @@ class Server:
         raise RuntimeError(f"server not healthy after {timeout:.0f}s; see {self.log_path}")
 
     def worker_pids(self) -> list[int]:
-        return [p for p in process_tree(self.proc.pid) if p != self.proc.pid]
+        """The gunicorn workers (not the master, nor the impression writer process)."""
+        return [p for p in process_tree(self.proc.pid) if p != self.proc.pid and not _is_writer(p)]
 
     def memory_mb(self) -> tuple[float, float]:
-        """(sum of VmRSS, sum of PSS) over the gunicorn master and its workers."""
+        """(sum of VmRSS, sum of PSS) over the gunicorn master, its workers and the impression writer."""
         pids = process_tree(self.proc.pid)
         return sum(rss_mb(p) for p in pids), sum(pss_mb(p) for p in pids)
 

@@ -213,7 +213,7 @@ def cmd_impressions_writer(config: EngineConfig, args: argparse.Namespace) -> in
     import signal
     import threading
 
-    from engine.learn.impressions import SpoolWriter
+    from engine.learn.impressions import SpoolWriter, mark_writer_ready
     from engine.process import process_alive
     from engine.service import Engine
 
@@ -222,6 +222,7 @@ def cmd_impressions_writer(config: EngineConfig, args: argparse.Namespace) -> in
         engine.snapshot()  # load the served version now, beside the workers' start, not on the first list
     except IndexNotBuilt:
         pass  # nothing published yet: loaded with the first list that needs it
+    ready = mark_writer_ready(engine.shoppers.events)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -233,7 +234,10 @@ def cmd_impressions_writer(config: EngineConfig, args: argparse.Namespace) -> in
     writer = SpoolWriter(lambda: engine.shoppers.events, engine.deferred,
                          retention_s=config.impression_retention_days * 86400.0,
                          every_s=config.impression_flush_seconds, before_pass=engine.refresh_live)
-    writer.run(stop, alive)
+    try:
+        writer.run(stop, alive)
+    finally:
+        ready.unlink(missing_ok=True)
     return 0
 
 

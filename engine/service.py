@@ -415,8 +415,11 @@ class Engine:
         """The served version, for anyone (the full manifest is ``Admin.manifest``, for the admin key)."""
         snap = self.snapshot()
         m = snap.manifest
+        warm = warming()
+        if self.impressions is not None and self.impressions.writer_warming():
+            warm = tuple(sorted((*warm, "impression_writer")))
         return Info(snap.version, len(snap), m.get("created_at"), m.get("model"), m.get("dims"),
-                    m.get("embedding", {}).get("encoder"), self.ranker_info(), warming())
+                    m.get("embedding", {}).get("encoder"), self.ranker_info(), warm)
 
     def ranker_info(self) -> dict[str, dict[str, Any] | None]:
         """Per surface, the learned ranker served (version, when, what it was trained on, its metrics and

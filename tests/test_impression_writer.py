@@ -20,7 +20,7 @@ from engine.learn.impressions import WRITER_ENV, SpoolWriter, spool_dir
 from engine.ranking.features import pack_floats, unpack_floats
 from engine.search import ranked_search
 from engine.service import Engine, Padded, Reordered
-from tests.conftest import INGEST_KEY, READ_KEY, start_server
+from tests.conftest import ADMIN_KEY, INGEST_KEY, READ_KEY, start_server
 
 READ = {"Authorization": f"Bearer {READ_KEY}"}
 
@@ -58,7 +58,7 @@ def test_a_spec_computes_the_same_features_in_another_engine(config: EngineConfi
 def test_spool_only_processes_and_the_writer(config: EngineConfig, encoder: Encoder, monkeypatch: Any) -> None:
     from web import create_app
 
-    monkeypatch.setenv(WRITER_ENV, "1")
+    monkeypatch.setenv(WRITER_ENV, str(os.getpid()))  # a live process stands for the writer
     engine = Engine(config, encoder=encoder, log_impressions=True)
     assert engine.impressions is not None and engine.impressions.spool_only
     client = create_app({"TESTING": True, "ENGINE_CONFIG": config, "ENGINE": engine}).test_client()
@@ -70,6 +70,8 @@ def test_spool_only_processes_and_the_writer(config: EngineConfig, encoder: Enco
     assert engine.impressions.flush() == 0 and store.count_impressions() == 0  # nothing but the spool
     segments = list(spool_dir(store).glob(f"{os.getpid()}.*.jsonl"))
     assert len(segments) == 1 and b'"deferred"' in segments[0].read_bytes()
+    status = engine.impressions.status()
+    assert status["writer"] == "process" and status["writer_alive"] and status["spooled_bytes"] > 0
 
     writer_engine = Engine(config, encoder=encoder)
     writer = SpoolWriter(lambda: writer_engine.shoppers.events, writer_engine.deferred, retention_s=86400.0,
@@ -102,6 +104,11 @@ def test_serve_runs_a_writer_process(config: EngineConfig) -> None:
     proc, base = start_server(config)
     store = open_event_store(config.events_url)
     try:
+        deadline = time.time() + 30  # the writer loads the served version first, and says so
+        while time.time() < deadline and "impression_writer" in requests.get(f"{base}/v1/info", timeout=30).json()["warming"]:
+            time.sleep(0.2)
+        assert "impression_writer" not in requests.get(f"{base}/v1/info", timeout=30).json()["warming"]
+        assert len(list(spool_dir(store).glob("writer-*.ready"))) == 1
         rid = requests.get(f"{base}/v1/search", params={"q": "nitrile gloves"}, timeout=30).json()["request_id"]
         deadline = time.time() + 30
         while time.time() < deadline and store.get_impression(rid) is None:
@@ -110,6 +117,8 @@ def test_serve_runs_a_writer_process(config: EngineConfig) -> None:
         assert stored is not None and all("bm25_title" in f for f in stored.features)
         writers = _writers_of(proc.pid)
         assert len(writers) == 1
+        stats = requests.get(f"{base}/v1/admin/stats", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30).json()
+        assert stats["impression_log"]["writer"] == "process" and stats["impression_log"]["writer_alive"] is True
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=30)
@@ -117,6 +126,7 @@ def test_serve_runs_a_writer_process(config: EngineConfig) -> None:
     while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in writers):
         time.sleep(0.2)
     assert not [w for w in writers if Path(f"/proc/{w}").exists()], "the writer stops with the server"
+    assert not list(spool_dir(store).glob("writer-*.ready"))
     store.close()
 
 

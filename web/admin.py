@@ -63,6 +63,8 @@ def stats() -> Response:
     engine = get_engine()
     body = engine.event_stats(days).to_dict()
     body["surfaces"] = engine.surface_stats(days).to_dict()["surfaces"]
+    if engine.impressions is not None:
+        body["impression_log"] = engine.impressions.status()
     return jsonify(body)
 
 

@@ -404,7 +404,13 @@ def openapi_document() -> dict[str, Any]:
                     "events": {"type": "integer"},
                     "shoppers": {"type": "integer", "description": "distinct users with an event in the window"},
                     "surfaces": {"type": "array", "description": "per surface, most lists first (README, "
-                                 "\"Attribution\"); rates are shares of shown items", "items": _ref("SurfaceStats")}}},
+                                 "\"Attribution\"); rates are shares of shown items", "items": _ref("SurfaceStats")},
+                    "impression_log": {"type": "object", "description": "with impression logging: how this process's "
+                                       "impressions reach the store (writer process or thread), whether the writer "
+                                       "runs, the bytes spooled or lists queued", "properties": {
+                        "writer": {"type": "string", "enum": ["process", "thread"]},
+                        "writer_alive": {"type": "boolean"}, "spooled_bytes": {"type": ["integer", "null"]},
+                        "queued": {"type": "integer"}}}}},
                 "SurfaceStats": {"type": "object", "required": [
                     "surface", "lists", "shown", "clicks", "add_to_cart", "purchases", "ctr", "add_to_cart_rate",
                     "conversion", "by_position"], "properties": {
@@ -693,7 +699,7 @@ def openapi_document() -> dict[str, Any]:
                                 "ranker served, or null when the blend / fused order serves",
                                 "additionalProperties": {"type": ["object", "null"]}},
                     "warming": {"type": "array", "items": {"type": "string",
-                                "enum": ["analytics", "page_cache", "suggestions"]},
+                                "enum": ["analytics", "impression_writer", "page_cache", "suggestions"]},
                                 "description": "background warm-ups this process still runs; it answers "
                                 "meanwhile, more slowly"}}},
                 "Versions": {"type": "object", "required": ["current", "served", "on_disk", "manifest"],

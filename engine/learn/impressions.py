@@ -175,6 +175,34 @@ class ImpressionLog:
             except Exception:  # the flusher must outlive any one failure
                 log.exception("impression flush failed; retrying")
 
+    def writer_warming(self) -> bool:
+        """Spool-only: the writer process runs but has not loaded the served version yet (it then competes
+        with the requests for the CPU; ``GET /v1/info`` lists it under ``warming``)."""
+        if not self.spool_only:
+            return False
+        pid = os.environ.get(WRITER_ENV, "")
+        if not pid.isdigit() or not process_alive(int(pid)):
+            return False
+        try:
+            return not (spool_dir(self._store()) / f"writer-{pid}.ready").exists()
+        except StoreUnavailable:
+            return False
+
+    def status(self) -> dict[str, Any]:
+        """For the admin: how this process's impressions reach the store, and what waits in its spool
+        (``writer_alive`` False with growing ``spooled_bytes``: the writer process is gone; restart the server)."""
+        out: dict[str, Any] = {"writer": "process" if self.spool_only else "thread"}
+        if self.spool_only:
+            pid = os.environ.get(WRITER_ENV, "")
+            out["writer_alive"] = pid.isdigit() and process_alive(int(pid))
+            try:
+                out["spooled_bytes"] = sum(p.stat().st_size for p in spool_dir(self._store()).glob("*.jsonl"))
+            except (OSError, StoreUnavailable):
+                out["spooled_bytes"] = None
+        else:
+            out["queued"] = len(self._queue)
+        return out
+
     def flush(self) -> int:
         """Store every queued impression now; returns how many were written (0 while the store cannot, and
         always 0 spool-only: the writer process stores them)."""
@@ -236,13 +264,7 @@ class ImpressionLog:
                 log.warning("spool %s not recovered yet: %s", path, e)
 
     def _prune(self) -> None:
-        now = time.time()
-        if now - self._pruned_at >= PRUNE_EVERY_S:
-            self._pruned_at = now
-            try:
-                self._store().prune_impressions(now - self.retention_s)
-            except StoreUnavailable as e:
-                log.warning("impressions not pruned: %s", e)
+        self._pruned_at = prune(self._store, self.retention_s, self._pruned_at)
 
     def close(self) -> None:
         """Flush what is queued and stop the flusher."""
@@ -254,6 +276,28 @@ class ImpressionLog:
 
 
 Later = Optional[Callable[[], list[dict[str, float]]]]
+
+
+def prune(store: Callable[[], EventStore], retention_s: float, pruned_at: float) -> float:
+    """Delete the impressions older than ``retention_s``, at most once every ``PRUNE_EVERY_S`` (since
+    ``pruned_at``); returns when it last pruned."""
+    now = time.time()
+    if now - pruned_at < PRUNE_EVERY_S:
+        return pruned_at
+    try:
+        store().prune_impressions(now - retention_s)
+    except StoreUnavailable as e:
+        log.warning("impressions not pruned: %s", e)
+    return now
+
+
+def mark_writer_ready(store: EventStore) -> Path:
+    """The writer process has loaded the served version: spool-only workers stop listing it as warming."""
+    folder = spool_dir(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"writer-{os.getpid()}.ready"
+    path.touch()
+    return path
 
 
 class SpoolWriter:
@@ -314,6 +358,10 @@ class SpoolWriter:
                     return written
         live = {p.name for segs in segments.values() for _, p in segs}
         self._done = {k: v for k, v in self._done.items() if k in live}
+        for ready in folder.glob("writer-*.ready"):  # left by a writer killed with -9
+            owner = ready.stem.removeprefix("writer-")
+            if owner.isdigit() and not process_alive(int(owner)):
+                ready.unlink(missing_ok=True)
         return written
 
     def _segment(self, path: Path, *, sealed: bool) -> int:
@@ -365,13 +413,7 @@ class SpoolWriter:
         return _complete(imp, later)
 
     def _prune(self) -> None:
-        now = time.time()
-        if now - self._pruned_at >= PRUNE_EVERY_S:
-            self._pruned_at = now
-            try:
-                self._store().prune_impressions(now - self.retention_s)
-            except StoreUnavailable as e:
-                log.warning("impressions not pruned: %s", e)
+        self._pruned_at = prune(self._store, self.retention_s, self._pruned_at)
 
 
 def _complete(imp: Impression, later: Later) -> Impression:
