@@ -54,6 +54,7 @@ PRUNE_EVERY_S = 3600.0
 IDLE_WAIT_S = 0.05  # the longest a deferred computation waits for a gap between requests
 BACKLOG = 250  # queued records beyond which the flusher stops waiting for gaps
 WRITER_ENV = "VITRINE_IMPRESSION_WRITER_PID"  # set by `vitrine serve` for its workers: a writer process runs
+WRITER_NICE = 10  # the writer process's niceness: on a machine with few cores it yields them to the requests
 SEGMENT_S = 60.0  # spool-only: a serving process starts a new spool segment this often (when it logs)...
 SEGMENT_BYTES = 8 << 20  # ...or once its segment holds this much
 
