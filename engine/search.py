@@ -185,14 +185,14 @@ class SearchDeferred:
     def spec(self) -> dict[str, Any]:
         """What another process needs to compute the same features (JSON; item ids, not rows)."""
         ids = self.snap.catalog.ids
-        return {"kind": "search", "version": self.snap.version, "query": self.query,
+        return {"kind": "search", "query": self.query,
                 "ids": [ids[int(r)] for r in self.rows], "bm25": pack_floats(self.bm25), "vec": pack_floats(self.vec),
                 "fused": pack_floats(self.fused), "personal": None if self.personal is None else pack_floats(self.personal),
                 "shown": [int(i) for i in self.shown]}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, item_rates: ItemRates | None) -> "SearchDeferred":
-        """The deferred features of :meth:`spec` on ``snap`` (KeyError: an item no longer in the catalog)."""
+        """The deferred features of :meth:`spec` on ``snap`` (NotFound: an item no longer in the catalog)."""
         rows = np.array([snap.catalog.row(i) for i in spec["ids"]], np.int64)
         personal = spec.get("personal")
         return cls(snap, str(spec["query"]), rows, unpack_floats(spec["bm25"]), unpack_floats(spec["vec"]),

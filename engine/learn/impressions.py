@@ -132,10 +132,13 @@ class ImpressionLog:
 
     def _spool(self, imp: Impression, later: Later) -> None:
         """Spool-only: append ``imp`` (with its deferred features' spec) to this process's current segment."""
-        spec = getattr(later, "spec", None) if later is not None else None
-        if later is not None and spec is None:  # cannot be computed elsewhere: compute it here
-            imp, later = _complete(imp, later), None
-        line = (imp.to_json(deferred=spec()) if spec is not None else imp.to_json()).encode("utf-8") + b"\n"
+        spec = None
+        if later is not None:
+            try:
+                spec = later.spec()  # type: ignore[attr-defined]
+            except (AttributeError, ValueError):  # cannot be computed elsewhere: compute it here
+                imp = _complete(imp, later)
+        line = (imp.to_json() if spec is None else imp.to_json(deferred=spec)).encode("utf-8") + b"\n"
         with self._lock:
             now = time.monotonic()
             if (self._pid != os.getpid() or self._fd < 0 or now - self._segment_at >= SEGMENT_S
@@ -176,13 +179,16 @@ class ImpressionLog:
             except Exception:  # the flusher must outlive any one failure
                 log.exception("impression flush failed; retrying")
 
+    def _writer_pid(self) -> int | None:
+        """Spool-only: the writer process that `vitrine serve` started for this process (None: none known)."""
+        pid = os.environ.get(WRITER_ENV, "")
+        return int(pid) if self.spool_only and pid.isdigit() else None
+
     def writer_warming(self) -> bool:
         """Spool-only: the writer process runs but has not loaded the served version yet (it then competes
         with the requests for the CPU; ``GET /v1/info`` lists it under ``warming``)."""
-        if not self.spool_only:
-            return False
-        pid = os.environ.get(WRITER_ENV, "")
-        if not pid.isdigit() or not process_alive(int(pid)):
+        pid = self._writer_pid()
+        if pid is None or not process_alive(pid):
             return False
         try:
             return not (spool_dir(self._store()) / f"writer-{pid}.ready").exists()
@@ -194,8 +200,8 @@ class ImpressionLog:
         (``writer_alive`` False with growing ``spooled_bytes``: the writer process is gone; restart the server)."""
         out: dict[str, Any] = {"writer": "process" if self.spool_only else "thread"}
         if self.spool_only:
-            pid = os.environ.get(WRITER_ENV, "")
-            out["writer_alive"] = pid.isdigit() and process_alive(int(pid))
+            pid = self._writer_pid()
+            out["writer_alive"] = pid is not None and process_alive(pid)
             try:
                 out["spooled_bytes"] = sum(p.stat().st_size for p in spool_dir(self._store()).glob("*.jsonl"))
             except (OSError, StoreUnavailable):

@@ -196,7 +196,7 @@ class RecDeferred:
         sequence model scored them: the published ranker's, the only one a deferred list uses (a list
         ranked by a model has its features computed on the request path)."""
         ids = self.snap.catalog.ids
-        return {"kind": "recommend", "version": self.snap.version,
+        return {"kind": "recommend",
                 "history": [[t.item_id, t.type, t.timestamp] for t in self.known],
                 "pool": [ids[int(r)] for r in self.pool.tolist()],
                 "raw": {s: pack_floats(x) for s, x in self.raw.items()},
