@@ -109,7 +109,8 @@ def build(n: int, sigma: float, index: Path, target: float, budget: float) -> di
     assert len(catalog) == n, len(catalog)
     print(f"catalog and vectors ready in {time.time() - t0:.0f}s", file=sys.stderr)
     del catalog
-    config = engine_config(index).replace(target_recall=target, index_bytes_per_item=budget)
+    # The lookup encoder knows the item texts only, so no title vectors (the search ranker is not served here).
+    config = engine_config(index).replace(target_recall=target, index_bytes_per_item=budget, title_vectors=False)
     t1 = time.time()
     result = pipeline.build(config, path, full=True, encoder=LookupEncoder(table, vectors),
                             progress=lambda e: print(f"  {e['candidate']}", file=sys.stderr) if "candidate" in e else None)

@@ -125,7 +125,9 @@ def build_100k(rebuild: bool) -> None:
     lookup = {embedding_text(p): i for i, p in enumerate(catalog)}
     del catalog
     print(f"[100k] building {index} (vectors looked up, no transformer)", file=sys.stderr)
-    result = pipeline.build(engine_config(index), path, full=True, encoder=LookupEncoder(lookup, vectors))
+    # The lookup encoder knows the item texts only: no title vectors (they only feed the learned search ranker).
+    result = pipeline.build(engine_config(index).replace(title_vectors=False), path, full=True,
+                            encoder=LookupEncoder(lookup, vectors))
     print("\n".join(result.summary_lines()), file=sys.stderr)
     print(f"[100k] built in {time.time() - t0:.0f} s", file=sys.stderr)
 

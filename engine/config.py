@@ -39,6 +39,9 @@ class EngineConfig:
     encoder: EncoderKind = EncoderKind.ONNX
     encode_batch_size: int = 64
     max_seq_length: int = 256
+    # The build also embeds each item's title alone (``title_vectors.npy``, float16, memory-mapped): the
+    # search ranker's ``title_vector`` features compare the query with it (README, "Title vectors").
+    title_vectors: bool = True
     # `vitrine build` embeds over a Ray cluster when set: "auto" (a running local cluster, else a new local
     # instance) or the cluster's HOST:PORT / ray://HOST:PORT; `--ray` overrides it (README, "Builds on a Ray cluster").
     build_ray: str | None = None

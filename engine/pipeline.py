@@ -26,6 +26,7 @@ from engine.embedding.cache import EmbeddingCache, text_hash
 from engine.errors import BuildInProgress, CatalogError
 from engine.index import publish, versions
 from engine.index.keyword import B, K1, KeywordIndex
+from engine.snapshot import TITLE_VECTORS
 from engine.index.vector import VectorIndex, build_vector_index
 from engine.item_text import embedding_text, keyword_text
 from engine.ray_build import RayBuildError, RayEmbedInfo, RayEncoderPool, wanted
@@ -116,7 +117,12 @@ def build(
             encoder = build_encoder(config.encoder, cache_dir=config.models_path, threads=os.cpu_count() or 1,
                                     max_seq_length=config.max_seq_length)
         ray_address = wanted(config.build_ray if ray is None else ray)
-        vectors, embedded, embed_seconds, ray_info = _embed(config, catalog, encoder, full, say, ray_address)
+        texts = [embedding_text(p) for p in catalog]
+        vectors, embedded, embed_seconds, ray_info = _embed(config, texts, encoder, full, say, ray_address)
+        title_vectors, titles_embedded, title_seconds = None, 0, 0.0
+        if config.title_vectors:  # the titles alone, for the search ranker (same cache: a title is a text)
+            title_vectors, titles_embedded, title_seconds, _ = _embed(
+                config, [p.title for p in catalog], encoder, full, say, ray_address, stage="embed-titles")
         say({"stage": "index", "done": 0, "total": len(catalog)})
         previous, drift, trained_in = (None, 0, None) if full else _previous_ivf(
             index_dir, len(catalog), embedded, encoder, config.ivf_retrain_share)
@@ -137,6 +143,8 @@ def build(
         staging.mkdir()
         write_catalog_jsonl(catalog, staging / "items.jsonl")
         np.save(staging / "vectors.npy", vectors, allow_pickle=False)
+        if title_vectors is not None:
+            np.save(staging / TITLE_VECTORS, title_vectors.astype(np.float16), allow_pickle=False)
         VectorIndex(faiss_index, vectors, info.nprobe).save(staging / "vectors.faiss")
         keyword.save(staging / "bm25")
         manifest = _manifest(
@@ -144,6 +152,9 @@ def build(
         )
         if ray_info is not None:
             manifest["embedding"]["ray"] = ray_info.to_dict()
+        manifest["embedding"]["title_vectors"] = (None if title_vectors is None else
+                                                  {"file": TITLE_VECTORS, "dtype": "float16", "embedded": titles_embedded,
+                                                   "seconds": round(title_seconds, 3)})
         if info.kind == "ivf":
             reused = info.quantizer == "reused"
             manifest["index"]["centroids"] = {"trained_in": trained_in if reused else version,
@@ -187,14 +198,15 @@ def _previous_ivf(index_dir: Path, n: int, embedded: int, encoder: Encoder,
 
 
 def _embed(
-    config: EngineConfig, catalog: Catalog, encoder: Encoder, full: bool, say: Progress, ray_address: str | None = None,
+    config: EngineConfig, texts: list[str], encoder: Encoder, full: bool, say: Progress, ray_address: str | None = None,
+    stage: str = "embed",
 ) -> tuple[np.ndarray, int, float, RayEmbedInfo | None]:
-    """Every item's vector: from the cache, else encoded here (or over Ray) and cached. Returns the vectors,
-    the number encoded, the seconds spent encoding and, for a Ray build, what it ran on.
+    """Every text's vector (one per item): from the cache, else encoded here (or over Ray) and cached. Returns
+    the vectors, the number encoded, the seconds spent encoding and, for a Ray build, what it ran on.
+    ``stage`` names the progress events.
 
     The missing texts are encoded in steps of ``step`` (each sorted by length and batched by the encoder); a
     Ray build cuts its shards on the same step boundaries, so its batches and vectors are the same."""
-    texts = [embedding_text(p) for p in catalog]
     hashes = [text_hash(t) for t in texts]
     cache = EmbeddingCache(config.index_dir / "cache" / "embeddings.sqlite", encoder.family, encoder.dim)
     ray_info: RayEmbedInfo | None = None
@@ -212,7 +224,7 @@ def _embed(
             known.update({hashes[i]: v for i, v in zip(rows, vecs)})
             done += len(rows)
             rate = done / max(time.time() - t0, 1e-9)
-            say({"stage": "embed", "done": done, "total": total, "items_per_s": rate, "eta_s": (total - done) / rate})
+            say({"stage": stage, "done": done, "total": total, "items_per_s": rate, "eta_s": (total - done) / rate})
 
         if ray_address is not None and total:
             with RayEncoderPool(ray_address, kind=config.encoder.value, models_path=config.models_path,
@@ -220,12 +232,12 @@ def _embed(
                 _check_same_encoder(encoder, pool.describe())
                 ray_info = pool.info
                 t0 = time.time()
-                say({"stage": "embed", "done": 0, "total": total, "from_cache": len(catalog) - total})
+                say({"stage": stage, "done": 0, "total": total, "from_cache": len(texts) - total})
                 for offset, vecs in pool.encode([texts[i] for i in missing], step=step,
                                                 batch_size=config.encode_batch_size):
                     store(missing[offset:offset + len(vecs)], vecs)
         else:
-            say({"stage": "embed", "done": 0, "total": total, "from_cache": len(catalog) - total})
+            say({"stage": stage, "done": 0, "total": total, "from_cache": len(texts) - total})
             for start in range(0, total, step):
                 rows = missing[start : start + step]
                 store(rows, encoder.encode([texts[i] for i in rows], batch_size=config.encode_batch_size))

@@ -140,7 +140,8 @@ def ranked_search(
         # Logging alone needs the shown items' features only (their text features cost most); a scorer, all.
         shown = None if scorer is not None else np.arange(len(top))[offset:offset + k]
         feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
-                                              None if personal is None else personal[top], item_rates, shown))
+                                              None if personal is None else personal[top], item_rates, shown,
+                                              snap.title_scores(qvec, rows[top])))
         X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
         if scorer is not None:
             learned = np.asarray(scorer(feats), np.float64)
@@ -150,7 +151,7 @@ def ranked_search(
         top = order[:rerank_top]
         later = SearchDeferred(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                None if personal is None else personal[top], np.arange(len(top))[offset:offset + k],
-                               item_rates)
+                               item_rates, snap.title_scores(qvec, rows[top]))
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)
@@ -176,10 +177,11 @@ class SearchDeferred:
     personal: np.ndarray | None
     shown: np.ndarray  # indexes into ``rows``: the hits shown, in order
     item_rates: ItemRates | None = None
+    title: np.ndarray | None = None  # the query's cosine to the rows' title vectors (None without them)
 
     def __call__(self) -> list[dict[str, float]]:
         feats = search_features(search_inputs(self.snap, self.query, self.rows, self.bm25, self.vec, self.fused,
-                                              self.personal, self.item_rates, self.shown))
+                                              self.personal, self.item_rates, self.shown, self.title))
         return [dict(zip(SEARCH_FEATURES, x.tolist())) for x in feats]
 
     def spec(self) -> dict[str, Any]:
@@ -188,23 +190,24 @@ class SearchDeferred:
         return {"kind": "search", "query": self.query,
                 "ids": [ids[int(r)] for r in self.rows], "bm25": pack_floats(self.bm25), "vec": pack_floats(self.vec),
                 "fused": pack_floats(self.fused), "personal": None if self.personal is None else pack_floats(self.personal),
-                "shown": [int(i) for i in self.shown]}
+                "shown": [int(i) for i in self.shown], "title": None if self.title is None else pack_floats(self.title)}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, item_rates: ItemRates | None) -> "SearchDeferred":
         """The deferred features of :meth:`spec` on ``snap`` (NotFound: an item no longer in the catalog)."""
         rows = np.array([snap.catalog.row(i) for i in spec["ids"]], np.int64)
-        personal = spec.get("personal")
+        personal, title = spec.get("personal"), spec.get("title")
         return cls(snap, str(spec["query"]), rows, unpack_floats(spec["bm25"]), unpack_floats(spec["vec"]),
                    unpack_floats(spec["fused"]), None if personal is None else unpack_floats(personal),
-                   np.asarray(spec["shown"], np.int64), item_rates)
+                   np.asarray(spec["shown"], np.int64), item_rates, None if title is None else unpack_floats(title))
 
 
 def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,
                   personal: np.ndarray | None, item_rates: ItemRates | None = None,
-                  subset: np.ndarray | None = None) -> SearchCandidates:
+                  subset: np.ndarray | None = None, title: np.ndarray | None = None) -> SearchCandidates:
     """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``
-    (for the ``subset`` of them only, when given: see ``SearchCandidates.subset``)."""
+    (for the ``subset`` of them only, when given: see ``SearchCandidates.subset``). ``title``: the query's
+    cosine to every candidate's title vector (:meth:`Snapshot.title_scores`; None without them)."""
     ft = FieldTokens.of(snap)
     if subset is not None:
         rows = rows[subset]
@@ -219,7 +222,8 @@ def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray
         titles=[norm(p.title) for p in prods], brands=[brand_key(p.brand) for p in prods],
         category_leaves=[norm(p.category[-1]) if p.category else "" for p in prods], stats=ft.stats,
         personal=None if personal is None else np.asarray(personal, np.float64),
-        ctr=ctr, conversion=conversion, popular=popular, subset=subset)
+        ctr=ctr, conversion=conversion, popular=popular, subset=subset,
+        title_vector=None if title is None else np.asarray(title, np.float64))
 
 
 def _named(x: np.ndarray | None) -> dict[str, float] | None:

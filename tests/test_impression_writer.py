@@ -45,6 +45,7 @@ def test_a_spec_computes_the_same_features_in_another_engine(config: EngineConfi
     recs = here.recommend("ann", k=4)
     assert found.later is not None and recs.later is not None
     assert "bm25_title" in found.later()[0] and "cooc_last" in recs.later()[0]
+    assert found.later()[0]["title_vector"] != 0  # computed in this process, carried by the spec
     there.refresh_live()  # as the writer does before a pass
     for later in (found.later, recs.later):
         for x in (later, Reordered(later, (2, 0, 1)), Padded(later, 2)):

@@ -54,6 +54,30 @@ def test_incremental_rebuild_embeds_only_changed_items(config: EngineConfig, enc
     assert full.manifest["counts"]["embedded"] == 31
 
 
+def test_title_vectors_are_the_titles_embedded_alone(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    import numpy as np
+
+    snap = Engine(config, encoder=encoder).snapshot()
+    assert snap.title_vectors is not None and snap.title_vectors.dtype == np.float16
+    titles = [p.title for p in snap.catalog]
+    expected = encoder.encode(titles)
+    assert np.abs(np.asarray(snap.title_vectors, np.float32) - expected).max() < 1e-3  # float16
+    # ... and not the full texts' vectors: a title alone embeds differently from title + description.
+    assert (np.asarray(snap.title_vectors, np.float32) * snap.vectors).sum(axis=1).mean() < 0.95
+    row = snap.catalog.row("goggles")
+    q = encoder.encode(["safety goggles"])[0]
+    assert snap.title_scores(q, np.array([row]))[0] == pytest.approx(float(expected[row] @ q), abs=2e-3)
+    # An edited title is embedded again (once for the text, once for the title); the rest come from the cache.
+    changed = edited_catalog(tmp_path, {"goggles": "Safety Goggles, Anti-Fog, Tinted Lens"})
+    result = pipeline.build(config, changed, encoder=encoder)
+    assert result.manifest["counts"]["embedded"] == 1
+    assert result.manifest["embedding"]["title_vectors"]["embedded"] == 1
+    # Without them (``title_vectors = false``): no file, and the title features are 0.
+    plain = pipeline.build(config.replace(title_vectors=False), FIXTURE_CATALOG, encoder=encoder)
+    assert not (plain.path / "title_vectors.npy").exists() and plain.manifest["embedding"]["title_vectors"] is None
+    assert Engine(config, encoder=encoder).snapshot().title_scores(q, np.array([row])) is None
+
+
 def test_new_version_is_served_and_rollback_restores(config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
     engine = Engine(config, encoder=encoder)
     first = engine.snapshot().version

@@ -3,6 +3,7 @@ corrupt file, and sees at serving exactly the features it is trained on."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,27 @@ def test_training_on_a_tiny_set_ranks_the_known_preferred_item_first() -> None:
     assert mean_ndcg(scores, yt, gt) == pytest.approx(1.0)
     again = train_mlp(X, y, g, Xv, yv, gv, RECOMMEND_FEATURES, TrainConfig(hidden=(16,), lr=1e-2, batch_size=32, seed=0))
     assert np.array_equal(again.model.score(Xt), scores), "fixed seeds give the same model"
+
+
+def test_an_ensemble_is_one_mlp_scoring_its_members_mean_logit(tmp_path: Path) -> None:
+    from engine.learn.model import merge_mlps
+
+    rng = np.random.default_rng(3)
+    F = len(RECOMMEND_FEATURES)
+    X = rng.normal(size=(1000, F)).astype(np.float32)
+    y = (X[:, COL["sim_last"]] + 0.5 * rng.normal(size=1000) > 1.0).astype(np.float32)
+    g = [10] * 100
+    cfg = TrainConfig(hidden=(8, 4), lr=1e-2, batch_size=64, max_epochs=5, seed=11)
+    members = [train_mlp(X, y, g, X, y, g, RECOMMEND_FEATURES, replace(cfg, seed=11 + i)).model for i in range(3)]
+    merged = train_mlp(X, y, g, X, y, g, RECOMMEND_FEATURES, replace(cfg, ensemble=3)).model
+    assert [W.shape for W, _ in merged.layers] == [(F, 24), (24, 12), (12, 1)]
+    want = np.mean([m.score(X) for m in members], axis=0)
+    assert np.allclose(merged.score(X), want, atol=1e-5) and np.allclose(merge_mlps(members).score(X), want, atol=1e-5)
+    assert not np.allclose(members[0].score(X), members[1].score(X))  # the seeds differ, so the mean is news
+    merged.save(tmp_path)
+    assert np.array_equal(MlpRanker.load(tmp_path, features=RECOMMEND_FEATURES).score(X), merged.score(X))
+    with pytest.raises(ValueError, match="same features"):
+        merge_mlps([members[0], MlpRanker(members[0].features, members[0].mean + 1, members[0].scale, members[0].layers)])
 
 
 def reverse_blend() -> MlpRanker:
@@ -180,6 +202,11 @@ def test_search_is_reranked_by_a_published_search_model_with_the_logged_features
     assert plain.hits[0].features is None
     top = engine.events.get_impression(plain.request_id).features[0]  # the fused order's best hit
     assert top["bm25_title"] > 0 and top["cover_title"] == 1.0 and top["bm25"] == plain.hits[0].bm25
+    # The title features: the query against the best hit's title embedded alone, and its character trigrams.
+    snap = engine.snapshot()
+    title_cos = snap.title_scores(engine.embed_query("pla filament"), np.array([snap.catalog.row(plain.hits[0].id)]))
+    assert title_cos is not None and top["title_vector"] == pytest.approx(float(title_cos[0]), abs=1e-6)
+    assert top["title_vector"] > 0.3 and 0 < top["title_trigrams"] <= 1
     assert np.allclose(logged[:, col["fused"]], fused, atol=1e-5)
 
 

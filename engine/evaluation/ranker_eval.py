@@ -224,7 +224,8 @@ def _train_crowdflower(config: Any, *, seed: int, publish: bool, data_dir: Any) 
     manifest: dict[str, Any] = {
         "training": {"data": "crowdflower", "span": "tune half (even crc32 queries), a fifth of it for early stopping",
                      "lists": keep["fit_lists"], "rows": keep["fit_rows"], "val_lists": keep["stop_lists"],
-                     "labels": "gain / 3 (median_relevance - 1)", "seed": seed, "epochs": res.epochs,
+                     "labels": "gain / 3 (median_relevance - 1)", "seed": seed, "ensemble": S.SEARCH_ENSEMBLE,
+                     "epochs": res.epochs,
                      "best_epoch": res.best_epoch},
         "metrics": metrics,
     }

@@ -113,5 +113,34 @@ class MlpRanker:
                 "sequence_model": None if self.seq is None else self.seq.describe()}
 
 
+def merge_mlps(models: Sequence[MlpRanker]) -> MlpRanker:
+    """One MLP whose logit is the mean of ``models``' logits (same features, standardization and depth):
+    each hidden layer is theirs side by side (the first) or block-diagonal (the next), so no member sees
+    another's units, and the output layer averages them. Scores as the members' mean to float32 rounding."""
+    first = models[0]
+    if any(m.features != first.features or len(m.layers) != len(first.layers)
+           or not np.array_equal(m.mean, first.mean) or not np.array_equal(m.scale, first.scale) for m in models):
+        raise ValueError("only MLPs of the same features, standardization and depth can be merged")
+    n = len(models)
+    layers: list[tuple[np.ndarray, np.ndarray]] = []
+    for depth in range(len(first.layers)):
+        Ws = [m.layers[depth][0] for m in models]
+        bs = [m.layers[depth][1] for m in models]
+        if depth == len(first.layers) - 1:  # (sum_i h_i W_i + b_i) / n
+            W = np.concatenate(Ws, axis=0) / n
+            b = np.mean(bs, axis=0)
+        elif depth == 0:
+            W, b = np.concatenate(Ws, axis=1), np.concatenate(bs)
+        else:
+            W = np.zeros((sum(w.shape[0] for w in Ws), sum(w.shape[1] for w in Ws)), np.float32)
+            r = c = 0
+            for w in Ws:
+                W[r:r + w.shape[0], c:c + w.shape[1]] = w
+                r, c = r + w.shape[0], c + w.shape[1]
+            b = np.concatenate(bs)
+        layers.append((np.asarray(W, np.float32), np.asarray(b, np.float32)))
+    return MlpRanker(first.features, first.mean, first.scale, layers, first.seq)
+
+
 def manifest_json(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True, default=str)

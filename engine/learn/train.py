@@ -17,12 +17,12 @@ torch is imported here only: serving runs the exported weights in numpy (:mod:`e
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 
-from engine.learn.model import MlpRanker
+from engine.learn.model import MlpRanker, merge_mlps
 
 
 @dataclass
@@ -35,6 +35,9 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     threads: int = 2
+    # Train this many MLPs (seeds seed, seed + 1, ...) and serve their mean logit, as one MLP of
+    # block-diagonal layers (:func:`engine.learn.model.merge_mlps`): the seeds' spread averages out.
+    ensemble: int = 1
 
 
 @dataclass
@@ -69,10 +72,18 @@ def mean_ndcg(scores: np.ndarray, labels: np.ndarray, groups: Sequence[int], k: 
 def train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarray, yv: np.ndarray,
               groups_v: Sequence[int], features: Sequence[str], cfg: TrainConfig | None = None,
               weights: np.ndarray | None = None) -> TrainResult:
-    """Train the MLP ranker on ``(X, y)``, early-stopped on nDCG@10 of ``(Xv, yv)``'s lists."""
+    """Train the MLP ranker on ``(X, y)``, early-stopped on nDCG@10 of ``(Xv, yv)``'s lists; with
+    ``cfg.ensemble`` n > 1, n of them (seeds ``cfg.seed`` ...), merged into one model of their mean logit."""
+    cfg = cfg or TrainConfig()
+    if cfg.ensemble > 1:
+        t0 = time.time()
+        members = [train_mlp(X, y, groups, Xv, yv, groups_v, features, replace(cfg, seed=cfg.seed + i, ensemble=1),
+                             weights) for i in range(cfg.ensemble)]
+        history = [{"member": i, **h} for i, m in enumerate(members) for h in m.history]
+        return TrainResult(merge_mlps([m.model for m in members]), max(m.epochs for m in members),
+                           max(m.best_epoch for m in members), history, round(time.time() - t0, 1))
     import torch
 
-    cfg = cfg or TrainConfig()
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)

@@ -52,6 +52,9 @@ SEARCH_FEATURES = (
     "bm25_title", "bm25_description", "bm25_brand", "bm25_category",  # per-field BM25 (global idf)
     "cover_title", "cover_all",  # idf share of the query's terms found in the title / anywhere
     "bigrams_title", "missing_title",  # share of the query's adjacent term pairs adjacent in the title; terms absent
+    "title_vector", "title_vector_z",  # cosine of the query to the title embedded alone, and its z-score within
+    # the candidates (0 for a version without title vectors)
+    "title_trigrams",  # Jaccard of the query's and the title's character trigrams (spelling variants, plurals)
     "exact_title", "phrase_in_title", "brand_in_query", "category_in_query",
     "query_terms", "title_terms",  # log1p of the token counts
     "personal",  # the shopper's affinity (0 without a shopper)
@@ -205,12 +208,21 @@ class SearchCandidates:
     conversion: np.ndarray | None = None
     popular: np.ndarray | None = None
     positions: Sequence[int | None] | None = None
+    # (m,) cosine of the query to each candidate's title vector, over the whole list like ``bm25``; None: the
+    # version has no title vectors
+    title_vector: np.ndarray | None = None
     # Which candidates to compute rows for (indices into bm25 / vector / fused, which cover the whole list
     # for the list-relative features); every other per-candidate field then holds those candidates only.
     subset: np.ndarray | None = None
 
 
 SEARCH_FIELDS = ("title", "description", "brand", "category")
+
+
+def char_trigrams(text: str) -> set[str]:
+    """The character trigrams of `` text `` (normalized text, padded with one space each side)."""
+    padded = f" {text} "
+    return {padded[i:i + 3] for i in range(len(padded) - 2)} if text else set()
 
 
 def field_bm25(query: Sequence[str], docs: Sequence[Sequence[str]], idf: dict[str, float], avg_len: float) -> np.ndarray:
@@ -251,6 +263,10 @@ def search_features(c: SearchCandidates) -> np.ndarray:
         r = np.empty(m, np.float64)
         r[np.lexsort((np.arange(m), -v))] = np.arange(1, m + 1)
         out[:, col[f"{name}_rank"]] = np.log2(1.0 + r)[sel]
+    if c.title_vector is not None:
+        tv = np.asarray(c.title_vector, np.float64)
+        out[:, col["title_vector"]] = tv[sel]
+        out[:, col["title_vector_z"]] = zscore(tv)[sel]
     m = len(sel)  # the per-item features below: the selected candidates only
     idf = c.stats.idf
     terms = [t for t in dict.fromkeys(c.query_tokens)]
@@ -273,8 +289,12 @@ def search_features(c: SearchCandidates) -> np.ndarray:
             out[i, col["bigrams_title"]] = len(qb & tb) / len(qb)
     q = c.query_text
     padded = f" {q} "
+    q_tri = char_trigrams(q)
     for i in range(m):
         title = c.titles[i]
+        if q_tri:
+            t_tri = char_trigrams(title)
+            out[i, col["title_trigrams"]] = len(q_tri & t_tri) / len(q_tri | t_tri)
         out[i, col["exact_title"]] = float(bool(q) and title == q)
         out[i, col["phrase_in_title"]] = float(bool(q) and f" {q} " in f" {title} ")
         brand = c.brands[i]
