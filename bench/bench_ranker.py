@@ -2,7 +2,8 @@
 
 In process, on the demo index: 300 real Scientific histories (each shopper's last 5 items, as an anonymous
 session's ``recent`` list) are asked ``Engine.recommend`` with no ranker and with a published MLP ranker
-(64-32 hidden, with the sequence model of the ``seq`` features: the served shapes) re-ranking the blend's best 100, alternating request by request so both
+(64-32 hidden, with the sequence model of the ``seq`` features; search: 160-80, five merged 32-16 MLPs:
+the served shapes) re-ranking the blend's best 100, alternating request by request so both
 see the same machine load. Then CrowdFlower queries are searched with no search ranker and with one
 re-ranking the fused best 100, alternating the same way. Impression logging is off in both (it is measured by bench_search.py).
 
@@ -26,9 +27,10 @@ from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
 from engine.service import Engine
 
 
-def random_mlp(features: tuple[str, ...] = RECOMMEND_FEATURES, seed: int = 0) -> MlpRanker:
+def random_mlp(features: tuple[str, ...] = RECOMMEND_FEATURES, seed: int = 0,
+               hidden: tuple[int, ...] = (64, 32)) -> MlpRanker:
     rng = np.random.default_rng(seed)
-    dims = [len(features), 64, 32, 1]
+    dims = [len(features), *hidden, 1]
     layers = [(rng.normal(0, 0.1, (a, b)).astype(np.float32), np.zeros(b, np.float32)) for a, b in zip(dims[:-1], dims[1:])]
     F = len(features)
     return MlpRanker(features, np.zeros(F, np.float32), np.ones(F, np.float32), layers)
@@ -50,7 +52,8 @@ def main(argv: list[str]) -> int:
     # The served shape of the sequence model behind the seq features (untrained: its cost, not its quality).
     recommend_model.seq = train_seq([], np.asarray(snap.vectors), snap.catalog.ids, SeqConfig(epochs=0))
     registry.publish(rankers, "recommend", recommend_model, {"training": {"data": "bench"}})
-    registry.publish(rankers, "search", random_mlp(SEARCH_FEATURES), {"training": {"data": "bench"}})
+    # The served search model's shape: five 32-16 MLPs merged (engine.evaluation.search_eval.SEARCH_ENSEMBLE).
+    registry.publish(rankers, "search", random_mlp(SEARCH_FEATURES, hidden=(160, 80)), {"training": {"data": "bench"}})
     learned = Engine(config)
     inter = pd.read_csv(config.data_dir / "amazon_scientific_unisrec" / "interactions.csv.gz")
     inter = inter.sort_values(["user_index", "seq_pos"])

@@ -114,14 +114,19 @@ def engine_config(index: Path) -> EngineConfig:
 
 
 def ensure_index(size: str) -> Path:
-    """The index dir of ``size``, built (incrementally, default settings) if nothing is published there."""
+    """The index dir of ``size``, built (incrementally, default settings) if nothing is published there, or
+    rebuilt if the published version lacks the title vectors the settings ask for (made before them)."""
     from engine import pipeline
     from engine.index import versions
+    from engine.snapshot import TITLE_VECTORS
 
     index = index_dir(size)
-    if versions.current_version(index) is None:
-        print(f"[{size}] no index in {index}; building it (run bench_build.py for timings)", file=sys.stderr)
-        pipeline.build(engine_config(index), catalog_path(size))
+    config = engine_config(index)
+    current = versions.current_version(index)
+    if current is None or (config.title_vectors and not (versions.current_dir(index) / TITLE_VECTORS).is_file()):
+        print(f"[{size}] no {'index' if current is None else 'title vectors'} in {index}; building it "
+              f"(run bench_build.py for timings)", file=sys.stderr)
+        pipeline.build(config, catalog_path(size))
     return index
 
 

@@ -71,6 +71,18 @@ def test_an_ensemble_is_one_mlp_scoring_its_members_mean_logit(tmp_path: Path) -
         merge_mlps([members[0], MlpRanker(members[0].features, members[0].mean + 1, members[0].scale, members[0].layers)])
 
 
+def test_title_trigrams_are_the_jaccard_of_the_character_trigram_sets() -> None:
+    from engine.ranking.features import char_trigrams, trigram_count
+
+    for q, title in (("nitrile gloves", "nitrile glove box of 100"), ("pla", "pla pla pla"), ("abc", "xyz"),
+                     ("a", "a"), ("beakers glass", "glass beaker 600 ml")):
+        a, b = char_trigrams(q), char_trigrams(title)
+        padded = f" {title} "
+        both = sum(1 for g in a if g in padded)
+        assert both == len(a & b) and trigram_count(title) == len(b)
+    assert char_trigrams("") == set() and char_trigrams("ab") == {" ab", "ab "}
+
+
 def reverse_blend() -> MlpRanker:
     """A one-layer 'model' that ranks the blend's candidates in reverse: score = -blend."""
     W = np.zeros((len(RECOMMEND_FEATURES), 1), np.float32)
