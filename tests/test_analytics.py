@@ -229,6 +229,9 @@ def server(config: EngineConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     seed(store)
     store.close()
     monkeypatch.setenv("VITRINE_DP_DAILY_BUDGET", "1.0")
+    # The fixture's lists are dated from 2026-11-02: past the default 30-day retention from 2026-12-02 on, so
+    # the server's impression writer would prune them at its first pass (a race with the requests below).
+    monkeypatch.setenv("VITRINE_IMPRESSION_RETENTION_DAYS", "36500")
     proc, base = start_server(config)
     yield base
     stop_server(proc)
