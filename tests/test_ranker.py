@@ -71,6 +71,20 @@ def test_an_ensemble_is_one_mlp_scoring_its_members_mean_logit(tmp_path: Path) -
         merge_mlps([members[0], MlpRanker(members[0].features, members[0].mean + 1, members[0].scale, members[0].layers)])
 
 
+def test_the_scientific_bootstrap_publishes_the_seeds_merged(tmp_path: Path, models_dir: Path) -> None:
+    from engine.evaluation.ranker_eval import SEEDS, train_bootstrap
+    from tests.conftest import make_config, scientific_slice
+
+    data_dir = scientific_slice(tmp_path, 60)
+    config = make_config(tmp_path / "indexes", models_dir)
+    manifest = train_bootstrap(config, "recommend", "scientific", seed=4, data_dir=data_dir)
+    assert manifest["training"]["seeds"] == [4 + i for i in range(len(SEEDS))]
+    assert len(manifest["training"]["members"]) == len(SEEDS) == manifest["training"]["ensemble"]
+    model = registry.load_version(config.rankers_path, "recommend", manifest["version"], RECOMMEND_FEATURES)[0]
+    assert model.layers[0][0].shape == (len(RECOMMEND_FEATURES), 64 * len(SEEDS))  # the members side by side
+    assert set(manifest["metrics"]) == {"validation", "test"} and "mlp" in manifest["metrics"]["test"]
+
+
 def test_title_trigrams_are_the_jaccard_of_the_character_trigram_sets() -> None:
     from engine.ranking.features import char_trigrams, trigram_count
 

@@ -434,7 +434,7 @@ def test_eval_on_a_scientific_slice(tmp_path: Path, models_dir: Path, encoder: E
     config = make_config(tmp_path / "indexes", models_dir)
     report = run_recommend_eval(config, "scientific", data_dir=tmp_path / "data", encoder=encoder)
     data = _check_report(report, {"popularity", "content", "content, 1 vector", "co-occurrence", "blend",
-                                  "learned ranker (MLP)", "LambdaMART"})
+                                  "learned ranker (MLP)", "MLP, 3 seeds merged", "LambdaMART"})
     assert data["counts"]["users"] == 50 and data["counts"]["items"] == part["item_id"].nunique()
     assert data["published"]["rows"]["UniSRec (published)"]["R@10"] == 0.1235
     assert data["target_check"]["best_published"] == {"R@10": 0.1235, "N@10": 0.0641}

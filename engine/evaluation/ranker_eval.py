@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from engine.learn.model import merge_mlps
 from engine.ranking.features import RecCandidates, item_rates, recommend_features
 from engine.ranking.scores import zscore
 from engine.recommend.categories import CategoryTransitions
@@ -182,7 +183,10 @@ def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publ
     co_p, ct_p = R.served_params()
     weights = BlendWeights()
     rows = R.ranker_rows(rec, train, val, test, co_p, ct_p, weights)
-    scores, facts = train_and_score(rows, seeds=(seed,), lambdamart=False)
+    seeds = tuple(seed + i for i in range(len(SEEDS)))  # merged into one MLP (validation: see the README)
+    scores, facts = train_and_score(rows, seeds=seeds, lambdamart=False)
+    model = merge_mlps([r.model for r in facts["mlp_models"]])
+    scores["mlp"] = [model.score(rows.val.X), model.score(rows.test.X)]
     co = R.CoSource(rec, train)
     metrics: dict[str, Any] = {}
     for i, phase in enumerate((val, test)):
@@ -192,12 +196,12 @@ def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publ
         lists = rows.val if i == 0 else rows.test
         metrics[phase.name] = {"blend": R.loo_metrics(blend),
                                "mlp": R.loo_metrics(reranked_ranks(lists, scores["mlp"][i], phase.targets, blend))}
-    model = facts["mlp_models"][0].model
     model.seq = rows.seq
     manifest: dict[str, Any] = {
         "training": {"data": "scientific", "span": "each user's items but the last two (targets at depths "
                      f"{list(TRAIN_DEPTHS)} from the end)", "lists": facts["train_lists"], "rows": facts["train_rows"],
-                     "val_lists": facts["val_lists"], "seed": seed, **{k: v for k, v in facts["mlp"][0].items()}},
+                     "val_lists": facts["val_lists"], "seeds": list(seeds), "ensemble": len(seeds),
+                     "members": facts["mlp"]},
         "metrics": metrics,
     }
     if publish:

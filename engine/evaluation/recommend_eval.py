@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from engine.config import EngineConfig
 from engine.evaluation import ranker_eval
+from engine.learn.model import merge_mlps
 from engine.learn.sequence import SeqConfig, score_matrix, train_seq
 from engine.ranking.features import RECOMMEND_FEATURES, brand_key
 from engine.ranking.scores import zscore
@@ -765,12 +766,16 @@ def run_recommend_eval(
         t = time.time()
         rows = ranker_rows(data, train, val, test, bco_p, bct_p, weights)
         scores, facts = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS)
+        # The seeds' MLPs merged into one scoring their mean logit (engine.learn.model.merge_mlps).
+        merged = merge_mlps([r.model for r in facts["mlp_models"]])
+        scores["merged"] = [merged.score(rows.val.X), merged.score(rows.test.X)]
         for i, (phase, table, lists) in enumerate(((val, validation, rows.val), (test, results, rows.test))):
             blend_ranks = target_ranks(blender.combine(
                 {"cooccurrence": co.scores(bco_p, phase), "content": content_scores(data, phase, bct_p),
                  "popular": popularity_scores(data, train, train_t, phase, best_hl)}, ~phase.excluded),
                 phase.targets, phase.excluded)
-            for name, label in (("mlp", "learned ranker (MLP)"), ("lambdamart", "LambdaMART")):
+            for name, label in (("mlp", "learned ranker (MLP)"), ("merged", f"MLP, {len(ranker_eval.SEEDS)} seeds merged"),
+                                ("lambdamart", "LambdaMART")):
                 table[label] = loo_metrics(ranker_eval.reranked_ranks(lists, scores[name][i], phase.targets,
                                                                       blend_ranks))
             if i == 1:
