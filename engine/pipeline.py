@@ -26,10 +26,10 @@ from engine.embedding.cache import EmbeddingCache, text_hash
 from engine.errors import BuildInProgress, CatalogError
 from engine.index import publish, versions
 from engine.index.keyword import B, K1, KeywordIndex
-from engine.snapshot import TITLE_VECTORS
 from engine.index.vector import VectorIndex, build_vector_index
 from engine.item_text import embedding_text, keyword_text
 from engine.ray_build import RayBuildError, RayEmbedInfo, RayEncoderPool, wanted
+from engine.snapshot import TITLE_VECTORS
 
 log = logging.getLogger(__name__)
 

@@ -135,23 +135,24 @@ def ranked_search(
         fused = personalized(fused, personal, personalize)
     order = np.lexsort((rows, -fused))
     X: dict[int, np.ndarray] = {}
+    deferred = defer_features and scorer is None
+    top = order[:rerank_top]  # the best candidates the features cover (the same for the deferred ones)
+    title = snap.title_scores(qvec, rows[top]) if scorer is not None or features or deferred else None
     if scorer is not None or features:
-        top = order[:rerank_top]
         # Logging alone needs the shown items' features only (their text features cost most); a scorer, all.
         shown = None if scorer is not None else np.arange(len(top))[offset:offset + k]
         feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                               None if personal is None else personal[top], item_rates, shown,
-                                              snap.title_scores(qvec, rows[top])))
+                                              title))
         X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
         if scorer is not None:
             learned = np.asarray(scorer(feats), np.float64)
             order = np.concatenate([top[np.lexsort((np.arange(len(top)), -learned))], order[rerank_top:]])
     later = None
-    if defer_features and scorer is None:
-        top = order[:rerank_top]
+    if deferred:  # no scorer: ``order`` and so ``top`` are as above
         later = SearchDeferred(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                None if personal is None else personal[top], np.arange(len(top))[offset:offset + k],
-                               item_rates, snap.title_scores(qvec, rows[top]))
+                               item_rates, title)
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)

@@ -131,7 +131,8 @@ class RankerRows:
 def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart: bool = True
                     ) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
     """Train the MLP (one per seed) and LambdaMART on ``rows.train`` (early-stopped on ``rows.val``); returns
-    ``{"mlp": [val scores, test scores] of the first seed, "lambdamart": [...]}`` and training facts."""
+    ``{"mlp": [val scores, test scores] of the first seed, "merged": [...] of the seeds' MLPs merged (two
+    seeds or more), "lambdamart": [...]}`` and training facts (``merged_model``: that merged MLP)."""
     from engine.learn.train import TrainConfig, train_lambdamart, train_mlp
 
     tr = rows.train.with_positive()
@@ -149,6 +150,10 @@ def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart
     facts["mlp"] = [{"seed": s, "epochs": r.epochs, "best_epoch": r.best_epoch, "seconds": r.seconds,
                      "val_ndcg@10": r.history[r.best_epoch - 1]["val_ndcg@10"]} for s, r in zip(seeds, per_seed)]
     facts["mlp_models"] = per_seed
+    if len(per_seed) > 1:  # the seeds' MLPs merged into one scoring their mean logit
+        merged = merge_mlps([r.model for r in per_seed])
+        out["merged"] = [merged.score(rows.val.X), merged.score(rows.test.X)]
+        facts["merged_model"] = merged
     facts["mlp_seconds"] = round(time.time() - t, 1)
     if lambdamart:
         t = time.time()
@@ -185,8 +190,7 @@ def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publ
     rows = R.ranker_rows(rec, train, val, test, co_p, ct_p, weights)
     seeds = tuple(seed + i for i in range(len(SEEDS)))  # merged into one MLP (validation: see the README)
     scores, facts = train_and_score(rows, seeds=seeds, lambdamart=False)
-    model = merge_mlps([r.model for r in facts["mlp_models"]])
-    scores["mlp"] = [model.score(rows.val.X), model.score(rows.test.X)]
+    model = facts["merged_model"]
     co = R.CoSource(rec, train)
     metrics: dict[str, Any] = {}
     for i, phase in enumerate((val, test)):
@@ -195,7 +199,7 @@ def train_bootstrap(config: Any, surface: str, data: str, *, seed: int = 0, publ
         blend = R.target_ranks(Blender(weights).combine(raw, ~phase.excluded), phase.targets, phase.excluded)
         lists = rows.val if i == 0 else rows.test
         metrics[phase.name] = {"blend": R.loo_metrics(blend),
-                               "mlp": R.loo_metrics(reranked_ranks(lists, scores["mlp"][i], phase.targets, blend))}
+                               "mlp": R.loo_metrics(reranked_ranks(lists, scores["merged"][i], phase.targets, blend))}
     model.seq = rows.seq
     manifest: dict[str, Any] = {
         "training": {"data": "scientific", "span": "each user's items but the last two (targets at depths "

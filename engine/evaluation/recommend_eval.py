@@ -39,7 +39,6 @@ import scipy.sparse as sp
 
 from engine.config import EngineConfig
 from engine.evaluation import ranker_eval
-from engine.learn.model import merge_mlps
 from engine.learn.sequence import SeqConfig, score_matrix, train_seq
 from engine.ranking.features import RECOMMEND_FEATURES, brand_key
 from engine.ranking.scores import zscore
@@ -766,9 +765,6 @@ def run_recommend_eval(
         t = time.time()
         rows = ranker_rows(data, train, val, test, bco_p, bct_p, weights)
         scores, facts = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS)
-        # The seeds' MLPs merged into one scoring their mean logit (engine.learn.model.merge_mlps).
-        merged = merge_mlps([r.model for r in facts["mlp_models"]])
-        scores["merged"] = [merged.score(rows.val.X), merged.score(rows.test.X)]
         for i, (phase, table, lists) in enumerate(((val, validation, rows.val), (test, results, rows.test))):
             blend_ranks = target_ranks(blender.combine(
                 {"cooccurrence": co.scores(bco_p, phase), "content": content_scores(data, phase, bct_p),
@@ -781,7 +777,7 @@ def run_recommend_eval(
             if i == 1:
                 per_seed = [loo_metrics(ranker_eval.reranked_ranks(lists, r.model.score(lists.X), phase.targets,
                                                                    blend_ranks)) for r in facts["mlp_models"]]
-                tuned["ranker"] = {k: v for k, v in facts.items() if k != "mlp_models"} | {
+                tuned["ranker"] = {k: v for k, v in facts.items() if k not in ("mlp_models", "merged_model")} | {
                     "pool": rows.info["pool"], "train_depths": rows.info["train_depths"],
                     "sequence_models": rows.info["sequence_models"],
                     "test_per_seed": per_seed,

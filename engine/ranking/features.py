@@ -299,12 +299,12 @@ def search_features(c: SearchCandidates) -> np.ndarray:
     q_tri = char_trigrams(q)
     for i in range(m):
         title = c.titles[i]
+        padded_title = f" {title} "
         if q_tri:  # |Q & T| / |Q | T|: a 3-character substring of the padded title is one of its trigrams
-            padded_title = f" {title} "
             both = sum(1 for g in q_tri if g in padded_title)
             out[i, col["title_trigrams"]] = both / (len(q_tri) + trigram_count(title) - both)
         out[i, col["exact_title"]] = float(bool(q) and title == q)
-        out[i, col["phrase_in_title"]] = float(bool(q) and f" {q} " in f" {title} ")
+        out[i, col["phrase_in_title"]] = float(bool(q) and padded in padded_title)
         brand = c.brands[i]
         out[i, col["brand_in_query"]] = float(bool(brand) and f" {brand} " in padded)
         leaf = c.category_leaves[i]
