@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.catalog import CATEGORY_SEP, category_key
 from engine.filters import Filters
-from engine.ranking.features import (SEARCH_FEATURES, SearchCandidates, brand_key, pack_floats, search_features,
+from engine.ranking.features import (SEARCH_FEATURES, SearchCandidates, pack_floats, search_features,
                                      unpack_floats)
 from engine.ranking.fields import FieldTokens, norm, query_terms
 from engine.ranking.fusion import fuse
@@ -144,7 +144,8 @@ def ranked_search(
         feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                               None if personal is None else personal[top], item_rates, shown,
                                               title))
-        X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
+        if features:
+            X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
         if scorer is not None:
             learned = np.asarray(scorer(feats), np.float64)
             order = np.concatenate([top[np.lexsort((np.arange(len(top)), -learned))], order[rerank_top:]])
@@ -213,16 +214,15 @@ def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray
     if subset is not None:
         rows = rows[subset]
         personal = None if personal is None else personal[subset]
-    prods = [snap.catalog[int(r)] for r in rows]
     ctr = conversion = popular = None
     if item_rates is not None:
-        ctr, conversion, popular = item_rates([p.id for p in prods])
+        ids = snap.catalog.ids
+        ctr, conversion, popular = item_rates([ids[int(r)] for r in rows])
+    texts, vocab = ft.texts(rows.tolist())
     return SearchCandidates(
         query_tokens=query_terms(query), query_text=norm(query), bm25=np.asarray(bm25, np.float64),
-        vector=np.asarray(vec, np.float64), fused=np.asarray(fused, np.float64), fields=ft.tokens(rows.tolist()),
-        titles=[norm(p.title) for p in prods], brands=[brand_key(p.brand) for p in prods],
-        category_leaves=[norm(p.category[-1]) if p.category else "" for p in prods], stats=ft.stats,
-        personal=None if personal is None else np.asarray(personal, np.float64),
+        vector=np.asarray(vec, np.float64), fused=np.asarray(fused, np.float64), texts=texts, vocab=vocab,
+        stats=ft.stats, personal=None if personal is None else np.asarray(personal, np.float64),
         ctr=ctr, conversion=conversion, popular=popular, subset=subset,
         title_vector=None if title is None else np.asarray(title, np.float64))
 

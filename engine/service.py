@@ -777,7 +777,7 @@ class Engine:
         try:
             with self.shoppers.live.held() as models:  # as of the last refresh: no store read per search
                 views, clicks, purchases = models.item_counts(ids)
-                trending = np.array([models.trending.score(i) for i in ids], np.float64)
+                trending = models.trending.scores(ids)
         except StoreUnavailable:
             z = np.zeros(len(ids))
             return z, z, z

@@ -135,7 +135,7 @@ class Snapshot:
         """Cosine of the query vector to each of ``rows``' titles embedded alone; None without title vectors."""
         if self.title_vectors is None:
             return None
-        tv = np.asarray(self.title_vectors[np.asarray(rows, np.int64)], np.float32)
+        tv = self.title_vectors.view(np.ndarray)[np.asarray(rows, np.int64)].astype(np.float32)  # no memmap per call
         return (tv @ np.asarray(qvec, np.float32)).astype(np.float64)
 
     def filter_mask(self, filters: Filters) -> np.ndarray | None:

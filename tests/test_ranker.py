@@ -85,16 +85,94 @@ def test_the_scientific_bootstrap_publishes_the_seeds_merged(tmp_path: Path, mod
     assert set(manifest["metrics"]) == {"validation", "test"} and "mlp" in manifest["metrics"]["test"]
 
 
-def test_title_trigrams_are_the_jaccard_of_the_character_trigram_sets() -> None:
-    from engine.ranking.features import char_trigrams, trigram_count
+def reference_text_features(stats: Any, query: str, items: list[tuple[str, str, str | None, tuple[str, ...]]]
+                            ) -> dict[str, np.ndarray]:
+    """The query-text features computed the plain way, one candidate at a time from its tokens, as the
+    definitions in engine.ranking.features read (the served code matches prepared RowTexts against the query
+    over all candidates at once). ``items``: (title, description, brand, category path)."""
+    import math
 
-    for q, title in (("nitrile gloves", "nitrile glove box of 100"), ("pla", "pla pla pla"), ("abc", "xyz"),
-                     ("a", "a"), ("beakers glass", "glass beaker 600 ml")):
-        a, b = char_trigrams(q), char_trigrams(title)
-        padded = f" {title} "
-        both = sum(1 for g in a if g in padded)
-        assert both == len(a & b) and trigram_count(title) == len(b)
-    assert char_trigrams("") == set() and char_trigrams("ab") == {" ab", "ab "}
+    from engine.index.keyword import tokenize
+    from engine.ranking.features import BM25_B, BM25_K1, SEARCH_FIELDS, brand_key
+    from engine.ranking.fields import norm
+
+    q_tokens = tokenize([query])[0]
+    terms = list(dict.fromkeys(q_tokens))
+    total = sum(stats.idf.get(t, 0.0) for t in terms)
+    q = norm(query)
+    q_tri = {f" {q} "[i:i + 3] for i in range(len(q))} if q else set()
+    out: dict[str, list[float]] = {}
+    for title_text, description, brand_text, category in items:
+        fields = dict(zip(SEARCH_FIELDS, tokenize([title_text, description, brand_text or "", " ".join(category)])))
+        row: dict[str, float] = {}
+        for f, doc in fields.items():
+            norm_len = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / stats.avg_len[f])
+            row[f"bm25_{f}"] = sum(stats.idf[t] * doc.count(t) * (BM25_K1 + 1) / (doc.count(t) + norm_len)
+                                   for t in terms if t in stats.idf and t in doc)
+        anywhere = {t for doc in fields.values() for t in doc}
+        row["cover_title"] = sum(stats.idf.get(t, 0.0) for t in terms if t in fields["title"]) / total if total else 0.0
+        row["cover_all"] = sum(stats.idf.get(t, 0.0) for t in terms if t in anywhere) / total if total else 0.0
+        row["missing_title"] = sum(t not in fields["title"] for t in terms)
+        qb = set(zip(q_tokens[:-1], q_tokens[1:]))
+        tb = set(zip(fields["title"][:-1], fields["title"][1:]))
+        row["bigrams_title"] = len(qb & tb) / len(qb) if qb else 0.0
+        title = norm(title_text)
+        t_tri = {f" {title} "[i:i + 3] for i in range(len(title))} if title else set()
+        row["title_trigrams"] = len(q_tri & t_tri) / len(q_tri | t_tri) if q_tri else 0.0
+        row["exact_title"] = float(bool(q) and title == q)
+        row["phrase_in_title"] = float(bool(q) and f" {q} " in f" {title} ")
+        brand = brand_key(brand_text)
+        row["brand_in_query"] = float(bool(q) and bool(brand) and f" {brand} " in f" {q} ")
+        leaf = norm(category[-1]) if category else ""
+        row["category_in_query"] = float(bool(q) and bool(leaf) and f" {leaf} " in f" {q} ")
+        row["title_terms"] = math.log1p(len(fields["title"]))
+        row["query_terms"] = math.log1p(len(terms))
+        for name, v in row.items():
+            out.setdefault(name, []).append(v)
+    return {name: np.asarray(v, np.float64) for name, v in out.items()}
+
+
+def test_search_text_features_equal_their_plain_definition(engine: Engine) -> None:
+    """The served search features (each item's text prepared once, the query matched against all candidates
+    at once) equal the definition computed one candidate at a time: on real items and queries (repeated and
+    unknown terms, a brand, an exact title, stop words only, one letter), and on hand-made items with
+    descriptions, repeated terms and empty fields."""
+    from engine.index.keyword import tokenize
+    from engine.ranking.features import SEARCH_FEATURES, RowText, SearchCandidates, TextVocab, brand_key, search_features
+    from engine.ranking.fields import FieldTokens, norm, query_terms
+    from engine.search import search_inputs
+
+    snap = engine.snapshot()
+    stats = FieldTokens.of(snap).stats
+    p0 = snap.catalog[0]
+    queries = [p0.title, f"{p0.brand or 'acme'} {p0.title.split()[0]}", "pla filament spool pla",
+               "glass beaker 600 ml zzqx", "the and of", "a", "nitrile gloves", "filament filament spool 3d printing"]
+    rows = list(range(min(60, len(snap))))
+    real = [(snap.catalog[r].title, snap.catalog[r].description, snap.catalog[r].brand, snap.catalog[r].category)
+            for r in rows]
+    made = [("PLA Filament Spool", "pla pla filament for 3d printers; the spool holds 1 kg of PLA filament", "eSUN",
+             ("Industrial & Scientific", "3D Printing Filament")),
+            ("Nitrile Gloves", "", None, ()),
+            ("", "glass beaker, 600 ml, glass", "Pyrex Labs", ("Lab", "Beakers")),
+            ("spool", "spool " * 40, "", ("Spool",))]
+    rng = np.random.default_rng(2)
+    col = {name: i for i, name in enumerate(SEARCH_FEATURES)}
+    nonzero = set()
+    for query in queries:
+        bm25, vec = rng.random(len(rows)), rng.random(len(rows))
+        got = search_features(search_inputs(snap, query, np.asarray(rows), bm25, vec, bm25 + vec, None))
+        vocab = TextVocab()
+        texts = [RowText.of(tokenize([t, d, b or "", " ".join(c)]), norm(t), brand_key(b), norm(c[-1]) if c else "",
+                             vocab) for t, d, b, c in made]
+        z = np.zeros(len(made))
+        got_made = search_features(SearchCandidates(query_terms(query), norm(query), z, z, z, texts, vocab, stats))
+        for items, values in ((real, got), (made, got_made)):
+            for name, want in reference_text_features(stats, query, items).items():
+                np.testing.assert_allclose(values[:, col[name]], want, rtol=1e-6, atol=1e-7, err_msg=f"{name}: {query!r}")
+                nonzero |= {name} if want.any() else set()
+    assert {"bm25_title", "bm25_description", "bm25_brand", "bm25_category", "cover_title", "cover_all",
+            "bigrams_title", "title_trigrams", "exact_title", "phrase_in_title", "missing_title",
+            "brand_in_query", "category_in_query"} <= nonzero, "the queries exercise every feature"
 
 
 def reverse_blend() -> MlpRanker:

@@ -18,10 +18,11 @@ first). The model thus learns the position effect from logged lists without rank
 from __future__ import annotations
 
 import base64
-import functools
 import math
+import threading
+from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -197,10 +198,8 @@ class SearchCandidates:
     bm25: np.ndarray
     vector: np.ndarray
     fused: np.ndarray
-    fields: Mapping[str, Sequence[Sequence[str]]]  # title/description/brand/category -> per candidate tokens
-    titles: Sequence[str]  # normalized titles
-    brands: Sequence[str]  # normalized brands ("" unknown)
-    category_leaves: Sequence[str]  # normalized leaf categories
+    texts: Sequence["RowText"]  # per candidate: its text, prepared once per item (RowText.of)
+    vocab: "TextVocab"  # the ids of the texts' terms and trigrams
     stats: FieldStats
     personal: np.ndarray | None = None  # (m,) affinity, None without a shopper
     prices: np.ndarray | None = None
@@ -226,28 +225,97 @@ def char_trigrams(text: str) -> set[str]:
     return {padded[i:i + 3] for i in range(len(padded) - 2)} if text else set()
 
 
-@functools.lru_cache(maxsize=65536)
-def trigram_count(text: str) -> int:
-    """``len(char_trigrams(text))``, cached: the candidates of a shop's searches repeat."""
-    return len(char_trigrams(text))
+# A term's count in each of the SEARCH_FIELDS, packed into one int, 15 bits each (capped at 32,767; int64), so that a
+# search gathers its terms' counts over the candidates as one integer array.
+COUNT_BITS = 15
+COUNT_MAX = (1 << COUNT_BITS) - 1
+_SHIFTS = np.arange(4, dtype=np.int64) * COUNT_BITS
 
 
-def field_bm25(query: Sequence[str], docs: Sequence[Sequence[str]], idf: dict[str, float], avg_len: float) -> np.ndarray:
-    """BM25 (k1 1.2, b 0.75) of each token list in ``docs`` for the ``query`` tokens, with global ``idf``."""
-    out = np.zeros(len(docs), np.float64)
-    terms = [t for t in dict.fromkeys(query) if t in idf]
-    if not terms:
-        return out
-    avg = max(avg_len, 1e-9)
-    for i, doc in enumerate(docs):
-        if not doc:
-            continue
+def pack_counts(counts: Sequence[int]) -> int:
+    """Four counts (one per field) as one int (see COUNT_BITS)."""
+    return sum(min(int(c), COUNT_MAX) << (COUNT_BITS * j) for j, c in enumerate(counts))
+
+
+def unpack_counts(packed: np.ndarray) -> np.ndarray:
+    """:func:`pack_counts` back, over an int64 array: a last axis of 4 is added."""
+    return (np.asarray(packed, np.int64)[..., None] >> _SHIFTS) & COUNT_MAX
+
+
+class TextVocab:
+    """Integer ids (below 2**30) for the terms and title trigrams of one version's prepared items
+    (:class:`RowText`), so that a search matches its query against its candidates as integer arrays. Items'
+    strings get ids as they are prepared; a query's string that no prepared item has gets none (-1): it
+    cannot match."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, texts: Sequence[str]) -> list[int]:
+        """The ids of ``texts``, new ones given as needed."""
+        with self._lock:
+            ids = self._ids
+            if len(ids) + len(texts) >= 1 << 30:
+                raise OverflowError("too many distinct terms and trigrams for one vocabulary")
+            return [ids.setdefault(t, len(ids)) for t in texts]
+
+    def get(self, text: str) -> int:
+        return self._ids.get(text, -1)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def term_key(tid: int) -> int:
+    """A term's key among an item's text keys (even; a trigram's is odd)."""
+    return 2 * tid
+
+
+def trigram_key(tid: int) -> int:
+    return 2 * tid + 1
+
+
+def bigram_key(a: int, b: int) -> int:
+    """A pair of adjacent term ids."""
+    return (a << 32) | b
+
+
+@dataclass(frozen=True, slots=True)
+class RowText:
+    """One item's text as :func:`search_features` reads it, prepared once per item and version
+    (``engine.ranking.fields`` keeps them), so that a search computes only what depends on its query."""
+
+    keys: np.ndarray  # int64, distinct: the term_key of each term of its fields, then the trigram_key of each
+    # character trigram of its normalized title
+    counts: np.ndarray  # int64, per term (the first keys): its count in each of SEARCH_FIELDS (pack_counts)
+    bigrams: np.ndarray  # int64, distinct: the bigram_key of each adjacent term pair of its title
+    lens: int  # the token count of each of SEARCH_FIELDS (pack_counts)
+    trigrams: int  # how many distinct character trigrams its title has
+    padded_title: str  # the normalized title with one space each side
+    brand: str  # brand_key ("" unknown)
+    leaf: str  # the normalized leaf category ("" unknown)
+
+    @classmethod
+    def of(cls, tokens: Sequence[Sequence[str]], title: str, brand: str, leaf: str, vocab: TextVocab) -> "RowText":
+        """From the per-field tokens (in SEARCH_FIELDS order) and the normalized title, brand and leaf."""
         tf: dict[str, int] = {}
-        for t in doc:
-            tf[t] = tf.get(t, 0) + 1
-        norm = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / avg)
-        out[i] = sum(idf[t] * tf[t] * (BM25_K1 + 1) / (tf[t] + norm) for t in terms if t in tf)
-    return out
+        for j, field in enumerate(tokens):
+            if len(field) > COUNT_MAX:  # counts could overflow into the next field's bits: count, then cap
+                for t, n in Counter(field).items():
+                    tf[t] = tf.get(t, 0) | (min(n, COUNT_MAX) << (COUNT_BITS * j))
+                continue
+            one = 1 << (COUNT_BITS * j)
+            for t in field:
+                tf[t] = tf.get(t, 0) + one
+        term_ids = vocab.add(list(tf))
+        id_of = dict(zip(tf, term_ids))
+        title_tokens = list(tokens[0])
+        pairs = {bigram_key(id_of[a], id_of[b]) for a, b in zip(title_tokens[:-1], title_tokens[1:])}
+        trigrams = [trigram_key(t) for t in vocab.add(list(char_trigrams(title)))]
+        keys = np.array([term_key(t) for t in term_ids] + trigrams, np.int64)
+        return cls(keys, np.fromiter(tf.values(), np.int64, len(tf)), np.fromiter(pairs, np.int64, len(pairs)),
+                   pack_counts([len(f) for f in tokens]), len(trigrams), f" {title} ", brand, leaf)
 
 
 def search_features(c: SearchCandidates) -> np.ndarray:
@@ -274,43 +342,82 @@ def search_features(c: SearchCandidates) -> np.ndarray:
         tv = np.asarray(c.title_vector, np.float64)
         out[:, col["title_vector"]] = tv[sel]
         out[:, col["title_vector_z"]] = zscore(tv)[sel]
-    m = len(sel)  # the per-item features below: the selected candidates only
+    # The per-item features below: the selected candidates only. Each candidate's prepared text keys are
+    # matched against the query's (its terms, character trigrams and adjacent term pairs) in one pass.
+    texts = c.texts
+    m = len(sel)
     idf = c.stats.idf
-    terms = [t for t in dict.fromkeys(c.query_tokens)]
-    total_idf = sum(idf.get(t, 0.0) for t in terms)
-    for f in SEARCH_FIELDS:
-        out[:, col[f"bm25_{f}"]] = field_bm25(terms, c.fields[f], idf, c.stats.avg_len.get(f, 1.0))
-    if total_idf > 0:
-        for i in range(m):
-            in_title = set(c.fields["title"][i])
-            anywhere = in_title.union(*(set(c.fields[f][i]) for f in SEARCH_FIELDS if f != "title"))
-            out[i, col["cover_title"]] = sum(idf.get(t, 0.0) for t in terms if t in in_title) / total_idf
-            out[i, col["cover_all"]] = sum(idf.get(t, 0.0) for t in terms if t in anywhere) / total_idf
-    qb = set(zip(c.query_tokens[:-1], c.query_tokens[1:]))
-    for i in range(m):
-        title_tokens = list(c.fields["title"][i])
-        present = set(title_tokens)
-        out[i, col["missing_title"]] = sum(1 for t in terms if t not in present)
-        if qb:
-            tb = set(zip(title_tokens[:-1], title_tokens[1:]))
-            out[i, col["bigrams_title"]] = len(qb & tb) / len(qb)
+    vocab = c.vocab
+    terms = list(dict.fromkeys(c.query_tokens))
+    k = len(terms)
+    w = np.array([idf.get(t, 0.0) for t in terms], np.float64)
     q = c.query_text
-    padded = f" {q} "
     q_tri = char_trigrams(q)
-    for i in range(m):
-        title = c.titles[i]
-        padded_title = f" {title} "
-        if q_tri:  # |Q & T| / |Q | T|: a 3-character substring of the padded title is one of its trigrams
-            both = sum(1 for g in q_tri if g in padded_title)
-            out[i, col["title_trigrams"]] = both / (len(q_tri) + trigram_count(title) - both)
-        out[i, col["exact_title"]] = float(bool(q) and title == q)
-        out[i, col["phrase_in_title"]] = float(bool(q) and padded in padded_title)
-        brand = c.brands[i]
-        out[i, col["brand_in_query"]] = float(bool(brand) and f" {brand} " in padded)
-        leaf = c.category_leaves[i]
-        out[i, col["category_in_query"]] = float(bool(leaf) and f" {leaf} " in padded)
-        out[i, col["title_terms"]] = math.log1p(len(c.fields["title"][i]))
-    out[:, col["query_terms"]] = math.log1p(len(terms))
+    qb = set(zip(c.query_tokens[:-1], c.query_tokens[1:]))
+    wanted: dict[int, int] = {}  # query key -> the query term's column (terms); -1 (trigrams)
+    for j, t in enumerate(terms):
+        if (tid := vocab.get(t)) >= 0:
+            wanted[term_key(tid)] = j
+    for g in q_tri:
+        if (tid := vocab.get(g)) >= 0:
+            wanted[trigram_key(tid)] = -1
+    pair_keys = [bigram_key(ia, ib) for ia, ib in ((vocab.get(a), vocab.get(b)) for a, b in qb) if ia >= 0 and ib >= 0]
+    packed = np.zeros((m, k), np.int64)  # each query term's packed counts in each candidate
+    both = np.zeros(m, np.float64)  # trigrams in common
+    pairs = np.zeros(m, np.float64)  # adjacent pairs in common
+    if wanted and m:
+        qkeys = np.array(sorted(wanted), np.int64)
+        lo, hi = int(qkeys[0]), int(qkeys[-1])
+        table = np.zeros(hi - lo + 1, bool)  # the query's keys, over the span they cover
+        table[qkeys - lo] = True
+        sizes = np.fromiter((len(r.keys) for r in texts), np.int64, m)
+        flat = np.concatenate([r.keys for r in texts])
+        hit = np.flatnonzero((flat >= lo) & (flat <= hi))
+        hit = hit[table[flat[hit] - lo]]
+        owner = np.repeat(np.arange(m), sizes)[hit]
+        key = flat[hit]
+        term = (key & 1) == 0
+        both = np.bincount(owner[~term], minlength=m).astype(np.float64)
+        if term.any():  # terms come first in each candidate's keys: a term's offset there is its count's
+            n_counts = np.fromiter((len(r.counts) for r in texts), np.int64, m)
+            counts = np.concatenate([r.counts for r in texts])
+            who = owner[term]
+            at = hit[term] - (np.cumsum(sizes) - sizes)[who] + (np.cumsum(n_counts) - n_counts)[who]
+            packed[who, [wanted[x] for x in key[term].tolist()]] = counts[at]
+    if pair_keys and m:
+        sizes = np.fromiter((len(r.bigrams) for r in texts), np.int64, m)
+        flat = np.concatenate([r.bigrams for r in texts])
+        if len(flat):
+            owner = np.repeat(np.arange(m), sizes)
+            pairs = np.bincount(owner[np.isin(flat, pair_keys)], minlength=m).astype(np.float64)
+    tf = unpack_counts(packed).astype(np.float64)  # (m, k, fields)
+    lens = unpack_counts(np.fromiter((r.lens for r in texts), np.int64, m)).astype(np.float64)  # (m, fields)
+    known = np.array([t in idf for t in terms], bool)
+    avg = np.array([max(c.stats.avg_len.get(f, 1.0), 1e-9) for f in SEARCH_FIELDS], np.float64)
+    norm = BM25_K1 * (1 - BM25_B + BM25_B * lens / avg)  # (m, fields): BM25 per field, global idf
+    found = tf[:, known, :]
+    bm25 = (w[known][None, :, None] * found * (BM25_K1 + 1) / (found + norm[:, None, :])).sum(axis=1)
+    for j, f in enumerate(SEARCH_FIELDS):
+        out[:, col[f"bm25_{f}"]] = bm25[:, j]
+    in_title = tf[:, :, 0] > 0  # (m, k)
+    total_idf = float(w.sum())
+    if total_idf > 0:  # the idf share of the query's terms found in the title, and anywhere
+        out[:, col["cover_title"]] = in_title.astype(np.float64) @ w / total_idf
+        out[:, col["cover_all"]] = (tf > 0).any(axis=2).astype(np.float64) @ w / total_idf
+    out[:, col["missing_title"]] = k - in_title.sum(axis=1)
+    if qb:  # the share of the query's adjacent term pairs that are adjacent in the title
+        out[:, col["bigrams_title"]] = pairs / len(qb)
+    if q_tri:  # Jaccard |Q & T| / |Q | T| of the character trigram sets
+        tri_sizes = np.fromiter((r.trigrams for r in texts), np.float64, m)
+        out[:, col["title_trigrams"]] = both / (len(q_tri) + tri_sizes - both)
+    if q:
+        padded = f" {q} "
+        out[:, col["exact_title"]] = [r.padded_title == padded for r in texts]
+        out[:, col["phrase_in_title"]] = [padded in r.padded_title for r in texts]
+        out[:, col["brand_in_query"]] = [bool(r.brand) and f" {r.brand} " in padded for r in texts]
+        out[:, col["category_in_query"]] = [bool(r.leaf) and f" {r.leaf} " in padded for r in texts]
+    out[:, col["title_terms"]] = np.log1p(lens[:, 0])
+    out[:, col["query_terms"]] = math.log1p(k)
     if c.personal is not None:
         out[:, col["personal"]] = c.personal
     if c.prices is not None and c.usual_price is not None and c.usual_price > 0:

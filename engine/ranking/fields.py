@@ -1,11 +1,13 @@
 """Per-field text statistics of a served version, for the learned search ranker's features.
 
-``FieldTokens.of(snap)`` (one per version and process) gives each row's title, description, brand and
-category tokens (the keyword index's recipe: lower case, stop words out, Snowball stems), computed on
-demand and kept (up to ``MAX_ROWS`` rows; then the cache starts over), and :class:`FieldStats`: the idf of
-every term as the BM25 index counts it (``log(1 + (N - df + 0.5) / (df + 0.5))``, Lucene's) and each
-field's mean token count over a fixed, evenly spaced sample of ``SAMPLE`` rows (the same at training and
-at serving).
+``FieldTokens.of(snap)`` (one per version and process) gives each row's :class:`RowText`: its title,
+description, brand and category tokens (the keyword index's recipe: lower case, stop words out, Snowball
+stems) counted per term, its title's character trigrams and term pairs, all as integer keys of a
+:class:`TextVocab`, and its normalized title, brand and leaf category. They are computed on demand and kept
+(up to ``MAX_ROWS`` rows; then the rows and their vocabulary start over together). It also gives
+:class:`FieldStats`: the idf of every term as the BM25 index counts it (``log(1 + (N - df + 0.5) / (df +
+0.5))``, Lucene's) and each field's mean token count over a fixed, evenly spaced sample of ``SAMPLE`` rows
+(the same at training and at serving).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.index.keyword import tokenize
-from engine.ranking.features import SEARCH_FIELDS, FieldStats
+from engine.ranking.features import SEARCH_FIELDS, FieldStats, RowText, TextVocab, brand_key, unpack_counts
 from engine.snapshot import Snapshot
 
 MAX_ROWS = 50_000
@@ -32,7 +34,7 @@ def field_texts(snap: Snapshot, row: int) -> tuple[str, str, str, str]:
 class FieldTokens:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
-        self._rows: dict[int, tuple[list[str], ...]] = {}
+        self._kept = _Kept()
         retriever = snap.keyword.retriever
         n = float(snap.keyword.n_docs)
         indptr = np.asarray(retriever.scores["indptr"], np.int64)
@@ -41,8 +43,9 @@ class FieldTokens:
         vocab = retriever.vocab_dict or {}
         self.idf = {t: float(idf[i]) for t, i in vocab.items() if 0 <= i < len(idf)}
         sample = [int(r) for r in np.unique(np.linspace(0, len(snap) - 1, min(SAMPLE, len(snap))).astype(np.int64))]
-        toks = self.tokens(sample)
-        avg = {f: float(np.mean([len(t) for t in toks[f]])) if len(sample) else 1.0 for f in SEARCH_FIELDS}
+        texts, _ = self.texts(sample)
+        lens = unpack_counts(np.array([r.lens for r in texts], np.int64))
+        avg = {f: float(np.mean(lens[:, j])) if texts else 1.0 for j, f in enumerate(SEARCH_FIELDS)}
         self.stats = FieldStats(self.idf, {f: max(v, 1.0) for f, v in avg.items()})
 
     @classmethod
@@ -55,18 +58,29 @@ class FieldTokens:
                 _by_version[snap.version] = ft
             return ft
 
-    def tokens(self, rows: Sequence[int]) -> dict[str, list[list[str]]]:
-        """Per field, the tokens of each row in ``rows`` (in order)."""
-        missing = [r for r in dict.fromkeys(rows) if r not in self._rows]
+    def texts(self, rows: Sequence[int]) -> tuple[list[RowText], TextVocab]:
+        """Each row's :class:`RowText` (in order), and the vocabulary of their ids."""
+        kept = self._kept
+        missing = [r for r in dict.fromkeys(rows) if r not in kept.rows]
         if missing:
-            if len(self._rows) + len(missing) > MAX_ROWS:
-                self._rows = {}
+            if len(kept.rows) + len(missing) > MAX_ROWS:  # start over; a search under way keeps its own
+                kept = self._kept = _Kept()
+                missing = list(dict.fromkeys(rows))
             texts = [t for r in missing for t in field_texts(self.snap, r)]
             flat = tokenize(texts)
             for i, r in enumerate(missing):
-                self._rows[r] = tuple(flat[4 * i:4 * i + 4])
-        got = [self._rows[r] for r in rows]
-        return {f: [g[j] for g in got] for j, f in enumerate(SEARCH_FIELDS)}
+                p = self.snap.catalog[r]
+                kept.rows[r] = RowText.of(flat[4 * i:4 * i + 4], norm(p.title), brand_key(p.brand),
+                                          norm(p.category[-1]) if p.category else "", kept.vocab)
+        return [kept.rows[r] for r in rows], kept.vocab
+
+
+class _Kept:
+    """The rows prepared so far and the vocabulary of their ids (replaced together when full)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, RowText] = {}
+        self.vocab = TextVocab()
 
 
 def query_terms(query: str) -> list[str]:

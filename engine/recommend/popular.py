@@ -9,7 +9,7 @@ overflows. Events may arrive slightly out of order; the formula holds for any or
 """
 from __future__ import annotations
 
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -60,6 +60,11 @@ class TrendingModel:
     def score(self, item: Key, now: float | None = None) -> float:
         """Decayed score at ``now`` (default: the latest event time)."""
         return self.acc.get(item, 0.0) * self._factor(now)
+
+    def scores(self, items: Sequence[Key], now: float | None = None) -> np.ndarray:
+        """:meth:`score` of each of ``items``, ``(len(items),)`` float64."""
+        acc = self.acc
+        return np.fromiter((acc.get(i, 0.0) for i in items), np.float64, len(items)) * self._factor(now)
 
     def scores_dense(self, rows: Mapping[Any, int], n: int, now: float | None = None) -> np.ndarray:
         """Scores over catalog rows, ``(n,)`` float64 (0 for items without events)."""
