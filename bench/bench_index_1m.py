@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,9 +53,12 @@ def base_set() -> tuple[list[dict[str, Any]], np.ndarray]:
     return rows, v
 
 
-def make_catalog(n: int, sigma: float, seed: int) -> tuple[Path, np.ndarray]:
-    """The catalog file (written once per n) and its (n, 384) vectors, as the module docstring says."""
+def make_catalog(n: int, sigma: float, seed: int, encoder: str = "onnx") -> tuple[Path, np.ndarray]:
+    """The catalog file (written once per n) and its (n, 384) vectors, as the module docstring says; with
+    ``encoder`` ``onnx-int8`` the base vectors are the int8 encoder's of the real products' texts instead."""
     base, bv = base_set()
+    if encoder != "onnx":
+        bv = encoded_base(base, encoder)
     m = len(base)
     rng = np.random.default_rng(seed)
     idx = np.arange(n) % m
@@ -82,6 +86,21 @@ def make_catalog(n: int, sigma: float, seed: int) -> tuple[Path, np.ndarray]:
     return path, vectors
 
 
+def encoded_base(base: list[dict[str, Any]], kind: str) -> np.ndarray:
+    """The base products' vectors by the ``kind`` encoder, from their embedding texts (the build's recipe)."""
+    from common import models_dir
+    from engine.catalog import Product
+    from engine.embedding.factory import build_encoder
+    from engine.item_text import embedding_text
+
+    t0 = time.time()
+    enc = build_encoder(kind, cache_dir=models_dir(), threads=2)
+    texts = [embedding_text(Product.from_dict(r)) for r in base]
+    vectors: np.ndarray = enc.encode(texts, batch_size=64).astype(np.float32)
+    print(f"{len(texts)} base texts encoded by {kind} in {time.time() - t0:.0f}s", file=sys.stderr)
+    return vectors
+
+
 class LookupEncoder:
     """Answers ``encode`` with the prepared vector of each text (the family of the real fp32 encoder, so
     that the server's real query encoder accepts the version)."""
@@ -90,20 +109,24 @@ class LookupEncoder:
     family = "all-MiniLM-L6-v2/fp32"
     dim = 384
 
-    def __init__(self, table: dict[str, int], vectors: np.ndarray) -> None:
+    def __init__(self, table: dict[str, int], vectors: np.ndarray, kind: str = "onnx") -> None:
         self.table, self.vectors = table, vectors
+        if kind == "onnx-int8":  # the int8 encoder's family: served by a server whose encoder is onnx-int8
+            from engine.embedding.int8 import FAMILY_INT8, OnnxInt8Encoder
+
+            self.name, self.family = OnnxInt8Encoder.name, FAMILY_INT8
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
         return self.vectors[[self.table[t] for t in texts]]
 
 
-def build(n: int, sigma: float, index: Path, target: float, budget: float) -> dict[str, Any]:
+def build(n: int, sigma: float, index: Path, target: float, budget: float, encoder: str = "onnx") -> dict[str, Any]:
     from engine import pipeline
     from engine.catalog import read_catalog
     from engine.item_text import embedding_text
 
     t0 = time.time()
-    path, vectors = make_catalog(n, sigma, seed=1234)
+    path, vectors = make_catalog(n, sigma, seed=1234, encoder=encoder)
     catalog, _ = read_catalog(path)
     table = {embedding_text(p): i for i, p in enumerate(catalog)}
     assert len(catalog) == n, len(catalog)
@@ -112,7 +135,7 @@ def build(n: int, sigma: float, index: Path, target: float, budget: float) -> di
     # The lookup encoder knows the item texts only, so no title vectors (the search ranker is not served here).
     config = engine_config(index).replace(target_recall=target, index_bytes_per_item=budget, title_vectors=False)
     t1 = time.time()
-    result = pipeline.build(config, path, full=True, encoder=LookupEncoder(table, vectors),
+    result = pipeline.build(config, path, full=True, encoder=LookupEncoder(table, vectors, encoder),
                             progress=lambda e: print(f"  {e['candidate']}", file=sys.stderr) if "candidate" in e else None)
     manifest = dict(result.manifest, bench_build_seconds=round(time.time() - t1, 1))
     print("\n".join(result.summary_lines()), file=sys.stderr)
@@ -168,18 +191,24 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--skip-build", action="store_true", help="serve the version already built for --items")
     ap.add_argument("--record", action="store_true", help="replace the bench_index_1m section of bench/RESULTS.md")
+    ap.add_argument("--encoder", default="onnx", choices=("onnx", "onnx-int8"),
+                    help="the vector family: the server's query encoder, and the encoder of the base products' vectors "
+                         "(onnx-int8: a separate index folder, ...-int8)")
     ap.add_argument("--impressions", default="process",
                     help="comma-separated impression logging modes to serve with, one HTTP run each, in this order: "
                          "process (the default configuration: a writer process), thread, off (default: process)")
     args = ap.parse_args()
     load_at_start = load_avg()
-    index = OUT / f"index-{args.items}-real-variants"
+    int8 = args.encoder == "onnx-int8"
+    index = OUT / f"index-{args.items}-real-variants{'-int8' if int8 else ''}"
+    if int8:  # the server's query encoder and the in-process breakdown's (engine_config reads the environment)
+        os.environ["VITRINE_ENCODER"] = args.encoder
     if args.skip_build:
         from engine.index import versions
 
         manifest = versions.read_manifest(versions.current_dir(index))
     else:
-        manifest = build(args.items, args.sigma, index, args.target_recall, args.bytes_per_item)
+        manifest = build(args.items, args.sigma, index, args.target_recall, args.bytes_per_item, args.encoder)
     ix = manifest["index"]
     cand_rows = []
     for c in ix.get("candidates", []):
@@ -207,11 +236,13 @@ def main() -> None:
         failure = f"{type(e).__name__}: {e}"
         print(f"HTTP part failed: {failure}", file=sys.stderr)
     lines = [
-        f"### {args.items:,} items, target recall@10 {args.target_recall}, budget {args.bytes_per_item:g} bytes/item",
+        f"### {args.items:,} items, target recall@10 {args.target_recall}, budget {args.bytes_per_item:g} bytes/item"
+        + (", int8 encoder" if int8 else ""),
         "",
         header("bench_index_1m.py", sys.argv[1:], load_at_start),
         f"- catalog: {args.items:,} items from 14,298 real products (CrowdFlower 9,913 + Amazon Scientific 4,385) "
-        f"with colour / pack-count title variants; **vectors synthetic from real**: real MiniLM vector + Gaussian "
+        f"with colour / pack-count title variants; **vectors synthetic from real**: real MiniLM vector"
+        + (" (the int8 encoder's, of the real product's text)" if int8 else "") + " + Gaussian "
         f"noise sigma {args.sigma} per dimension, renormalised (see the script's docstring)",
         f"- build (pipeline.build, full, vectors looked up instead of encoded): "
         f"{manifest.get('bench_build_seconds', manifest['build_seconds'])} s",
@@ -227,7 +258,7 @@ def main() -> None:
         s = http["latency"]
         lines += [
             f"`/v1/search` over HTTP, 1 worker x 4 threads, one client, {http['queries']} distinct queries (each encoded "
-            f"by the real fp32 ONNX query encoder), after warm-up; server start {http['start_s']:.0f} s, its background "
+            f"by the real {'int8' if int8 else 'fp32'} ONNX query encoder), after warm-up; server start {http['start_s']:.0f} s, its background "
             f"warm-ups (suggestions, analytics copy, page cache) done {http.get('warmed_s', 0):.0f} s after the warm-up "
             "queries; one fresh server per impression-log mode, in this order (RSS / PSS: the server's processes, the "
             "writer process included):",
@@ -250,7 +281,8 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if args.record:
-        record(f"bench_index_1m-{args.items}", "## Compressed vector index at scale (bench_index_1m.py)\n\n" + body)
+        record(f"bench_index_1m-{args.items}{'-int8' if int8 else ''}",
+               "## Compressed vector index at scale (bench_index_1m.py)\n\n" + body)
 
 
 if __name__ == "__main__":
