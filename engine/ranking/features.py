@@ -318,42 +318,12 @@ class RowText:
                    pack_counts([len(f) for f in tokens]), len(trigrams), f" {title} ", brand, leaf)
 
 
-def search_features(c: SearchCandidates) -> np.ndarray:
-    """``(rows, len(SEARCH_FEATURES))`` float32 for one query's candidates (columns in that order): every
-    candidate, or the ``c.subset`` ones (their rows, in that order; list-relative features are still over
-    the whole candidate list)."""
-    m = len(c.fused)
-    sel = np.arange(m) if c.subset is None else np.asarray(c.subset, np.int64)
-    out = np.zeros((len(sel), len(SEARCH_FEATURES)), np.float64)
-    col = {name: i for i, name in enumerate(SEARCH_FEATURES)}
-    out[:, col["bm25"]] = np.asarray(c.bm25, np.float64)[sel]
-    out[:, col["vector"]] = np.asarray(c.vector, np.float64)[sel]
-    out[:, col["fused"]] = np.asarray(c.fused, np.float64)[sel]
-    rank = np.empty(m, np.float64)
-    rank[np.lexsort((np.arange(m), -np.asarray(c.fused, np.float64)))] = np.arange(1, m + 1)
-    out[:, col["fused_rank"]] = np.log2(1.0 + rank)[sel]
-    for name, values in (("bm25", c.bm25), ("vector", c.vector)):
-        v = np.asarray(values, np.float64)
-        out[:, col[f"{name}_z"]] = zscore(v)[sel]
-        r = np.empty(m, np.float64)
-        r[np.lexsort((np.arange(m), -v))] = np.arange(1, m + 1)
-        out[:, col[f"{name}_rank"]] = np.log2(1.0 + r)[sel]
-    if c.title_vector is not None:
-        tv = np.asarray(c.title_vector, np.float64)
-        out[:, col["title_vector"]] = tv[sel]
-        out[:, col["title_vector_z"]] = zscore(tv)[sel]
-    # The per-item features below: the selected candidates only. Each candidate's prepared text keys are
-    # matched against the query's (its terms, character trigrams and adjacent term pairs) in one pass.
-    texts = c.texts
-    m = len(sel)
-    idf = c.stats.idf
-    vocab = c.vocab
-    terms = list(dict.fromkeys(c.query_tokens))
-    k = len(terms)
-    w = np.array([idf.get(t, 0.0) for t in terms], np.float64)
-    q = c.query_text
-    q_tri = char_trigrams(q)
-    qb = set(zip(c.query_tokens[:-1], c.query_tokens[1:]))
+def _matches(texts: Sequence[RowText], vocab: TextVocab, terms: Sequence[str], q_tri: set[str],
+             qb: set[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The query matched against every candidate's keys at once: each query term's packed counts in each
+    candidate ``(m, len(terms))``, and per candidate the character trigrams and the adjacent term pairs it
+    shares with the query."""
+    m, k = len(texts), len(terms)
     wanted: dict[int, int] = {}  # query key -> the query term's column (terms); -1 (trigrams)
     for j, t in enumerate(terms):
         if (tid := vocab.get(t)) >= 0:
@@ -390,6 +360,45 @@ def search_features(c: SearchCandidates) -> np.ndarray:
         if len(flat):
             owner = np.repeat(np.arange(m), sizes)
             pairs = np.bincount(owner[np.isin(flat, pair_keys)], minlength=m).astype(np.float64)
+    return packed, both, pairs
+
+
+def search_features(c: SearchCandidates) -> np.ndarray:
+    """``(rows, len(SEARCH_FEATURES))`` float32 for one query's candidates (columns in that order): every
+    candidate, or the ``c.subset`` ones (their rows, in that order; list-relative features are still over
+    the whole candidate list)."""
+    m = len(c.fused)
+    sel = np.arange(m) if c.subset is None else np.asarray(c.subset, np.int64)
+    out = np.zeros((len(sel), len(SEARCH_FEATURES)), np.float64)
+    col = {name: i for i, name in enumerate(SEARCH_FEATURES)}
+    out[:, col["bm25"]] = np.asarray(c.bm25, np.float64)[sel]
+    out[:, col["vector"]] = np.asarray(c.vector, np.float64)[sel]
+    out[:, col["fused"]] = np.asarray(c.fused, np.float64)[sel]
+    rank = np.empty(m, np.float64)
+    rank[np.lexsort((np.arange(m), -np.asarray(c.fused, np.float64)))] = np.arange(1, m + 1)
+    out[:, col["fused_rank"]] = np.log2(1.0 + rank)[sel]
+    for name, values in (("bm25", c.bm25), ("vector", c.vector)):
+        v = np.asarray(values, np.float64)
+        out[:, col[f"{name}_z"]] = zscore(v)[sel]
+        r = np.empty(m, np.float64)
+        r[np.lexsort((np.arange(m), -v))] = np.arange(1, m + 1)
+        out[:, col[f"{name}_rank"]] = np.log2(1.0 + r)[sel]
+    if c.title_vector is not None:
+        tv = np.asarray(c.title_vector, np.float64)
+        out[:, col["title_vector"]] = tv[sel]
+        out[:, col["title_vector_z"]] = zscore(tv)[sel]
+    # The per-item features below: the selected candidates only. Each candidate's prepared text keys are
+    # matched against the query's (its terms, character trigrams and adjacent term pairs) in one pass.
+    texts = c.texts
+    m = len(sel)
+    idf = c.stats.idf
+    terms = list(dict.fromkeys(c.query_tokens))
+    k = len(terms)
+    w = np.array([idf.get(t, 0.0) for t in terms], np.float64)
+    q = c.query_text
+    q_tri = char_trigrams(q)
+    qb = set(zip(c.query_tokens[:-1], c.query_tokens[1:]))
+    packed, both, pairs = _matches(texts, c.vocab, terms, q_tri, qb)
     tf = unpack_counts(packed).astype(np.float64)  # (m, k, fields)
     lens = unpack_counts(np.fromiter((r.lens for r in texts), np.int64, m)).astype(np.float64)  # (m, fields)
     known = np.array([t in idf for t in terms], bool)
