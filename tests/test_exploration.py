@@ -124,7 +124,9 @@ def test_bandit_learns_from_the_log_and_survives_a_restart(config: EngineConfig,
     for u in users:
         _ingest(engine, (u, "view", "goggles"))
     clicked = 0
-    for round_ in range(15):
+    rounds = 30  # the question below is asked in the 'loyal' segment, which the shoppers reach after ~10 rounds:
+    # 15 rounds left it a few dozen lists, and the posterior's choice a near tie in some runs
+    for round_ in range(rounds):
         for u in users:
             recs = engine.recommend(u, k=4)
             imp = _logged(engine, recs.request_id)
@@ -135,7 +137,7 @@ def test_bandit_learns_from_the_log_and_survives_a_restart(config: EngineConfig,
     assert engine.strategy is not None
     engine.strategy.refresh(force=True)
     snap = engine.strategy.snapshot()
-    assert snap["pulls"] == 60 and snap["credits"] == clicked > 0
+    assert snap["pulls"] == rounds * len(users) and snap["credits"] == clicked > 0
     assert engine.strategy.bandit is not None
     state = engine.strategy.bandit.to_dict()
     # another process (or this one after a restart) replays the same log to the same state
@@ -147,5 +149,5 @@ def test_bandit_learns_from_the_log_and_survives_a_restart(config: EngineConfig,
     probs = engine.strategy.probabilities(ctx)
     assert max(probs, key=lambda a: probs[a]) == "trending"
     assert sum(probs.values()) == pytest.approx(1.0)
-    # (no assertion on which arms the 60 lists drew: the request ids, and so the draws, are random; comparing
+    # (no assertion on which arms the lists drew: the request ids, and so the draws, are random; comparing
     # the first and the last 20 lists once tied at 0.65, as the posterior learns within a few rounds)

@@ -175,6 +175,31 @@ def test_search_text_features_equal_their_plain_definition(engine: Engine) -> No
             "brand_in_query", "category_in_query"} <= nonzero, "the queries exercise every feature"
 
 
+def test_search_features_hold_when_the_prepared_texts_start_over(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the kept texts outgrow MAX_ROWS they start over with a new vocabulary: the features of the same
+    query are unchanged, and a search that got its texts before the reset still computes with their own
+    vocabulary."""
+    from engine.ranking import fields
+    from engine.ranking.features import search_features
+    from engine.search import search_inputs
+
+    snap = engine.snapshot()
+    n = len(snap)
+    monkeypatch.setattr(fields, "_by_version", {})  # a FieldTokens of its own, which prepares one row at start
+    monkeypatch.setattr(fields, "SAMPLE", 1)
+    monkeypatch.setattr(fields, "MAX_ROWS", n - 1)
+    rows = np.arange(n // 3, dtype=np.int64)
+    bm25, vec = np.linspace(1, 0, len(rows)), np.linspace(0, 1, len(rows))
+    before = search_inputs(snap, "pla filament spool", rows, bm25, vec, bm25 + vec, None)
+    want = search_features(before)
+    assert want.any()
+    fields.FieldTokens.of(snap).texts(list(range(n // 3, n)))  # all n rows would be kept: starts over
+    after = search_inputs(snap, "pla filament spool", rows, bm25, vec, bm25 + vec, None)
+    assert after.vocab is not before.vocab
+    assert np.array_equal(search_features(after), want)
+    assert np.array_equal(search_features(before), want), "the earlier texts keep their own vocabulary"
+
+
 def reverse_blend() -> MlpRanker:
     """A one-layer 'model' that ranks the blend's candidates in reverse: score = -blend."""
     W = np.zeros((len(RECOMMEND_FEATURES), 1), np.float32)
