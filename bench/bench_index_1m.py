@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 import requests
 
-from common import (OUT, ROOT, VARIANTS, Server, engine_config, environment, header, load_avg, record, stats_ms,
-                    table, write_rows)
+from common import (OUT, ROOT, VARIANTS, Server, engine_config, environment, header, load_avg, models_dir, record,
+                    stats_ms, table, write_rows)
 
 BASES = [ROOT / "indexes" / "eval" / "crowdflower" / "current", ROOT / "indexes" / "eval" / "scientific" / "current"]
 TARGETS = {"recall": 0.95, "bytes": 500.0, "p99_ms": 15.0}
@@ -88,7 +88,6 @@ def make_catalog(n: int, sigma: float, seed: int, encoder: str = "onnx") -> tupl
 
 def encoded_base(base: list[dict[str, Any]], kind: str) -> np.ndarray:
     """The base products' vectors by the ``kind`` encoder, from their embedding texts (the build's recipe)."""
-    from common import models_dir
     from engine.catalog import Product
     from engine.embedding.factory import build_encoder
     from engine.item_text import embedding_text

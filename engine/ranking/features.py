@@ -263,9 +263,6 @@ class TextVocab:
     def get(self, text: str) -> int:
         return self._ids.get(text, -1)
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
 
 def term_key(tid: int) -> int:
     """A term's key among an item's text keys (even; a trigram's is odd)."""
