@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# pytest processes (pytest-xdist): 2 halves the suite's wall time on the 2-core CI machine, where much of a
+# test's time is spent waiting on the servers, builds and browsers it starts; 0 runs it in this process.
+TEST_WORKERS ?= 2
 DEMO_CATALOG := data/demo/catalog.jsonl
 DEMO_EVENTS  := data/demo/events.csv.gz
 
@@ -66,7 +69,7 @@ check: install
 
 # pytest runs with VITRINE_TEST_PG_URL pointing at a throwaway PostgreSQL, stopped afterwards (even on failure).
 test: install check chromium postgresql
-	scripts/pg_throwaway.sh run -- $(BIN)/python -m pytest
+	scripts/pg_throwaway.sh run -- $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 bench: install
 	$(BIN)/python bench/bench_build.py --record
