@@ -222,13 +222,19 @@ def score_matrix(model: SeqModel, hists: Sequence[np.ndarray], vectors: np.ndarr
 def train_seq(seqs: Sequence[np.ndarray], vectors: np.ndarray, ids: Sequence[str],
               config: SeqConfig | None = None) -> SeqModel:
     """Train on ``seqs`` (each a shopper's item rows into ``vectors`` / ``ids``, oldest first; those shorter
-    than 2 teach nothing and are skipped) and export the model."""
-    import torch
+    than 2 teach nothing and are skipped) and export the model. Reproducible: seeded, with torch's
+    deterministic algorithms (:func:`engine.learn.train.reproducible`)."""
+    from engine.learn.train import reproducible
 
     cfg = config or SeqConfig()
+    with reproducible(cfg.seed, cfg.threads):
+        return _train_seq(seqs, vectors, ids, cfg)
+
+
+def _train_seq(seqs: Sequence[np.ndarray], vectors: np.ndarray, ids: Sequence[str], cfg: SeqConfig) -> SeqModel:
+    import torch
+
     t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     n = len(vectors)
     D, L = cfg.dim, cfg.maxlen

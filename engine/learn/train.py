@@ -9,14 +9,17 @@ MLP: features standardized with the training mean and std; ``hidden`` ReLU layer
 sigmoid is the probability (``BCEWithLogitsLoss``: the sigmoid and BCE in one stable step); Adam;
 mini-batches shuffled by a seeded generator; after each epoch nDCG@10 on the validation lists, and training
 stops after ``patience`` epochs without a gain, keeping the best epoch's weights. Seeds: torch, numpy and
-the shuffle generator, so a run is reproducible on one machine. Optional per-row ``weights`` (inverse
-propensity weights) multiply each row's loss.
+the shuffle generator, and torch's deterministic algorithms during training (:func:`reproducible`), so a
+run is reproducible on one machine with any thread count. Optional per-row ``weights`` (inverse propensity
+weights) multiply each row's loss.
 
 torch is imported here only: serving runs the exported weights in numpy (:mod:`engine.learn.model`).
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -82,11 +85,33 @@ def train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarra
         history = [{"member": i, **h} for i, m in enumerate(members) for h in m.history]
         return TrainResult(merge_mlps([m.model for m in members]), max(m.epochs for m in members),
                            max(m.best_epoch for m in members), history, round(time.time() - t0, 1))
+    with reproducible(cfg.seed, cfg.threads):
+        return _train_mlp(X, y, groups, Xv, yv, groups_v, features, cfg, weights)
+
+
+@contextmanager
+def reproducible(seed: int, threads: int) -> Iterator[None]:
+    """Seed torch, set its thread count, and turn on its deterministic algorithms for the block (put back
+    after it). With two threads some backward passes (the sequence model's) sum in a different order from
+    run to run; the deterministic ones do not, at no measured cost."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarray, yv: np.ndarray,
+               groups_v: Sequence[int], features: Sequence[str], cfg: TrainConfig,
+               weights: np.ndarray | None) -> TrainResult:
     import torch
 
     t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     X = np.asarray(X, np.float32)
     mean = X.mean(axis=0)
