@@ -9,8 +9,8 @@ cosine, untuned and tuned. ``--side query`` trains the query's layers only (item
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/try_search_finetune.py --epochs 2 --train-tokens 128
 
-prints 0.8979 untuned against 0.8993 tuned (about 40 minutes on 2 cores; the frozen layers' output of the
-9,913 products takes 6 of them).
+printed 0.8979 untuned against 0.8993 tuned, the same in two runs on 2026-12-04 (about 40 minutes on 2
+cores; the frozen layers' output of the 9,913 products takes 6 of them).
 """
 from __future__ import annotations
 
