@@ -32,9 +32,11 @@ def main() -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from engine.catalog import Product
     from engine.embedding.st import default_model_path, quiet_transformers
     from engine.evaluation.metrics import ndcg_at_k
     from engine.evaluation.search_eval import load_crowdflower
+    from engine.item_text import embedding_text
     from engine.qa.finetune import _run, _states
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,7 +50,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(2)
     products, queries = load_crowdflower(Path(args.data_dir))
-    texts = [". ".join(s.strip().rstrip(".") for s in (p["title"], p["description"]) if s and s.strip()) for p in products]
+    texts = [embedding_text(Product(p["id"], p["title"], p["description"])) for p in products]  # as the eval index
     tune = [(q, r, g) for q, r, g in queries if zlib.crc32(q.encode("utf-8")) % 2 == 0]
     with quiet_transformers():
         model = SentenceTransformer(str(default_model_path()), device="cpu").eval()
