@@ -19,7 +19,7 @@ from engine.ranking.features import RECOMMEND_FEATURES
 from engine.service import Engine
 
 COL = {name: i for i, name in enumerate(RECOMMEND_FEATURES)}
-SMALL = SeqConfig(dim=16, epochs=30, lr=5e-3, dropout=0.0)
+SMALL = SeqConfig(dim=16, layers=2, epochs=30, lr=5e-3, dropout=0.0)  # two layers: the export of a stack
 
 
 def chains(n: int = 30, count: int = 400) -> tuple[np.ndarray, list[str], list[np.ndarray]]:

@@ -38,7 +38,7 @@ class SeqModelError(ValueError):
 @dataclass(frozen=True)
 class SeqConfig:
     dim: int = 64
-    layers: int = 2
+    layers: int = 1  # 2 layers: validation R@10 0.093 alone, against 0.104 for 1 (README)
     heads: int = 2
     maxlen: int = 20
     dropout: float = 0.2
