@@ -5,7 +5,9 @@ session's ``recent`` list) are asked ``Engine.recommend`` with no ranker and wit
 (64-32 hidden, with the sequence model of the ``seq`` features; search: 160-80, five merged 32-16 MLPs:
 the served shapes) re-ranking the blend's best 100, alternating request by request so both
 see the same machine load. Then CrowdFlower queries are searched with no search ranker and with one
-re-ranking the fused best 100, alternating the same way. Impression logging is off in both (it is measured by bench_search.py).
+re-ranking the fused best 100, alternating the same way, at steady state: after the background thread
+that a version's first search with features starts has prepared every item's text for them
+(``engine.ranking.fields``). Impression logging is off in both (it is measured by bench_search.py).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ranker.py [--record]
 """
@@ -24,6 +26,7 @@ from engine.learn import registry
 from engine.learn.model import MlpRanker
 from engine.learn.sequence import SeqConfig, train_seq
 from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES
+from engine.ranking.fields import FieldTokens
 from engine.service import Engine
 
 
@@ -72,6 +75,8 @@ def main(argv: list[str]) -> int:
     for q in queries[:20]:
         plain.search(q)
         learned.search(q)
+    # Steady state: the version's item texts all prepared, as the server's background thread does at load.
+    assert FieldTokens.of(learned.snapshot()).prepared.wait(300)
     for q in queries[20:20 + args.users]:
         for name, e in (("search: fused order", plain), ("search: ranker", learned)):
             t = time.perf_counter()

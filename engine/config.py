@@ -163,6 +163,10 @@ class EngineConfig:
     # OpenMP threads of one FAISS search in the server: 1, since requests already run in parallel and
     # idle OpenMP threads spin on the cores (a 100k profile search measured 8.0 ms with 2, 3.6 ms with 1).
     faiss_threads: int = 1
+    # Threads of numpy's BLAS in the server: 1, for the same reason. The ranker's products are small (100
+    # candidates by a 160-wide layer) and two threads waiting on each other cost far more than they share:
+    # the search MLP took 7.9 ms p50 with 2 threads on a loaded machine, 0.09 ms with 1.
+    blas_threads: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -190,6 +194,7 @@ class EngineConfig:
         need(self.encode_batch_size >= 1, "encode_batch_size", "must be >= 1")
         need(self.torch_threads >= 1, "torch_threads", "must be >= 1")
         need(self.faiss_threads >= 1, "faiss_threads", "must be >= 1")
+        need(self.blas_threads >= 1, "blas_threads", "must be >= 1")
         need(self.secret_key is None or len(self.secret_key) >= 16, "secret_key", "must be at least 16 characters")
         need(self.admin_key is None or len(self.admin_key) >= 8, "admin_key", "must be at least 8 characters")
         for name in ("ingest_key", "read_key", "ads_key"):

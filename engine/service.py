@@ -32,7 +32,7 @@ from engine.events import EventStore
 from engine.filters import NO_FILTERS, Filters
 from engine.index import versions
 from engine.events.impressions import Impression
-from engine.index.vector import set_search_threads
+from engine.index.vector import set_blas_threads, set_search_threads
 from engine.learn.attribution import AttributionStats
 from engine.learn.impressions import WRITER_ENV, ImpressionLog, InFlight
 from engine.learn.experiments import INTERLEAVED, TEAM_FEATURE, Experiment, Experiments, Kind, Variant, team_draft
@@ -213,6 +213,7 @@ class Engine:
                      lambda item: item in self.snapshot().catalog, models_path=config.models_path,
                      min_score=config.qa_min_score)
         set_search_threads(config.faiss_threads)
+        set_blas_threads(config.blas_threads)
 
     # -- versions -----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -442,3 +442,45 @@ def test_deferred_recommendation_features_equal_the_ones_a_scorer_sees(config: E
     assert scored.later is None
     assert [r.id for r in scored.recommendations] == [r.id for r in logged.recommendations]
     assert logged.later() == [r.features for r in scored.recommendations]
+
+
+def test_the_engine_runs_numpy_blas_on_blas_threads(config: EngineConfig, encoder: Encoder) -> None:
+    """The ranker's small products run on ``blas_threads`` BLAS threads (1 by default), whatever the
+    process had before; 0 is refused naming the setting."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from engine.errors import ConfigError
+
+    def blas() -> set[int]:
+        return {int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):  # restored on the way out
+        assert blas() == {2}
+        Engine(config, encoder=encoder)
+        assert blas() == {1}
+    with pytest.raises(ConfigError, match="blas_threads"):
+        config.replace(blas_threads=0)
+
+
+def test_a_catalog_within_max_rows_is_prepared_whole_in_the_background(engine: Engine) -> None:
+    """Once a version's FieldTokens is made, a background thread prepares every row: afterwards a search
+    with features finds all its candidates prepared, and the features are those prepared on demand."""
+    from engine.ranking import fields
+    from engine.ranking.features import search_features
+    from engine.search import search_inputs
+
+    snap = engine.snapshot()
+    rows = np.arange(min(len(snap), 40), dtype=np.int64)[::-1]
+    bm25, vec = np.linspace(1, 0, len(rows)), np.linspace(0, 1, len(rows))
+    fields._by_version.clear()
+    on_demand = search_features(search_inputs(snap, "pla filament spool", rows, bm25, vec, bm25 + vec, None))
+    ft = fields.FieldTokens.of(snap)
+    assert ft.prepared.wait(60), "the background thread prepared every row"
+    assert len(ft._kept.rows) == len(snap)
+    fields._by_version.clear()
+    ft = fields.FieldTokens.of(snap)  # a new one, prepared in the background from the start
+    assert ft.prepared.wait(60)
+    kept = dict(ft._kept.rows)
+    again = search_features(search_inputs(snap, "pla filament spool", rows, bm25, vec, bm25 + vec, None))
+    assert ft._kept.rows == kept, "the search prepared nothing new"
+    assert np.array_equal(again, on_demand)

@@ -51,6 +51,14 @@ def set_search_threads(n: int) -> None:
     faiss.omp_set_num_threads(max(1, int(n)))
 
 
+def set_blas_threads(n: int) -> None:
+    """numpy's BLAS threads in this process (the server sets ``blas_threads``; builds and evals keep all).
+    Only the BLAS libraries loaded by now are limited (numpy's is, from its import)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=max(1, int(n)), user_api="blas")
+
+
 @dataclass(frozen=True)
 class IndexInfo:
     """How the index was built and how good it is: recorded in the manifest."""
