@@ -53,13 +53,13 @@ class FieldTokens:
         avg = {f: float(np.mean(lens[:, j])) if texts else 1.0 for j, f in enumerate(SEARCH_FIELDS)}
         self.stats = FieldStats(self.idf, {f: max(v, 1.0) for f, v in avg.items()})
         self.prepared = threading.Event()  # set once every row is prepared (never, above MAX_ROWS)
-        if len(snap) <= MAX_ROWS:
-            threading.Thread(target=self._prepare_all, name="vitrine-field-tokens", daemon=True).start()
 
     def _prepare_all(self) -> None:
         kept = self._kept
         for lo in range(0, len(self.snap), WARM_CHUNK):
             if self._kept is not kept:  # started over (the rows outgrew MAX_ROWS): the rest on demand
+                return
+            if _by_version.get(self.snap.version) is not self:  # another version serves now
                 return
             self.texts(range(lo, min(lo + WARM_CHUNK, len(self.snap))))
             time.sleep(0)  # let a request thread have the interpreter between chunks
@@ -73,6 +73,8 @@ class FieldTokens:
                 ft = cls(snap)
                 _by_version.clear()  # one version at a time per process
                 _by_version[snap.version] = ft
+                if len(snap) <= MAX_ROWS:
+                    threading.Thread(target=ft._prepare_all, name="vitrine-field-tokens", daemon=True).start()
             return ft
 
     def texts(self, rows: Sequence[int]) -> tuple[list[RowText], TextVocab]:
