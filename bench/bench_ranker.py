@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     for q in queries[:20]:
         plain.search(q)
         learned.search(q)
-    # Steady state: the version's item texts all prepared, as the server's background thread does at load.
+    # Steady state: the version's item texts all prepared by the background thread its first search started.
     assert FieldTokens.of(learned.snapshot()).prepared.wait(300)
     for q in queries[20:20 + args.users]:
         for name, e in (("search: fused order", plain), ("search: ranker", learned)):

@@ -52,7 +52,7 @@ def set_search_threads(n: int) -> None:
 
 
 def set_blas_threads(n: int) -> None:
-    """numpy's BLAS threads in this process (the server sets ``blas_threads``; builds and evals keep all).
+    """numpy's BLAS threads in this process (every ``Engine`` sets ``blas_threads``; builds keep all).
     Only the BLAS libraries loaded by now are limited (numpy's is, from its import)."""
     from threadpoolctl import threadpool_limits
 
