@@ -462,7 +462,8 @@ def test_the_engine_runs_numpy_blas_on_blas_threads(config: EngineConfig, encode
         config.replace(blas_threads=0)
 
 
-def test_a_catalog_within_max_rows_is_prepared_whole_in_the_background(engine: Engine) -> None:
+def test_a_catalog_within_max_rows_is_prepared_whole_in_the_background(engine: Engine,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a version's FieldTokens is made, a background thread prepares every row: afterwards a search
     with features finds all its candidates prepared, and the features are those prepared on demand."""
     from engine.ranking import fields
@@ -472,7 +473,7 @@ def test_a_catalog_within_max_rows_is_prepared_whole_in_the_background(engine: E
     snap = engine.snapshot()
     rows = np.arange(min(len(snap), 40), dtype=np.int64)[::-1]
     bm25, vec = np.linspace(1, 0, len(rows)), np.linspace(0, 1, len(rows))
-    fields._by_version.clear()
+    monkeypatch.setattr(fields, "_by_version", {})  # FieldTokens of its own, the module's restored after
     on_demand = search_features(search_inputs(snap, "pla filament spool", rows, bm25, vec, bm25 + vec, None))
     ft = fields.FieldTokens.of(snap)
     assert ft.prepared.wait(60), "the background thread prepared every row"

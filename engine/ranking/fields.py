@@ -55,10 +55,8 @@ class FieldTokens:
         self.prepared = threading.Event()  # set once every row is prepared (never, above MAX_ROWS)
 
     def _prepare_all(self) -> None:
-        kept = self._kept
+        """Prepare every row (started by :meth:`of` only for catalogs within MAX_ROWS, which never start over)."""
         for lo in range(0, len(self.snap), WARM_CHUNK):
-            if self._kept is not kept:  # started over (the rows outgrew MAX_ROWS): the rest on demand
-                return
             if _by_version.get(self.snap.version) is not self:  # another version serves now
                 return
             self.texts(range(lo, min(lo + WARM_CHUNK, len(self.snap))))
