@@ -431,7 +431,8 @@ def cmd_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
 def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
     """`simulate`: simulated shoppers against real servers, blend vs learned ranker (engine/evaluation/simulate.py);
     with --policies, the strategy policies on simulated sessions (engine/evaluation/policy_sim.py)."""
-    from engine.evaluation.simulate import ClickModel, SimSettings, record_results, run_simulation, write_outputs
+    from engine.evaluation.simulate import (ROOT, ClickModel, SimSettings, record_results, run_simulation,
+                                            write_outputs)
 
     try:
         seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
@@ -445,7 +446,7 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
     args.rounds = 5 if args.rounds is None else args.rounds
     settings = SimSettings(rounds=args.rounds, shoppers=args.shoppers, seeds=seeds, k=args.k, holdout=args.holdout,
                            lists_per_round=args.lists, returning=args.returning, clicks=clicks,
-                           force_publish=args.force)
+                           force_publish=args.force, bootstrap=args.bootstrap)
     report = run_simulation(config, settings, out_dir=Path(args.out), config_file=args.config,
                             data_dir=Path(args.data_dir) if args.data_dir else None, keep_stores=args.keep_stores)
     png, js = write_outputs(report, Path(args.out))
@@ -455,13 +456,17 @@ def cmd_simulate(config: EngineConfig, args: argparse.Namespace) -> int:
     if args.record:
         command = (f"vitrine simulate --rounds {args.rounds} --shoppers {args.shoppers} --seeds {args.seeds} "
                    f"--k {args.k} --lists {args.lists} --holdout {args.holdout} --bias {args.bias:g} "
-                   f"{'--returning ' if args.returning else ''}"
+                   f"{'--returning ' if args.returning else ''}--bootstrap {args.bootstrap} "
                    f"--rel-click {args.rel_click:g} --noise-click {args.noise_click:g} --buy {args.buy:g} --record")
         if args.returning:  # its own section; the plot stays in --out
             record_results(report, png, command, image=None, section="simulate-returning")
+        elif args.bootstrap == "history":  # its own section and plot, beside the logs-only run
+            record_results(report, png, command, image=ROOT / "bench" / "simulate_history.png",
+                           section="simulate-history")
         else:
             record_results(report, png, command)
-        print("recorded the run in bench/RESULTS.md" + ("" if args.returning else " (plot: bench/simulate.png)"))
+        print("recorded the run in bench/RESULTS.md" + ("" if args.returning else " (plot: bench/simulate"
+                                                       + ("_history" if args.bootstrap == "history" else "") + ".png)"))
     return 0
 
 
@@ -710,6 +715,9 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--lists", type=int, default=1, help="lists per shopper per round (default 1)")
     sm.add_argument("--force", action="store_true",
                     help="publish every retrained model, even one that orders the newest lists worse than served")
+    sm.add_argument("--bootstrap", default="none", choices=["none", "history"],
+                    help="history: the learned arm also trains on next-item lists bootstrapped from the stored "
+                         "histories, and serves their sequence model (default none: its logged lists alone)")
     sm.add_argument("--returning", action="store_true",
                     help="the same shoppers every round (default: a new cohort each round)")
     sm.add_argument("--holdout", type=int, default=3, help="last items of each shopper held out as true next items")

@@ -268,3 +268,31 @@ def test_ranker_dir_setting_and_index_versions_ignore_it(tmp_path: Path) -> None
     registry.publish(config.rankers_path, "recommend", make_model(1), manifest())
     assert index_versions.list_versions(index_dir) == []
     assert index_versions.current_version(index_dir) is None
+
+
+def test_training_bounds_clip_served_values_and_travel_with_the_model(root: Path) -> None:
+    from dataclasses import replace
+
+    from engine.learn.model import merge_mlps
+
+    plain = make_model(2)
+    width = len(RECOMMEND_FEATURES)
+    lo, hi = np.full(width, -1.0, np.float32), np.full(width, 1.0, np.float32)
+    bounded = replace(plain, lo=lo, hi=hi)
+    x = X()
+    inside = np.clip(x, -0.5, 0.5)
+    np.testing.assert_array_equal(bounded.score(inside), plain.score(inside))  # in range: unchanged
+    far = x.copy()
+    far[:, 3] = 1e6  # a feature far outside what training saw
+    np.testing.assert_array_equal(bounded.score(far), plain.score(np.clip(far, -1.0, 1.0)))
+    assert not np.allclose(plain.score(far), bounded.score(far))
+    v = registry.publish(root, "recommend", bounded, manifest())
+    loaded, _ = registry.load_version(root, "recommend", v, RECOMMEND_FEATURES)
+    np.testing.assert_array_equal(loaded.lo, lo)
+    np.testing.assert_array_equal(loaded.score(far), bounded.score(far))
+    assert merge_mlps([bounded, replace(make_model(3), mean=bounded.mean, scale=bounded.scale, lo=lo, hi=hi)]).lo is lo
+    with pytest.raises(ValueError, match="bounds"):
+        merge_mlps([bounded, plain])
+    for bad in (replace(plain, lo=lo), replace(plain, lo=hi, hi=lo), replace(plain, lo=lo[:3], hi=hi[:3])):
+        with pytest.raises(ModelError, match="bounds"):
+            bad.check()

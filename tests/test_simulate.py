@@ -16,6 +16,7 @@ from engine.evaluation.simulate import (WARMUP_USER, ClickModel, SimReport, SimS
 from engine.events import EventType, open_event_store
 from engine.learn import registry
 from engine.learn.attribution import outcomes
+from engine.ranking.features import RECOMMEND_FEATURES
 from tests.conftest import make_config, scientific_slice
 
 
@@ -47,12 +48,20 @@ def test_click_model_and_settings_refuse_bad_values() -> None:
         SimSettings(holdout=0)
     with pytest.raises(InvalidQuery, match="seeds"):
         SimSettings(seeds=())
+    with pytest.raises(InvalidQuery, match="bootstrap"):
+        SimSettings(bootstrap="scientific")
 
 
 @pytest.mark.parametrize("args", [["--seeds", "a,b"], ["--holdout", "0"], ["--rounds", "0"]])
 def test_cli_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", *args]) == 2
     assert "vitrine: error" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_unknown_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", "--bootstrap", "all"])
+    assert e.value.code == 2 and "--bootstrap: invalid choice" in capsys.readouterr().err
 
 
 # -- a tiny run, end to end ----------------------------------------------------------------------------
@@ -74,6 +83,9 @@ def test_tiny_simulation_logs_through_the_api_retrains_and_serves_the_new_model(
     for run in runs.values():
         for rnd in run.rounds:
             assert rnd.lists == 60 and rnd.shown == 600 and rnd.clicks > 0
+            # The click model's expectation on the lists served: between all-noise and all-relevant lists.
+            eta = ClickModel(bias=0.5).examination(10).sum()
+            assert 60 * 0.3 * eta <= rnd.expected_clicks <= 60 * 1.0 * eta
             # Every click sent through POST /v1/events was joined to its list by request_id.
             assert rnd.attributed_clicks == rnd.clicks
             assert sum(rnd.policies.values()) == 60
@@ -113,7 +125,8 @@ def test_tiny_simulation_logs_through_the_api_retrains_and_serves_the_new_model(
     data = json.loads(js.read_text())
     assert [r["round"] for r in data["summary"]["learned"]] == [1, 2]
     assert data["summary"]["blend"][0]["mean"] == pytest.approx(b1.ctr)
-    assert set(data["target"]) >= {"met", "final_lift", "learned_rises"}
+    assert set(data["target"]) >= {"met", "final_lift", "learned_rises", "expected_lift_by_round"}
+    assert len(data["target"]["expected_lift_by_round"]) == 2 and data["target"]["expected_lift_by_round"][0] == 0.0
     assert any(line.startswith("target") for line in report.lines())
     _check_record(report, png, tmp_path)
 
@@ -128,3 +141,25 @@ def _check_record(report: SimReport, png: Path, tmp_path: Path) -> None:
     assert text.count("<!-- simulate -->") == 1 and text.count("<!-- /simulate -->") == 1
     assert "kept" in text and "| round | blend CTR" in text and "](simulate.png)" in text
     assert image.read_bytes() == png.read_bytes()
+
+
+def test_tiny_simulation_with_the_history_bootstrap_serves_its_sequence_model(
+    tmp_path: Path, models_dir: Path, encoder: Encoder
+) -> None:
+    data_dir = scientific_slice(tmp_path, 80)
+    config = make_config(tmp_path / "indexes", models_dir)
+    settings = SimSettings(rounds=2, shoppers=20, seeds=(0,), concurrency=1, force_publish=True, bootstrap="history",
+                           clicks=ClickModel(bias=0.5, rel_click=1.0, noise_click=0.3, buy=0.5))
+    out = tmp_path / "sim"
+    report = run_simulation(config, settings, out_dir=out, data_dir=data_dir, keep_stores=True, encoder=encoder,
+                            show_progress=False)
+    learned = next(r for r in report.runs if r.arm == "learned")
+    trained = learned.rounds[0].trained
+    assert trained is not None and trained["data"] == "logs+history" and "version" in trained, trained
+    # More lists than the round logged: the histories' next-item lists joined them.
+    assert trained["train_lists"] + trained["val_lists"] > trained["lists_used"]
+    model, _ = registry.load_version(out / "runs" / "0-learned" / "rankers", "recommend", trained["version"],
+                                     RECOMMEND_FEATURES)
+    assert model.seq is not None and model.lo is not None
+    assert learned.rounds[1].policies == {f"ranker:{trained['version']}": 20}
+    assert "bootstrap lists of the stored histories" in "\n".join(report.lines())

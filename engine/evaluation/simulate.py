@@ -137,6 +137,9 @@ class ClickModel:
         return Clicks(examined, clicked, bought)
 
 
+BOOTSTRAPS = ("none", "history")
+
+
 # -- settings and results --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -151,6 +154,9 @@ class SimSettings:
     lists_per_round: int = 1
     returning: bool = False  # the same ``shoppers`` every round instead of a new cohort each round
     force_publish: bool = False  # publish each retrained model even when it orders the round worse (--force)
+    # "history": the learned arm also trains on bootstrap lists of the stored histories (next-item targets,
+    # engine.evaluation.history, made once from the base store by the serving path); "none": its logs alone
+    bootstrap: str = "none"
     clicks: ClickModel = field(default_factory=ClickModel)
     concurrency: int = 4  # shoppers served at the same time
     server_threads: int = 4
@@ -163,7 +169,8 @@ class SimSettings:
                   ("holdout", 1 <= self.holdout <= 3, "must be in 1..3 (Scientific users have 5+ items)"),
                   ("lists_per_round", 1 <= self.lists_per_round <= 20, "must be in 1..20"),
                   ("concurrency", 1 <= self.concurrency <= 64, "must be in 1..64"),
-                  ("server_threads", 1 <= self.server_threads <= 64, "must be in 1..64"))
+                  ("server_threads", 1 <= self.server_threads <= 64, "must be in 1..64"),
+                  ("bootstrap", self.bootstrap in BOOTSTRAPS, f"must be one of {', '.join(BOOTSTRAPS)}"))
         for name, ok, message in checks:
             if not ok:
                 raise InvalidQuery(name, f"{message}, got {getattr(self, name)!r}")
@@ -180,6 +187,9 @@ class RoundResult:
     relevant_clicks: int = 0  # clicks on true next items
     repeat_clicks: int = 0  # ... on true next items the shopper had clicked in an earlier list
     purchases: int = 0
+    # the click model's expected clicks on the lists served (sum of P(click) over the shown items): the
+    # CTR's expectation without the draws' noise
+    expected_clicks: float = 0.0
     attributed_clicks: int = 0  # clicks the store's attribution joined to this round's lists
     policies: dict[str, int] = field(default_factory=dict)  # the logged impressions' policy -> lists
     seconds: float = 0.0
@@ -189,8 +199,12 @@ class RoundResult:
     def ctr(self) -> float:
         return self.clicks / self.shown if self.shown else 0.0
 
+    @property
+    def expected_ctr(self) -> float:
+        return self.expected_clicks / self.shown if self.shown else 0.0
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ctr": round(self.ctr, 6)}
+        return {**asdict(self), "ctr": round(self.ctr, 6), "expected_ctr": round(self.expected_ctr, 6)}
 
 
 @dataclass
@@ -213,10 +227,12 @@ class SimReport:
     seconds: float
     data: dict[str, Any] = field(default_factory=dict)
 
-    def ctr(self, arm: str) -> np.ndarray:
-        """``(seeds, rounds)`` CTR of ``arm``, seeds in the order of ``settings.seeds``."""
+    def ctr(self, arm: str, expected: bool = False) -> np.ndarray:
+        """``(seeds, rounds)`` CTR of ``arm`` (``expected``: the click model's expectation on the lists
+        served), seeds in the order of ``settings.seeds``."""
         by_seed = {r.seed: r for r in self.runs if r.arm == arm}
-        return np.array([[x.ctr for x in by_seed[s].rounds] for s in self.settings.seeds], np.float64)
+        return np.array([[x.expected_ctr if expected else x.ctr for x in by_seed[s].rounds]
+                         for s in self.settings.seeds], np.float64)
 
     def summary(self) -> dict[str, list[dict[str, float]]]:
         """Per arm, per round: the CTR's mean, min, max and std (ddof 0) over the seeds."""
@@ -233,8 +249,11 @@ class SimReport:
         lift = float(learned[-1] / blend[-1] - 1.0) if blend[-1] > 0 else float("nan")
         per_seed = (self.ctr("learned")[:, -1] / np.maximum(self.ctr("blend")[:, -1], 1e-12) - 1.0).tolist()
         rises = bool(len(learned) > 1 and learned[-1] > learned[0])
+        eb, el = self.ctr("blend", True).mean(axis=0), self.ctr("learned", True).mean(axis=0)
+        expected = [round(float(b and m / b - 1.0), 4) for b, m in zip(eb, el)]
         return {"learned_rises": rises, "rises_every_round": bool(np.all(np.diff(learned) > 0)),
                 "final_lift": lift, "final_lift_per_seed": [round(x, 4) for x in per_seed],
+                "expected_lift_by_round": expected,
                 "target_lift": TARGET_LIFT, "met": bool(rises and lift >= TARGET_LIFT)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,7 +278,9 @@ class SimReport:
         out = [f"vitrine simulate: {who}{s.shoppers} shoppers x {s.lists_per_round} list(s) of {s.k} per round, "
                f"{s.rounds} rounds, seeds {', '.join(map(str, s.seeds))} ({self.seconds / 60:.1f} min)",
                f"click model: eta(p) = (1/p)^{s.clicks.bias:g}, rel_click {s.clicks.rel_click:g}, "
-               f"noise_click {s.clicks.noise_click:g}, buy {s.clicks.buy:g}; holdout {s.holdout}", ""]
+               f"noise_click {s.clicks.noise_click:g}, buy {s.clicks.buy:g}; holdout {s.holdout}",
+               "learned arm trains on: " + ("its logged lists and bootstrap lists of the stored histories"
+                                            if s.bootstrap == "history" else "its logged lists"), ""]
         out += self.table().splitlines()
         out.append("")
         for run in self.runs:
@@ -268,6 +289,8 @@ class SimReport:
             out.append(f"seed {run.seed} {run.arm:7s} CTR by round: {cells}  (repeat share of true-item clicks "
                        f"{rep:.0%})")
         out.append("")
+        out.append("expected CTR under the click model (no click-draw noise), learned vs blend by round: "
+                   + ", ".join(f"{x:+.1%}" for x in t["expected_lift_by_round"]))
         out.append(f"target (learned rises and ends >= {TARGET_LIFT:.0%} above the blend): "
                    f"{'met' if t['met'] else 'NOT met'}; rises: {t['learned_rises']}, final lift "
                    f"{t['final_lift']:+.1%} (per seed: {', '.join(f'{x:+.1%}' for x in t['final_lift_per_seed'])})")
@@ -317,6 +340,15 @@ def run_simulation(config: EngineConfig, settings: SimSettings, *, out_dir: Path
     base = work / "base.db"
     _import_histories(config, base, users, hist, set(data.item_ids), now=t0, work=work)
     _say(show_progress, f"stored the histories of {len(users)} users ({sum(map(len, hist))} events) in {base.name}")
+    boot = None
+    if settings.bootstrap == "history":
+        from engine.evaluation.history import history_rows
+
+        boot = history_rows(_arm_config(config, settings, eval_dir, work).replace(events_url=f"sqlite:///{base}"),
+                            work=work)
+        _say(show_progress, f"bootstrap lists of the stored histories, made by the serving path: "
+                            f"{len(boot.train.with_positive().groups)} training lists with their target "
+                            f"({boot.info['seconds']:.0f} s)")
     runs = []
     for seed in settings.seeds:
         pick = np.random.default_rng(seed).choice(len(eligible), size=needed, replace=False).tolist()
@@ -326,7 +358,7 @@ def run_simulation(config: EngineConfig, settings: SimSettings, *, out_dir: Path
                    else [sample[r * n:(r + 1) * n] for r in range(settings.rounds)])
         for arm in ARMS:
             runs.append(_run_arm(config, settings, seed, arm, cohorts, base, eval_dir, work / f"{seed}-{arm}",
-                                 config_file, show_progress))
+                                 config_file, show_progress, boot))
     report = SimReport(settings, runs, started, time.time() - t0, {
         "dataset": "scientific", "users": len(users), "eligible_users": len(eligible),
         "history_events": sum(map(len, hist)), "items": data.n_items, "index_version": data.index_version})
@@ -383,7 +415,8 @@ def _arm_config(config: EngineConfig, settings: SimSettings, eval_dir: Path, fol
 
 
 def _run_arm(config: EngineConfig, settings: SimSettings, seed: int, arm: str, cohorts: Sequence[Sequence[Shopper]],
-             base: Path, eval_dir: Path, folder: Path, config_file: str | None, show_progress: bool) -> ArmRun:
+             base: Path, eval_dir: Path, folder: Path, config_file: str | None, show_progress: bool,
+             bootstrap: Any = None) -> ArmRun:
     from engine.events import open_event_store
     from engine.learn.train import train_from_logs
 
@@ -423,7 +456,8 @@ def _run_arm(config: EngineConfig, settings: SimSettings, seed: int, arm: str, c
                                        f"attributes {res.attributed_clicks} to the round's lists")
                 if arm == "learned" and rnd < settings.rounds:
                     try:
-                        manifest = train_from_logs(cfg, "recommend", seed=seed, force=settings.force_publish)
+                        manifest = train_from_logs(cfg, "recommend", seed=seed, force=settings.force_publish,
+                                                   bootstrap=bootstrap)
                     except InvalidQuery as e:
                         res.trained = {"error": str(e)}
                         _say(show_progress, f"seed {seed} {arm}: round {rnd}: no model trained: {e}")
@@ -446,7 +480,7 @@ def _run_arm(config: EngineConfig, settings: SimSettings, seed: int, arm: str, c
 
 
 def _shopper_list(http: "_Client", cfg: EngineConfig, s: Shopper, settings: SimSettings, rng: np.random.Generator,
-                  clicked_before: set[str]) -> dict[str, int]:
+                  clicked_before: set[str]) -> dict[str, float]:
     """Serve one list to ``s``, draw their clicks and send them; returns the counts to add to the round."""
     body = http.call("GET", f"/v1/users/{quote(s.user_id, safe='')}/recommendations?k={settings.k}",
                      key=cfg.read_key)
@@ -470,7 +504,8 @@ def _shopper_list(http: "_Client", cfg: EngineConfig, s: Shopper, settings: SimS
             raise VitrineError(f"events not stored: {answer}")
     return {"lists": 1, "shown": len(items), "clicks": int(drawn.clicked.sum()),
             "relevant_clicks": int((drawn.clicked & relevant).sum()), "repeat_clicks": repeats,
-            "purchases": int(drawn.bought.sum())}
+            "purchases": int(drawn.bought.sum()),
+            "expected_clicks": float(settings.clicks.click_probability(relevant).sum())}
 
 
 def _wait_impressions(store: EventStore, expected: int, timeout: float = 60.0) -> None:
@@ -502,7 +537,8 @@ def _count_logged(store: EventStore, cfg: EngineConfig, res: RoundResult, since:
 
 def _training_info(manifest: dict[str, Any]) -> dict[str, Any]:
     t = manifest.get("training", {})
-    return {"lists_used": t.get("lists_used"), "rows": t.get("rows"), "train_lists": t.get("train_lists"),
+    return {"data": t.get("data"), "lists_used": t.get("lists_used"), "rows": t.get("rows"),
+            "train_lists": t.get("train_lists"),
             "val_lists": t.get("val_lists"), "best_epoch": t.get("best_epoch"), "seconds": t.get("seconds"),
             "val_ndcg@10": manifest.get("metrics", {}).get("val_ndcg@10")}
 
@@ -690,7 +726,8 @@ def record_results(report: SimReport, png: Path, command: str, *, results: Path 
                else f"(plot: `{png.name}` beside the JSON, not kept here)")
     body = "\n".join([
         "### The learning loop, closed: simulated shoppers (`vitrine simulate`"
-        + (", returning shoppers)" if s.returning else ")"),
+        + (", returning shoppers" if s.returning else "")
+        + (", `--bootstrap history`)" if s.bootstrap == "history" else ")"),
         "",
         *run_lines(command, report.started_at, report.seconds, "; the machine is shared"),
         f"- {s.shoppers} Scientific shoppers per seed ("
@@ -699,8 +736,14 @@ def record_results(report: SimReport, png: Path, command: str, *, results: Path 
         "(held out)",
         f"- click model: examine position p with (1/p)^{c.bias:g}; click a true next item {c.rel_click:g}, "
         f"another {c.noise_click:g}; buy a clicked true item {c.buy:g}",
+        "- the learned arm trains on " + ("its logged lists and next-item lists bootstrapped from the stored "
+                                          "histories by the serving path (`--bootstrap history`)"
+                                          if s.bootstrap == "history" else "its logged lists alone"),
         "",
         report.table(),
+        "",
+        "Expected CTR under the click model on the lists served (no click-draw noise), learned vs blend by round: "
+        + ", ".join(f"{x:+.1%}" for x in t["expected_lift_by_round"]) + ".",
         "",
         picture,
         "",

@@ -33,10 +33,18 @@ class MlpRanker:
     # The sequence model behind the ``seq`` features (engine.learn.sequence), saved in the same file; None:
     # those features are 0 wherever this model serves.
     seq: SeqModel | None = None
+    # Per feature, the least and greatest value of the training rows ((F,) each), when the trainer kept them:
+    # a served value outside is moved to the nearer end, so that a feature that hardly varied in training (a
+    # tiny scale) cannot swing the score when it varies at serving. None: no bounds (the models before them).
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Logit per row of ``X`` ``(m, F)`` (higher ranks first); float64 ``(m,)``."""
-        h = (np.asarray(X, np.float32) - self.mean) / self.scale
+        X = np.asarray(X, np.float32)
+        if self.lo is not None and self.hi is not None:
+            X = np.clip(X, self.lo, self.hi)
+        h = (X - self.mean) / self.scale
         for W, b in self.layers[:-1]:
             h = np.maximum(h @ W + b, 0.0)
         W, b = self.layers[-1]
@@ -50,6 +58,8 @@ class MlpRanker:
             arrays[f"W{i}"], arrays[f"b{i}"] = W, b
         if self.seq is not None:
             arrays.update(self.seq.arrays())
+        if self.lo is not None and self.hi is not None:
+            arrays["lo"], arrays["hi"] = self.lo, self.hi
         path = folder / WEIGHTS
         with path.open("wb") as f:
             np.savez(f, allow_pickle=False, **arrays)
@@ -80,8 +90,9 @@ class MlpRanker:
             while f"W{i}" in data:
                 layers.append((data[f"W{i}"].astype(np.float32), data[f"b{i}"].astype(np.float32)))
                 i += 1
+            bounds = [data[k].astype(np.float32) if k in data else None for k in ("lo", "hi")]
             model = cls(names, data["mean"].astype(np.float32), data["scale"].astype(np.float32), layers,
-                        SeqModel.from_arrays(data))
+                        SeqModel.from_arrays(data), bounds[0], bounds[1])
         except KeyError as e:
             raise ModelError(f"{path.name} lacks the array {e}") from e
         except SeqModelError as e:
@@ -97,6 +108,13 @@ class MlpRanker:
         width = len(self.features)
         if self.mean.shape != (width,) or self.scale.shape != (width,):
             raise ModelError("the standardization arrays do not match the feature count")
+        if (self.lo is None) != (self.hi is None):
+            raise ModelError("the model holds only one of the training bounds lo and hi")
+        if self.lo is not None and self.hi is not None:
+            if self.lo.shape != (width,) or self.hi.shape != (width,):
+                raise ModelError("the training bounds do not match the feature count")
+            if not (np.isfinite(self.lo).all() and np.isfinite(self.hi).all()) or (self.lo > self.hi).any():
+                raise ModelError("the training bounds are not finite or lo exceeds hi")
         for W, b in self.layers:
             if W.ndim != 2 or W.shape[0] != width or b.shape != (W.shape[1],):
                 raise ModelError(f"layer shapes do not chain: {W.shape} after width {width}")
@@ -119,8 +137,9 @@ def merge_mlps(models: Sequence[MlpRanker]) -> MlpRanker:
     another's units, and the output layer averages them. Scores as the members' mean to float32 rounding."""
     first = models[0]
     if any(m.features != first.features or len(m.layers) != len(first.layers)
-           or not np.array_equal(m.mean, first.mean) or not np.array_equal(m.scale, first.scale) for m in models):
-        raise ValueError("only MLPs of the same features, standardization and depth can be merged")
+           or not np.array_equal(m.mean, first.mean) or not np.array_equal(m.scale, first.scale)
+           or not _same(m.lo, first.lo) or not _same(m.hi, first.hi) for m in models):
+        raise ValueError("only MLPs of the same features, standardization, bounds and depth can be merged")
     n = len(models)
     layers: list[tuple[np.ndarray, np.ndarray]] = []
     for depth in range(len(first.layers)):
@@ -139,7 +158,11 @@ def merge_mlps(models: Sequence[MlpRanker]) -> MlpRanker:
                 r, c = r + w.shape[0], c + w.shape[1]
             b = np.concatenate(bs)
         layers.append((np.asarray(W, np.float32), np.asarray(b, np.float32)))
-    return MlpRanker(first.features, first.mean, first.scale, layers, first.seq)
+    return MlpRanker(first.features, first.mean, first.scale, layers, first.seq, first.lo, first.hi)
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def manifest_json(manifest: dict[str, Any]) -> str:

@@ -41,6 +41,9 @@ class TrainConfig:
     # Train this many MLPs (seeds seed, seed + 1, ...) and serve their mean logit, as one MLP of
     # block-diagonal layers (:func:`engine.learn.model.merge_mlps`): the seeds' spread averages out.
     ensemble: int = 1
+    # Keep each feature's training range in the model, which then clips served values into it
+    # (MlpRanker.lo / hi). The log trainer does; the public-data evals do not (their rows are one source).
+    bounds: bool = False
 
 
 @dataclass
@@ -129,10 +132,13 @@ def _train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarr
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
 
+    x_lo, x_hi = (X.min(axis=0), X.max(axis=0)) if cfg.bounds and len(X) else (None, None)
+
     def export() -> MlpRanker:
         linear = [m for m in net if isinstance(m, torch.nn.Linear)]
         return MlpRanker(tuple(features), mean.astype(np.float32), scale,
-                         [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear])
+                         [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear],
+                         None, x_lo, x_hi)
 
     best, best_epoch, best_model, history = -1.0, 0, export(), []
     epoch = 0
@@ -185,12 +191,17 @@ MIN_LISTS = 20  # lists with an outcome needed before a model is worth training
 
 
 def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int = 0, publish: bool = True,
-                    force: bool = False, now: float | None = None) -> dict[str, Any]:
+                    force: bool = False, now: float | None = None, bootstrap: Any = None) -> dict[str, Any]:
     """Train the ``surface`` ranker on the last ``days`` of logged lists and their outcomes
     (:mod:`engine.learn.dataset`), compare it with LambdaMART and the served order on the newest lists,
     and publish it (:mod:`engine.learn.registry`) unless ``publish`` is False, or it orders those lists
     worse than they were served (then ``not_published`` says so; ``force`` publishes anyway).
-    Returns the manifest."""
+
+    ``bootstrap`` (recommend only): bootstrap lists of the shop's own histories
+    (``engine.evaluation.ranker_eval.history_rows``: ``train``, ``val`` and the sequence model ``seq``).
+    Their training lists join the logged ones, their validation lists join the newest logged lists for
+    early stopping and for the publish check (where their served order is the blend's), any number of
+    logged lists will do, and the model carries their sequence model. Returns the manifest."""
     from engine.errors import InvalidQuery
     from engine.events import open_event_store
     from engine.learn import registry
@@ -206,11 +217,16 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
                            window_s=config.attribution_window_minutes * 60.0)
     finally:
         store.close()
-    if len(rows.groups) < MIN_LISTS:
+    if bootstrap is not None and surface != "recommend":
+        raise InvalidQuery("surface", "a bootstrap from the shoppers' histories trains the recommend ranker only")
+    if bootstrap is None and len(rows.groups) < MIN_LISTS:
         raise InvalidQuery("surface", f"only {len(rows.groups)} logged {surface} lists with a click, add to cart or "
                                       f"purchase in the last {days:g} days; at least {MIN_LISTS} are needed")
     tr, va = rows.split()
-    res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, features, TrainConfig(seed=seed))
+    logged = {"train_lists": len(tr.groups), "val_lists": len(va.groups)}
+    if bootstrap is not None:
+        tr, va = _joined(bootstrap.train, tr), _joined(bootstrap.val, va)
+    res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, features, TrainConfig(seed=seed, bounds=True))
     metrics = {"val_ndcg@10": {
         "mlp": round(mean_ndcg(res.model.score(va.X), va.y, va.groups), 4),
         "served_order": round(mean_ndcg(-np.arange(len(va.y), dtype=np.float64), va.y, va.groups), 4)}}
@@ -218,13 +234,22 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
         booster = train_lambdamart(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, seed=seed)
         metrics["val_ndcg@10"]["lambdamart"] = round(mean_ndcg(np.asarray(booster.predict(va.X)), va.y, va.groups), 4)
     manifest: dict[str, Any] = {
-        "training": {"data": "logs", **rows.info, "train_lists": len(tr.groups), "val_lists": len(va.groups),
-                     "epochs": res.epochs, "best_epoch": res.best_epoch, "seed": seed, "seconds": res.seconds},
+        "training": {"data": "logs" if bootstrap is None else "logs+history", **rows.info,
+                     "train_lists": len(tr.groups), "val_lists": len(va.groups), "epochs": res.epochs,
+                     "best_epoch": res.best_epoch, "seed": seed, "seconds": res.seconds},
         "metrics": metrics,
     }
-    res.model.seq = _served_seq(config, surface, features)
-    if res.model.seq is not None:
-        manifest["training"]["sequence_model"] = "kept from the served version (its seq features were logged)"
+    if bootstrap is not None:
+        manifest["training"]["logged"] = logged
+        manifest["training"]["history"] = {"train_lists": len(tr.groups) - logged["train_lists"],
+                                           "val_lists": len(va.groups) - logged["val_lists"]}
+        res.model.seq = bootstrap.seq
+        if res.model.seq is not None:
+            manifest["training"]["sequence_model"] = "fit on the shoppers' histories with the bootstrap lists"
+    else:
+        res.model.seq = _served_seq(config, surface, features)
+        if res.model.seq is not None:
+            manifest["training"]["sequence_model"] = "kept from the served version (its seq features were logged)"
     better = metrics["val_ndcg@10"]["mlp"] >= metrics["val_ndcg@10"]["served_order"]
     if publish and (better or force):
         manifest["version"] = registry.publish(config.rankers_path, surface, res.model, manifest)
@@ -233,6 +258,16 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
                                      f"(nDCG@10 {metrics['val_ndcg@10']['mlp']} < {metrics['val_ndcg@10']['served_order']}); "
                                      "use --force to publish it anyway")
     return manifest
+
+
+def _joined(boot: Any, logged: Any) -> Any:
+    """Bootstrap lists (those holding a positive) followed by logged ones, as one set of rows."""
+    from engine.learn.dataset import LoggedRows
+
+    b = boot.with_positive()
+    return LoggedRows(np.concatenate([np.asarray(b.X, np.float32), logged.X]),
+                      np.concatenate([np.asarray(b.y, np.float32), logged.y]),
+                      list(b.groups) + list(logged.groups), [0.0] * len(b.groups) + list(logged.ts))
 
 
 def _served_seq(config: Any, surface: str, features: Sequence[str]) -> Any:

@@ -1,0 +1,97 @@
+"""The recommendation ranker bootstrapped from the shop's own histories (engine/evaluation/history.py):
+lists made by the serving path on stores without the targets, and the ranker trained on them."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.config import EngineConfig
+from engine.embedding.base import Encoder
+from engine.errors import InvalidQuery
+from engine.evaluation.history import history_rows
+from engine.events import Event, EventType, open_event_store
+from engine.learn import registry
+from engine.learn.train import train_from_logs
+from engine.ranking.features import RECOMMEND_FEATURES
+from engine.service import Engine
+
+SHOPPERS = 30
+
+
+def _histories(config: EngineConfig, encoder: Encoder) -> dict[str, list[str]]:
+    """30 shoppers of 4 distinct catalog items each, and one of a single item."""
+    ids = list(Engine(config, encoder=encoder).snapshot().catalog.ids)
+    rng = np.random.default_rng(3)
+    out = {f"h{u:02d}": [ids[int(i)] for i in rng.choice(len(ids), size=4, replace=False)] for u in range(SHOPPERS)}
+    out["lone"] = [ids[0]]
+    return out
+
+
+def _store(url: str, hist: dict[str, list[str]], t0: float, *, drop_last: bool = False) -> None:
+    """Each shopper's items, one minute apart: the first viewed twice (a repeat, one item of the history),
+    the middle ones viewed, the last clicked and bought; ``drop_last`` leaves out each shopper's last item."""
+    store = open_event_store(url)
+    try:
+        events = []
+        for u, items in hist.items():
+            for j, item in enumerate(items[:-1] if drop_last else items):
+                kinds = ["view", "view"] if j == 0 else ["click", "purchase"] if j == len(items) - 1 else ["view"]
+                for n, kind in enumerate(kinds):
+                    events.append(Event(f"{u}-{j}-{n}", u, EventType(kind), t0 + 60.0 * j + n, item))
+        store.add_many(events)
+    finally:
+        store.close()
+
+
+def test_history_lists_are_the_serving_paths_features_on_a_store_without_the_targets(
+        config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    hist = _histories(config, encoder)
+    t0 = time.time() - 86400.0
+    _store(config.events_url, hist, t0)
+    rows = history_rows(config, depths=(2,), val_depth=1, seq=False, work=tmp_path)
+    # One list per shopper with an item at the depth: the lone shopper has none; a repeat is one item.
+    assert len(rows.val.groups) == SHOPPERS and len(rows.train.groups) == SHOPPERS
+    assert rows.info["depths"]["1"]["lists"] == SHOPPERS
+    assert rows.val.X.shape == (sum(rows.val.groups), len(RECOMMEND_FEATURES))
+    off = np.concatenate([[0], np.cumsum(rows.val.groups)])
+    assert all(rows.val.y[a:b].sum() <= 1 for a, b in zip(off[:-1], off[1:]))
+    assert rows.val.y.sum() >= 1 and rows.val.with_positive().groups
+
+    # The first shopper's validation list is what a server computes for them on a store holding every
+    # shopper's events but their last item: made here independently, and asked through the engine.
+    cut = tmp_path / "cut.db"
+    _store(f"sqlite:///{cut}", hist, t0, drop_last=True)
+    engine = Engine(config.replace(events_url=f"sqlite:///{cut}", log_impressions=False), encoder=encoder)
+    recs = engine.shoppers.recommend("h00", k=100, features=True)
+    assert recs.later is not None
+    served = np.array([[f[n] for n in RECOMMEND_FEATURES] for f in recs.later()], np.float32)
+    assert served.shape[0] == rows.val.groups[0]
+    assert np.allclose(rows.val.X[:off[1]], served, rtol=1e-4, atol=1e-5)
+    target = hist["h00"][-1]
+    assert rows.val.y[:off[1]].tolist() == [float(r.id == target) for r in recs.recommendations]
+    col = RECOMMEND_FEATURES.index("history_len")
+    # Before the target: 3 items in 4 events (the first viewed twice); the server counts the events.
+    assert np.allclose(rows.val.X[:off[1], col], np.log1p(4))
+
+
+def test_a_ranker_trained_on_the_histories_is_published_with_its_sequence_model(
+        config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    hist = _histories(config, encoder)
+    _store(config.events_url, hist, time.time() - 86400.0)
+    with pytest.raises(InvalidQuery, match="at least 20"):
+        train_from_logs(config, "recommend", publish=False)  # no logged list at all
+    boot = history_rows(config, depths=(2,), val_depth=1, work=tmp_path)
+    assert boot.seq is not None
+    manifest = train_from_logs(config, "recommend", bootstrap=boot, force=True)
+    training = manifest["training"]
+    assert training["data"] == "logs+history" and training["logged"] == {"train_lists": 0, "val_lists": 0}
+    assert training["history"]["val_lists"] == len(boot.val.with_positive().groups)
+    version = manifest["version"]
+    assert registry.current_version(config.rankers_path, "recommend") == version
+    model, _ = registry.load_version(config.rankers_path, "recommend", version, RECOMMEND_FEATURES)
+    assert model.seq is not None and model.seq.dim == boot.seq.dim
+    with pytest.raises(InvalidQuery, match="recommend ranker only"):
+        train_from_logs(config, "search", bootstrap=boot)
