@@ -18,7 +18,9 @@ Protocol (issue 9, "the loop, closed and measured"):
   retrains; ``learned`` runs ``train_from_logs`` (the MLP of :mod:`engine.learn.train`, from the arm's
   logged impressions and attributed outcomes, in this process with the server's configuration) after
   every round but the last and publishes the model, which the server hot-reloads: round 1 of both arms is
-  served by the blend, round ``r + 1`` of ``learned`` by the model trained on rounds 1..r. Before
+  served by the blend, round ``r + 1`` of ``learned`` by the model trained on rounds 1..r. With
+  ``bootstrap`` "history", the learned arm also trains on next-item lists of the stored histories, made
+  once by the serving path (:mod:`engine.evaluation.history`), and serves their sequence model. Before
   serving, every user's history (``type`` purchase, in order, over the day before the run) is loaded into
   a store with :func:`engine.events.importer.import_events` (the ``vitrine events import`` path); each
   arm starts from a copy of that store.
@@ -27,9 +29,10 @@ Protocol (issue 9, "the loop, closed and measured"):
   ``POST /v1/events`` (ingest key) with the list's ``request_id`` and the item's 1-based ``position``,
   and a click on a true next item becomes a purchase with probability ``buy``. The shoppers'
   requests run ``concurrency`` (4) at a time.
-- **CTR** of a round = clicks / shown items. The attributed clicks in the arm's store
-  (:func:`engine.learn.attribution.outcomes`) are counted too; a round where they differ from the clicks
-  sent stops the run.
+- **CTR** of a round = clicks / shown items; the **expected CTR** = the click model's expected clicks on
+  the lists served / shown items (the same quantity without the noise of the draws). The attributed
+  clicks in the arm's store (:func:`engine.learn.attribution.outcomes`) are counted too; a round where
+  they differ from the clicks sent stops the run.
 
 Click model (position-based; Richardson et al. 2007, Craswell et al. 2008), with the defaults of
 :class:`ClickModel`:

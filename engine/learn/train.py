@@ -198,7 +198,7 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
     worse than they were served (then ``not_published`` says so; ``force`` publishes anyway).
 
     ``bootstrap`` (recommend only): bootstrap lists of the shop's own histories
-    (``engine.evaluation.ranker_eval.history_rows``: ``train``, ``val`` and the sequence model ``seq``).
+    (``engine.evaluation.history.history_rows``: ``train``, ``val`` and the sequence model ``seq``).
     Their training lists join the logged ones, their validation lists join the newest logged lists for
     early stopping and for the publish check (where their served order is the blend's), any number of
     logged lists will do, and the model carries their sequence model. Returns the manifest."""
