@@ -151,9 +151,12 @@ def ranked_search(
             order = np.concatenate([top[np.lexsort((np.arange(len(top)), -learned))], order[rerank_top:]])
     later = None
     if deferred:  # no scorer: ``order`` and so ``top`` are as above
+        shown_idx = np.arange(len(top))[offset:offset + k]
+        # The shown items' statistics as they are now: read when the log computes the rest, they would hold
+        # the shopper's own click on this list (the label).
+        rates = None if item_rates is None else item_rates([snap.catalog.ids[int(r)] for r in rows[top][shown_idx]])
         later = SearchDeferred(snap, query, rows[top], bm25[top], vec[top], fused[top],
-                               None if personal is None else personal[top], np.arange(len(top))[offset:offset + k],
-                               item_rates, title)
+                               None if personal is None else personal[top], shown_idx, item_rates, title, rates)
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)
@@ -180,10 +183,13 @@ class SearchDeferred:
     shown: np.ndarray  # indexes into ``rows``: the hits shown, in order
     item_rates: ItemRates | None = None
     title: np.ndarray | None = None  # the query's cosine to the rows' title vectors (None without them)
+    # The shown items' click rate, purchase rate and trending when the list was served (None: read when
+    # called, from ``item_rates``)
+    rates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __call__(self) -> list[dict[str, float]]:
         feats = search_features(search_inputs(self.snap, self.query, self.rows, self.bm25, self.vec, self.fused,
-                                              self.personal, self.item_rates, self.shown, self.title))
+                                              self.personal, self.item_rates, self.shown, self.title, self.rates))
         return [dict(zip(SEARCH_FEATURES, x.tolist())) for x in feats]
 
     def spec(self) -> dict[str, Any]:
@@ -192,30 +198,37 @@ class SearchDeferred:
         return {"kind": "search", "query": self.query,
                 "ids": [ids[int(r)] for r in self.rows], "bm25": pack_floats(self.bm25), "vec": pack_floats(self.vec),
                 "fused": pack_floats(self.fused), "personal": None if self.personal is None else pack_floats(self.personal),
-                "shown": [int(i) for i in self.shown], "title": None if self.title is None else pack_floats(self.title)}
+                "shown": [int(i) for i in self.shown], "title": None if self.title is None else pack_floats(self.title),
+                "rates": None if self.rates is None else [pack_floats(x) for x in self.rates]}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, item_rates: ItemRates | None) -> "SearchDeferred":
         """The deferred features of :meth:`spec` on ``snap`` (NotFound: an item no longer in the catalog)."""
         rows = np.array([snap.catalog.row(i) for i in spec["ids"]], np.int64)
-        personal, title = spec.get("personal"), spec.get("title")
+        personal, title, rates = spec.get("personal"), spec.get("title"), spec.get("rates")
+        ctr, conversion, popular = (unpack_floats(x) for x in rates) if rates is not None else (None, None, None)
         return cls(snap, str(spec["query"]), rows, unpack_floats(spec["bm25"]), unpack_floats(spec["vec"]),
                    unpack_floats(spec["fused"]), None if personal is None else unpack_floats(personal),
-                   np.asarray(spec["shown"], np.int64), item_rates, None if title is None else unpack_floats(title))
+                   np.asarray(spec["shown"], np.int64), item_rates, None if title is None else unpack_floats(title),
+                   None if ctr is None or conversion is None or popular is None else (ctr, conversion, popular))
 
 
 def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,
                   personal: np.ndarray | None, item_rates: ItemRates | None = None,
-                  subset: np.ndarray | None = None, title: np.ndarray | None = None) -> SearchCandidates:
+                  subset: np.ndarray | None = None, title: np.ndarray | None = None,
+                  rates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> SearchCandidates:
     """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``
     (for the ``subset`` of them only, when given: see ``SearchCandidates.subset``). ``title``: the query's
-    cosine to every candidate's title vector (:meth:`Snapshot.title_scores`; None without them)."""
+    cosine to every candidate's title vector (:meth:`Snapshot.title_scores`; None without them). ``rates``:
+    the (subset's) items' click rate, purchase rate and trending, taken earlier (else from ``item_rates``)."""
     ft = FieldTokens.of(snap)
     if subset is not None:
         rows = rows[subset]
         personal = None if personal is None else personal[subset]
     ctr = conversion = popular = None
-    if item_rates is not None:
+    if rates is not None:
+        ctr, conversion, popular = rates
+    elif item_rates is not None:
         ids = snap.catalog.ids
         ctr, conversion, popular = item_rates([ids[int(r)] for r in rows])
     texts, vocab = ft.texts(rows.tolist())

@@ -444,6 +444,52 @@ def test_deferred_recommendation_features_equal_the_ones_a_scorer_sees(config: E
     assert logged.later() == [r.features for r in scored.recommendations]
 
 
+def test_a_click_on_a_logged_list_does_not_leak_into_its_deferred_features(config: EngineConfig, encoder: Encoder
+                                                                           ) -> None:
+    """The label must not be a feature: the features the log computes later are those of the moment the
+    list was served, even after the shopper clicked and bought one of its items (the item's click and
+    purchase counts, the pair last item -> clicked item), in process and through the writer's spec."""
+    from engine.search import ranked_search
+
+    engine = Engine(config, encoder=encoder)
+    history = ["goggles", "fil-pla-red", "gloves-latex"]
+    ingest(engine, "lee", history)
+    rec = engine.shoppers.recommend("lee", k=6, features=True)  # the blend serves: features deferred
+    assert rec.later is not None
+    served_rec = engine.shoppers.recommend("lee", k=6, features=True, scorer=lambda X: np.zeros(len(X)))
+    expected = [r.features for r in served_rec.recommendations]  # computed on the request path, before any click
+    snap, query = engine.snapshot(), "nitrile gloves"
+    qvec = engine.embed_query(query)
+    common = dict(k=4, offset=0, mask=None, pool=50, weight=0.9, fusion=engine.config.fusion,
+                  item_rates=engine._item_rates)
+    search = ranked_search(snap, query, qvec, defer_features=True, **common)  # type: ignore[arg-type]
+    search_expected = [h.features for h in ranked_search(snap, query, qvec, features=True, **common).hits]  # type: ignore[arg-type]
+    assert search.later is not None
+
+    clicked = next(r.id for r in rec.recommendations if r.id not in history)
+    hit = search.hits[1].id
+    now = time.time()
+    engine.ingest([{"event_id": f"lee-{kind}", "user_id": "lee", "type": kind, "item_id": clicked,
+                    "timestamp": now + i} for i, kind in enumerate(["click", "add_to_cart", "purchase"])]
+                  + [{"event_id": f"sue-{kind}", "user_id": "sue", "type": kind, "item_id": hit, "timestamp": now + i}
+                     for i, kind in enumerate(["click", "purchase"])])
+    with engine.shoppers.live.current():  # the live models now hold the clicks
+        pass
+    # Read now, the clicked items' statistics and the pair last item -> clicked item have moved...
+    i = [r.id for r in rec.recommendations].index(clicked)
+    now_read = replace(rec.later, inputs=None)()  # type: ignore[type-var]
+    assert now_read[i]["item_ctr"] > expected[i]["item_ctr"]
+    assert now_read[i]["follows_last"] > expected[i]["follows_last"]
+    j = [h.id for h in search.hits].index(hit)
+    assert ranked_search(snap, query, qvec, features=True, **common).hits[j].features["item_ctr"] > \
+        search_expected[j]["item_ctr"]  # type: ignore[arg-type, index]
+    # ...but the logged features are those of the lists as served, here and from the writer's spec.
+    assert rec.later() == expected
+    assert engine.deferred(rec.later.spec())() == expected  # type: ignore[attr-defined]
+    assert search.later() == search_expected
+    assert engine.deferred(search.later.spec())() == search_expected  # type: ignore[attr-defined]
+
+
 def test_the_engine_runs_numpy_blas_on_blas_threads(config: EngineConfig, encoder: Encoder) -> None:
     """The ranker's small products run on ``blas_threads`` BLAS threads (1 by default), whatever the
     process had before; 0 is refused naming the setting."""

@@ -10,7 +10,10 @@ store cannot write, records stay queued and spooled, and the next flush retries.
 
 Features that cost to compute (the ranker features of search and recommendations when no model needs them
 to answer) may be given as
-``later``: the flusher computes them just before storing, so the request does not wait for them. A process
+``later``: the flusher computes them just before storing, so the request does not wait for them. What they
+read from the live models (item statistics, co-occurrence, transitions) is taken with the request, so that
+they are the features of the list as served: read at flush time they would hold the shopper's own click on
+the list, the very label the ranker learns. A process
 killed before its flush loses those features of its last lists (the lists, items and positions survive).
 Computing them holds the GIL (about 0.7 ms a list at 1M items), so a request thread coming back from
 onnxruntime or FAISS would wait for it: given ``in_flight`` (the process's :class:`InFlight` requests), the flusher

@@ -128,8 +128,8 @@ def recommend(
     def rerank(pool: np.ndarray, total: np.ndarray, z: Mapping[str, np.ndarray]) -> np.ndarray | None:
         inputs = {"pool": pool, "raw": {s: x[pool] for s, x in parts.items()}, "z": {s: x[pool] for s, x in z.items()},
                   "blend": total[pool]}
-        if scorer is None:
-            kept.update(inputs)
+        if scorer is None:  # the impression log's features, later: what they read from the live models, now
+            kept.update(inputs, inputs=live_inputs(snap, live, known, pool))
             return None
         feats = _pool_features(snap, live, known, seq=seq, **inputs)
         X.update(zip(pool.tolist(), feats))
@@ -161,7 +161,7 @@ def recommend(
     later = None
     if features and kept:
         later = RecDeferred(snap, live, tuple(known), kept["pool"], kept["raw"], kept["z"], kept["blend"],
-                            tuple(rec.row for rec in picks), seq)
+                            tuple(rec.row for rec in picks), seq, kept["inputs"])
     return Composed(out, later)
 
 
@@ -185,9 +185,13 @@ class RecDeferred:
     blend: np.ndarray
     shown: tuple[int, ...]  # rows, in the shown order
     seq: SeqScorer | None = None
+    # What the features read from the live models, taken when the list was served (:func:`live_inputs`);
+    # None (a spec written before them): read when called
+    inputs: Mapping[str, np.ndarray] | None = None
 
     def __call__(self) -> list[dict[str, float]]:
-        feats = _pool_features(self.snap, self.live, self.known, self.pool, self.raw, self.z, self.blend, seq=self.seq)
+        feats = _pool_features(self.snap, self.live, self.known, self.pool, self.raw, self.z, self.blend, seq=self.seq,
+                               inputs=self.inputs)
         at = {r: i for i, r in enumerate(self.pool.tolist())}
         return [dict(zip(RECOMMEND_FEATURES, feats[at[r]].tolist())) for r in self.shown]
 
@@ -201,7 +205,8 @@ class RecDeferred:
                 "pool": [ids[int(r)] for r in self.pool.tolist()],
                 "raw": {s: pack_floats(x) for s, x in self.raw.items()},
                 "z": {s: pack_floats(x) for s, x in self.z.items()}, "blend": pack_floats(self.blend),
-                "shown": [ids[r] for r in self.shown], "seq": self.seq is not None}
+                "shown": [ids[r] for r in self.shown], "seq": self.seq is not None,
+                **({} if self.inputs is None else {"inputs": {k: pack_floats(x) for k, x in self.inputs.items()}})}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, live: LiveModels,
@@ -212,7 +217,8 @@ class RecDeferred:
         return cls(snap, live, known, np.array([row(i) for i in spec["pool"]], np.int64),
                    {s: unpack_floats(x) for s, x in spec["raw"].items()},
                    {s: unpack_floats(x) for s, x in spec["z"].items()}, unpack_floats(spec["blend"]),
-                   tuple(row(i) for i in spec["shown"]), seq if spec.get("seq") else None)
+                   tuple(row(i) for i in spec["shown"]), seq if spec.get("seq") else None,
+                   {k: unpack_floats(spec["inputs"][k]) for k in LIVE_INPUTS} if "inputs" in spec else None)
 
 
 @dataclass(frozen=True)
@@ -224,27 +230,47 @@ class Composed:
     later: Callable[[], list[dict[str, float]]] | None = None
 
 
-def _pool_features(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray,
-                   raw: Mapping[str, np.ndarray], z: Mapping[str, np.ndarray], blend: np.ndarray,
-                   seq: SeqScorer | None = None) -> np.ndarray:
-    """The ranker features of the blend's candidate ``pool`` (rows in blend order, with their raw and z-scored
-    source scores and blend scores), reading the live models as last refreshed; ``seq`` scores the
-    candidates as the history's next item."""
+LIVE_INPUTS = ("cooc_last", "cooc_prev", "category_next", "follows_last", "views", "clicks", "purchases")
+
+
+def live_inputs(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray) -> dict[str, np.ndarray]:
+    """What the ranker features of ``pool`` read from the live models (``LIVE_INPUTS``, one value per
+    candidate), as last refreshed. A list whose features are computed later (the impression log) takes
+    them when it is served: read at flush time, they would hold the shopper's own click on the list (its
+    item's click count, the pair last item -> clicked item), which is the label the ranker learns."""
     catalog = snap.catalog
-    hist = [catalog.row(t.item_id) for t in known]
     last = known[-1].item_id if known else None
     prev = known[-2].item_id if len(known) > 1 else None
+    ids = [catalog.ids[r] for r in pool.tolist()]
+    cats = [catalog[r].category_path for r in pool.tolist()]
+    last_cat = catalog[catalog.row(last)].category_path if last is not None else ""
+    with live.held() as models:
+        cooc_last = models.cooccurrence.scores([(last, 1.0)]) if last is not None else {}
+        cooc_prev = models.cooccurrence.scores([(prev, 1.0)]) if prev is not None else {}
+        category_next = models.category_transitions(catalog).log_prob(last_cat, cats)
+        follows = models.follows(last, ids) if last is not None else np.zeros(len(ids))
+        views, clicks, purchases = models.item_counts(ids)
+    return {"cooc_last": np.array([cooc_last.get(i, (0.0, None))[0] for i in ids], np.float64),
+            "cooc_prev": np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
+            "category_next": np.asarray(category_next, np.float64), "follows_last": np.asarray(follows, np.float64),
+            "views": views, "clicks": clicks, "purchases": purchases}
+
+
+def _pool_features(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray,
+                   raw: Mapping[str, np.ndarray], z: Mapping[str, np.ndarray], blend: np.ndarray,
+                   seq: SeqScorer | None = None, inputs: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """The ranker features of the blend's candidate ``pool`` (rows in blend order, with their raw and z-scored
+    source scores and blend scores); ``inputs``: what they read from the live models (:func:`live_inputs`),
+    taken when the list was served (else read now); ``seq`` scores the candidates as the history's next
+    item."""
+    catalog = snap.catalog
+    hist = [catalog.row(t.item_id) for t in known]
     ids = [catalog.ids[r] for r in pool.tolist()]
     prods = [catalog[r] for r in pool.tolist()]
     hprods = [catalog[r] for r in hist]
     cats = [p.category_path for p in prods]
-    with live.held() as models:
-        cooc_last = models.cooccurrence.scores([(last, 1.0)]) if last is not None else {}
-        cooc_prev = models.cooccurrence.scores([(prev, 1.0)]) if prev is not None else {}
-        category_next = models.category_transitions(catalog).log_prob(hprods[-1].category_path if hprods else "", cats)
-        follows = models.follows(last, ids) if last is not None else np.zeros(len(ids))
-        views, clicks, purchases = models.item_counts(ids)
-    ctr, conversion = item_rates(views, clicks, purchases)
+    got = live_inputs(snap, live, known, pool) if inputs is None else inputs
+    ctr, conversion = item_rates(got["views"], got["clicks"], got["purchases"])
     vectors = np.asarray(snap.vectors)
     hist_rows = np.asarray(hist, np.int64)
     seq_scores = None if seq is None else seq(vectors[hist_rows], [catalog.ids[r] for r in hist], vectors[pool], ids)
@@ -254,9 +280,8 @@ def _pool_features(snap: Snapshot, live: LiveModels, known: Sequence[Touch], poo
         blend=np.asarray(blend, np.float64),
         vectors=vectors[pool], categories=cats,
         brands=[brand_key(p.brand) for p in prods], prices=np.asarray(snap.price[pool], np.float64),
-        cooc_last=np.array([cooc_last.get(i, (0.0, None))[0] for i in ids], np.float64),
-        cooc_prev=np.array([cooc_prev.get(i, (0.0, None))[0] for i in ids], np.float64),
-        follows_last=follows, category_next=category_next, ctr=ctr, conversion=conversion,
+        cooc_last=got["cooc_last"], cooc_prev=got["cooc_prev"], follows_last=got["follows_last"],
+        category_next=got["category_next"], ctr=ctr, conversion=conversion,
         hist_vectors=vectors[hist_rows],
         hist_categories=[p.category_path for p in hprods], hist_brands=[brand_key(p.brand) for p in hprods],
         hist_prices=np.asarray(snap.price[hist], np.float64), seq=seq_scores,
