@@ -30,28 +30,13 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.errors import InvalidQuery
+from engine.evaluation.ranker_eval import Lists
 
 DEPTHS = (2, 3, 4, 5)
 VAL_DEPTH = 1
 POOL = 100
 HISTORY_TYPES = frozenset({"view", "click", "add_to_cart", "purchase"})
 MIN_SHOPPERS = 20  # shoppers with an item at the validation depth needed
-
-
-@dataclass
-class Lists:
-    """Feature rows of many lists (``X`` (rows, F), labels, rows per list); ``with_positive`` as the
-    trainer expects."""
-
-    X: np.ndarray
-    y: np.ndarray
-    groups: list[int]
-
-    def with_positive(self) -> "Lists":
-        off = np.concatenate([[0], np.cumsum(self.groups)]).astype(np.int64)
-        keep = [i for i in range(len(self.groups)) if self.y[off[i]:off[i + 1]].max(initial=0) > 0]
-        idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in keep]) if keep else np.empty(0, np.int64)
-        return Lists(self.X[idx], self.y[idx], [self.groups[i] for i in keep])
 
 
 @dataclass
@@ -138,7 +123,7 @@ def history_rows(config: EngineConfig, *, depths: Sequence[int] = DEPTHS, val_de
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     train = Lists(np.concatenate([lists[d].X for d in depths]), np.concatenate([lists[d].y for d in depths]),
-                  [g for d in depths for g in lists[d].groups])
+                  [g for d in depths for g in lists[d].groups], [r for d in depths for r in lists[d].rows])
     info["seconds"] = round(time.time() - t0, 1)
     info["shoppers"] = len(shoppers)
     return HistoryRows(train, lists[val_depth], seq_models.get(val_depth), info)
@@ -172,6 +157,8 @@ def _depth_lists(config: EngineConfig, path: Path, kept: dict[str, list[tuple[li
     X: list[np.ndarray] = []
     y: list[np.ndarray] = []
     groups: list[int] = []
+    rows: list[np.ndarray] = []
+    row = engine.snapshot().catalog.row
     try:
         for user in sorted(kept):
             recs = engine.shoppers.recommend(user, k=pool, features=True, seq=None if model is None else model.scores)
@@ -181,8 +168,9 @@ def _depth_lists(config: EngineConfig, path: Path, kept: dict[str, list[tuple[li
             X.append(np.array([[f.get(n, 0.0) or 0.0 for n in features] for f in got], np.float32))
             y.append(np.array([r.id == targets[user] for r in recs.recommendations], np.float32))
             groups.append(len(got))
+            rows.append(np.array([row(r.id) for r in recs.recommendations], np.int64))
     finally:
         engine.shoppers.events.close()
     width = len(features)
     return Lists(np.concatenate(X) if X else np.zeros((0, width), np.float32),
-                 np.concatenate(y) if y else np.zeros(0, np.float32), groups)
+                 np.concatenate(y) if y else np.zeros(0, np.float32), groups, rows)
