@@ -243,6 +243,11 @@ def test_cooccurrence_scores_by_hand_and_as_a_matrix() -> None:
     dense, because = m.scores_dense([("a", 0.5), ("b", 1.0)], rows, 3, source_exponent=0.0, target_exponent=1.0)
     assert np.allclose((H @ S.toarray())[0], dense)
     assert because.tolist() == [1, 0, 1]  # a <- b, b <- a, c <- b
+    # One item's scores of a few candidates (the ranker's live inputs) are exactly those of scores().
+    for item in ("a", "b", "c", "unknown"):
+        full = m.scores([(item, 1.0)])
+        cands = ["c", "unknown", "a", "b"]
+        assert m.scores_of(item, cands).tolist() == [full.get(j, (0.0, None))[0] for j in cands]
 
 
 # -- trending ---------------------------------------------------------------------------------------

@@ -161,6 +161,21 @@ class CooccurrenceModel:
                         cur[1], cur[2] = h, v
         return {j: (s, h) for j, (s, h, _) in out.items()}
 
+    def scores_of(self, item: Key, candidates: Sequence[Key], *, source_exponent: float = 0.25,
+                  target_exponent: float = 0.15) -> np.ndarray:
+        """``scores([(item, 1.0)])`` of ``candidates`` only, ``(len,)`` float64 (0 for no pair): the same
+        values, without walking ``item``'s other neighbours (the ranker's features of a few items)."""
+        out = np.zeros(len(candidates), np.float64)
+        row = self.pairs.get(item)
+        if not row:
+            return out
+        f = self.mass[item] ** -source_exponent
+        for i, j in enumerate(candidates):
+            c = row.get(j)
+            if c is not None:
+                out[i] = f * c * (self.mass[j] ** -target_exponent if target_exponent else 1.0)
+        return out
+
     def scores_dense(
         self,
         history: Sequence[tuple[Key, float]],
