@@ -80,16 +80,18 @@ class Trial:
             lst = p["lists"]
             X = lst.X if extra is None else np.hstack([lst.X, extra[i].astype(np.float32)])
             L.append(ranker_eval.Lists(X, lst.y, lst.groups, lst.rows))
-        trains = [x.with_positive() for x in L[:-2]]
-        joined = ranker_eval.Lists(np.concatenate([x.X for x in trains]), np.concatenate([x.y for x in trains]),
-                                   [g for x in trains for g in x.groups], [r for x in trains for r in x.rows])
-        rows = ranker_eval.RankerRows(joined, L[-2], L[-1], tuple(RECOMMEND_FEATURES) + names, {})
+        joined = ranker_eval.Lists.concat([x.with_positive() for x in L[:-2]])
+        self.score(label, ranker_eval.RankerRows(joined, L[-2], L[-1], tuple(RECOMMEND_FEATURES) + names, {}))
+
+    def score(self, label: str, rows: ranker_eval.RankerRows) -> None:
+        """Train the three seeds' MLPs on ``rows`` and print validation and test R@10 / N@10."""
         out, facts = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS, lambdamart=False)
+        val, test = self.got["val"].targets, self.got["test"].targets
         res: dict[str, Any] = {}
         for name, (sv, st) in out.items():
-            mv, mt = self.metrics(L[-2], sv, self.P[-2]["targets"]), self.metrics(L[-1], st, self.P[-1]["targets"])
+            mv, mt = self.metrics(rows.val, sv, val), self.metrics(rows.test, st, test)
             res[name] = {"validation": [mv["R@10"], mv["N@10"]], "test": [mt["R@10"], mt["N@10"]]}
-        res["seeds_validation_N@10"] = [self.metrics(L[-2], r.model.score(L[-2].X), self.P[-2]["targets"])["N@10"]
+        res["seeds_validation_N@10"] = [self.metrics(rows.val, r.model.score(rows.val.X), val)["N@10"]
                                         for r in facts["mlp_models"]]
         print(label, json.dumps(res), flush=True)
 
@@ -158,12 +160,7 @@ class Trial:
     def depths(self, depths: tuple[int, ...]) -> None:
         g = self.got
         rows = R.ranker_rows(g["data"], g["train"], g["val"], g["test"], g["co_p"], g["ct_p"], g["weights"], depths=depths)
-        out, _ = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS, lambdamart=False)
-        res = {}
-        for name, (sv, st) in out.items():
-            mv, mt = self.metrics(rows.val, sv, g["val"].targets), self.metrics(rows.test, st, g["test"].targets)
-            res[name] = {"validation": [mv["R@10"], mv["N@10"]], "test": [mt["R@10"], mt["N@10"]]}
-        print(f"depths {list(depths)} ({len(rows.train.groups)} training lists)", json.dumps(res), flush=True)
+        self.score(f"depths {list(depths)} ({len(rows.train.groups)} training lists)", rows)
 
 
 def main(argv: list[str]) -> int:

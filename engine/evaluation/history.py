@@ -122,8 +122,7 @@ def history_rows(config: EngineConfig, *, depths: Sequence[int] = DEPTHS, val_de
                                       "seconds": round(time.time() - t, 1)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    train = Lists(np.concatenate([lists[d].X for d in depths]), np.concatenate([lists[d].y for d in depths]),
-                  [g for d in depths for g in lists[d].groups], [r for d in depths for r in lists[d].rows])
+    train = Lists.concat([lists[d] for d in depths])
     info["seconds"] = round(time.time() - t0, 1)
     info["shoppers"] = len(shoppers)
     return HistoryRows(train, lists[val_depth], seq_models.get(val_depth), info)

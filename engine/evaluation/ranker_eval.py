@@ -49,6 +49,12 @@ class Lists:
         idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in keep]) if keep else np.empty(0, np.int64)
         return Lists(self.X[idx], self.y[idx], [self.groups[i] for i in keep], [self.rows[i] for i in keep])
 
+    @staticmethod
+    def concat(parts: Sequence["Lists"]) -> "Lists":
+        """The lists of ``parts`` one after the other (training lists of several depths)."""
+        return Lists(np.concatenate([x.X for x in parts]), np.concatenate([x.y for x in parts]),
+                     [g for x in parts for g in x.groups], [r for x in parts for r in x.rows])
+
 
 def recommend_lists(
     *,

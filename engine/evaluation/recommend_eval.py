@@ -551,9 +551,7 @@ def ranker_rows(data: RecData, train: list[np.ndarray], val: Phase, test: Phase,
             cooc_last=cooc_last, counts=counts,
             transitions=transitions, follows=follows, pool=pool, seq_scores=seq_scores))
         del raw, seq_scores
-    trains = [x.with_positive() for x in out[:-2]]
-    joined = ranker_eval.Lists(np.concatenate([x.X for x in trains]), np.concatenate([x.y for x in trains]),
-                               [g for x in trains for g in x.groups], [r for x in trains for r in x.rows])
+    joined = ranker_eval.Lists.concat([x.with_positive() for x in out[:-2]])
     return ranker_eval.RankerRows(joined, out[-2], out[-1], RECOMMEND_FEATURES,
                                   {"pool": pool, "train_depths": list(depths), "sequence_models": seq_info},
                                   seq_models.get(id(train)))
