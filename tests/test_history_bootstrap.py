@@ -87,7 +87,8 @@ def test_a_ranker_trained_on_the_histories_is_published_with_its_sequence_model(
     assert boot.seq is not None
     manifest = train_from_logs(config, "recommend", bootstrap=boot, force=True)
     training = manifest["training"]
-    assert training["data"] == "logs+history" and training["logged"] == {"train_lists": 0, "val_lists": 0}
+    assert training["data"] == "logs+history"
+    assert training["logged"] == {"train_lists": 0, "val_lists": 0, "dropped_without_seq": 0}
     assert training["history"]["val_lists"] == len(boot.val.with_positive().groups)
     version = manifest["version"]
     assert registry.current_version(config.rankers_path, "recommend") == version
@@ -95,3 +96,39 @@ def test_a_ranker_trained_on_the_histories_is_published_with_its_sequence_model(
     assert model.seq is not None and model.seq.dim == boot.seq.dim
     with pytest.raises(InvalidQuery, match="recommend ranker only"):
         train_from_logs(config, "search", bootstrap=boot)
+
+
+def test_logged_lists_served_without_a_sequence_model_stay_out_of_a_bootstrap_with_one(
+        config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    """Lists served before any sequence model logged seq = seq_z = 0 on every row, which no bootstrap row has:
+    joined, the MLP learns that value as "a logged list, clicked" (see train_from_logs). They stay out; the
+    lists served by the published model, whose seq features were logged, join."""
+    hist = _histories(config, encoder)
+    _store(config.events_url, hist, time.time() - 86400.0)
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    col = [RECOMMEND_FEATURES.index("seq"), RECOMMEND_FEATURES.index("seq_z")]
+
+    def serve_and_click(tag: str) -> list[float]:
+        """Ten shoppers each click the first item of their list; the logged lists' largest |seq| values."""
+        seq = []
+        for i in range(10):
+            recs = engine.recommend(f"h{i:02d}", k=5)
+            rows = [r.features for r in recs.recommendations if r.features is not None]
+            seq.append(max((abs(f[RECOMMEND_FEATURES[c]]) for f in rows for c in col), default=-1.0))
+            engine.ingest([{"event_id": f"{tag}-{i}", "user_id": f"h{i:02d}", "type": "click",
+                            "item_id": recs.recommendations[0].id, "request_id": recs.request_id, "position": 1}])
+        assert engine.impressions is not None
+        engine.impressions.flush()
+        return seq
+
+    serve_and_click("blend")  # no ranker yet: the blend, its deferred features with seq 0
+    boot = history_rows(config, depths=(2,), val_depth=1, work=tmp_path)
+    assert boot.seq is not None
+    first = train_from_logs(config, "recommend", bootstrap=boot, force=True)["training"]["logged"]
+    assert first == {"train_lists": 0, "val_lists": 0, "dropped_without_seq": 10}
+
+    assert engine.rankers.get("recommend") is not None
+    served = serve_and_click("model")  # the published model and its sequence model
+    assert min(served) > 0, "the model's lists carry seq features"
+    second = train_from_logs(config, "recommend", bootstrap=boot, force=True)["training"]["logged"]
+    assert second["dropped_without_seq"] == 10 and second["train_lists"] + second["val_lists"] == 10

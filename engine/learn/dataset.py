@@ -41,6 +41,23 @@ class LoggedRows:
         return (LoggedRows(self.X[:rows], self.y[:rows], self.groups[:cut], self.ts[:cut]),
                 LoggedRows(self.X[rows:], self.y[rows:], self.groups[cut:], self.ts[cut:]))
 
+    def lists_where(self, keep: Sequence[bool]) -> "LoggedRows":
+        """Only the lists whose ``keep`` is true (one flag per list, in order)."""
+        off = np.concatenate([[0], np.cumsum(np.asarray(self.groups, np.int64))])
+        chosen = [i for i, k in enumerate(keep) if k]
+        idx = (np.concatenate([np.arange(off[i], off[i + 1]) for i in chosen]) if chosen
+               else np.zeros(0, np.int64))
+        return LoggedRows(self.X[idx], self.y[idx], [self.groups[i] for i in chosen], [self.ts[i] for i in chosen],
+                          dict(self.info))
+
+    def served_with(self, features: Sequence[str], names: Sequence[str]) -> "LoggedRows":
+        """Only the lists in which some row has a non-zero value of one of ``names``: the lists served while
+        the model making those features existed (a feature logged without it is 0 on every row)."""
+        cols = [list(features).index(n) for n in names if n in features]
+        off = np.concatenate([[0], np.cumsum(np.asarray(self.groups, np.int64))])
+        nonzero = (self.X[:, cols] != 0).any(axis=1) if cols else np.ones(len(self.X), bool)
+        return self.lists_where([bool(nonzero[off[i]:off[i + 1]].any()) for i in range(len(self.groups))])
+
 
 def logged_rows(store: EventStore, surface: str, features: Sequence[str], *, since: float, until: float | None,
                 window_s: float, keep_empty: bool = False) -> LoggedRows:
