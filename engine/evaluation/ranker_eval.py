@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from engine.learn.model import merge_mlps
+from engine.learn.train import list_rows, offsets
 from engine.ranking.features import RecCandidates, item_rates, recommend_features
 from engine.ranking.scores import zscore
 from engine.recommend.categories import CategoryTransitions
@@ -44,9 +45,9 @@ class Lists:
 
     def with_positive(self) -> "Lists":
         """Only the lists holding a positive (training)."""
-        off = np.concatenate([[0], np.cumsum(self.groups)])
+        off = offsets(self.groups)
         keep = [i for i in range(len(self.groups)) if self.y[off[i]:off[i + 1]].max(initial=0) > 0]
-        idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in keep]) if keep else np.empty(0, np.int64)
+        idx = list_rows(self.groups, keep)
         return Lists(self.X[idx], self.y[idx], [self.groups[i] for i in keep], [self.rows[i] for i in keep])
 
     @staticmethod

@@ -192,14 +192,14 @@ def ranker_scores(snap: Any, data: list[QueryData], method: Fusion, weight: floa
                   keep: dict[str, Any] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Train the MLP (labels gain / 3) and LambdaMART (grades = gains) on the tune queries but the early-stop
     fifth, early-stopped on that fifth; score every query. ``{"learned ranker (MLP)": {query: scores}, ...}``"""
-    from engine.learn.train import TrainConfig, train_lambdamart, train_mlp
+    from engine.learn.train import TrainConfig, list_rows, offsets, train_lambdamart, train_mlp
     from engine.ranking.features import SEARCH_FEATURES
 
     X, y, groups = ranker_lists(snap, data, method, weight)
-    off = np.concatenate([[0], np.cumsum(groups)])
+    off = offsets(groups)
 
     def part(pick: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in pick])
+        idx = list_rows(groups, pick)
         return X[idx], y[idx], [groups[i] for i in pick]
 
     fit_ids = [i for i, d in enumerate(data) if d.tune and not d.early_stop]

@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.events import EventStore, EventType
 from engine.learn.attribution import outcomes
+from engine.learn.train import list_rows, offsets
 from engine.ranking.features import position_feature
 
 LABELS = {EventType.PURCHASE: 1.0, EventType.ADD_TO_CART: 0.8, EventType.CLICK: 0.5}
@@ -43,10 +44,8 @@ class LoggedRows:
 
     def lists_where(self, keep: Sequence[bool]) -> "LoggedRows":
         """Only the lists whose ``keep`` is true (one flag per list, in order)."""
-        off = np.concatenate([[0], np.cumsum(np.asarray(self.groups, np.int64))])
         chosen = [i for i, k in enumerate(keep) if k]
-        idx = (np.concatenate([np.arange(off[i], off[i + 1]) for i in chosen]) if chosen
-               else np.zeros(0, np.int64))
+        idx = list_rows(self.groups, chosen)
         return LoggedRows(self.X[idx], self.y[idx], [self.groups[i] for i in chosen], [self.ts[i] for i in chosen],
                           dict(self.info))
 
@@ -54,7 +53,7 @@ class LoggedRows:
         """Only the lists in which some row has a non-zero value of one of ``names``: the lists served while
         the model making those features existed (a feature logged without it is 0 on every row)."""
         cols = [list(features).index(n) for n in names if n in features]
-        off = np.concatenate([[0], np.cumsum(np.asarray(self.groups, np.int64))])
+        off = offsets(self.groups)
         nonzero = (self.X[:, cols] != 0).any(axis=1) if cols else np.ones(len(self.X), bool)
         return self.lists_where([bool(nonzero[off[i]:off[i + 1]].any()) for i in range(len(self.groups))])
 

@@ -59,6 +59,13 @@ def offsets(groups: Sequence[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.asarray(groups, np.int64))])
 
 
+def list_rows(groups: Sequence[int], picks: Sequence[int]) -> np.ndarray:
+    """The row indices of lists ``picks`` (in that order) among lists of ``groups`` rows each."""
+    off = offsets(groups)
+    return (np.concatenate([np.arange(off[i], off[i + 1]) for i in picks]) if len(picks)
+            else np.zeros(0, np.int64))
+
+
 def mean_ndcg(scores: np.ndarray, labels: np.ndarray, groups: Sequence[int], k: int = 10) -> float:
     """Mean nDCG@k over the lists (gain = label, ties by row order); lists without a positive are skipped."""
     off = offsets(groups)
