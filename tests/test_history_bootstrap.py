@@ -132,3 +132,51 @@ def test_logged_lists_served_without_a_sequence_model_stay_out_of_a_bootstrap_wi
     assert min(served) > 0, "the model's lists carry seq features"
     second = train_from_logs(config, "recommend", bootstrap=boot, force=True)["training"]["logged"]
     assert second["dropped_without_seq"] == 10 and second["train_lists"] + second["val_lists"] == 10
+
+
+def test_a_feature_the_histories_hold_constant_is_held_until_the_logs_outnumber_them(
+        config: EngineConfig, encoder: Encoder, tmp_path: Path) -> None:
+    """Histories of purchases alone give every bootstrap row the same item_ctr (no clicks, no views), so only
+    the logged rows could teach it, and a few lists teach noise (see train_from_logs). The logged rows carry the
+    bootstrap's value and the model's bounds hold it there at serving, until the logs hold as many lists as
+    the bootstrap."""
+    hist = _histories(config, encoder)
+    store = open_event_store(config.events_url)
+    t0 = time.time() - 86400.0
+    try:
+        store.add_many([Event(f"{u}-{j}", u, EventType.PURCHASE, t0 + 60.0 * j, item)
+                        for u, items in hist.items() for j, item in enumerate(items)])
+    finally:
+        store.close()
+    boot = history_rows(config, depths=(2,), val_depth=1, work=tmp_path)
+    ctr = RECOMMEND_FEATURES.index("item_ctr")
+    assert np.ptp(np.concatenate([boot.train.X[:, ctr], boot.val.X[:, ctr]])) == 0
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+
+    def serve_and_click(tag: str, shoppers: int) -> None:
+        for i in range(shoppers):
+            recs = engine.recommend(f"h{i:02d}", k=5)
+            engine.ingest([{"event_id": f"{tag}-{i}", "user_id": f"h{i:02d}", "type": "click",
+                            "item_id": recs.recommendations[0].id, "request_id": recs.request_id, "position": 1}])
+        assert engine.impressions is not None
+        engine.impressions.flush()
+
+    train_from_logs(config, "recommend", bootstrap=boot, force=True)  # a model with its sequence model serves
+    assert engine.rankers.get("recommend") is not None
+    serve_and_click("few", 10)
+    manifest = train_from_logs(config, "recommend", bootstrap=boot, force=True)
+    logged = manifest["training"]["logged"]
+    assert logged["train_lists"] + logged["val_lists"] == 10
+    held = logged["held_at_history_value"]
+    assert held["item_ctr"] == pytest.approx(float(boot.val.X[0, ctr]), abs=1e-6)
+    assert "position" not in held  # it varies in logged rows alone by design
+    model, _ = registry.load_version(config.rankers_path, "recommend", manifest["version"], RECOMMEND_FEATURES)
+    X = np.asarray(boot.val.X[:20], np.float32).copy()
+    before = model.score(X)
+    X[:, ctr] = np.linspace(0.0, 0.5, len(X))  # clicked items' rates, as the logs would serve them
+    assert np.array_equal(model.score(X), before)
+
+    serve_and_click("many", SHOPPERS)  # now more logged lists than the bootstrap's
+    assert SHOPPERS + 10 >= len(boot.train.with_positive().groups)
+    logged = train_from_logs(config, "recommend", bootstrap=boot, force=True)["training"]["logged"]
+    assert "held_at_history_value" not in logged

@@ -543,7 +543,8 @@ def _training_info(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"data": t.get("data"), "lists_used": t.get("lists_used"), "rows": t.get("rows"),
             "train_lists": t.get("train_lists"),
             "val_lists": t.get("val_lists"), "best_epoch": t.get("best_epoch"), "seconds": t.get("seconds"),
-            "val_ndcg@10": manifest.get("metrics", {}).get("val_ndcg@10")}
+            "val_ndcg@10": manifest.get("metrics", {}).get("val_ndcg@10"),
+            **({"logged": t["logged"]} if "logged" in t else {})}
 
 
 def _await_model(server: "_Server", store: EventStore, cfg: EngineConfig, version: str, requested: int,

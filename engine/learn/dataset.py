@@ -57,6 +57,13 @@ class LoggedRows:
         nonzero = (self.X[:, cols] != 0).any(axis=1) if cols else np.ones(len(self.X), bool)
         return self.lists_where([bool(nonzero[off[i]:off[i + 1]].any()) for i in range(len(self.groups))])
 
+    def with_values(self, features: Sequence[str], values: dict[str, float]) -> "LoggedRows":
+        """A copy with each named feature set to its value on every row."""
+        X = self.X.copy()
+        for name, v in values.items():
+            X[:, list(features).index(name)] = v
+        return LoggedRows(X, self.y, list(self.groups), list(self.ts), dict(self.info))
+
 
 def logged_rows(store: EventStore, surface: str, features: Sequence[str], *, since: float, until: float | None,
                 window_s: float, keep_empty: bool = False) -> LoggedRows:

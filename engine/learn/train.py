@@ -209,7 +209,9 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
     Their training lists join the logged ones, their validation lists join the newest logged lists for
     early stopping and for the publish check (where their served order is the blend's), any number of
     logged lists will do, and the model carries their sequence model. Logged lists served before any sequence
-    model (their ``seq`` and ``seq_z`` 0 on every row) stay out of such a join (``dropped_without_seq``).
+    model (their ``seq`` and ``seq_z`` 0 on every row) stay out of such a join (``dropped_without_seq``), and
+    a feature every bootstrap row holds at one value is held there in the logged rows too while they are
+    fewer than the bootstrap's lists (:func:`_held_features`; ``held_at_history_value``).
     Returns the manifest."""
     from engine.errors import InvalidQuery
     from engine.events import open_event_store
@@ -232,7 +234,7 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
         raise InvalidQuery("surface", f"only {len(rows.groups)} logged {surface} lists with a click, add to cart or "
                                       f"purchase in the last {days:g} days; at least {MIN_LISTS} are needed")
     tr, va = rows.split()
-    logged = {"train_lists": len(tr.groups), "val_lists": len(va.groups)}
+    logged: dict[str, Any] = {"train_lists": len(tr.groups), "val_lists": len(va.groups)}
     if bootstrap is not None:
         if getattr(bootstrap, "seq", None) is not None:
             # Lists served before any sequence model logged seq = seq_z = 0 on every row, a value no bootstrap
@@ -242,6 +244,10 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
             tr, va = tr.served_with(features, SEQ_FEATURES), va.served_with(features, SEQ_FEATURES)
             dropped = logged["train_lists"] + logged["val_lists"] - len(tr.groups) - len(va.groups)
             logged = {"train_lists": len(tr.groups), "val_lists": len(va.groups), "dropped_without_seq": dropped}
+        held = _held_features(bootstrap, features, len(tr.groups) + len(va.groups))
+        if held and len(tr.groups) + len(va.groups):
+            tr, va = tr.with_values(features, held), va.with_values(features, held)
+            logged["held_at_history_value"] = {k: round(v, 6) for k, v in held.items()}
         tr, va = _joined(bootstrap.train, tr), _joined(bootstrap.val, va)
     res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, features, TrainConfig(seed=seed, bounds=True))
     metrics = {"val_ndcg@10": {
@@ -278,6 +284,23 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
 
 
 SEQ_FEATURES = ("seq", "seq_z")
+# Logged-only features: the display position varies in logged rows alone by design (it is 0 at serving).
+LOGGED_ONLY = ("position",)
+
+
+def _held_features(bootstrap: Any, features: Sequence[str], logged_lists: int) -> dict[str, float]:
+    """The features every bootstrap row holds at one value (``item_ctr`` where the stored histories have no
+    clicks or views), with that value, while the logs hold fewer lists than the bootstrap's training lists.
+    Only the logged rows could teach such a feature, and a few hundred lists teach noise: the features are
+    standardized by the bootstrap's near-zero spread, so the logged values become extreme inputs that the
+    MLP weights heavily. Measured in `vitrine simulate --bootstrap history` (README). Held, the logged rows
+    carry the bootstrap's value, the model's clip bounds hold it there at serving, and the feature enters
+    once the logs outnumber the bootstrap."""
+    b = np.concatenate([np.asarray(bootstrap.train.X, np.float64), np.asarray(bootstrap.val.X, np.float64)])
+    if not len(b) or logged_lists >= len(bootstrap.train.with_positive().groups):
+        return {}
+    lo, hi = b.min(axis=0), b.max(axis=0)
+    return {f: float(lo[i]) for i, f in enumerate(features) if f not in LOGGED_ONLY and hi[i] - lo[i] <= 1e-9}
 
 
 def _joined(boot: Any, logged: Any) -> Any:
