@@ -355,11 +355,19 @@ def cmd_eval(config: EngineConfig, args: argparse.Namespace) -> int:
 
 def cmd_train_ranker(config: EngineConfig, args: argparse.Namespace) -> int:
     """`train ranker`: train the learned ranker (logs or a public bootstrap), publish it, print its manifest."""
-    if args.data == "logs":
+    if args.data in ("logs", "history"):
         from engine.learn.train import train_from_logs
 
+        boot = None
+        if args.data == "history":
+            if args.surface != "recommend":
+                raise InvalidQuery("data", "history trains the recommend ranker only (next-item lists of the "
+                                           "shoppers' histories)")
+            from engine.evaluation.history import history_rows
+
+            boot = history_rows(config)
         manifest = train_from_logs(config, args.surface, days=args.days, seed=args.seed, publish=not args.dry_run,
-                                   force=args.force)
+                                   force=args.force, bootstrap=boot)
     else:
         from engine.evaluation.ranker_eval import train_bootstrap
 
@@ -683,9 +691,10 @@ def _parser() -> argparse.ArgumentParser:
     t = tr.add_parser("ranker", help="train the learned ranker and publish it (see README, 'The learning loop')")
     t.set_defaults(func=cmd_train_ranker)
     t.add_argument("--surface", required=True, choices=["recommend", "search"])
-    t.add_argument("--data", default="logs", choices=["logs", "scientific", "crowdflower"],
-                   help="logged lists and outcomes (default), or a public bootstrap: scientific (recommend), "
-                        "crowdflower (search)")
+    t.add_argument("--data", default="logs", choices=["logs", "history", "scientific", "crowdflower"],
+                   help="logged lists and outcomes (default); history (recommend): those and next-item lists of "
+                        "the shoppers' own histories, made by the serving path; or a public bootstrap: "
+                        "scientific (recommend), crowdflower (search)")
     t.add_argument("--days", type=float, default=30.0, help="logs: how many days back (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dry-run", action="store_true", help="train and report, do not publish")

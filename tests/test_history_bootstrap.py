@@ -2,12 +2,14 @@
 lists made by the serving path on stores without the targets, and the ranker trained on them."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engine.cli import main
 from engine.config import EngineConfig
 from engine.embedding.base import Encoder
 from engine.errors import InvalidQuery
@@ -180,3 +182,24 @@ def test_a_feature_the_histories_hold_constant_is_held_until_the_logs_outnumber_
     assert SHOPPERS + 10 >= len(boot.train.with_positive().groups)
     logged = train_from_logs(config, "recommend", bootstrap=boot, force=True)["training"]["logged"]
     assert "held_at_history_value" not in logged
+
+
+def test_train_ranker_from_the_histories_on_the_command_line(config: EngineConfig, encoder: Encoder,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vitrine train ranker --surface recommend --data history`: a shop with histories and no logged list yet
+    gets a ranker (the logs alone need 20 clicked lists), published with its sequence model."""
+    _store(config.events_url, _histories(config, encoder), time.time() - 86400.0)
+    for name, value in (("EVENTS_URL", config.events_url), ("MODELS_DIR", str(config.models_path))):
+        monkeypatch.setenv(f"VITRINE_{name}", value)
+    base = ["--index-dir", str(config.index_dir), "train", "ranker"]
+    assert main(base + ["--surface", "recommend", "--data", "logs"]) == 2  # no logged list: refused
+    capsys.readouterr()
+    assert main(base + ["--surface", "recommend", "--data", "history", "--force"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["training"]["data"] == "logs+history" and manifest["training"]["history"]["train_lists"] > 0
+    assert registry.current_version(config.rankers_path, "recommend") == manifest["version"]
+    model, _ = registry.load_version(config.rankers_path, "recommend", manifest["version"], RECOMMEND_FEATURES)
+    assert model.seq is not None
+    assert main(base + ["--surface", "search", "--data", "history"]) == 2
+    assert "data" in capsys.readouterr().err
