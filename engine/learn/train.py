@@ -296,10 +296,11 @@ def _held_features(bootstrap: Any, features: Sequence[str], logged_lists: int) -
     MLP weights heavily. Measured in `vitrine simulate --bootstrap history` (README). Held, the logged rows
     carry the bootstrap's value, the model's clip bounds hold it there at serving, and the feature enters
     once the logs outnumber the bootstrap."""
-    b = np.concatenate([np.asarray(bootstrap.train.X, np.float64), np.asarray(bootstrap.val.X, np.float64)])
-    if not len(b) or logged_lists >= len(bootstrap.train.with_positive().groups):
+    parts = [np.asarray(x.X) for x in (bootstrap.train, bootstrap.val) if len(x.X)]
+    if not parts or logged_lists >= len(bootstrap.train.with_positive().groups):
         return {}
-    lo, hi = b.min(axis=0), b.max(axis=0)
+    lo = np.min([x.min(axis=0) for x in parts], axis=0).astype(np.float64)
+    hi = np.max([x.max(axis=0) for x in parts], axis=0).astype(np.float64)
     return {f: float(lo[i]) for i, f in enumerate(features) if f not in LOGGED_ONLY and hi[i] - lo[i] <= 1e-9}
 
 
