@@ -244,11 +244,13 @@ def train_from_logs(config: Any, surface: str, *, days: float = 30.0, seed: int 
             tr, va = tr.served_with(features, SEQ_FEATURES), va.served_with(features, SEQ_FEATURES)
             dropped = logged["train_lists"] + logged["val_lists"] - len(tr.groups) - len(va.groups)
             logged = {"train_lists": len(tr.groups), "val_lists": len(va.groups), "dropped_without_seq": dropped}
-        held = _held_features(bootstrap, features, len(tr.groups) + len(va.groups))
-        if held and len(tr.groups) + len(va.groups):
+        boot_tr = bootstrap.train.with_positive()
+        n_logged = len(tr.groups) + len(va.groups)
+        held = _held_features(bootstrap, features, n_logged, len(boot_tr.groups)) if n_logged else {}
+        if held:
             tr, va = tr.with_values(features, held), va.with_values(features, held)
             logged["held_at_history_value"] = {k: round(v, 6) for k, v in held.items()}
-        tr, va = _joined(bootstrap.train, tr), _joined(bootstrap.val, va)
+        tr, va = _joined(boot_tr, tr), _joined(bootstrap.val.with_positive(), va)
     res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, features, TrainConfig(seed=seed, bounds=True))
     metrics = {"val_ndcg@10": {
         "mlp": round(mean_ndcg(res.model.score(va.X), va.y, va.groups), 4),
@@ -288,27 +290,27 @@ SEQ_FEATURES = ("seq", "seq_z")
 LOGGED_ONLY = ("position",)
 
 
-def _held_features(bootstrap: Any, features: Sequence[str], logged_lists: int) -> dict[str, float]:
+def _held_features(bootstrap: Any, features: Sequence[str], logged_lists: int, boot_lists: int) -> dict[str, float]:
     """The features every bootstrap row holds at one value (``item_ctr`` where the stored histories have no
-    clicks or views), with that value, while the logs hold fewer lists than the bootstrap's training lists.
+    clicks or views), with that value, while the logs hold fewer lists than the bootstrap's ``boot_lists``
+    training lists (those with a positive).
     Only the logged rows could teach such a feature, and a few hundred lists teach noise: the features are
     standardized by the bootstrap's near-zero spread, so the logged values become extreme inputs that the
     MLP weights heavily. Measured in `vitrine simulate --bootstrap history` (README). Held, the logged rows
     carry the bootstrap's value, the model's clip bounds hold it there at serving, and the feature enters
     once the logs outnumber the bootstrap."""
     parts = [np.asarray(x.X) for x in (bootstrap.train, bootstrap.val) if len(x.X)]
-    if not parts or logged_lists >= len(bootstrap.train.with_positive().groups):
+    if not parts or logged_lists >= boot_lists:
         return {}
     lo = np.min([x.min(axis=0) for x in parts], axis=0).astype(np.float64)
     hi = np.max([x.max(axis=0) for x in parts], axis=0).astype(np.float64)
     return {f: float(lo[i]) for i, f in enumerate(features) if f not in LOGGED_ONLY and hi[i] - lo[i] <= 1e-9}
 
 
-def _joined(boot: Any, logged: Any) -> Any:
-    """Bootstrap lists (those holding a positive) followed by logged ones, as one set of rows."""
+def _joined(b: Any, logged: Any) -> Any:
+    """Bootstrap lists (the caller keeps those holding a positive) followed by logged ones, as one set of rows."""
     from engine.learn.dataset import LoggedRows
 
-    b = boot.with_positive()
     return LoggedRows(np.concatenate([np.asarray(b.X, np.float32), logged.X]),
                       np.concatenate([np.asarray(b.y, np.float32), logged.y]),
                       list(b.groups) + list(logged.groups), [0.0] * len(b.groups) + list(logged.ts))
