@@ -107,3 +107,39 @@ def test_query_embeddings_are_cached(shared_engine: Engine) -> None:
     a = shared_engine.embed_query("digital calipers")
     b = shared_engine.embed_query("digital calipers")
     assert a is b and not a.flags.writeable
+
+
+def _plain_top(scores, pool: int):
+    import numpy as np
+    rows = np.flatnonzero(scores > 0)
+    return np.sort(scores[rows])[::-1][:pool]
+
+
+@pytest.mark.parametrize("case", ["common term", "rare term", "few matches", "ties at the cut", "misjudged"])
+def test_top_bm25_rows_of_a_large_catalog_are_exact(case: str) -> None:
+    # A million-row catalog takes the sampled-threshold path of top_positive; whatever it keeps must be the
+    # pool highest scores above 0, as the plain pass over every positive row finds them.
+    import numpy as np
+
+    from engine.search import MIN_STRIDE, SAMPLE, top_positive
+
+    rng = np.random.default_rng(len(case))
+    n, pool = SAMPLE * MIN_STRIDE * 4, 200
+    scores = np.zeros(n, np.float32)
+    if case == "common term":  # a third of the rows match
+        hit = rng.random(n) < 0.33
+        scores[hit] = rng.gamma(2.0, 1.0, hit.sum()).astype(np.float32)
+    elif case == "rare term":
+        hit = rng.random(n) < 0.002
+        scores[hit] = rng.gamma(2.0, 1.0, hit.sum()).astype(np.float32)
+    elif case == "few matches":  # fewer than the pool: all of them
+        scores[rng.choice(n, 150, replace=False)] = 1.5
+    elif case == "ties at the cut":  # colour variants: few distinct scores
+        hit = rng.random(n) < 0.3
+        scores[hit] = rng.choice(np.array([0.5, 1.0, 2.0, 3.0], np.float32), hit.sum(), p=[0.5, 0.3, 0.1995, 0.0005])
+    else:  # the best rows are all sampled ones, fewer than the pool: the sample sets the threshold too high
+        scores[rng.random(n) < 0.3] = 1.0
+        scores[np.arange(0, n, n // SAMPLE)[:100]] = 9.0
+    rows = top_positive(scores, pool)
+    assert len(np.unique(rows)) == len(rows) == min(pool, int(np.count_nonzero(scores > 0)))
+    assert np.array_equal(np.sort(scores[rows])[::-1], _plain_top(scores, pool))
