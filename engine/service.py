@@ -348,7 +348,8 @@ class Engine:
             query=query, category=category, item_ids=lambda ids: [rows.get(i, -1) for i in ids],
             item_vectors=np.asarray(snap.vectors), qvec=qvec, organic=[h.id for h in hits], in_stock=allowed,
             ctr_of=lambda ids: self._item_rates(ids)[0], product=lambda r: snap.catalog[r], user=user,
-            request_id=rid, rng=request_rng(rid, stream=1), organic_scores=[float(h.vector or 0.0) for h in hits])
+            request_id=rid, rng=request_rng(rid, stream=1), organic_scores=[float(h.vector or 0.0) for h in hits],
+            same_product=lambda r: snap.title_keys[r])
 
     def suggest(self, q: str, k: int | None = None) -> Suggestions:
         """Type-ahead suggestions for the typed text ``q`` (see :mod:`engine.suggest`)."""
@@ -550,7 +551,7 @@ class Engine:
             item_ids=lambda xs: [ids.get(i, -1) for i in xs], item_vectors=np.asarray(snap.vectors),
             organic=organic, in_stock=snap.in_stock, ctr_of=lambda xs: self._item_rates(xs)[0],
             product=lambda r: snap.catalog[r], user=user, request_id=rid, rng=request_rng(rid, stream=1),
-            organic_scores=organic_scores)
+            organic_scores=organic_scores, same_product=lambda r: snap.title_keys[r])
         if sponsored:
             self._log_ads(placement, user, None, sponsored, rid)
         return sponsored

@@ -189,3 +189,14 @@ def test_page_relevance_lets_an_ad_show_lower_where_it_is_as_relevant_by_hand() 
     assert [(w.position, w.bidder.campaign_id, w.price) for w in won] == [(6, "A", 50)]
     with pytest.raises(InvalidQuery, match="min_relevance"):
         run_auction([a], [1], reserve=10, min_relevance=[0.5], page_relevance=page)
+
+
+@pytest.mark.parametrize("page_relevance", [None, [0.0] * 10])
+def test_two_listings_of_one_product_are_one_bidder(page_relevance: list[float] | None) -> None:
+    # A and B advertise two listings of one product (Bidder.product): B is gone behind A, wins no slot and
+    # sets no price, so A pays against C: ceil(2.0 / 0.05) = 40; C, with nobody after it, pays the reserve.
+    a = Bidder("A", "item-a", 100, 0.05, 0.5, "P")
+    b = Bidder("B", "item-b", 200, 0.02, 0.5, "P")
+    won = run_auction([b, C, a], [1, 5], reserve=10, page_relevance=page_relevance)
+    assert _summary(won) == [(0, 1, "A", 40), (1, 5, "C", 10)]
+    assert Bidder("A", "item-a", 100, 0.05).product == "item-a"  # without a key, each item is its own product

@@ -209,3 +209,28 @@ def test_recommendation_strips_draw_their_sponsored_items(client: Any) -> None:
     assert "Sponsored" in cards[1] and 'data-ad="tok.en"' in cards[1] and "data-position" not in cards[1]
     # organic positions skip the ad: i1 is the second organic item
     assert 'data-position="2"' in cards[2] and 'data-position="3"' in cards[3]
+
+
+def test_another_listing_of_a_product_on_the_page_is_never_its_ad(config: EngineConfig, encoder: Encoder) -> None:
+    # pla-dup-title is fil-pla-red under another seller, with the same title: the organic similar strip
+    # leaves it out of fil-pla-red's page, and neither of them may be the ad beside the other.
+    cfg = config.replace(ads_similar_slots="1", ads_search_slots="1", ads_relevance_floor=-1.0,
+                         ads_match_organic=False, ads_relevance_power=0.0)
+    engine = Engine(cfg, encoder=encoder)
+    printing = {"categories": ["Industrial & Scientific > 3D Printing"],
+                "keywords": [{"text": "filament", "match": "broad"}]}
+    for cid, items, bid in (("dup", ["pla-dup-title"], 90), ("also-dup", ["fil-pla-red"], 80),
+                            ("glass", ["glass-bed"], 10)):
+        engine.ads.create({"id": cid, "advertiser": "acme", "items": items, "bid": bid, "daily_budget": BIG,
+                           "start": time.time() - 3600, "targeting": printing})
+    page = engine.similar("fil-pla-red", k=3)
+    assert "pla-dup-title" not in {h.id for h in page.hits} and "glass-bed" not in {h.id for h in page.hits}
+    assert [s.id for s in page.sponsored] == ["glass-bed"]  # the two higher bids are the page's own product
+    found = engine.search("red pla filament spool", k=1)
+    assert found.hits[0].id in {"fil-pla-red", "pla-dup-title"}
+    assert [s.id for s in found.sponsored] == ["glass-bed"]
+    # two listings of one product are one product to the auction: they never win two slots of one page
+    two = Engine(cfg.replace(ads_search_slots="1,2"), encoder=encoder)
+    bed = two.search("glass bed for ender 3", k=1)
+    assert [h.id for h in bed.hits] == ["glass-bed"]
+    assert [s.id for s in bed.sponsored] == ["pla-dup-title"]  # fil-pla-red (bid 80) is the same product

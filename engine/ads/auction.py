@@ -10,8 +10,9 @@ click probability ``ctr`` in this placement. Its *rank score* is its expected va
 1. *Eligible list.* Bidders with ``bid < reserve`` are dropped, and so are items in ``exclude_items`` (already
    on the page organically). The rest are ranked by rank score descending; ties by higher bid, then
    ``campaign_id``, then ``item_id`` (ascending), so the order is deterministic. Walking that order, only the
-   first (best) entry of each ``item_id`` is kept: an item never wins two slots, and its lower entries are
-   gone from the list (they set no price either).
+   first (best) entry of each product (``Bidder.product``: the item id unless the caller says two ids are
+   one product, such as listings with the same exact title) is kept: a product never wins two slots, and its
+   lower entries are gone from the list (they set no price either).
 2. *Slots.* ``positions`` (e.g. ``[1, 5]``, the 1-based display positions of the placement's sponsored
    slots) are filled in order by the eligible list from the top; fewer bidders than slots leaves the last
    slots empty.
@@ -67,8 +68,11 @@ class Bidder:
     bid: int
     ctr: float
     relevance: float = 0.0
+    product: str = ""  # what "the same item" means on one page ("": the item id)
 
     def __post_init__(self) -> None:
+        if not self.product:
+            object.__setattr__(self, "product", self.item_id)
         if not _is_int(self.bid) or self.bid <= 0:
             raise InvalidQuery("bid", f"must be a positive integer in minor units (cents), got {self.bid!r}")
         if not _is_number(self.ctr) or not 0.0 < float(self.ctr) <= 1.0:
@@ -133,14 +137,14 @@ def gsp_price(winner: Bidder, next_score: float | None, reserve: int) -> int:
 
 
 def eligible(bidders: Sequence[Bidder], *, reserve: int, exclude_items: Collection[str] = ()) -> list[Bidder]:
-    """The ranked eligible list of step 1: at or above the reserve, not excluded, best entry per item."""
+    """The ranked eligible list of step 1: at or above the reserve, not excluded, best entry per product."""
     reserve = _check_reserve(reserve)
     excluded = set(exclude_items)
     seen: set[str] = set()
     out: list[Bidder] = []
     for b in sorted((b for b in bidders if b.bid >= reserve and b.item_id not in excluded), key=_sort_key):
-        if b.item_id not in seen:
-            seen.add(b.item_id)
+        if b.product not in seen:
+            seen.add(b.product)
             out.append(b)
     return out
 
@@ -202,7 +206,7 @@ def _fill(remaining: list[Bidder], ranges: list[list[tuple[int, float]]], reserv
         position = next(p for p, least in offers if winner.relevance >= least)
         next_score = qualified[1].rank_score if len(qualified) > 1 else None
         out.append(Won(i, position, winner, gsp_price(winner, next_score, reserve), winner.rank_score))
-        remaining = [b for b in remaining if b.item_id != winner.item_id]
+        remaining = [b for b in remaining if b.product != winner.product]
     return out
 
 

@@ -12,7 +12,9 @@ On a search request (first page), :meth:`AdServer.search` picks the sponsored it
    thousands of campaigns.
 3. **Relevance floor**: each advertised item's vector score (cosine of the query and item vectors, the
    vector half of the hybrid score) must reach ``ads_relevance_floor``. Items already on the page
-   organically, out of stock or not in the served catalog never enter.
+   organically, out of stock or not in the served catalog never enter, nor do items with the exact title
+   of one on the page (another seller's listing of the same product: the similar strip leaves those out
+   too); two with one title never both win.
 4. **Frequency caps**: a campaign with ``frequency_cap`` does not enter for a shopper already shown it that
    many times this UTC day (counted from the impression log).
 5. **Pacing**: each campaign enters with its pacer's participation probability (:mod:`engine.ads.pacing`),
@@ -270,8 +272,11 @@ class AdServer:
               *, item_ids: Callable[[Sequence[str]], list[int]], item_vectors: np.ndarray, organic: Sequence[str],
               in_stock: np.ndarray, ctr_of: Callable[[list[str]], np.ndarray], product: Callable[[int], Any],
               user: str | None, request_id: str, rng: np.random.Generator, now: float | None = None,
-              organic_scores: Sequence[float] | None = None) -> list[SponsoredHit]:
-        """One placement's auction over the campaigns ``match`` keeps (see the module docstring)."""
+              organic_scores: Sequence[float] | None = None,
+              same_product: Callable[[int], str] | None = None) -> list[SponsoredHit]:
+        """One placement's auction over the campaigns ``match`` keeps (see the module docstring).
+        ``same_product(row)``: the key two listings of one product share (the exact title's); an item whose
+        key is on the page does not enter, and two with one key never both win. None: each item is its own."""
         slots = self.settings.slots_of(placement)
         if not slots:
             return []
@@ -291,6 +296,8 @@ class AdServer:
         if not live:
             return []
         shown = set(organic)
+        on_page = ({same_product(r) for r in item_ids(list(shown)) if r >= 0} if same_product is not None
+                   else set())
         bidders: list[Bidder] = []
         meta: dict[tuple[str, str], tuple[int, float]] = {}
         with self._lock:
@@ -298,7 +305,8 @@ class AdServer:
         for c in entering:
             items = [i for i in c.items if i not in shown]
             rows = item_ids(items)
-            keep = [(i, r) for i, r in zip(items, rows) if r >= 0 and bool(in_stock[r])]
+            keep = [(i, r) for i, r in zip(items, rows) if r >= 0 and bool(in_stock[r])
+                    and (same_product is None or same_product(r) not in on_page)]
             if not keep:
                 continue
             rel = np.asarray(item_vectors[[r for _, r in keep]], np.float32) @ np.asarray(context_vec, np.float32)
@@ -307,7 +315,8 @@ class AdServer:
                 if score >= self.settings.relevance_floor:  # bids at most what is left of its budget
                     bid = min(c.bid, c.daily_budget - self._spend.get(c.id, 0))
                     q = p * max(score, 1e-6) ** self.settings.relevance_power
-                    bidders.append(Bidder(c.id, item, bid, float(min(max(q, 1e-6), 1.0)), float(score)))
+                    bidders.append(Bidder(c.id, item, bid, float(min(max(q, 1e-6), 1.0)), float(score),
+                                          "" if same_product is None else same_product(row)))
                     meta[(c.id, item)] = (row, float(score))
         page = None
         if self.settings.match_organic and organic_scores is not None:

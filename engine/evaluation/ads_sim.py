@@ -289,7 +289,8 @@ def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], 
     rng = np.random.default_rng([seed, int(floor * 1000), int(unlimited)])
     run = Run(floor, unlimited)
     common = dict(item_ids=lambda xs: [ids.get(i, -1) for i in xs], item_vectors=vectors, in_stock=snap.in_stock,
-                  ctr_of=lambda xs: np.full(len(xs), 0.05), product=lambda r: snap.catalog[r])
+                  ctr_of=lambda xs: np.full(len(xs), 0.05), product=lambda r: snap.catalog[r],
+                  same_product=lambda r: snap.title_keys[r])  # as the engine's placements
     for n, r in enumerate(requests):
         now = day0 + r.t
         rid = f"{n:032x}"
