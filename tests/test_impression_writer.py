@@ -101,6 +101,35 @@ def test_spool_only_processes_and_the_writer(config: EngineConfig, encoder: Enco
     assert kept is not None and kept.features == [{}]
 
 
+def test_the_writer_works_between_the_requests_of_the_serving_processes(config: EngineConfig, encoder: Encoder,
+                                                                        monkeypatch: Any) -> None:
+    # A spool-only process mirrors its in-flight requests into <pid>.busy; the writer process, which shares
+    # the cores and caches with the requests, waits for none to be in flight before each record it stores.
+    monkeypatch.setenv(WRITER_ENV, str(os.getpid()))
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    for q in ("gloves", "goggles", "pipette tips"):
+        engine.search(q, k=3)
+    store = open_event_store(config.events_url)
+    busy = spool_dir(store) / f"{os.getpid()}.busy"
+    assert busy.read_bytes() == (0).to_bytes(8, "little")  # the first segment shared the count
+    writer = SpoolWriter(lambda: store, engine.deferred, retention_s=86400.0)
+    writer.gap_wait_s = 0.2
+    engine.in_flight.enter()  # a request is being answered
+    assert busy.read_bytes() == (1).to_bytes(8, "little")
+    t0 = time.monotonic()
+    assert writer.write() == 3  # nothing lost: after the longest wait each record goes in anyway
+    assert time.monotonic() - t0 >= 3 * 0.2 and writer.busy()  # it waited before each one
+    engine.in_flight.exit()
+    assert busy.read_bytes() == (0).to_bytes(8, "little") and not writer.busy()
+    engine.search("magnets", k=3)
+    t0 = time.monotonic()
+    assert writer.write() == 1 and time.monotonic() - t0 < 0.2  # a gap: no wait
+    # the busy file of a process that is gone is forgotten and deleted
+    dead = spool_dir(store) / "999999999.busy"
+    dead.write_bytes((1).to_bytes(8, "little"))
+    assert writer.write() == 0 and not dead.exists() and not writer.busy()
+
+
 def test_serve_runs_a_writer_process(config: EngineConfig) -> None:
     proc, base = start_server(config)
     store = open_event_store(config.events_url)

@@ -27,7 +27,11 @@ process then only appends to its spool, in segments (``<pid>.<stamp>.jsonl``, a 
 own process with its own engine, reads every segment as it grows, computes the deferred features
 (``Engine.deferred``), stores the impressions and deletes a segment once it is stored and sealed (a newer
 one of its process exists, or the process is gone). No flusher thread, no feature computation and no
-store write then take the serving process's GIL.
+store write then take the serving process's GIL. The writer still shares the machine's cores, caches and
+memory bandwidth with the requests, so it too works between them: each serving process mirrors its
+:class:`InFlight` count into ``<pid>.busy`` (8 bytes, memory-mapped: no system call per request), and the
+writer reads every such file before each record and each store write, waiting up to ``IDLE_WAIT_S`` for
+none to be busy (not at all with ``BACKLOG`` records to go).
 
 Thread-safe; one log per process (``Engine`` makes it when the server asks for logging).
 """
@@ -37,6 +41,7 @@ import dataclasses
 import fcntl
 import json
 import logging
+import mmap
 import os
 import threading
 import time
@@ -56,6 +61,7 @@ MAX_BATCH = 1000
 PRUNE_EVERY_S = 3600.0
 IDLE_WAIT_S = 0.05  # the longest a deferred computation waits for a gap between requests
 BACKLOG = 250  # queued records beyond which the flusher stops waiting for gaps
+GAP_POLL_S = 0.0005  # how often the writer process looks at the serving processes' busy files while it waits
 WRITER_ENV = "VITRINE_IMPRESSION_WRITER_PID"  # set by `vitrine serve` for its workers: a writer process runs
 WRITER_NICE = 10  # the writer process's niceness: on a machine with few cores it yields them to the requests
 SEGMENT_S = 60.0  # spool-only: a serving process starts a new spool segment this often (when it logs)...
@@ -71,17 +77,39 @@ class InFlight:
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
+        self._shared: mmap.mmap | None = None
+
+    def share(self, path: Path) -> None:
+        """Mirror the count into ``path`` (8 bytes, little-endian, memory-mapped), where another process
+        (:class:`SpoolWriter`) can read it; once per process."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, 8)
+            shared = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._shared = shared
+            shared[:8] = self._n.to_bytes(8, "little")
 
     def enter(self) -> None:
         with self._lock:
             self._n += 1
             self._idle.clear()
+            if self._shared is not None:
+                self._shared[:8] = self._n.to_bytes(8, "little")
 
     def exit(self) -> None:
         with self._lock:
             self._n = max(0, self._n - 1)
+            if self._shared is not None:
+                self._shared[:8] = self._n.to_bytes(8, "little")
             if not self._n:
                 self._idle.set()
+
+    @property
+    def shared(self) -> bool:
+        return self._shared is not None
 
     def busy(self) -> bool:
         return self._n > 0
@@ -158,6 +186,8 @@ class ImpressionLog:
                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         if self._fd >= 0 and self._pid == os.getpid():
             os.close(self._fd)
+        elif self._in_flight is not None and not self._in_flight.shared:  # this process's first segment
+            self._in_flight.share(folder / f"{os.getpid()}.busy")
         self._pid, self._fd, self._segment_at, self._segment_bytes = os.getpid(), fd, now, 0
 
     def _start(self) -> None:
@@ -329,6 +359,9 @@ class SpoolWriter:
         self._done: dict[str, int] = {}  # segment name -> bytes stored
         self._pruned_at = 0.0
         self._refreshed = False
+        self.gap_wait_s = IDLE_WAIT_S  # the longest wait for a gap between requests, per record
+        self._busy: dict[Path, mmap.mmap] = {}  # the serving processes' in-flight counts (InFlight.share)
+        self._to_go = 0  # records left in this pass: beyond BACKLOG, no waiting for gaps
 
     def run(self, stop: threading.Event, alive: Callable[[], bool] = lambda: True) -> None:
         """Pass over the spool every ``every_s`` until ``stop`` is set or ``alive()`` turns False (the
@@ -357,6 +390,7 @@ class SpoolWriter:
                 segments.setdefault(int(parts[0]), []).append((-1, path))  # a dead flusher's spool (no segments)
         written = 0
         self._refreshed = False
+        self._watch_busy(folder)
         for pid, segs in segments.items():
             segs.sort()
             gone = not process_alive(pid)
@@ -394,16 +428,55 @@ class SpoolWriter:
                     self._before_pass()
                     self._refreshed = True
                 rows = []
-                for line in data[:end].decode("utf-8").splitlines():
-                    if line.strip():
-                        rows.append(self._record(line))
+                lines = [x for x in data[:end].decode("utf-8").splitlines() if x.strip()]
+                for n, line in enumerate(lines):
+                    self._to_go = len(lines) - n
+                    self.wait_for_a_gap()
+                    rows.append(self._record(line))
                 for i in range(0, len(rows), MAX_BATCH):
+                    self._to_go = 0
+                    self.wait_for_a_gap()
                     written += self._store().add_impressions([r for r in rows[i:i + MAX_BATCH] if r is not None])
                 self._done[path.name] = start + end
             if sealed and start + end == os.fstat(fh.fileno()).st_size:
                 path.unlink()
                 self._done.pop(path.name, None)
             return written
+
+    def _watch_busy(self, folder: Path) -> None:
+        """Map the live serving processes' ``<pid>.busy`` files; forget (and delete) those of dead ones."""
+        for path in list(self._busy):
+            owner = path.stem
+            if not path.exists() or not process_alive(int(owner)):
+                self._busy.pop(path).close()
+                path.unlink(missing_ok=True)
+        for path in folder.glob("*.busy"):
+            if path in self._busy or not path.stem.isdigit():
+                continue
+            if not process_alive(int(path.stem)):
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                with path.open("rb") as fh:
+                    self._busy[path] = mmap.mmap(fh.fileno(), 8, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # not written yet (size 0): next pass
+                continue
+
+    def busy(self) -> bool:
+        """Whether a serving process is answering a request now."""
+        return any(m[:8] != b"\0" * 8 for m in self._busy.values())
+
+    def wait_for_a_gap(self) -> bool:
+        """Wait until no serving process is answering a request, at most ``gap_wait_s`` (and not at all with
+        ``BACKLOG`` or more records to go in this pass). True when there is a gap."""
+        if not self._busy or self._to_go > BACKLOG:
+            return not self.busy()
+        deadline = time.monotonic() + self.gap_wait_s
+        while self.busy():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(GAP_POLL_S)
+        return True
 
     def _record(self, line: str) -> Impression | None:
         try:
