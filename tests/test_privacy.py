@@ -148,7 +148,7 @@ def test_private_trending_caps_each_shopper_and_releases_laplace_noise_of_the_st
         counted = {i for i in items if m.dp_trending.score(i) > 0}
         assert counted == set(items[:3])  # fay's first 3 items only; gus's 2 are among them
         assert m.dp_sensitivity == 3 * max(m.event_weights.values())
-        now = time.time()
+        now = time.time() // 60.0 * 60.0 + 5.0  # early in an interval: now + 1 is still in it
         first = m.trending_release(catalog, now=now)
         assert m.trending_release(catalog, now=now + 1) is first  # frozen within its interval
         row = catalog.row(items[7])  # an item with no private score: its release is the noise alone

@@ -84,7 +84,11 @@ class InFlight:
         (:class:`SpoolWriter`) can read it; once per process."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            os.ftruncate(fd, 8)
+            # written, not only truncated: a page the file system has not allocated would be allocated by the
+            # first store into the mapping, and on a full disk that kills the process (SIGBUS) instead of
+            # raising ENOSPC here
+            if os.pwrite(fd, bytes(8), 0) != 8:
+                raise OSError(f"short write to {path}")
             shared = mmap.mmap(fd, 8)
         finally:
             os.close(fd)
@@ -186,9 +190,12 @@ class ImpressionLog:
                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         if self._fd >= 0 and self._pid == os.getpid():
             os.close(self._fd)
-        elif self._in_flight is not None and not self._in_flight.shared:  # this process's first segment
-            self._in_flight.share(folder / f"{os.getpid()}.busy")
         self._pid, self._fd, self._segment_at, self._segment_bytes = os.getpid(), fd, now, 0
+        if self._in_flight is not None and not self._in_flight.shared:  # the writer waits for gaps
+            try:
+                self._in_flight.share(folder / f"{os.getpid()}.busy")
+            except OSError as e:  # a full or read-only disk: the writer just does not wait for this process
+                log.warning("in-flight requests not shared with the impression writer: %s", e)
 
     def _start(self) -> None:
         """Open this process's spool file and start the flusher (once per process; under ``_lock``)."""
