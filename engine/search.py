@@ -85,16 +85,17 @@ def top_positive(scores: np.ndarray, pool: int) -> np.ndarray:
     the scores, at the rank where about ``MARGIN x pool`` rows of the whole array should lie above it; the
     rows at or above ``t`` are then partitioned. The result is exact: when at least ``pool`` rows reach
     ``t``, the ``pool`` highest are all among them; when fewer do (an unlucky sample), the plain pass runs."""
+    rows = None
     stride = len(scores) // SAMPLE
     if stride >= MIN_STRIDE:
         sample = scores[::stride]
         want = min(len(sample), MARGIN * pool // stride + 1)
         if int(np.count_nonzero(sample > 0)) > want:
             t = np.partition(sample, len(sample) - want)[len(sample) - want]
-            rows = np.flatnonzero(scores >= t)
-            if len(rows) >= pool:
-                return rows[np.argpartition(-scores[rows], pool - 1)[:pool]] if len(rows) > pool else rows
-    rows = np.flatnonzero(scores > 0)
+            above = np.flatnonzero(scores >= t)
+            rows = above if len(above) >= pool else None
+    if rows is None:
+        rows = np.flatnonzero(scores > 0)
     if len(rows) > pool:
         rows = rows[np.argpartition(-scores[rows], pool - 1)[:pool]]
     return rows

@@ -31,7 +31,7 @@ store write then take the serving process's GIL. The writer still shares the mac
 memory bandwidth with the requests, so it too works between them: each serving process mirrors its
 :class:`InFlight` count into ``<pid>.busy`` (8 bytes, memory-mapped: no system call per request), and the
 writer reads every such file before each record and each store write, waiting up to ``IDLE_WAIT_S`` for
-none to be busy (not at all with ``BACKLOG`` records to go).
+none to be busy (not at all with more than ``BACKLOG`` records to go).
 
 Thread-safe; one log per process (``Engine`` makes it when the server asks for logging).
 """
@@ -94,20 +94,22 @@ class InFlight:
             os.close(fd)
         with self._lock:
             self._shared = shared
-            shared[:8] = self._n.to_bytes(8, "little")
+            self._mirror()
+
+    def _mirror(self) -> None:  # under _lock
+        if self._shared is not None:
+            self._shared[:8] = self._n.to_bytes(8, "little")
 
     def enter(self) -> None:
         with self._lock:
             self._n += 1
             self._idle.clear()
-            if self._shared is not None:
-                self._shared[:8] = self._n.to_bytes(8, "little")
+            self._mirror()
 
     def exit(self) -> None:
         with self._lock:
             self._n = max(0, self._n - 1)
-            if self._shared is not None:
-                self._shared[:8] = self._n.to_bytes(8, "little")
+            self._mirror()
             if not self._n:
                 self._idle.set()
 
@@ -368,7 +370,6 @@ class SpoolWriter:
         self._refreshed = False
         self.gap_wait_s = IDLE_WAIT_S  # the longest wait for a gap between requests, per record
         self._busy: dict[Path, mmap.mmap] = {}  # the serving processes' in-flight counts (InFlight.share)
-        self._to_go = 0  # records left in this pass: beyond BACKLOG, no waiting for gaps
 
     def run(self, stop: threading.Event, alive: Callable[[], bool] = lambda: True) -> None:
         """Pass over the spool every ``every_s`` until ``stop`` is set or ``alive()`` turns False (the
@@ -437,11 +438,9 @@ class SpoolWriter:
                 rows = []
                 lines = [x for x in data[:end].decode("utf-8").splitlines() if x.strip()]
                 for n, line in enumerate(lines):
-                    self._to_go = len(lines) - n
-                    self.wait_for_a_gap()
+                    self.wait_for_a_gap(to_go=len(lines) - n)
                     rows.append(self._record(line))
                 for i in range(0, len(rows), MAX_BATCH):
-                    self._to_go = 0
                     self.wait_for_a_gap()
                     written += self._store().add_impressions([r for r in rows[i:i + MAX_BATCH] if r is not None])
                 self._done[path.name] = start + end
@@ -473,10 +472,10 @@ class SpoolWriter:
         """Whether a serving process is answering a request now."""
         return any(m[:8] != b"\0" * 8 for m in self._busy.values())
 
-    def wait_for_a_gap(self) -> bool:
+    def wait_for_a_gap(self, to_go: int = 0) -> bool:
         """Wait until no serving process is answering a request, at most ``gap_wait_s`` (and not at all with
-        ``BACKLOG`` or more records to go in this pass). True when there is a gap."""
-        if not self._busy or self._to_go > BACKLOG:
+        more than ``BACKLOG`` records ``to_go`` in this pass). True when there is a gap."""
+        if not self._busy or to_go > BACKLOG:
             return not self.busy()
         deadline = time.monotonic() + self.gap_wait_s
         while self.busy():
