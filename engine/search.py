@@ -101,12 +101,30 @@ def top_positive(scores: np.ndarray, pool: int) -> np.ndarray:
     return rows
 
 
+@dataclass(frozen=True)
+class KeywordPart:
+    """The keyword half of a query's candidates, which needs no query vector: every row's BM25 score and
+    the rows of the ``pool`` best within the mask. The server computes it while the query is encoded."""
+
+    bm25_all: np.ndarray
+    positive: np.ndarray
+    pool: int
+
+
+def keyword_part(snap: Snapshot, query: str, pool: int, mask: np.ndarray | None) -> KeywordPart:
+    """BM25 of every row for ``query``, and its top ``pool`` rows above 0 within ``mask``."""
+    bm25_all = snap.keyword.scores(query)
+    return KeywordPart(bm25_all, top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool), pool)
+
+
 def candidates(
-    snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, pool: int, mask: np.ndarray | None
+    snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, pool: int, mask: np.ndarray | None,
+    positive: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Union of the top ``pool`` BM25 rows (score > 0) and top ``pool`` vector rows, within ``mask``."""
-    scores = bm25_all if mask is None else np.where(mask, bm25_all, 0.0)
-    positive = top_positive(scores, pool)
+    """Union of the top ``pool`` BM25 rows (score > 0) and top ``pool`` vector rows, within ``mask``;
+    ``positive``: those BM25 rows when already found (:func:`keyword_part`)."""
+    if positive is None:
+        positive = top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool)
     hits = snap.vector_index.search(qvec[None, :], pool, allowed=mask)
     vec_rows = hits.rows[0][hits.rows[0] >= 0]
     return np.union1d(positive, vec_rows).astype(np.int64)
@@ -142,6 +160,7 @@ def ranked_search(
     rerank_top: int = 100,
     item_rates: ItemRates | None = None,
     defer_features: bool = False,
+    keyword: KeywordPart | None = None,
 ) -> Ranked:
     """``affinity(rows)`` gives the shopper's affinity to candidate rows; with ``personalize`` p in (0, 1]
     the order is :func:`engine.recommend.personal.personalized` over the candidates (p = 0: off).
@@ -150,9 +169,13 @@ def ranked_search(
     that order; ``features``: attach each hit's ranker features (for the impression log). Both compute the
     features of those candidates with :func:`search_inputs` and :func:`engine.ranking.features.search_features`.
     ``item_rates(ids)`` gives the items' click rate, purchase rate and trending score for the features.
-    ``defer_features`` (without a scorer): ``Ranked.later`` computes the hits' features when called instead."""
-    bm25_all = snap.keyword.scores(query)
-    rows = candidates(snap, bm25_all, qvec, max(pool, offset + k), mask)
+    ``defer_features`` (without a scorer): ``Ranked.later`` computes the hits' features when called instead.
+    ``keyword``: :func:`keyword_part` of this query, ``mask`` and pool, when already computed."""
+    pool = max(pool, offset + k)
+    if keyword is None or keyword.pool != pool:
+        keyword = keyword_part(snap, query, pool, mask)
+    bm25_all = keyword.bm25_all
+    rows = candidates(snap, bm25_all, qvec, pool, mask, keyword.positive)
     if len(rows) == 0:
         return Ranked([], rows, bm25_all)
     bm25, vec = score_parts(snap, bm25_all, qvec, rows)

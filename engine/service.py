@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 import os
 import logging
 import uuid
@@ -46,7 +47,7 @@ from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES, item_ra
 from engine.recommend.compose import RecDeferred, SeqScorer
 from engine.recommend.strategies import check_strategy
 from engine.memory import release_free_memory
-from engine.search import Hit, Ranked, SearchDeferred, facets, ranked_search, similar_items
+from engine.search import Hit, KeywordPart, Ranked, SearchDeferred, facets, keyword_part, ranked_search, similar_items
 from engine.shoppers import EventStats, IngestResult, Recommendations, SampleShopper, Shoppers
 from engine.snapshot import Snapshot
 from engine.suggest import DEFAULT_K as DEFAULT_SUGGESTIONS
@@ -57,6 +58,9 @@ from engine.suggest import Suggester
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 500
+# Search: from this many rows, the BM25 part runs in a helper thread while the query is encoded (measured at
+# 1M rows: 0.9 ms off p50; at 4,385 rows, 0.1 ms slower); up to this many at once.
+KEYWORD_BESIDE_ROWS, KEYWORD_BESIDE_THREADS = 100_000, 4
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class Engine:
         self._reload_lock = threading.Lock()
         self._encoder_lock = threading.Lock()
         self._embed_cached = functools.lru_cache(maxsize=config.query_cache_size)(self._embed_uncached)
+        # Threads start at the first submit (after a fork, in a gunicorn worker): see _keyword_beside.
+        self._keyword_pool = ThreadPoolExecutor(KEYWORD_BESIDE_THREADS, thread_name_prefix="vitrine-keyword")
         self._suggester: tuple[str, Suggester] | None = None
         self._suggester_lock = threading.Lock()
         self.shoppers = Shoppers(config, self.snapshot)
@@ -293,7 +299,6 @@ class Engine:
                 affinity = self.shoppers.affinity(user, snap, consent=True)
             except StoreUnavailable as e:  # search still answers, unpersonalized
                 log.warning("search not personalized: %s", e)
-        qvec = self.embed_query(query)
         pool = max(self.config.candidate_pool, offset + k)
         chosen = self._choose("search", user)
         logging = self.impressions is not None
@@ -301,6 +306,9 @@ class Engine:
         explore = self.exploration["search"]
         exploring = not explore.deterministic and offset == 0 and not interleaved  # the first page only
         k_run = self._explore_pool(explore, k) if exploring else k
+        keyword = self._keyword_beside(snap, query, max(pool, offset + k_run), mask)
+        qvec = self.embed_query(query)
+        kw = None if keyword is None else keyword.result()
 
         def run(model: MlpRanker | None) -> Ranked:
             return ranked_search(
@@ -308,7 +316,7 @@ class Engine:
                 weight=self.config.hybrid_weight if weight is None else weight, fusion=self.config.fusion,
                 affinity=affinity, personalize=strength, scorer=None if model is None else model.score,
                 features=logging and model is not None or interleaved, item_rates=self._item_rates,
-                defer_features=logging and model is None and not interleaved)
+                defer_features=logging and model is None and not interleaved, keyword=kw)
 
         rid = uuid.uuid4().hex
         policy = chosen.policy or (f"hybrid/{self.config.fusion.value}" + ("+personal" if affinity is not None else ""))
@@ -626,6 +634,16 @@ class Engine:
                         max_seq_length=self.config.max_seq_length,
                     )
         return self._encoder
+
+    def _keyword_beside(self, snap: Snapshot, query: str, pool: int,
+                        mask: np.ndarray | None) -> "Future[KeywordPart] | None":
+        """On a catalog of at least ``KEYWORD_BESIDE_ROWS`` rows, the query's BM25 part computed in a helper
+        thread while the request's thread encodes the query (onnxruntime releases the GIL): at 1M rows it
+        takes about 1.2 ms, which then costs nothing. Smaller catalogs compute it in line, where the
+        thread hand-off would cost more than it saves."""
+        if len(snap) < KEYWORD_BESIDE_ROWS:
+            return None
+        return self._keyword_pool.submit(keyword_part, snap, query, pool, mask)
 
     def embed_query(self, query: str) -> np.ndarray:
         """Unit query vector (read-only array), from an LRU cache of ``query_cache_size`` entries."""

@@ -143,3 +143,32 @@ def test_top_bm25_rows_of_a_large_catalog_are_exact(case: str) -> None:
     rows = top_positive(scores, pool)
     assert len(np.unique(rows)) == len(rows) == min(pool, int(np.count_nonzero(scores > 0)))
     assert np.array_equal(np.sort(scores[rows])[::-1], _plain_top(scores, pool))
+
+
+def test_the_keyword_part_computed_beside_the_encoder_gives_the_same_answers(shared_engine: Engine, monkeypatch) -> None:
+    # Large catalogs compute BM25 in a helper thread while the query is encoded. Forced on for this small
+    # one, every answer (hits, scores, candidates, facets) must be the one computed in line.
+    import threading
+
+    import engine.service as service
+
+    asks = [("gloves", {}), ("pla filament", {"k": 5, "offset": 3}),
+            ("gloves", {"filters": Filters(category="industrial & scientific > lab & safety")}),
+            ("filament", {"filters": Filters(min_price=20, max_price=25, in_stock=True), "k": 20}),
+            ("zzqx nonsense term", {})]
+
+    def answers() -> list[tuple]:
+        out = []
+        for query, kw in asks:
+            shared_engine._embed_cached.cache_clear()  # encoded each time: the helper runs beside a real encoding
+            r = shared_engine.search(query, **kw)
+            out.append(([h.to_dict() for h in r.hits], r.total_candidates, r.facets))
+        return out
+
+    monkeypatch.setattr(service, "KEYWORD_BESIDE_ROWS", 10**9)
+    inline = answers()
+    monkeypatch.setattr(service, "KEYWORD_BESIDE_ROWS", 0)
+    beside = answers()
+    assert any(t.name.startswith("vitrine-keyword") for t in threading.enumerate())
+    assert beside == inline
+    assert any(hits for hits, _, _ in inline)
