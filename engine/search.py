@@ -1,8 +1,10 @@
 """Hybrid search over one snapshot: BM25 and vector candidates, fused, filtered, paged, with facets.
 
 Candidates are the top ``pool`` rows of each side within the filter; every candidate gets both
-raw scores (BM25 from the full score array, cosine from the stored vectors), then
-``engine.ranking.fusion.fuse`` orders them.
+raw scores (BM25 from the full score array; the cosine from the vector search for its rows, and from the
+decoded vectors for the keyword side's), then ``engine.ranking.fusion.fuse`` orders them. The keyword
+side needs no query vector (:func:`keyword_part`), so on a large catalog the server computes it while the
+query is encoded.
 
 Facets (:func:`facets`) describe the query's candidate rows without the category and price filters
 (the in-stock filter still applies), so that a shopper can switch category or widen the price range:
@@ -103,28 +105,44 @@ def top_positive(scores: np.ndarray, pool: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class KeywordPart:
-    """The keyword half of a query's candidates, which needs no query vector: every row's BM25 score and
-    the rows of the ``pool`` best within the mask. The server computes it while the query is encoded."""
+    """The keyword half of a query's candidates, which needs no query vector: every row's BM25 score, the
+    rows of the ``pool`` best within the mask and their vectors (decoded from the index). The server
+    computes it while the query is encoded."""
 
     bm25_all: np.ndarray
     positive: np.ndarray
+    vectors: np.ndarray
     pool: int
 
 
 def keyword_part(snap: Snapshot, query: str, pool: int, mask: np.ndarray | None) -> KeywordPart:
-    """BM25 of every row for ``query``, and its top ``pool`` rows above 0 within ``mask``."""
+    """BM25 of every row for ``query``, its top ``pool`` rows above 0 within ``mask``, and their vectors."""
     bm25_all = snap.keyword.scores(query)
-    return KeywordPart(bm25_all, top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool), pool)
+    positive = np.sort(top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool))
+    return KeywordPart(bm25_all, positive, snap.vector_index.rows_vectors(positive), pool)
+
+
+def scored_candidates(snap: Snapshot, keyword: KeywordPart, qvec: np.ndarray,
+                      mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, bm25, cosine)`` of the candidates: the union of the keyword part's rows and the top ``pool``
+    vector rows within ``mask``, sorted. A vector row's cosine is the index search's own score, a keyword
+    row's its decoded vector's inner product with ``qvec``: the same quantity (the search scores the
+    decoded vectors too), so no row is decoded twice."""
+    hits = snap.vector_index.search(qvec[None, :], keyword.pool, allowed=mask)
+    found = hits.rows[0] >= 0
+    vec_rows, vec_scores = hits.rows[0][found], hits.scores[0][found]
+    rows = np.union1d(keyword.positive, vec_rows).astype(np.int64)
+    vec = np.empty(len(rows), np.float32)
+    vec[np.searchsorted(rows, vec_rows)] = vec_scores
+    vec[np.searchsorted(rows, keyword.positive)] = keyword.vectors @ np.asarray(qvec, np.float32)
+    return rows, keyword.bm25_all[rows], vec
 
 
 def candidates(
-    snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, pool: int, mask: np.ndarray | None,
-    positive: np.ndarray | None = None,
+    snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, pool: int, mask: np.ndarray | None
 ) -> np.ndarray:
-    """Union of the top ``pool`` BM25 rows (score > 0) and top ``pool`` vector rows, within ``mask``;
-    ``positive``: those BM25 rows when already found (:func:`keyword_part`)."""
-    if positive is None:
-        positive = top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool)
+    """Union of the top ``pool`` BM25 rows (score > 0) and top ``pool`` vector rows, within ``mask``."""
+    positive = top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool)
     hits = snap.vector_index.search(qvec[None, :], pool, allowed=mask)
     vec_rows = hits.rows[0][hits.rows[0] >= 0]
     return np.union1d(positive, vec_rows).astype(np.int64)
@@ -175,10 +193,9 @@ def ranked_search(
     if keyword is None or keyword.pool != pool:
         keyword = keyword_part(snap, query, pool, mask)
     bm25_all = keyword.bm25_all
-    rows = candidates(snap, bm25_all, qvec, pool, mask, keyword.positive)
+    rows, bm25, vec = scored_candidates(snap, keyword, qvec, mask)
     if len(rows) == 0:
         return Ranked([], rows, bm25_all)
-    bm25, vec = score_parts(snap, bm25_all, qvec, rows)
     fused = fuse(bm25, vec, weight, fusion)
     personal = None
     if affinity is not None and personalize > 0:

@@ -179,3 +179,20 @@ def test_a_loaded_version_warms_the_page_cache_with_its_indexes(tmp_path: Path) 
         pytest.skip("this file system keeps the pages in memory (tmpfs): nothing to warm")
     warm_page_cache([path, tmp_path / "missing.bin"]).join(timeout=30)  # a missing file is logged, not raised
     assert _resident_share(path) == 1.0
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF32,SQ8", "HNSW16,SQ8", "IVF32,PQ48", "IVF32,PQ48,Refine(SQ8)"])
+def test_a_search_scores_a_row_as_its_decoded_vector_does(demo_vectors: np.ndarray, spec: str) -> None:
+    # engine.search.scored_candidates takes a vector row's cosine from the index search and a keyword row's
+    # from its decoded vector, which is only sound if the two agree on every kind of index.
+    index, info = build_vector_index(demo_vectors, spec=spec, nprobe=4, target_recall=0.9)
+    vi = VectorIndex(index, demo_vectors if spec == "Flat" else None, info.nprobe)
+    queries = demo_vectors[::150] + 0.05 * np.random.default_rng(0).standard_normal((10, demo_vectors.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    allowed = np.arange(len(demo_vectors)) % 3 > 0
+    for mask in (None, allowed):
+        for q in queries:
+            hits = vi.search(q[None, :], 50, allowed=mask)
+            rows = hits.rows[0][hits.rows[0] >= 0]
+            assert len(rows) == 50
+            assert np.allclose(hits.scores[0][:len(rows)], vi.score(q, rows), atol=1e-5)

@@ -172,3 +172,21 @@ def test_the_keyword_part_computed_beside_the_encoder_gives_the_same_answers(sha
     assert any(t.name.startswith("vitrine-keyword") for t in threading.enumerate())
     assert beside == inline
     assert any(hits for hits, _, _ in inline)
+
+
+def test_scored_candidates_are_the_candidates_with_their_scores(shared_engine: Engine) -> None:
+    # The served path (keyword part, then the vector search's own scores) against candidates + score_parts.
+    import numpy as np
+
+    from engine.search import candidates, keyword_part, score_parts, scored_candidates
+
+    snap = shared_engine.snapshot()
+    for query, filters in (("nitrile gloves", Filters()), ("filament", Filters(in_stock=True, max_price=30))):
+        qvec = shared_engine.embed_query(query)
+        mask = snap.filter_mask(filters)
+        rows, bm25, vec = scored_candidates(snap, keyword_part(snap, query, 40, mask), qvec, mask)
+        want = candidates(snap, snap.keyword.scores(query), qvec, 40, mask)
+        assert np.array_equal(rows, want)
+        want_bm25, want_vec = score_parts(snap, snap.keyword.scores(query), qvec, want)
+        assert np.array_equal(bm25, want_bm25) and np.allclose(vec, want_vec, atol=1e-5)
+        assert mask is None or mask[rows].all()
