@@ -254,7 +254,12 @@ def main() -> None:
         "",
     ]
     if http:
-        s = http["latency"]
+        # The p99 target is judged on every run of the default mode (the first mode without one), not the first.
+        judged = "process" if "process" in modes else runs[0][0]
+        p99s = [r["latency"]["p99"] for m, r in runs if m == judged]
+        good = sum(p <= TARGETS["p99_ms"] for p in p99s)
+        verdict = ("met" if good == len(p99s) else "NOT met" if not good else f"met in {good} of {len(p99s)} runs only") + (
+            f" (p99 {' / '.join(f'{p:.2f}' for p in p99s)} ms)" if len(p99s) > 1 else "")
         lines += [
             f"`/v1/search` over HTTP, 1 worker x 4 threads, one client, {http['queries']} distinct queries (each encoded "
             f"by the real {'int8' if int8 else 'fp32'} ONNX query encoder), after warm-up; server start {http['start_s']:.0f} s, its background "
@@ -272,8 +277,7 @@ def main() -> None:
             "",
             f"Targets: recall@10 >= {TARGETS['recall']} at <= {TARGETS['bytes']:g} bytes/item: "
             f"{'met' if ix['recall_at_10'] >= TARGETS['recall'] and ix['bytes_per_item'] <= TARGETS['bytes'] else 'NOT met'}; "
-            f"p99 <= {TARGETS['p99_ms']:g} ms ({LOG_LABELS[runs[0][0] if 'process' not in modes else 'process']}): "
-            f"{'met' if s['p99'] <= TARGETS['p99_ms'] else 'NOT met'}.",
+            f"p99 <= {TARGETS['p99_ms']:g} ms ({LOG_LABELS[judged]}): {verdict}.",
         ]
     else:
         lines += [f"`/v1/search` over HTTP: failed ({failure}); see bench/out/logs/serve-index-1m.log."]
