@@ -68,11 +68,6 @@ class Hit:
         }
 
 
-def score_parts(snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Raw (bm25, cosine) of ``rows``."""
-    return bm25_all[rows], snap.vector_index.score(qvec, rows)
-
-
 # Large catalogs: the top BM25 rows are found above a threshold estimated from a strided sample (see
 # :func:`top_positive`); below SAMPLE * MIN_STRIDE rows the plain pass is as fast.
 SAMPLE, MIN_STRIDE, MARGIN = 8192, 8, 4
@@ -118,8 +113,12 @@ class KeywordPart:
 def keyword_part(snap: Snapshot, query: str, pool: int, mask: np.ndarray | None) -> KeywordPart:
     """BM25 of every row for ``query``, its top ``pool`` rows above 0 within ``mask``, and their vectors."""
     bm25_all = snap.keyword.scores(query)
-    positive = np.sort(top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool))
+    positive = np.sort(_top_keyword_rows(bm25_all, pool, mask))
     return KeywordPart(bm25_all, positive, snap.vector_index.rows_vectors(positive), pool)
+
+
+def _top_keyword_rows(bm25_all: np.ndarray, pool: int, mask: np.ndarray | None) -> np.ndarray:
+    return top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool)
 
 
 def scored_candidates(snap: Snapshot, keyword: KeywordPart, qvec: np.ndarray,
@@ -142,7 +141,7 @@ def candidates(
     snap: Snapshot, bm25_all: np.ndarray, qvec: np.ndarray, pool: int, mask: np.ndarray | None
 ) -> np.ndarray:
     """Union of the top ``pool`` BM25 rows (score > 0) and top ``pool`` vector rows, within ``mask``."""
-    positive = top_positive(bm25_all if mask is None else np.where(mask, bm25_all, 0.0), pool)
+    positive = _top_keyword_rows(bm25_all, pool, mask)
     hits = snap.vector_index.search(qvec[None, :], pool, allowed=mask)
     vec_rows = hits.rows[0][hits.rows[0] >= 0]
     return np.union1d(positive, vec_rows).astype(np.int64)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from concurrent.futures import Future, ThreadPoolExecutor
 import os
 import logging
 import uuid
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 

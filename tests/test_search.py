@@ -175,10 +175,11 @@ def test_the_keyword_part_computed_beside_the_encoder_gives_the_same_answers(sha
 
 
 def test_scored_candidates_are_the_candidates_with_their_scores(shared_engine: Engine) -> None:
-    # The served path (keyword part, then the vector search's own scores) against candidates + score_parts.
+    # The served path (keyword part, then the vector search's own scores) against the candidates with every
+    # row's BM25 score and its decoded vector's cosine.
     import numpy as np
 
-    from engine.search import candidates, keyword_part, score_parts, scored_candidates
+    from engine.search import candidates, keyword_part, scored_candidates
 
     snap = shared_engine.snapshot()
     for query, filters in (("nitrile gloves", Filters()), ("filament", Filters(in_stock=True, max_price=30))):
@@ -187,6 +188,6 @@ def test_scored_candidates_are_the_candidates_with_their_scores(shared_engine: E
         rows, bm25, vec = scored_candidates(snap, keyword_part(snap, query, 40, mask), qvec, mask)
         want = candidates(snap, snap.keyword.scores(query), qvec, 40, mask)
         assert np.array_equal(rows, want)
-        want_bm25, want_vec = score_parts(snap, snap.keyword.scores(query), qvec, want)
+        want_bm25, want_vec = snap.keyword.scores(query)[want], snap.vector_index.score(qvec, want)
         assert np.array_equal(bm25, want_bm25) and np.allclose(vec, want_vec, atol=1e-5)
         assert mask is None or mask[rows].all()

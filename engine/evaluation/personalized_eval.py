@@ -24,7 +24,7 @@ from engine.catalog import category_segments
 from engine.ranking.fusion import fuse
 from engine.recommend.content import InterestProfile
 from engine.recommend.personal import COOC_WEIGHT, personal_score, personalized
-from engine.search import candidates, score_parts
+from engine.search import keyword_part, scored_candidates
 
 STRENGTHS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
 COOC_WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
@@ -126,9 +126,8 @@ def run_personalized_eval(config: EngineConfig, dataset: str = "scientific", dat
             for r in rows_of[seq[:cut]]:
                 profile.add(np.asarray(snap.vectors[r]), event_weight("purchase"), item=int(r))
             qvec = engine.embed_query(query)
-            bm25_all = snap.keyword.scores(query)
-            cand = candidates(snap, bm25_all, qvec, engine.config.candidate_pool, None)
-            bm25, vec = score_parts(snap, bm25_all, qvec, cand)
+            cand, bm25, vec = scored_candidates(snap, keyword_part(snap, query, engine.config.candidate_pool, None),
+                                                qvec, None)  # as the served search
             fused = fuse(bm25, vec, engine.config.hybrid_weight, engine.config.fusion)
             affinity, _ = profile.score(np.asarray(snap.vectors[cand]), BETA)
             recent = [(int(r), HISTORY_DECAY ** age) for age, r in enumerate(reversed(rows_of[seq[:cut]]))]
