@@ -213,11 +213,11 @@ def cmd_impressions_writer(config: EngineConfig, args: argparse.Namespace) -> in
     import signal
     import threading
 
-    from engine.learn.impressions import WRITER_NICE, SpoolWriter, mark_writer_ready
+    from engine.learn.impressions import SpoolWriter, lower_priority, mark_writer_ready
     from engine.process import process_alive
     from engine.service import Engine
 
-    os.nice(WRITER_NICE)  # background work: the scheduler gives the workers' requests the CPU first
+    lower_priority()  # background work: the workers' requests get the CPU first
     engine = Engine(config)
     try:
         engine.snapshot()  # load the served version now, beside the workers' start, not on the first list

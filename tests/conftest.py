@@ -25,6 +25,20 @@ from engine.config import EngineConfig  # noqa: E402
 from engine.embedding.base import Encoder  # noqa: E402
 from engine.embedding.factory import build_encoder  # noqa: E402
 from engine.service import Engine  # noqa: E402
+from flask import Flask  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+
+
+class ReadOutClient(FlaskClient):
+    """Flask's test client, reading each response out and closing it as a server does, unless asked not
+    to (``buffered=False``): the app counts a request in flight until its response is closed (web._counted),
+    and the impression flusher waits for a gap between requests."""
+
+    def open(self, *args: Any, buffered: bool = True, **kwargs: Any) -> Any:
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
+Flask.test_client_class = ReadOutClient
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_CATALOG = ROOT / "tests" / "fixtures" / "products.jsonl"

@@ -171,3 +171,24 @@ def _writers_of(parent: int) -> list[int]:
             if b"writer" in args and b"--parent" in args and args[args.index(b"--parent") + 1] == str(parent).encode():
                 out.append(int(d.name))
     return out
+
+
+def test_the_writer_process_runs_under_the_idle_policy(config: EngineConfig) -> None:
+    """The writer yields every core to the requests (engine.learn.impressions.lower_priority): its threads run
+    under SCHED_IDLE, which a request's thread preempts at once (a nice value does not, README)."""
+    proc, base = start_server(config)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not _writers_of(proc.pid):
+            time.sleep(0.2)
+        writers = _writers_of(proc.pid)
+        assert len(writers) == 1
+        deadline = time.time() + 60  # the writer sets its policy first thing, before it loads the version
+        while time.time() < deadline and os.sched_getscheduler(writers[0]) != os.SCHED_IDLE:
+            time.sleep(0.2)
+        threads = [int(t.name) for t in Path(f"/proc/{writers[0]}/task").iterdir()]
+        assert [os.sched_getscheduler(t) for t in threads] == [os.SCHED_IDLE] * len(threads)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER  # the server itself keeps the normal policy
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)

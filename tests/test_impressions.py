@@ -140,7 +140,11 @@ def test_the_app_counts_requests_in_and_out(config: EngineConfig, encoder: Encod
     client, engine = logging_client(config, encoder)
     client.application.add_url_rule("/probe", "probe", lambda: {"busy": engine.in_flight.busy()})
     assert client.get("/probe").get_json() == {"busy": True}
-    assert client.get("/v1/search", query_string={"q": "gloves"}, headers=READ).status_code == 200
+    # counted out once the response's last byte is written (the WSGI iterable closed), not when the view returns
+    r = client.get("/v1/search", query_string={"q": "gloves"}, headers=READ, buffered=False)
+    assert r.status_code == 200 and engine.in_flight.busy()
+    r.close()
+    assert not engine.in_flight.busy()
     assert client.get("/v1/search", headers=READ).status_code == 400
     assert client.get("/no/such/page").status_code == 404
     assert not engine.in_flight.busy()

@@ -5,7 +5,8 @@ import logging
 import os
 from typing import Any, Mapping
 
-from flask import Flask, g
+from flask import Flask
+from werkzeug.wsgi import ClosingIterator
 
 from engine import Admin, Engine, EngineConfig, open_limiter
 from web.auth import load_secret_key
@@ -45,16 +46,23 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(qa.bp)
     app.register_blueprint(analytics.bp)
     errors.register_error_handlers(app)
-    in_flight = app.extensions["vitrine"].in_flight
-
-    @app.before_request
-    def _count_in() -> None:  # the impression flusher computes deferred features between requests
-        g.vitrine_counted = True
-        in_flight.enter()
-
-    @app.teardown_request
-    def _count_out(_: BaseException | None) -> None:
-        if g.pop("vitrine_counted", False):
-            in_flight.exit()
-
+    app.wsgi_app = _counted(app.wsgi_app, app.extensions["vitrine"].in_flight)  # type: ignore[method-assign]
     return app
+
+
+def _counted(wsgi_app: Any, in_flight: Any) -> Any:
+    """``wsgi_app`` with each request counted in ``in_flight`` from its start until the server has written
+    the last byte of its response (the WSGI iterable's ``close``), not only until the view returns: the
+    impression writer computes its deferred features between requests, and a response still being sent is
+    part of the request it should not compete with."""
+
+    def counted(environ: Any, start_response: Any) -> Any:
+        in_flight.enter()
+        try:
+            body = wsgi_app(environ, start_response)
+        except BaseException:
+            in_flight.exit()
+            raise
+        return ClosingIterator(body, [in_flight.exit])
+
+    return counted
