@@ -1,0 +1,240 @@
+"""int8 encoder variants that keep the activations' outlier dimensions out of the 8-bit range (README, "The
+int8 encoder", "Outlier dimensions kept in fp32"). A one-off exploration, kept for the next try; not the
+shipped recipe (``engine/embedding/int8.py``).
+
+- ``split R K``: LLM.int8() style. Each weight MatMul whose input has dimensions over R x the median maximum
+  (at most K) becomes ``MatMul(X * mask, W)`` (quantized) + ``MatMul(Gather(X, outliers), W[outliers])`` (fp32).
+- ``smooth R GR GK``: each LayerNorm feeding weight MatMuls is duplicated with gamma and beta divided by a
+  per-dimension scale that caps its outliers at R x the median maximum, and those MatMuls' weight rows are
+  multiplied by it (free at run time); with GR > 0, the GELU-fed MatMuls also get the fp32 split (GR, GK).
+
+Calibrated on the last 200 Amazon Scientific item texts of the published eval version. Prints, for fp32, the
+shipped int8 and each variant: mean cosine to fp32 of the 261 CrowdFlower queries and its 9,913 products,
+top-10 overlap of exact vector search, build throughput (1,500 Scientific texts, 2 and 1 threads) and query
+time (100 queries one at a time):
+
+    VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_int8_outliers.py split 4 8 smooth 4 4 8
+
+It needs the published eval versions (``vitrine eval search`` and ``vitrine eval recommend`` build them) and
+the ONNX exports under ``indexes/models`` (the int8 one: any ``onnx-int8`` use makes it). On 2026-12-05 (an
+Intel Xeon with VNNI, about 6 minutes a variant) ``split 4 8`` printed overlap 0.9475 at 1.73x the fp32 build
+and ``smooth 4 4 8`` 0.9395 at 2.32x, 0.51x the query time; the shipped int8 0.902.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from engine.embedding.onnx_encoder import OnnxEncoder  # noqa: E402
+from engine.evaluation.search_eval import load_crowdflower  # noqa: E402
+
+DATA = Path(os.environ.get("VITRINE_DATA_DIR", ROOT.parent / "shared" / "data"))
+FPD = ROOT / "indexes/models/minilm-onnx-fp32"
+FP, I8 = FPD, ROOT / "indexes/models/minilm-onnx-int8"
+OUT = ROOT / "bench/out/int8-outliers"
+
+
+def calibrate():
+    m2 = onnx.load(str(FPD / "model.onnx"))
+    inits = {i.name for i in m2.graph.initializer}
+    acts = list(dict.fromkeys(n.input[0] for n in m2.graph.node if n.op_type == "MatMul" and n.input[1] in inits))
+    for a in acts: m2.graph.output.append(helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(m2.SerializeToString(), providers=["CPUExecutionProvider"])
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(FPD / "tokenizer.json")); tok.enable_padding(); tok.enable_truncation(256)
+    sci = [json.loads(line) for line in open(ROOT / "indexes/eval/scientific/current/items.jsonl")][-200:]
+    texts = [r.get("title", "") + ". " + r.get("description", "")[:400] for r in sci]
+    mx = {a: None for a in acts}
+    for i in range(0, len(texts), 32):
+        enc = tok.encode_batch(texts[i:i + 32])
+        ids = np.array([e.ids for e in enc], np.int64); am = np.array([e.attention_mask for e in enc], np.int64)
+        feeds = {"input_ids": ids, "attention_mask": am}
+        if "token_type_ids" in [x.name for x in s.get_inputs()]: feeds["token_type_ids"] = np.zeros_like(ids)
+        for a, o in zip(acts, s.run(acts, feeds)):
+            v = np.abs(o.reshape(-1, o.shape[-1]))[am.reshape(-1) > 0].max(0)
+            mx[a] = v if mx[a] is None else np.maximum(mx[a], v)
+    return mx
+
+def quantize(m, g, nodes, out, exclude):
+    """The graph with ``nodes``, quantized as the shipped recipe does (``exclude`` left fp32), into ``out``."""
+    del g.node[:]
+    g.node.extend(nodes)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(FPD, out, ignore=shutil.ignore_patterns("model.onnx*"), dirs_exist_ok=True)
+    onnx.save(m, str(out / "work-fp32.onnx"))
+    quantize_dynamic(str(out / "work-fp32.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=False, op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=exclude)
+    (out / "work-fp32.onnx").unlink()
+
+
+def build_split(ratio, maxk, out):
+    out = Path(out)
+    mx = calibrate()
+    m = onnx.load(str(FPD / "model.onnx"))
+    g = m.graph
+    W = {i.name: i for i in g.initializer}
+    new_nodes, exclude, nsplit = [], [], 0
+    shared = {}  # activation -> (xm, xo, idx)
+    consumers = {}
+    for n in g.node:
+        for i in n.input: consumers.setdefault(i, []).append(n)
+    skip = set()
+    for n in g.node:
+        if id(n) in skip:
+            continue
+        if n.op_type == "MatMul" and n.input[1] in W and mx.get(n.input[0]) is not None:
+            x = n.input[0]
+            v = mx[x]; med = float(np.median(v))
+            idx = [int(j) for j in np.argsort(-v)[:maxk] if v[j] > ratio * med]
+            if idx:
+                nsplit += 1
+                w = numpy_helper.to_array(W[n.input[1]])
+                b = n.name.replace("/", "_")
+                if x not in shared:
+                    a_ = x.replace("/", "_")
+                    mask = np.ones(w.shape[0], np.float32); mask[idx] = 0
+                    g.initializer.extend([numpy_helper.from_array(mask, a_ + "_omask"), numpy_helper.from_array(np.array(idx, np.int64), a_ + "_oidx")])
+                    new_nodes += [helper.make_node("Mul", [x, a_ + "_omask"], [a_ + "_xm"], name=a_ + "_omul"),
+                                  helper.make_node("Gather", [x, a_ + "_oidx"], [a_ + "_xo"], name=a_ + "_ogather", axis=-1)]
+                    exclude.append(a_ + "_ogather")
+                    shared[x] = (a_ + "_xm", a_ + "_xo")
+                xm, xo = shared[x]
+                g.initializer.append(numpy_helper.from_array(w[idx, :].astype(np.float32), b + "_ow"))
+                nxt = consumers.get(n.output[0], [])
+                bias_add = nxt[0] if (False and len(nxt) == 1 and nxt[0].op_type == "Add" and nxt[0].input[1] in W) else None
+                new_nodes.append(helper.make_node("MatMul", [xm, n.input[1]], [b + "_y1"], name=n.name))
+                new_nodes.append(helper.make_node("MatMul", [xo, b + "_ow"], [b + "_y2"], name=b + "_omatmul"))
+                exclude.append(b + "_omatmul")
+                if bias_add is not None:  # fold: y2 + bias, then one full-size add as before
+                    new_nodes.append(helper.make_node("Add", [b + "_y2", bias_add.input[1]], [b + "_y2b"], name=b + "_obias"))
+                    new_nodes.append(helper.make_node("Add", [b + "_y1", b + "_y2b"], [bias_add.output[0]], name=bias_add.name))
+                    skip.add(id(bias_add))
+                else:
+                    new_nodes.append(helper.make_node("Add", [b + "_y1", b + "_y2"], [n.output[0]], name=b + "_oadd"))
+                continue
+        new_nodes.append(n)
+    quantize(m, g, new_nodes, out, exclude)
+    print(out.name, "split", nsplit, "matmuls", flush=True)
+    return out
+
+def build_smooth(ratio, out, split_gelu, GR=8.0, GK=2):
+    out = Path(out)
+    mx = calibrate()
+    m = onnx.load(str(FPD / "model.onnx")); g = m.graph
+    W = {i.name: i for i in g.initializer}
+    consumers = {}
+    for n in g.node:
+        for i in n.input: consumers.setdefault(i, []).append(n)
+    new_nodes, exclude, nsm, nsp = [], [], 0, 0
+    replaced_w = {}
+    shared = {}
+    for n in g.node:
+        if n.op_type == "LayerNormalization":
+            y = n.output[0]
+            mms = [c for c in consumers.get(y, []) if c.op_type == "MatMul" and c.input[1] in W]
+            v = mx.get(y)
+            new_nodes.append(n)
+            if mms and v is not None:
+                med = float(np.median(v)); cap = ratio * med
+                s = np.where(v > cap, v / cap, 1.0).astype(np.float32)
+                if (s > 1).any():
+                    nsm += 1
+                    gam = numpy_helper.to_array(W[n.input[1]]); bet = numpy_helper.to_array(W[n.input[2]])
+                    b = y.replace("/", "_")
+                    g.initializer.extend([numpy_helper.from_array(gam / s, b + "_sg"), numpy_helper.from_array(bet / s, b + "_sb")])
+                    ln2 = helper.make_node("LayerNormalization", [n.input[0], b + "_sg", b + "_sb"], [b + "_sm"], name=b + "_smln", **{a.name: helper.get_attribute_value(a) for a in n.attribute})
+                    new_nodes.append(ln2)
+                    for c in mms:
+                        w = numpy_helper.to_array(W[c.input[1]]) * s[:, None]
+                        replaced_w[c.input[1]] = w
+                        c.input[0] = b + "_sm"
+            continue
+        if split_gelu and n.op_type == "MatMul" and n.input[1] in W and "intermediate_act_fn" in n.input[0] and mx.get(n.input[0]) is not None:
+            x = n.input[0]; v = mx[x]; med = float(np.median(v))
+            idx = [int(j) for j in np.argsort(-v)[:GK] if v[j] > GR * med]
+            if idx:
+                nsp += 1
+                w = numpy_helper.to_array(W[n.input[1]]); b = n.name.replace("/", "_")
+                mask = np.ones(w.shape[0], np.float32); mask[idx] = 0
+                g.initializer.extend([numpy_helper.from_array(mask, b + "_omask"), numpy_helper.from_array(np.array(idx, np.int64), b + "_oidx"),
+                                      numpy_helper.from_array(w[idx, :].astype(np.float32), b + "_ow")])
+                new_nodes += [helper.make_node("Mul", [x, b + "_omask"], [b + "_xm"], name=b + "_omul"),
+                              helper.make_node("MatMul", [b + "_xm", n.input[1]], [b + "_y1"], name=n.name),
+                              helper.make_node("Gather", [x, b + "_oidx"], [b + "_xo"], name=b + "_ogather", axis=-1),
+                              helper.make_node("MatMul", [b + "_xo", b + "_ow"], [b + "_y2"], name=b + "_omatmul"),
+                              helper.make_node("Add", [b + "_y1", b + "_y2"], [n.output[0]], name=b + "_oadd")]
+                exclude += [b + "_omatmul", b + "_ogather"]
+                continue
+        new_nodes.append(n)
+    for name, w in replaced_w.items():
+        W[name].CopyFrom(numpy_helper.from_array(w.astype(np.float32), name))
+    quantize(m, g, new_nodes, out, exclude)
+    print(out, "smoothed LNs", nsm, "gelu splits", nsp, flush=True)
+
+
+def main(argv: list[str]) -> None:
+    variants = {"fp32": FP, "int8": I8}
+    i = 0
+    while i < len(argv):
+        kind = argv[i]
+        if kind == "split":
+            r, k = float(argv[i + 1]), int(argv[i + 2])
+            variants[f"split-{r:g}-{k}"] = build_split(r, k, OUT / f"split-{r:g}-{k}")
+            i += 3
+        elif kind == "smooth":
+            r, gr, gk = float(argv[i + 1]), float(argv[i + 2]), int(argv[i + 3])
+            name = f"smooth-{r:g}" + (f"-gelu-{gr:g}-{gk}" if gr > 0 else "")
+            build_smooth(r, OUT / name, gr > 0, gr, gk)
+            variants[name] = OUT / name
+            i += 4
+        else:
+            raise SystemExit(f"unknown variant {kind!r}: split R K | smooth R GR GK (GR 0: no GELU split)")
+    products, queries = load_crowdflower(DATA)
+    ptexts = [f"{p['title']}. {p.get('description','')}" for p in products]
+    qtexts = [q for q, _, _ in queries]
+    enc = {k: OnnxEncoder(v, threads=2) for k, v in variants.items()}
+    vec = {}
+    for k, e in enc.items():
+        t = time.time(); vec[k] = (e.encode(qtexts), e.encode(ptexts)); print(k, "encoded in", round(time.time() - t, 1), flush=True)
+    fq, fp = vec["fp32"]
+    top = lambda q, p: np.argsort(-(q @ p.T), axis=1)[:, :10]
+    ft = top(fq, fp)
+    for k, (q, p) in vec.items():
+        cq = (q * fq).sum(1); cp = (p * fp).sum(1)
+        t = top(q, p)
+        ov = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(t, ft)])
+        print(f"{k}: cos q {cq.mean():.4f} p {cp.mean():.4f} min {min(cq.min(), cp.min()):.4f} overlap {ov:.4f}")
+    sci = [json.loads(l) for l in open(ROOT / "indexes/eval/scientific/current/items.jsonl")][:1500]
+    stexts = [f"{r.get('title','')}. {r.get('description','')}" for r in sci]
+    for threads in (2, 1):
+        encs = {k: OnnxEncoder(v, threads=threads) for k, v in variants.items()}
+        res = {k: [] for k in encs}
+        for r in range(2):
+            for k, e in encs.items():
+                t = time.perf_counter(); e.encode(stexts); res[k].append(len(stexts) / (time.perf_counter() - t))
+        print(f"build {threads} thr:", {k: round(float(np.median(v)), 1) for k, v in res.items()}, {k: round(float(np.median(v) / np.median(res['fp32'])), 2) for k, v in res.items()}, flush=True)
+    encs = {k: OnnxEncoder(v, threads=1) for k, v in variants.items()}
+    res = {k: [] for k in encs}
+    for r in range(3):
+        for k, e in encs.items():
+            ts = []
+            for q in qtexts[:100]:
+                t = time.perf_counter(); e.encode([q]); ts.append(time.perf_counter() - t)
+            res[k].append(np.median(ts) * 1000)
+    print("query ms:", {k: round(float(np.median(v)), 3) for k, v in res.items()}, {k: round(float(np.median(v) / np.median(res['fp32'])), 2) for k, v in res.items()})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
