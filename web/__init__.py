@@ -63,6 +63,10 @@ def _counted(wsgi_app: Any, in_flight: Any) -> Any:
         except BaseException:
             in_flight.exit()
             raise
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(body, wrapper):  # a file the server sends by itself
+            in_flight.exit()  # (sendfile): wrapping it would lose that; the view is done
+            return body
         return ClosingIterator(body, [in_flight.exit])
 
     return counted

@@ -137,7 +137,7 @@ def lower_priority() -> str:
     takes the core at once. A nice value only weighs the shares: a woken thread may still wait for the
     writer's time slice. Measured at 1M items (``bench/bench_index_1m.py``; README, "Compressed indexes"):
     the time from the client's send to the request's start had a p99 of 4.2 to 5.0 ms with the writer at
-    nice 10 or 19, and 2.0 ms with ``SCHED_IDLE``, as with no writer running.
+    nice 10 or 19, 1.2 to 2.0 ms with ``SCHED_IDLE``, and 1.0 to 1.2 ms with logging off.
 
     A process cannot leave ``SCHED_IDLE`` without privileges. On a saturated machine the writer then falls
     behind, and catches up when the load eases. The impressions wait in the spool files meanwhile, where
