@@ -128,9 +128,9 @@ class InFlight:
         return self._idle.wait(timeout)
 
 
-def lower_priority() -> str:
+def lower_priority() -> None:
     """Give this process (the impression writer) the CPU only when the requests leave it: Linux's
-    ``SCHED_IDLE`` policy, else nice ``WRITER_NICE``. Returns which.
+    ``SCHED_IDLE`` policy, else nice ``WRITER_NICE`` (logged).
 
     Why ``SCHED_IDLE`` and not a nice value: the scheduler treats a core that runs only ``SCHED_IDLE`` threads
     as idle, both when it places a thread that wakes and when it decides to preempt, so a request's thread
@@ -147,17 +147,17 @@ def lower_priority() -> str:
     try:
         # per thread on Linux: this one (every thread started later inherits it) and those already running
         # (a BLAS library's, started at import)
-        tasks = [int(t.name) for t in Path("/proc/self/task").iterdir()] if Path("/proc/self/task").is_dir() else [0]
-        for tid in [0] + [t for t in tasks if t != threading.get_native_id()]:
+        tasks = Path("/proc/self/task")
+        others = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else []
+        for tid in [0] + [t for t in others if t != threading.get_native_id()]:
             try:
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             except ProcessLookupError:  # ended meanwhile
                 pass
-        return "SCHED_IDLE"
+        log.info("impression writer: SCHED_IDLE")
     except (AttributeError, OSError) as e:  # not Linux, or refused
         log.info("impression writer: no SCHED_IDLE (%s); nice %d instead", e, WRITER_NICE)
         os.nice(WRITER_NICE)
-        return f"nice {WRITER_NICE}"
 
 
 def spool_dir(store: EventStore) -> Path:
