@@ -69,8 +69,15 @@ def calibrate():
             mx[a] = v if mx[a] is None else np.maximum(mx[a], v)
     return mx
 
+GCAP = [0.0]  # after ``gcap C``: the GELU-fed MatMuls' other dimensions smoothed to C x the median maximum
+MASK = [False]  # after ``mask``: the LayerNorm copies that feed weight MatMuls are multiplied by the attention mask
+KEEP: list[str] = []  # substrings of weight MatMul names left fp32 in every variant built after ``keep``
+
+
 def quantize(m, g, nodes, out, exclude):
-    """The graph with ``nodes``, quantized as the shipped recipe does (``exclude`` left fp32), into ``out``."""
+    """The graph with ``nodes``, quantized as the shipped recipe does (``exclude`` left fp32, and the weight
+    MatMuls whose names hold a ``KEEP`` substring), into ``out``."""
+    exclude = exclude + [n.name for n in nodes if n.op_type == "MatMul" and any(k in n.name for k in KEEP)]
     del g.node[:]
     g.node.extend(nodes)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,17 +94,20 @@ def outliers(v, ratio, k):
     return [int(j) for j in np.argsort(-v)[:k] if v[j] > ratio * med]
 
 
-def split(g, W, n, idx, shared, exclude):
+def split(g, W, n, idx, shared, exclude, scale=None):
     """The nodes that replace weight MatMul ``n``: ``MatMul(X * mask, W)`` (quantized later) plus
     ``MatMul(Gather(X, idx), W[idx])`` in fp32 (``exclude``d), added; the ``Mul`` and ``Gather`` once per input
-    ``X`` (``shared``)."""
+    ``X`` (``shared``). With ``scale``, the mask divides the other dimensions by it and ``W``'s rows are
+    multiplied by it (SmoothQuant on the same ``Mul``; only for an input with one consumer)."""
     x = n.input[0]
     w = numpy_helper.to_array(W[n.input[1]])
     b = n.name.replace("/", "_")
     nodes = []
+    if scale is not None:
+        W[n.input[1]].CopyFrom(numpy_helper.from_array((w * scale[:, None]).astype(np.float32), n.input[1]))
     if x not in shared:
         a_ = x.replace("/", "_")
-        mask = np.ones(w.shape[0], np.float32)
+        mask = np.ones(w.shape[0], np.float32) if scale is None else (1.0 / scale).astype(np.float32)
         mask[idx] = 0
         g.initializer.extend([numpy_helper.from_array(mask, a_ + "_omask"),
                               numpy_helper.from_array(np.array(idx, np.int64), a_ + "_oidx")])
@@ -143,6 +153,13 @@ def build_smooth(ratio, out, split_gelu, GR=8.0, GK=2):
             consumers.setdefault(i, []).append(n)
     new_nodes, exclude, shared, nsm, nsp = [], [], {}, 0, 0
     replaced_w = {}
+    if MASK[0]:
+        # Padding rows are garbage the attention mask hides from every real token, but they widen a batch's
+        # uint8 range (their LayerNorm outputs reach 7 where real tokens' stay under 5): zeroed before the
+        # weight MatMuls, they change no real token's output.
+        g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "pad_axes"))
+        new_nodes += [helper.make_node("Cast", ["attention_mask"], ["pad_maskf"], name="pad_cast", to=onnx.TensorProto.FLOAT),
+                      helper.make_node("Unsqueeze", ["pad_maskf", "pad_axes"], ["pad_mask3"], name="pad_unsq")]
     for n in g.node:
         if n.op_type == "LayerNormalization":
             y = n.output[0]
@@ -152,7 +169,7 @@ def build_smooth(ratio, out, split_gelu, GR=8.0, GK=2):
             if mms and v is not None:
                 cap = ratio * float(np.median(v))
                 s = np.where(v > cap, v / cap, 1.0).astype(np.float32)
-                if (s > 1).any():
+                if (s > 1).any() or MASK[0]:
                     nsm += 1
                     gam = numpy_helper.to_array(W[n.input[1]])
                     bet = numpy_helper.to_array(W[n.input[2]])
@@ -161,16 +178,26 @@ def build_smooth(ratio, out, split_gelu, GR=8.0, GK=2):
                     new_nodes.append(helper.make_node("LayerNormalization", [n.input[0], b + "_sg", b + "_sb"], [b + "_sm"],
                                                       name=b + "_smln",
                                                       **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
+                    src = b + "_sm"
+                    if MASK[0]:
+                        new_nodes.append(helper.make_node("Mul", [src, "pad_mask3"], [b + "_smm"], name=b + "_padmul"))
+                        exclude.append(b + "_padmul")
+                        src = b + "_smm"
                     for c in mms:
                         replaced_w[c.input[1]] = numpy_helper.to_array(W[c.input[1]]) * s[:, None]
-                        c.input[0] = b + "_sm"
+                        c.input[0] = src
             continue
         if (split_gelu and n.op_type == "MatMul" and n.input[1] in W and "intermediate_act_fn" in n.input[0]
                 and mx.get(n.input[0]) is not None):
-            idx = outliers(mx[n.input[0]], GR, GK)
+            v = mx[n.input[0]]
+            idx = outliers(v, GR, GK)
+            sc = None
+            if GCAP[0] > 0:
+                cap = GCAP[0] * float(np.median(v))
+                sc = np.where(v > cap, v / cap, 1.0).astype(np.float32)
             if idx:
                 nsp += 1
-                new_nodes += split(g, W, n, idx, shared, exclude)
+                new_nodes += split(g, W, n, idx, shared, exclude, sc)
                 continue
         new_nodes.append(n)
     for name, w in replaced_w.items():
@@ -184,18 +211,29 @@ def main(argv: list[str]) -> None:
     i = 0
     while i < len(argv):
         kind = argv[i]
-        if kind == "split":
+        if kind == "gcap":
+            GCAP[0] = float(argv[i + 1])
+            i += 2
+        elif kind == "mask":
+            MASK[0] = True
+            i += 1
+        elif kind == "keep":
+            KEEP[:] = [k for k in argv[i + 1].split(",") if k]
+            i += 2
+        elif kind == "split":
             r, k = float(argv[i + 1]), int(argv[i + 2])
-            variants[f"split-{r:g}-{k}"] = build_split(r, k, OUT / f"split-{r:g}-{k}")
+            name = f"split-{r:g}-{k}" + "".join("-keep-" + k_.strip("/").replace("/", "-") for k_ in KEEP)
+            variants[name] = build_split(r, k, OUT / name)
             i += 3
         elif kind == "smooth":
             r, gr, gk = float(argv[i + 1]), float(argv[i + 2]), int(argv[i + 3])
-            name = f"smooth-{r:g}" + (f"-gelu-{gr:g}-{gk}" if gr > 0 else "")
+            name = f"smooth-{r:g}" + (f"-gelu-{gr:g}-{gk}" if gr > 0 else "") + ("-mask" if MASK[0] else "") + (f"-gcap-{GCAP[0]:g}" if GCAP[0] else "") + "".join(
+                "-keep-" + k.strip("/").replace("/", "-") for k in KEEP)
             build_smooth(r, OUT / name, gr > 0, gr, gk)
             variants[name] = OUT / name
             i += 4
         else:
-            raise SystemExit(f"unknown variant {kind!r}: split R K | smooth R GR GK (GR 0: no GELU split)")
+            raise SystemExit(f"unknown variant {kind!r}: gcap C | mask | keep NAMES | split R K | smooth R GR GK (GR 0: no GELU split)")
     products, queries = load_crowdflower(DATA)
     ptexts = [f"{p['title']}. {p.get('description','')}" for p in products]
     qtexts = [q for q, _, _ in queries]
