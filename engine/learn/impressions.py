@@ -145,11 +145,12 @@ def lower_priority() -> None:
     second) left 93% of the lists unstored at the end with ``SCHED_IDLE`` and 85% at nice 10, and both had
     stored every list 5 s later."""
     try:
-        # per thread on Linux: this one (every thread started later inherits it) and those already running
-        # (a BLAS library's, started at import)
+        # per thread on Linux: those already running (a BLAS library's, started at import), then this one
+        # (every thread started later inherits it). This one last: once it is under SCHED_IDLE a busy machine
+        # may not run it again for seconds, and the others must not wait for that at the normal policy.
         tasks = Path("/proc/self/task")
         others = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else []
-        for tid in [0] + [t for t in others if t != threading.get_native_id()]:
+        for tid in [t for t in others if t != threading.get_native_id()] + [0]:
             try:
                 os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             except ProcessLookupError:  # ended meanwhile
