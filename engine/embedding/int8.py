@@ -45,7 +45,8 @@ INT8_FORMAT = 2
 # The recipe, recorded in export.json; a change of any of these re-quantizes.
 RECIPE: dict[str, Any] = {
     "rewrite": {"layernorm_cap": LAYERNORM_CAP, "padding_masked": True, "gelu_split_ratio": GELU_SPLIT_RATIO,
-                "gelu_split_max": GELU_SPLIT_MAX, "calibration": CALIBRATION_TEXTS.name},
+                "gelu_split_max": GELU_SPLIT_MAX, "calibration": CALIBRATION_TEXTS.name,
+                "calibration_sha256": hashlib.sha256(CALIBRATION_TEXTS.read_bytes()).hexdigest()},
     "method": "onnxruntime.quantization.quantize_dynamic",
     "weight_type": "QInt8",
     "activation_type": "QUInt8 (dynamic, per tensor)",
@@ -56,11 +57,10 @@ RECIPE: dict[str, Any] = {
     "op_types_to_quantize": ["MatMul"],
     "nodes_to_exclude": [],
 }
-# The vectors' family names the recipe: any change of it (or of the calibration texts) makes a new family,
+# The vectors' family names the recipe: any change of it (the calibration texts included) makes a new family,
 # so an index or embedding-cache entry of another recipe is never served with this one. Format 1 (no rewrite,
 # top-10 overlap with fp32 0.90) had the family ".../int8".
-FAMILY_INT8 = f"{MODEL_NAME}/int8-" + hashlib.sha256(
-    json.dumps(RECIPE, sort_keys=True).encode() + CALIBRATION_TEXTS.read_bytes()).hexdigest()[:12]
+FAMILY_INT8 = f"{MODEL_NAME}/int8-" + hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
 # A fresh quantization whose minimum cosine to fp32 on the probe texts falls below this is refused
 # (an onnxruntime change that broke the recipe must not ship silently).
 MIN_PROBE_COSINE = 0.95
