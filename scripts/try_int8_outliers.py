@@ -12,7 +12,7 @@ int8 encoder", "Outlier dimensions kept in fp32"). The exploration behind the sh
   to C x the median maximum through the split's ``Mul``), ``keep A,B`` (weight MatMuls whose names hold A or B
   left fp32), ``noemb`` (the embedding tables left fp32).
 
-Calibrated on the last 200 Amazon Scientific item texts of the published eval version. Prints, for fp32, the
+Calibrated as the engine does (``engine.embedding.int8_rewrite.calibrate``, 200 demo-catalog texts). Prints, for fp32, the
 shipped int8 and each variant: mean cosine to fp32 of the 261 CrowdFlower queries and its 9,913 products,
 top-10 overlap of exact vector search, the same on the Amazon Q&A selection set, build throughput (1,500 Scientific texts, 2 and 1 threads) and query
 time (100 queries one at a time):
@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from engine.embedding.int8_rewrite import _outliers, calibration_texts  # noqa: E402
+from engine.embedding.int8_rewrite import calibrate as calibrate_model  # noqa: E402
 from engine.embedding.onnx_encoder import OnnxEncoder  # noqa: E402
 from engine.evaluation.search_eval import load_crowdflower  # noqa: E402
 
@@ -54,25 +55,9 @@ OUT = ROOT / "bench/out/int8-outliers"
 
 @functools.lru_cache(maxsize=1)
 def calibrate():
-    m2 = onnx.load(str(FPD / "model.onnx"))
-    inits = {i.name for i in m2.graph.initializer}
-    acts = list(dict.fromkeys(n.input[0] for n in m2.graph.node if n.op_type == "MatMul" and n.input[1] in inits))
-    for a in acts: m2.graph.output.append(helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None))
-    s = ort.InferenceSession(m2.SerializeToString(), providers=["CPUExecutionProvider"])
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(FPD / "tokenizer.json")); tok.enable_padding(); tok.enable_truncation(256)
-    sci = [json.loads(line) for line in open(ROOT / "indexes/eval/scientific/current/items.jsonl")][-200:]
-    texts = [r.get("title", "") + ". " + r.get("description", "")[:400] for r in sci]
-    mx = {a: None for a in acts}
-    for i in range(0, len(texts), 32):
-        enc = tok.encode_batch(texts[i:i + 32])
-        ids = np.array([e.ids for e in enc], np.int64); am = np.array([e.attention_mask for e in enc], np.int64)
-        feeds = {"input_ids": ids, "attention_mask": am}
-        if "token_type_ids" in [x.name for x in s.get_inputs()]: feeds["token_type_ids"] = np.zeros_like(ids)
-        for a, o in zip(acts, s.run(acts, feeds)):
-            v = np.abs(o.reshape(-1, o.shape[-1]))[am.reshape(-1) > 0].max(0)
-            mx[a] = v if mx[a] is None else np.maximum(mx[a], v)
-    return mx
+    """The shipped recipe's calibration (the same 200 demo-catalog texts)."""
+    return calibrate_model(onnx.load(str(FPD / "model.onnx")), FPD / "tokenizer.json", calibration_texts())
+
 
 GCAP = [0.0]  # after ``gcap C``: the GELU-fed MatMuls' other dimensions smoothed to C x the median maximum
 NOEMB = [False]  # after ``noemb``: the embedding tables (Gather) stay fp32
@@ -93,12 +78,6 @@ def quantize(m, g, nodes, out, exclude):
                      reduce_range=False, op_types_to_quantize=["MatMul"] if NOEMB[0] else ["MatMul", "Gather"],
                      nodes_to_exclude=exclude)
     (out / "work-fp32.onnx").unlink()
-
-
-def outliers(v, ratio, k):
-    """The (at most ``k``) dimensions whose calibrated maximum is over ``ratio`` x the median dimension's."""
-    med = float(np.median(v))
-    return [int(j) for j in np.argsort(-v)[:k] if v[j] > ratio * med]
 
 
 def split(g, W, n, idx, shared, exclude, scale=None):
@@ -138,7 +117,7 @@ def build_split(ratio, maxk, out):
     new_nodes, exclude, shared, nsplit = [], [], {}, 0
     for n in g.node:
         if n.op_type == "MatMul" and n.input[1] in W and mx.get(n.input[0]) is not None:
-            idx = outliers(mx[n.input[0]], ratio, maxk)
+            idx = _outliers(mx[n.input[0]], ratio, maxk)
             if idx:
                 nsplit += 1
                 new_nodes += split(g, W, n, idx, shared, exclude)
@@ -197,7 +176,7 @@ def build_smooth(ratio, out, split_gelu, GR=8.0, GK=2):
         if (split_gelu and n.op_type == "MatMul" and n.input[1] in W and "intermediate_act_fn" in n.input[0]
                 and mx.get(n.input[0]) is not None):
             v = mx[n.input[0]]
-            idx = outliers(v, GR, GK)
+            idx = _outliers(v, GR, GK)
             sc = None
             if GCAP[0] > 0:
                 cap = GCAP[0] * float(np.median(v))
