@@ -1,6 +1,6 @@
 """int8 encoder variants that keep the activations' outlier dimensions out of the 8-bit range (README, "The
 int8 encoder", "Outlier dimensions kept in fp32"). The exploration behind the shipped recipe
-(``engine/embedding/int8_rewrite.py``, which is ``mask smooth 2 4 8`` here), kept for the next try.
+(``engine/embedding/int8_rewrite.py``; its format 2 is ``mask noemb smooth 2 2 32`` here), kept for the next try.
 
 - ``split R K``: LLM.int8() style. Each weight MatMul whose input has dimensions over R x the median maximum
   (at most K) becomes ``MatMul(X * mask, W)`` (quantized) + ``MatMul(Gather(X, outliers), W[outliers])`` (fp32).
@@ -23,7 +23,12 @@ It needs the published eval versions (``vitrine eval search`` and ``vitrine eval
 the ONNX exports under ``indexes/models`` (the int8 one: any ``onnx-int8`` use makes it). On 2026-12-05 (an
 Intel Xeon with VNNI, about 6 minutes a variant) ``split 4 8`` printed overlap 0.9475 at 1.73x the fp32 build
 and ``smooth 4 4 8`` 0.9395 at 2.32x, 0.51x the query time, the int8 recipe of the time 0.902; then ``mask
-smooth 2 4 8`` 0.9536 at 2.26x, 0.49x (Q&A selection set 0.9350), since shipped: the ``int8`` row is now it.
+smooth 2 4 8`` 0.9536 at 2.26x, 0.49x (Q&A selection set 0.9350), then ``mask noemb smooth 2 2 32`` (shipped as
+format 2). The variants here are built on the unfused graph; the shipped recipe (format 3) first fuses each
+attention block into one ``Attention`` node (``engine.embedding.int8_rewrite.fused``), which leaves the
+agreement as it was (CrowdFlower overlap 0.9571, Q&A 0.9438) and takes the query time from 0.53x to 0.45x.
+``dir NAME=PATH`` adds an int8 export built elsewhere (e.g. the engine's, ``indexes/models/minilm-onnx-int8``)
+as a variant.
 """
 from __future__ import annotations
 
@@ -66,7 +71,7 @@ KEEP: list[str] = []  # substrings of weight MatMul names left fp32 in every var
 
 
 def quantize(m, g, nodes, out, exclude):
-    """The graph with ``nodes``, quantized as the shipped recipe does (``exclude`` left fp32, and the weight
+    """The graph with ``nodes``, quantized as the recipe of format 2 did (``exclude`` left fp32, and the weight
     MatMuls whose names hold a ``KEEP`` substring), into ``out``."""
     exclude = exclude + [n.name for n in nodes if n.op_type == "MatMul" and any(k in n.name for k in KEEP)]
     del g.node[:]
@@ -209,6 +214,10 @@ def main(argv: list[str]) -> None:
         elif kind == "keep":
             KEEP[:] = [k for k in argv[i + 1].split(",") if k]
             i += 2
+        elif kind == "dir":  # an int8 export built elsewhere: NAME=PATH
+            name, path = argv[i + 1].split("=", 1)
+            variants[name] = Path(path)
+            i += 2
         elif kind == "split":
             r, k = float(argv[i + 1]), int(argv[i + 2])
             name = f"split-{r:g}-{k}" + "".join("-keep-" + k_.strip("/").replace("/", "-") for k_ in KEEP)
@@ -222,7 +231,7 @@ def main(argv: list[str]) -> None:
             variants[name] = OUT / name
             i += 4
         else:
-            raise SystemExit(f"unknown variant {kind!r}: noemb | gcap C | mask | keep NAMES | split R K | smooth R GR GK (GR 0: no GELU split)")
+            raise SystemExit(f"unknown variant {kind!r}: dir NAME=PATH | noemb | gcap C | mask | keep NAMES | split R K | smooth R GR GK (GR 0: no GELU split)")
     products, queries = load_crowdflower(DATA)
     ptexts = [f"{p['title']}. {p.get('description','')}" for p in products]
     qtexts = [q for q, _, _ in queries]

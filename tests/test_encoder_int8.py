@@ -73,7 +73,8 @@ def test_contract(int8: OnnxInt8Encoder, fp32: OnnxEncoder) -> None:
 def test_quantized_once_with_provenance(models: Path, int8: OnnxInt8Encoder) -> None:
     meta_path = models / INT8_DIRNAME / "export.json"
     meta = json.loads(meta_path.read_text())
-    assert meta["quantized_matmuls"] == 36 and meta["recipe"]["per_channel"] is True
+    # 36 projections: Q, K and V of 6 fused attention blocks (QAttention) and 18 MatMuls
+    assert meta["quantized_attention"] == 6 and meta["quantized_matmuls"] == 18 and meta["recipe"]["per_channel"] is True
     # 12 LayerNorms feed weight MatMuls (the embeddings' and two per layer but the last); 6 GELU-fed MatMuls
     assert meta["rewritten"]["layernorms_smoothed"] == 12 and meta["rewritten"]["gelu_matmuls_split"] == 6
     assert meta["probe_min_cosine_vs_fp32"] >= MIN_PROBE_COSINE and meta["probe_texts"] == len(PROBE_TEXTS)
@@ -93,14 +94,17 @@ def test_agrees_with_fp32(int8: OnnxInt8Encoder, fp32: OnnxEncoder) -> None:
 
 
 def test_the_outlier_rewrite_is_exact_in_fp32(tmp_path: Path, models: Path, fp32: OnnxEncoder) -> None:
-    """Before quantization the rewritten graph computes fp32's vectors: the smoothing is folded exactly, the
-    padding rows it zeroes reach no real token, and the split MatMuls add up to the whole."""
+    """Before quantization the fused and rewritten graph computes fp32's vectors: the fused attention is the
+    same function, the smoothing is folded exactly, the padding rows it zeroes reach no real token, and the
+    split MatMuls add up to the whole."""
     import onnx
 
     src = models / ONNX_DIRNAME
     model, keep_fp32, counts = rewritten(src / "model.onnx", src / "tokenizer.json")
     assert counts["layernorms_smoothed"] == 12 and counts["gelu_matmuls_split"] == 6 and len(keep_fp32) == 12
     assert 6 <= counts["gelu_dims_split"] <= 6 * GELU_SPLIT_MAX
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Attention") == 6 and "Softmax" not in ops and "Transpose" not in ops
     onnx.save(model, str(tmp_path / "model.onnx"))
     (tmp_path / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
     texts = TEXTS + list(PROBE_TEXTS)  # lengths from 1 to 256 word pieces: most batches are padded
