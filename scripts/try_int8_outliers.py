@@ -26,7 +26,8 @@ and ``smooth 4 4 8`` 0.9395 at 2.32x, 0.51x the query time, the int8 recipe of t
 smooth 2 4 8`` 0.9536 at 2.26x, 0.49x (Q&A selection set 0.9350), then ``mask noemb smooth 2 2 32`` (shipped as
 format 2). The variants here are built on the unfused graph; the shipped recipe (format 3) first fuses each
 attention block into one ``Attention`` node (``engine.embedding.int8_rewrite.fused``), which leaves the
-agreement as it was (CrowdFlower overlap 0.9571, Q&A 0.9438) and takes the query time from 0.53x to 0.45x.
+agreement as it was (its ``int8`` row: CrowdFlower overlap 0.9571, Q&A 0.9438) and takes the query time from
+0.53x to 0.43x (builds 2.38x and 2.55x; 2026-12-06).
 ``dir NAME=PATH`` adds an int8 export built elsewhere (e.g. the engine's, ``indexes/models/minilm-onnx-int8``)
 as a variant.
 """

@@ -242,7 +242,8 @@ def run_encoder_agreement(config: EngineConfig, data_dir: Path | None = None, *,
                                   max_seq_length=config.max_seq_length) for k, v in kinds.items()}
     int8_meta = getattr(build_enc["int8"], "export_meta", {})
     report.export = {k: int8_meta.get(k) for k in ("recipe", "probe_min_cosine_vs_fp32", "probe_mean_cosine_vs_fp32",
-                                                   "model_bytes", "fp32_model_bytes", "quantized_matmuls")}
+                                                   "model_bytes", "fp32_model_bytes", "quantized_matmuls",
+                                                   "quantized_attention")}
 
     # CrowdFlower: queries encoded here; product vectors from the two eval builds, aligned by item id.
     _, cf_queries = load_crowdflower(data_dir)
@@ -321,7 +322,8 @@ def record_results(report: EncoderAgreementReport, command: str, *,
         f"- machine: {report.machine}; shared with other jobs, so the speed figures are medians of rounds "
         "that interleave fp32 and int8",
         f"- int8 export: {e.get('recipe', {}).get('method')}, int8 weights per channel on "
-        f"{e.get('quantized_matmuls')} MatMuls, {(e.get('model_bytes') or 0) / 1e6:.1f} MB "
+        f"{e.get('quantized_matmuls')} MatMuls and the QKV projections of {e.get('quantized_attention') or 0} fused "
+        f"attention blocks, {(e.get('model_bytes') or 0) / 1e6:.1f} MB "
         f"(fp32 {(e.get('fp32_model_bytes') or 0) / 1e6:.1f} MB); probe texts cosine vs fp32 min "
         f"{e.get('probe_min_cosine_vs_fp32')}, mean {e.get('probe_mean_cosine_vs_fp32')}",
         "", "```", *report.lines(), "```",
