@@ -41,7 +41,8 @@ import numpy as np
 from engine.embedding.base import DIM
 
 NUM_HEADS = 12  # all-MiniLM-L6-v2's attention heads
-# onnxruntime.transformers fusions applied before the rewrite (``fused``): the attention blocks and GELUs only.
+# onnxruntime.transformers fusions applied before the rewrite (``fused``): the attention blocks, and each GELU's
+# erf subgraph as one ``Gelu`` node (its bias stays an Add, which onnxruntime folds into the quantized MatMul).
 FUSION = {"attention": True, "gelu": True, "bias_gelu": False, "layer_norm": True, "skip_layer_norm": False,
           "bias_skip_layer_norm": False, "embed_layer_norm": False}
 LAYERNORM_CAP = 2.0
@@ -172,7 +173,7 @@ def fused(fp32_model: Path) -> Any:
     """``fp32_model`` through onnxruntime's BERT fusion as ``FUSION`` says: each layer's attention becomes one
     ``Attention`` node (Q, K and V as one weight matrix; no reshape, transpose and mask plumbing); the norms stay
     plain ``LayerNormalization`` nodes (the fused ``SkipLayerNormalization`` ran slower here, and ``rewrite``
-    folds its smoothing into LayerNormalization copies), the GELUs plain too. Raises ``RuntimeError``
+    folds its smoothing into LayerNormalization copies), the GELUs without their bias. Raises ``RuntimeError``
     when an attention block is left unfused (an onnxruntime whose patterns no longer match our export)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
