@@ -32,7 +32,6 @@ agreement target is measured on (README, "The int8 encoder").
 from __future__ import annotations
 
 import gzip
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -176,15 +175,13 @@ def fused(fp32_model: Path) -> Any:
     folds its smoothing into LayerNormalization copies), the GELUs without their bias. Raises ``RuntimeError``
     when an attention block is left unfused (an onnxruntime whose patterns no longer match our export)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
+
+    from engine.embedding.onnx_encoder import bert_optimized
 
     options = FusionOptions("bert")
     for name, on in FUSION.items():
         setattr(options, f"enable_{name}", on)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optimized = optimize_model(str(fp32_model), model_type="bert", num_heads=NUM_HEADS, hidden_size=DIM,
-                                   opt_level=0, use_gpu=False, optimization_options=options)
+    optimized = bert_optimized(fp32_model, NUM_HEADS, DIM, options)
     optimized.topological_sort()
     model = optimized.model
     if not any(o.domain == "com.microsoft" for o in model.opset_import):  # the contrib ops' domain

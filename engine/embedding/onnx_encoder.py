@@ -353,16 +353,22 @@ def export_onnx(out_dir: Path, model_path: str | None = None, *, optimize: bool 
     return out_dir
 
 
-def _fuse(src: Path, dst: Path, config: Any) -> Path:
-    """onnxruntime's offline BERT fusion (Attention, SkipLayerNorm, BiasGelu...), fp32."""
+def bert_optimized(src: Path, num_heads: int, hidden_size: int, options: Any = None) -> Any:
+    """onnxruntime's offline BERT fusion of the graph ``src`` (Attention, SkipLayerNorm, BiasGelu...; those
+    ``options``, an ``onnxruntime.transformers`` ``FusionOptions``, enable), fp32; an ``OnnxModel``."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = optimize_model(str(src), model_type="bert", num_heads=config.num_attention_heads,
-                             hidden_size=config.hidden_size, opt_level=0, use_gpu=False)
-        log.debug("fused operators: %s", opt.get_fused_operator_statistics())
-        opt.save_model_to_file(str(dst))
+        return optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                              opt_level=0, use_gpu=False, optimization_options=options)
+
+
+def _fuse(src: Path, dst: Path, config: Any) -> Path:
+    """The whole BERT fusion of ``src``, saved to ``dst``."""
+    opt = bert_optimized(src, config.num_attention_heads, config.hidden_size)
+    log.debug("fused operators: %s", opt.get_fused_operator_statistics())
+    opt.save_model_to_file(str(dst))
     return dst
 
 
