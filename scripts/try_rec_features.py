@@ -10,11 +10,17 @@ first seed's MLP and of the three seeds' MLPs merged (the published model), and 
 - ``seq-avg``: the ``seq`` and ``seq_z`` features from the mean score of three sequence models (seeds 0,
   1, 2) instead of one; 10 more sequence models to train, about 8 minutes.
 - ``depths:3,4,...``: training lists at these depths instead of 3 to 6 (the eval rebuilds its lists).
+- ``trans``: directed transition features beyond ``follows_last`` (see :meth:`Trial.trans`).
+- ``hist``: co-occurrence with every history item, and the parent category's share (:meth:`Trial.hist`).
+- ``hop2``: two steps through the co-occurrence graph from the last item (:meth:`Trial.hop2`).
+- ``cfg:hidden=128x64,lr=5e-4``: the MLP with other TrainConfig settings.
+- ``cache:PATH``: pickle the eval's lists there (about 700 MB) on the first run and reuse them after.
 
     HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_rec_features.py ease seq-avg depths:3,4,5,6,7,8,9
+    HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_rec_features.py cache:/tmp/rec.pkl trans hist
 
-The run of 2026-12-05 is in the README ("Quality and speed, measured", Recommendations). About 8 minutes
-for the eval, 2 a variant, 10 for ``seq-avg`` and 12 for ``depths``, on 2 cores.
+The runs of 2026-12-05 and 2026-12-06 are in the README ("Quality and speed, measured", Recommendations).
+About 8 minutes for the eval, 2 to 4 a variant, 10 for ``seq-avg`` and 12 for ``depths``, on 2 cores.
 """
 from __future__ import annotations
 
@@ -83,9 +89,10 @@ class Trial:
         joined = ranker_eval.Lists.concat([x.with_positive() for x in L[:-2]])
         self.score(label, ranker_eval.RankerRows(joined, L[-2], L[-1], tuple(RECOMMEND_FEATURES) + names, {}))
 
-    def score(self, label: str, rows: ranker_eval.RankerRows) -> None:
-        """Train the three seeds' MLPs on ``rows`` and print validation and test R@10 / N@10."""
-        out, facts = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS, lambdamart=False)
+    def score(self, label: str, rows: ranker_eval.RankerRows, **config: Any) -> None:
+        """Train the three seeds' MLPs on ``rows`` and print validation and test R@10 / N@10; ``config``:
+        TrainConfig fields other than the served ones."""
+        out, facts = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS, lambdamart=False, **config)
         val, test = self.got["val"].targets, self.got["test"].targets
         res: dict[str, Any] = {}
         for name, (sv, st) in out.items():
@@ -157,6 +164,127 @@ class Trial:
             for p, c in zip(self.P, saved):
                 p["lists"].X[:, col["seq"]], p["lists"].X[:, col["seq_z"]] = c[:, 0], c[:, 1]
 
+    def trans(self) -> None:
+        """Directed transition features beyond ``follows_last``, from each list's own fit sequences: the
+        next items after the second-to-last history item (``follows_prev``), the items just before the last
+        one (``precedes_last``), two steps after the last one (``skip_last``), the transitions out of every
+        history item, 0.5 per step back (``follows_hist``), and ``cooc_last`` over the square root of both
+        items' counts (``cooc_cos``)."""
+        n = self.data.n_items
+        col = {f: j for j, f in enumerate(RECOMMEND_FEATURES)}
+        import scipy.sparse as sp
+
+        def mats(seqs: list[np.ndarray]) -> tuple[Any, Any, np.ndarray]:
+            def pairs(k: int) -> Any:
+                p = [np.stack([s[:-k], s[k:]], axis=1) for s in seqs if len(s) > k]
+                a = np.concatenate(p) if p else np.empty((0, 2), np.int64)
+                m = sp.csr_matrix((np.ones(len(a)), (a[:, 0], a[:, 1])), shape=(n, n))
+                m.sum_duplicates()
+                return m
+            return pairs(1), pairs(2), np.bincount(np.concatenate(seqs), minlength=n).astype(np.float64)
+
+        cache: dict[int, Any] = {}
+        extra = []
+        for i, seqs in enumerate(self.fits):
+            if id(seqs) not in cache:
+                cache[id(seqs)] = mats(seqs)
+            nxt, skip, cnt = cache[id(seqs)]
+            nxt_t = nxt.T.tocsr()
+            p = self.P[i]
+            X = p["lists"].X
+            off = np.concatenate([[0], np.cumsum(p["lists"].groups)])
+            cols = np.zeros((len(X), 5), np.float64)
+            for u, (h, r) in enumerate(zip(p["hists"], p["lists"].rows)):
+                h = h[-ranker_eval.HISTORY_LIMIT:]
+                if not len(h):
+                    continue
+                last = int(h[-1])
+                sl = slice(off[u], off[u + 1])
+                if len(h) > 1:
+                    cols[sl, 0] = np.log1p(nxt[int(h[-2])].toarray().ravel()[r])
+                cols[sl, 1] = np.log1p(nxt_t[last].toarray().ravel()[r])
+                cols[sl, 2] = np.log1p(skip[last].toarray().ravel()[r])
+                w = 0.5 ** np.arange(len(h))[::-1]
+                cols[sl, 3] = np.log1p((sp.csr_matrix(w[None, :]) @ nxt[h]).toarray().ravel()[r])
+                co = np.expm1(X[sl, col["cooc_last"]].astype(np.float64))
+                cols[sl, 4] = co / np.sqrt(np.maximum(cnt[r], 1.0) * max(cnt[last], 1.0))
+            extra.append(cols)
+        names = ("follows_prev", "precedes_last", "skip_last", "follows_hist", "cooc_cos")
+        self.run("trans (all five)", extra, names)
+        self.run("trans (follows_prev, follows_hist)", [e[:, [0, 3]] for e in extra], (names[0], names[3]))
+        self.run("trans (cooc_cos)", [e[:, [4]] for e in extra], (names[4],))
+
+    def hist(self) -> None:
+        """What a shopper's items share with the candidate beyond the last two: the best co-occurrence of
+        the candidate with any history item (``cooc_max``), how many history items co-occur with it at all
+        (``cooc_support``, log1p), and the share of the history in the candidate's parent category
+        (``parent_share``)."""
+        from engine.ranking.features import parent_category
+
+        cats = np.asarray(self.data.categories or [""] * self.data.n_items, object)
+        parents = np.asarray([parent_category(c) for c in cats], object)
+        cache: dict[int, Any] = {}
+        extra = []
+        for i, seqs in enumerate(self.fits):
+            if id(seqs) not in cache:
+                cache[id(seqs)] = R.CoSource(self.data, seqs).similarity(self.got["co_p"]).tocsr()
+            sim = cache[id(seqs)]
+            p = self.P[i]
+            off = np.concatenate([[0], np.cumsum(p["lists"].groups)])
+            cols = np.zeros((len(p["lists"].X), 3), np.float64)
+            for u, (h, r) in enumerate(zip(p["hists"], p["lists"].rows)):
+                h = h[-ranker_eval.HISTORY_LIMIT:]
+                if not len(h):
+                    continue
+                sl = slice(off[u], off[u + 1])
+                S = sim[h][:, r].toarray()
+                cols[sl, 0] = np.log1p(np.maximum(S.max(axis=0), 0))
+                cols[sl, 1] = np.log1p((S > 0).sum(axis=0))
+                hp = parents[h]
+                cols[sl, 2] = [(hp == x).mean() if x else 0.0 for x in parents[r]]
+            extra.append(cols)
+        names = ("cooc_max", "cooc_support", "parent_share")
+        self.run("hist (all three)", extra, names)
+        self.run("hist (cooc_max, cooc_support)", [e[:, :2] for e in extra], names[:2])
+
+    def hop2(self) -> None:
+        """Two steps through the co-occurrence graph from the last item: the candidate's co-occurrence with
+        the last item's co-occurring items (``cooc2_last``: ``S[last] @ S``, log1p, and its z-score), and its
+        cosine to the mean vector of those items weighted by their co-occurrence (``cooc_vec_last``)."""
+        cache: dict[int, Any] = {}
+        V = np.asarray(self.data.vectors, np.float32)
+        extra = []
+        for i, seqs in enumerate(self.fits):
+            if id(seqs) not in cache:
+                cache[id(seqs)] = R.CoSource(self.data, seqs).similarity(self.got["co_p"]).tocsr()
+            sim = cache[id(seqs)]
+            p = self.P[i]
+            off = np.concatenate([[0], np.cumsum(p["lists"].groups)])
+            cols = np.zeros((len(p["lists"].X), 3), np.float64)
+            for u, (h, r) in enumerate(zip(p["hists"], p["lists"].rows)):
+                if not len(h):
+                    continue
+                sl = slice(off[u], off[u + 1])
+                row = sim[int(h[-1])]
+                two = np.log1p(np.maximum((row @ sim).toarray().ravel()[r], 0))
+                cols[sl, 0], cols[sl, 1] = two, zs(two)
+                ctx = np.asarray(row @ V).ravel()
+                nrm = float(np.linalg.norm(ctx))
+                if nrm > 0:
+                    cols[sl, 2] = V[r] @ (ctx / nrm)
+            extra.append(cols)
+        self.run("hop2 (cooc2_last, its z-score, cooc_vec_last)", extra, ("cooc2_last", "cooc2_last_z", "cooc_vec_last"))
+
+    def config(self, spec: str) -> None:
+        """The MLP trained with other settings: ``hidden=128x64,lr=5e-4,...`` (TrainConfig fields)."""
+        kw: dict[str, Any] = {}
+        for part in spec.split(","):
+            k, _, v = part.partition("=")
+            kw[k] = tuple(int(x) for x in v.split("x")) if k == "hidden" else (int(v) if k in ("batch_size", "patience", "max_epochs") else float(v))
+        L = [p["lists"] for p in self.P]
+        joined = ranker_eval.Lists.concat([x.with_positive() for x in L[:-2]])
+        self.score(f"config {spec}", ranker_eval.RankerRows(joined, L[-2], L[-1], tuple(RECOMMEND_FEATURES), {}), **kw)
+
     def depths(self, depths: tuple[int, ...]) -> None:
         g = self.got
         rows = R.ranker_rows(g["data"], g["train"], g["val"], g["test"], g["co_p"], g["ct_p"], g["weights"], depths=depths)
@@ -165,7 +293,17 @@ class Trial:
 
 def main(argv: list[str]) -> int:
     t0 = time.time()
-    trial = Trial(capture_eval())
+    cache = next((Path(v.partition(":")[2]) for v in argv if v.startswith("cache:")), None)
+    argv = [v for v in argv if not v.startswith("cache:")]
+    if cache is not None and cache.exists():
+        import pickle
+        got = pickle.loads(cache.read_bytes())
+    else:
+        got = capture_eval()
+        if cache is not None:
+            import pickle
+            cache.write_bytes(pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL))
+    trial = Trial(got)
     trial.run("baseline (the eval's lists again)")
     for v in argv:
         name, _, arg = v.partition(":")
@@ -173,6 +311,14 @@ def main(argv: list[str]) -> int:
             trial.ease(float(arg or 100))
         elif name == "seq-avg":
             trial.seq_avg()
+        elif name == "hop2":
+            trial.hop2()
+        elif name == "cfg":
+            trial.config(arg)
+        elif name == "hist":
+            trial.hist()
+        elif name == "trans":
+            trial.trans()
         elif name == "depths":
             trial.depths(tuple(int(x) for x in arg.split(",")))
         else:

@@ -135,11 +135,12 @@ class RankerRows:
     seq: Any = None  # the SeqModel behind validation's and test's seq features (published with the MLP)
 
 
-def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart: bool = True
+def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart: bool = True, **config: Any
                     ) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
-    """Train the MLP (one per seed) and LambdaMART on ``rows.train`` (early-stopped on ``rows.val``); returns
-    ``{"mlp": [val scores, test scores] of the first seed, "merged": [...] of the seeds' MLPs merged (two
-    seeds or more), "lambdamart": [...]}`` and training facts (``merged_model``: that merged MLP)."""
+    """Train the MLP (one per seed; ``config``: TrainConfig fields other than the defaults) and LambdaMART on
+    ``rows.train`` (early-stopped on ``rows.val``); returns ``{"mlp": [val scores, test scores] of the first
+    seed, "merged": [...] of the seeds' MLPs merged (two seeds or more), "lambdamart": [...]}`` and training
+    facts (``merged_model``: that merged MLP)."""
     from engine.learn.train import TrainConfig, train_lambdamart, train_mlp
 
     tr = rows.train.with_positive()
@@ -150,7 +151,7 @@ def train_and_score(rows: RankerRows, *, seeds: Sequence[int] = (0,), lambdamart
     t = time.time()
     per_seed = []
     for seed in seeds:
-        res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, rows.features, TrainConfig(seed=seed))
+        res = train_mlp(tr.X, tr.y, tr.groups, va.X, va.y, va.groups, rows.features, TrainConfig(seed=seed, **config))
         per_seed.append(res)
         if "mlp" not in out:
             out["mlp"] = [res.model.score(rows.val.X), res.model.score(rows.test.X)]
