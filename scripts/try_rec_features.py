@@ -214,6 +214,24 @@ class Trial:
         self.run("trans (follows_prev, follows_hist)", [e[:, [0, 3]] for e in extra], (names[0], names[3]))
         self.run("trans (cooc_cos)", [e[:, [4]] for e in extra], (names[4],))
 
+    def co_columns(self, k: int, fn: Any) -> list[np.ndarray]:
+        """``k`` more columns for every list: ``fn(sim, history, candidate rows)`` -> (candidates, k), with
+        ``sim`` the co-occurrence similarity fit like the list's other feature models (0 without history)."""
+        cache: dict[int, Any] = {}
+        extra = []
+        for i, seqs in enumerate(self.fits):
+            if id(seqs) not in cache:
+                cache[id(seqs)] = R.CoSource(self.data, seqs).similarity(self.got["co_p"]).tocsr()
+            p = self.P[i]
+            off = np.concatenate([[0], np.cumsum(p["lists"].groups)])
+            cols = np.zeros((len(p["lists"].X), k), np.float64)
+            for u, (h, r) in enumerate(zip(p["hists"], p["lists"].rows)):
+                h = h[-ranker_eval.HISTORY_LIMIT:]
+                if len(h):
+                    cols[off[u]:off[u + 1]] = fn(cache[id(seqs)], h, r)
+            extra.append(cols)
+        return extra
+
     def hist(self) -> None:
         """What a shopper's items share with the candidate beyond the last two: the best co-occurrence of
         the candidate with any history item (``cooc_max``), how many history items co-occur with it at all
@@ -223,26 +241,14 @@ class Trial:
 
         cats = np.asarray(self.data.categories or [""] * self.data.n_items, object)
         parents = np.asarray([parent_category(c) for c in cats], object)
-        cache: dict[int, Any] = {}
-        extra = []
-        for i, seqs in enumerate(self.fits):
-            if id(seqs) not in cache:
-                cache[id(seqs)] = R.CoSource(self.data, seqs).similarity(self.got["co_p"]).tocsr()
-            sim = cache[id(seqs)]
-            p = self.P[i]
-            off = np.concatenate([[0], np.cumsum(p["lists"].groups)])
-            cols = np.zeros((len(p["lists"].X), 3), np.float64)
-            for u, (h, r) in enumerate(zip(p["hists"], p["lists"].rows)):
-                h = h[-ranker_eval.HISTORY_LIMIT:]
-                if not len(h):
-                    continue
-                sl = slice(off[u], off[u + 1])
-                S = sim[h][:, r].toarray()
-                cols[sl, 0] = np.log1p(np.maximum(S.max(axis=0), 0))
-                cols[sl, 1] = np.log1p((S > 0).sum(axis=0))
-                hp = parents[h]
-                cols[sl, 2] = [(hp == x).mean() if x else 0.0 for x in parents[r]]
-            extra.append(cols)
+
+        def f(sim: Any, h: np.ndarray, r: np.ndarray) -> np.ndarray:
+            S = sim[h][:, r].toarray()
+            hp = parents[h]
+            return np.stack([np.log1p(np.maximum(S.max(axis=0), 0)), np.log1p((S > 0).sum(axis=0)),
+                             [(hp == x).mean() if x else 0.0 for x in parents[r]]], 1)
+
+        extra = self.co_columns(3, f)
         names = ("cooc_max", "cooc_support", "parent_share")
         self.run("hist (all three)", extra, names)
         self.run("hist (cooc_max, cooc_support)", [e[:, :2] for e in extra], names[:2])
@@ -251,28 +257,16 @@ class Trial:
         """Two steps through the co-occurrence graph from the last item: the candidate's co-occurrence with
         the last item's co-occurring items (``cooc2_last``: ``S[last] @ S``, log1p, and its z-score), and its
         cosine to the mean vector of those items weighted by their co-occurrence (``cooc_vec_last``)."""
-        cache: dict[int, Any] = {}
         V = np.asarray(self.data.vectors, np.float32)
-        extra = []
-        for i, seqs in enumerate(self.fits):
-            if id(seqs) not in cache:
-                cache[id(seqs)] = R.CoSource(self.data, seqs).similarity(self.got["co_p"]).tocsr()
-            sim = cache[id(seqs)]
-            p = self.P[i]
-            off = np.concatenate([[0], np.cumsum(p["lists"].groups)])
-            cols = np.zeros((len(p["lists"].X), 3), np.float64)
-            for u, (h, r) in enumerate(zip(p["hists"], p["lists"].rows)):
-                if not len(h):
-                    continue
-                sl = slice(off[u], off[u + 1])
-                row = sim[int(h[-1])]
-                two = np.log1p(np.maximum((row @ sim).toarray().ravel()[r], 0))
-                cols[sl, 0], cols[sl, 1] = two, zs(two)
-                ctx = np.asarray(row @ V).ravel()
-                nrm = float(np.linalg.norm(ctx))
-                if nrm > 0:
-                    cols[sl, 2] = V[r] @ (ctx / nrm)
-            extra.append(cols)
+
+        def f(sim: Any, h: np.ndarray, r: np.ndarray) -> np.ndarray:
+            row = sim[int(h[-1])]
+            two = np.log1p(np.maximum((row @ sim).toarray().ravel()[r], 0))
+            ctx = np.asarray(row @ V).ravel()
+            nrm = float(np.linalg.norm(ctx))
+            return np.stack([two, zs(two), V[r] @ (ctx / nrm) if nrm > 0 else np.zeros(len(r))], 1)
+
+        extra = self.co_columns(3, f)
         self.run("hop2 (cooc2_last, its z-score, cooc_vec_last)", extra, ("cooc2_last", "cooc2_last_z", "cooc_vec_last"))
 
     def config(self, spec: str) -> None:
