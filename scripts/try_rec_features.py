@@ -13,6 +13,7 @@ first seed's MLP and of the three seeds' MLPs merged (the published model), and 
 - ``trans``: directed transition features beyond ``follows_last`` (see :meth:`Trial.trans`).
 - ``hist``: co-occurrence with every history item, and the parent category's share (:meth:`Trial.hist`).
 - ``hop2``: two steps through the co-occurrence graph from the last item (:meth:`Trial.hop2`).
+- ``catnext``: the leaf-to-leaf transition probability from the last 5 items, not the last alone.
 - ``cfg:hidden=128x64,lr=5e-4``: the MLP with other TrainConfig settings.
 - ``cache:PATH``: pickle the eval's lists there (about 700 MB) on the first run and reuse them after.
 
@@ -269,6 +270,34 @@ class Trial:
         extra = self.co_columns(3, f)
         self.run("hop2 (cooc2_last, its z-score, cooc_vec_last)", extra, ("cooc2_last", "cooc2_last_z", "cooc_vec_last"))
 
+    def catnext(self) -> None:
+        """``category_next`` from the whole recent history, not the last item alone: log of the sum over the
+        last 5 items, 0.5 a step back, of P(candidate's leaf | that item's leaf) (``category_next_hist``)."""
+        from engine.recommend.categories import CategoryTransitions
+
+        cats = np.asarray(self.data.categories or [""] * self.data.n_items, object)
+        cache: dict[int, Any] = {}
+        extra = []
+        for i, seqs in enumerate(self.fits):
+            if id(seqs) not in cache:
+                t = CategoryTransitions()
+                t.add_sequences([[cats[r] for r in s.tolist()] for s in seqs])
+                cache[id(seqs)] = t
+            tr = cache[id(seqs)]
+            p = self.P[i]
+            off = np.concatenate([[0], np.cumsum(p["lists"].groups)])
+            cols = np.zeros((len(p["lists"].X), 1), np.float64)
+            for u, (h, r) in enumerate(zip(p["hists"], p["lists"].rows)):
+                h = h[-5:]
+                if not len(h):
+                    continue
+                cand = cats[r].tolist()
+                w = 0.5 ** np.arange(len(h))[::-1]
+                prob = sum(wi * np.exp(tr.log_prob(str(cats[x]), cand)) for wi, x in zip(w, h))
+                cols[off[u]:off[u + 1], 0] = np.log(np.asarray(prob) / w.sum() + 1e-6)
+            extra.append(cols)
+        self.run("catnext (category_next_hist)", extra, ("category_next_hist",))
+
     def config(self, spec: str) -> None:
         """The MLP trained with other settings: ``hidden=128x64,lr=5e-4,...`` (TrainConfig fields)."""
         kw: dict[str, Any] = {}
@@ -307,6 +336,8 @@ def main(argv: list[str]) -> int:
             trial.seq_avg()
         elif name == "hop2":
             trial.hop2()
+        elif name == "catnext":
+            trial.catnext()
         elif name == "cfg":
             trial.config(arg)
         elif name == "hist":
