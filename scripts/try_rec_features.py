@@ -15,6 +15,8 @@ first seed's MLP and of the three seeds' MLPs merged (the published model), and 
 - ``hop2``: two steps through the co-occurrence graph from the last item (:meth:`Trial.hop2`).
 - ``catnext``: the leaf-to-leaf transition probability from the last 5 items, not the last alone.
 - ``cfg:hidden=128x64,lr=5e-4``: the MLP with other TrainConfig settings.
+- ``pool:200``: the ranker over the blend's best 200 (lists rebuilt, about 4 minutes more).
+- ``posthoc``: the trained models combined after training (:meth:`Trial.posthoc`).
 - ``cache:PATH``: pickle the eval's lists there (about 700 MB) on the first run and reuse them after.
 
     HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_rec_features.py ease seq-avg depths:3,4,5,6,7,8,9
@@ -308,6 +310,42 @@ class Trial:
         joined = ranker_eval.Lists.concat([x.with_positive() for x in L[:-2]])
         self.score(f"config {spec}", ranker_eval.RankerRows(joined, L[-2], L[-1], tuple(RECOMMEND_FEATURES), {}), **kw)
 
+    def pool(self, n: int) -> None:
+        """The ranker over the blend's best ``n`` candidates instead of ``ranker_eval.POOL`` (lists rebuilt)."""
+        g = self.got
+        rows = R.ranker_rows(g["data"], g["train"], g["val"], g["test"], g["co_p"], g["ct_p"], g["weights"], pool=n)
+        self.score(f"pool {n} ({len(rows.train.groups)} training lists)", rows)
+
+    def posthoc(self) -> None:
+        """The served recipe's merged MLPs and LambdaMART, trained once, then combined after training: the
+        logit minus ``lam * blend_rank``; only the blend's best ``k`` re-ordered; the weighted sum of the two
+        models' z-scores within each list."""
+        L = [p["lists"] for p in self.P]
+        rows = ranker_eval.RankerRows(ranker_eval.Lists.concat([x.with_positive() for x in L[:-2]]), L[-2], L[-1],
+                                      tuple(RECOMMEND_FEATURES), {})
+        out, _ = ranker_eval.train_and_score(rows, seeds=ranker_eval.SEEDS, lambdamart=True)
+        val, test = self.got["val"].targets, self.got["test"].targets
+        rank = RECOMMEND_FEATURES.index("blend_rank")
+
+        def show(label: str, fn: Any) -> None:
+            mv = self.metrics(rows.val, fn(rows.val, *[x[0] for x in (out["merged"], out["lambdamart"])]), val)
+            mt = self.metrics(rows.test, fn(rows.test, *[x[1] for x in (out["merged"], out["lambdamart"])]), test)
+            print(label, json.dumps({"validation": [mv["R@10"], mv["N@10"]], "test": [mt["R@10"], mt["N@10"]]}), flush=True)
+
+        def z_in_lists(lists: ranker_eval.Lists, s: np.ndarray) -> np.ndarray:
+            off = np.concatenate([[0], np.cumsum(lists.groups)])
+            return np.concatenate([zs(s[off[u]:off[u + 1]]) for u in range(len(lists.groups))])
+
+        show("merged MLPs", lambda li, m, lm: m)
+        show("LambdaMART", lambda li, m, lm: lm)
+        for a in (0.3, 0.5, 0.7):
+            show(f"z-sum, MLP weight {a}", lambda li, m, lm, a=a: a * z_in_lists(li, m) + (1 - a) * z_in_lists(li, lm))
+        for lam in (0.05, 0.1, 0.2, 0.4):
+            show(f"logit - {lam} blend_rank", lambda li, m, lm, lam=lam: m - lam * li.X[:, rank])
+        for k in (20, 30, 50, 70):
+            show(f"only the blend's best {k} re-ordered", lambda li, m, lm, k=k: np.where(
+                li.X[:, rank] <= np.log2(1 + k) + 1e-9, m, -1e9 - li.X[:, rank]))
+
     def depths(self, depths: tuple[int, ...]) -> None:
         g = self.got
         rows = R.ranker_rows(g["data"], g["train"], g["val"], g["test"], g["co_p"], g["ct_p"], g["weights"], depths=depths)
@@ -336,6 +374,10 @@ def main(argv: list[str]) -> int:
             trial.seq_avg()
         elif name == "hop2":
             trial.hop2()
+        elif name == "pool":
+            trial.pool(int(arg))
+        elif name == "posthoc":
+            trial.posthoc()
         elif name == "catnext":
             trial.catnext()
         elif name == "cfg":
