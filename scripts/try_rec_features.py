@@ -17,6 +17,7 @@ first seed's MLP and of the three seeds' MLPs merged (the published model), and 
 - ``cfg:hidden=128x64,lr=5e-4``: the MLP with other TrainConfig settings.
 - ``pool:200``: the ranker over the blend's best 200 (lists rebuilt, about 4 minutes more).
 - ``posthoc``: the trained models combined after training (:meth:`Trial.posthoc`).
+- ``probes``: recency proxies and the blend's recall at 100 over its weights, no model (:meth:`Trial.probes`).
 - ``cache:PATH``: pickle the eval's lists there (about 700 MB) on the first run and reuse them after.
 
     HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_rec_features.py ease seq-avg depths:3,4,5,6,7,8,9
@@ -346,6 +347,41 @@ class Trial:
             show(f"only the blend's best {k} re-ordered", lambda li, m, lm, k=k: np.where(
                 li.X[:, rank] <= np.log2(1 + k) + 1e-9, m, -1e9 - li.X[:, rank]))
 
+    def probes(self) -> None:
+        """Full rankings by one score, no model. Recency proxies (Scientific has no timestamps): popularity
+        decayed by each occurrence's distance from the end of its history, and an item's mean relative
+        place in the histories (an age proxy). And the blend's R@100 over its weights (a better pool?)."""
+        n = self.data.n_items
+        for ph in (self.got["val"], self.got["test"]):
+            def show(label: str, s: np.ndarray, ph: Any = ph) -> None:
+                m = R.loo_metrics(R.target_ranks(np.tile(s.astype(np.float32), (ph.n_users, 1)), ph.targets, ph.excluded),
+                                  ks=(10, 100))
+                print(f"{ph.name}: {label}: R@10 {m['R@10']} N@10 {m['N@10']} R@100 {m['R@100']}", flush=True)
+
+            counts = np.bincount(np.concatenate(self.train), minlength=n).astype(np.float64)
+            show("counts", counts)
+            for d in (0.5, 0.7, 0.9):
+                w = np.zeros(n)
+                for q in self.train:
+                    np.add.at(w, q, d ** (len(q) - 1 - np.arange(len(q))))
+                show(f"decayed {d} a step from the end", w)
+            place, seen = np.zeros(n), np.zeros(n)
+            for q in self.train:
+                np.add.at(place, q, np.arange(len(q)) / max(len(q) - 1, 1))
+                np.add.at(seen, q, 1)
+            show("mean relative place", np.where(seen > 0, place / np.maximum(seen, 1), 0.5) + 1e-6 * counts)
+        val, co_p, ct_p = self.got["val"], self.got["co_p"], self.got["ct_p"]
+        z_co = R._zscores(R.CoSource(self.data, self.train).scores(co_p, val), val.excluded)
+        z_ct = R._zscores(R.content_scores(self.data, val, ct_p), val.excluded)
+        counts32 = np.bincount(np.concatenate(self.train), minlength=n).astype(np.float32)
+        z_pop = R._zscores(np.tile(counts32, (val.n_users, 1)), val.excluded)
+        for wc in (0.5, 1.0, 2.0, 3.0):
+            for wp in (0.0, 0.1, 0.3, 0.5, 0.7, 1.0, 1.5):
+                s = z_co + np.float32(wc) * z_ct + np.float32(wp) * z_pop
+                m = R.loo_metrics(R.target_ranks(s, val.targets, val.excluded), ks=(10, 100, 200))
+                print(f"validation: blend content {wc} popular {wp}: R@10 {m['R@10']} N@10 {m['N@10']} "
+                      f"R@100 {m['R@100']} R@200 {m['R@200']}", flush=True)
+
     def depths(self, depths: tuple[int, ...]) -> None:
         g = self.got
         rows = R.ranker_rows(g["data"], g["train"], g["val"], g["test"], g["co_p"], g["ct_p"], g["weights"], depths=depths)
@@ -374,6 +410,8 @@ def main(argv: list[str]) -> int:
             trial.seq_avg()
         elif name == "hop2":
             trial.hop2()
+        elif name == "probes":
+            trial.probes()
         elif name == "pool":
             trial.pool(int(arg))
         elif name == "posthoc":
