@@ -1,5 +1,5 @@
-"""int8 encoder variants that keep the activations' outlier dimensions out of the 8-bit range (README, "The
-int8 encoder", "Outlier dimensions kept in fp32"). The exploration behind the shipped recipe
+"""int8 encoder variants that keep the activations' outlier dimensions out of the 8-bit range (`bench/TRIED.md`,
+"The int8 encoder", "Outlier dimensions kept in fp32"). The exploration behind the shipped recipe
 (``engine/embedding/int8_rewrite.py``; its format 2 is ``mask noemb smooth 2 2 32`` here), kept for the next try.
 
 - ``split R K``: LLM.int8() style. Each weight MatMul whose input has dimensions over R x the median maximum

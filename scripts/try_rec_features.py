@@ -23,7 +23,7 @@ first seed's MLP and of the three seeds' MLPs merged (the published model), and 
     HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_rec_features.py ease seq-avg depths:3,4,5,6,7,8,9
     HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_rec_features.py cache:/tmp/rec.pkl trans hist
 
-The runs of 2026-12-05 and 2026-12-06 are in the README ("Quality and speed, measured", Recommendations).
+The runs of 2026-12-05 and 2026-12-06 are in `bench/TRIED.md` ("The recommendation ranker on Scientific").
 About 8 minutes for the eval, 2 to 4 a variant, 10 for ``seq-avg`` and 12 for ``depths``, on 2 cores.
 """
 from __future__ import annotations

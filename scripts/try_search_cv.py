@@ -11,7 +11,7 @@ and early-stopped on the next one; the figure is the mean nDCG@10 of the held-ou
 
     HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_search_cv.py base qlevel
 
-About 2.5 minutes a variant on 2 cores; the run of 2026-12-06 is in the README ("Search quality").
+About 2.5 minutes a variant on 2 cores; the run of 2026-12-06 is in `bench/TRIED.md` ("The search ranker on CrowdFlower").
 """
 from __future__ import annotations
 

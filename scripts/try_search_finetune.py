@@ -1,5 +1,6 @@
-"""A tried and not kept experiment (README, "Search quality"): does fine-tuning MiniLM's top layers on the
-CrowdFlower tune half's graded judgements rank held-out queries better by the vector score alone?
+"""A tried and not kept experiment (`bench/TRIED.md`, "The search ranker on CrowdFlower"): does fine-tuning
+MiniLM's top layers on the CrowdFlower tune half's graded judgements rank held-out queries better by the
+vector score alone?
 
 5-fold cross-validation over the tune queries only (even ``zlib.crc32``; the fold is ``(crc32 // 2) % 5``,
 as the ranker's early-stopping fifth). Per fold: copy MiniLM's top ``--layers``, train them on the other
