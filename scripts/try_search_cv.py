@@ -7,9 +7,12 @@ and early-stopped on the next one; the figure is the mean nDCG@10 of the held-ou
 - ``base``: the served features;
 - ``qlevel``: five list-level features more, the same on every row of a query: the best vector score, the
   vector scores' spread, log1p of the best BM25 score, the rank correlation of BM25 and vector within the
-  list, and the best title-vector score (so the MLP may weigh BM25 against the vector per query).
+  list, and the best title-vector score (so the MLP may weigh BM25 against the vector per query);
+- ``bag``: the five members bagged, each trained on its own bootstrap sample of the training queries (drawn
+  with replacement, as many as there are; seeded) and early-stopped on the same fold, their logits averaged,
+  for members that differ by more than their seed.
 
-    HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_search_cv.py base qlevel
+    HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_search_cv.py base qlevel bag
 
 About 2.5 minutes a variant on 2 cores; the run of 2026-12-06 is in `bench/TRIED.md` ("The search ranker on CrowdFlower").
 """
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> int:
             out.append(np.tile(np.array(f, np.float32), (len(d.vector), 1)))
         return np.concatenate(out)
 
-    def cv(Xv: np.ndarray) -> list[float]:
+    def cv(Xv: np.ndarray, bag: bool = False) -> list[float]:
         names = tuple(f"f{j}" for j in range(Xv.shape[1]))
         res = []
         for seed in SEEDS:
@@ -63,12 +66,22 @@ def main(argv: list[str]) -> int:
                     idx = list_rows(groups, ids)
                     return Xv[idx], y[idx], [groups[i] for i in ids]
 
-                fx, fy, fg = part([i for i in range(len(tune)) if folds[i] not in (k, (k + 1) % 5)])
+                train_ids = [i for i in range(len(tune)) if folds[i] not in (k, (k + 1) % 5)]
                 sx, sy, sg = part([i for i in range(len(tune)) if folds[i] == (k + 1) % 5])
-                r = train_mlp(fx, fy / 3.0, fg, sx, sy / 3.0, sg, names,
-                              TrainConfig(hidden=(32, 16), seed=seed, batch_size=128, ensemble=S.SEARCH_ENSEMBLE))
+                if bag:
+                    rng = np.random.default_rng([seed, k])
+                    models = []
+                    for m in range(S.SEARCH_ENSEMBLE):
+                        bx, by, bg = part(rng.choice(train_ids, size=len(train_ids), replace=True).tolist())
+                        models.append(train_mlp(bx, by / 3.0, bg, sx, sy / 3.0, sg, names,
+                                                TrainConfig(hidden=(32, 16), seed=seed + m, batch_size=128)).model)
+                else:
+                    fx, fy, fg = part(train_ids)
+                    models = [train_mlp(fx, fy / 3.0, fg, sx, sy / 3.0, sg, names,
+                                        TrainConfig(hidden=(32, 16), seed=seed, batch_size=128,
+                                                    ensemble=S.SEARCH_ENSEMBLE)).model]
                 for i in np.flatnonzero(folds == k).tolist():
-                    s = r.model.score(Xv[off[i]:off[i + 1]])
+                    s = np.mean([mo.score(Xv[off[i]:off[i + 1]]) for mo in models], axis=0)
                     order = np.lexsort((np.arange(len(s)), -s))
                     vals.append(S.ndcg_at_k(tune[i].gains[order].tolist(), tune[i].gains.tolist(), S.K))
             res.append(round(float(np.mean(vals)), 4))
@@ -79,6 +92,8 @@ def main(argv: list[str]) -> int:
             res = cv(X)
         elif v == "qlevel":
             res = cv(np.hstack([X, qlevel()]))
+        elif v == "bag":
+            res = cv(X, bag=True)
         else:
             raise SystemExit(f"unknown variant {v!r}")
         print(f"{v}: held-out folds' nDCG@10 per seed {res}, mean {np.mean(res):.4f}", flush=True)
