@@ -178,6 +178,7 @@ def ranked_search(
     item_rates: ItemRates | None = None,
     defer_features: bool = False,
     keyword: KeywordPart | None = None,
+    usual_price: float | None = None,
 ) -> Ranked:
     """``affinity(rows)`` gives the shopper's affinity to candidate rows; with ``personalize`` p in (0, 1]
     the order is :func:`engine.recommend.personal.personalized` over the candidates (p = 0: off).
@@ -187,7 +188,8 @@ def ranked_search(
     features of those candidates with :func:`search_inputs` and :func:`engine.ranking.features.search_features`.
     ``item_rates(ids)`` gives the items' click rate, purchase rate and trending score for the features.
     ``defer_features`` (without a scorer): ``Ranked.later`` computes the hits' features when called instead.
-    ``keyword``: :func:`keyword_part` of this query, ``mask`` and pool, when already computed."""
+    ``keyword``: :func:`keyword_part` of this query, ``mask`` and pool, when already computed.
+    ``usual_price``: the shopper's (:func:`engine.ranking.features.usual_price`), for the price features."""
     pool = max(pool, offset + k)
     if keyword is None or keyword.pool != pool:
         keyword = keyword_part(snap, query, pool, mask)
@@ -210,7 +212,7 @@ def ranked_search(
         shown = None if scorer is not None else np.arange(len(top))[offset:offset + k]
         feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                               None if personal is None else personal[top], item_rates, shown,
-                                              title))
+                                              title, usual_price=usual_price))
         if features:
             X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
         if scorer is not None:
@@ -223,7 +225,8 @@ def ranked_search(
         # the shopper's own click on this list (the label).
         rates = None if item_rates is None else item_rates([snap.catalog.ids[int(r)] for r in rows[top][shown_idx]])
         later = SearchDeferred(snap, query, rows[top], bm25[top], vec[top], fused[top],
-                               None if personal is None else personal[top], shown_idx, item_rates, title, rates)
+                               None if personal is None else personal[top], shown_idx, item_rates, title, rates,
+                               usual_price)
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)
@@ -253,10 +256,12 @@ class SearchDeferred:
     # The shown items' click rate, purchase rate and trending when the list was served (None: read when
     # called, from ``item_rates``)
     rates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    usual_price: float | None = None  # the shopper's usual price when the list was served
 
     def __call__(self) -> list[dict[str, float]]:
         feats = search_features(search_inputs(self.snap, self.query, self.rows, self.bm25, self.vec, self.fused,
-                                              self.personal, self.item_rates, self.shown, self.title, self.rates))
+                                              self.personal, self.item_rates, self.shown, self.title, self.rates,
+                                              self.usual_price))
         return [dict(zip(SEARCH_FEATURES, x.tolist())) for x in feats]
 
     def spec(self) -> dict[str, Any]:
@@ -266,7 +271,8 @@ class SearchDeferred:
                 "ids": [ids[int(r)] for r in self.rows], "bm25": pack_floats(self.bm25), "vec": pack_floats(self.vec),
                 "fused": pack_floats(self.fused), "personal": None if self.personal is None else pack_floats(self.personal),
                 "shown": [int(i) for i in self.shown], "title": None if self.title is None else pack_floats(self.title),
-                "rates": None if self.rates is None else [pack_floats(x) for x in self.rates]}
+                "rates": None if self.rates is None else [pack_floats(x) for x in self.rates],
+                "usual_price": self.usual_price}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, item_rates: ItemRates | None) -> "SearchDeferred":
@@ -277,17 +283,20 @@ class SearchDeferred:
         return cls(snap, str(spec["query"]), rows, unpack_floats(spec["bm25"]), unpack_floats(spec["vec"]),
                    unpack_floats(spec["fused"]), None if personal is None else unpack_floats(personal),
                    np.asarray(spec["shown"], np.int64), item_rates, None if title is None else unpack_floats(title),
-                   None if ctr is None or conversion is None or popular is None else (ctr, conversion, popular))
+                   None if ctr is None or conversion is None or popular is None else (ctr, conversion, popular),
+                   None if spec.get("usual_price") is None else float(spec["usual_price"]))
 
 
 def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,
                   personal: np.ndarray | None, item_rates: ItemRates | None = None,
                   subset: np.ndarray | None = None, title: np.ndarray | None = None,
-                  rates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> SearchCandidates:
+                  rates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  usual_price: float | None = None) -> SearchCandidates:
     """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``
     (for the ``subset`` of them only, when given: see ``SearchCandidates.subset``). ``title``: the query's
     cosine to every candidate's title vector (:meth:`Snapshot.title_scores`; None without them). ``rates``:
-    the (subset's) items' click rate, purchase rate and trending, taken earlier (else from ``item_rates``)."""
+    the (subset's) items' click rate, purchase rate and trending, taken earlier (else from ``item_rates``).
+    ``usual_price``: the shopper's usual price (None: no shopper, and the price features stay 0)."""
     ft = FieldTokens.of(snap)
     if subset is not None:
         rows = rows[subset]
@@ -304,6 +313,7 @@ def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray
         vector=np.asarray(vec, np.float64), fused=np.asarray(fused, np.float64), texts=texts, vocab=vocab,
         stats=ft.stats, personal=None if personal is None else np.asarray(personal, np.float64),
         ctr=ctr, conversion=conversion, popular=popular, subset=subset,
+        prices=np.asarray(snap.price[rows], np.float64), usual_price=usual_price,
         title_vector=None if title is None else np.asarray(title, np.float64))
 
 

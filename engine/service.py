@@ -293,10 +293,10 @@ class Engine:
         mask = snap.filter_mask(filters)
         strength = (self.config.personalize if personalize is None else personalize) if user else 0.0
         consent = not user or self.shoppers.personalized(user)
-        affinity = None
+        affinity, usual = None, None
         if user and strength > 0 and consent:
             try:
-                affinity = self.shoppers.affinity(user, snap, consent=True)
+                affinity, usual = self.shoppers.search_profile(user, snap, consent=True)
             except StoreUnavailable as e:  # search still answers, unpersonalized
                 log.warning("search not personalized: %s", e)
         pool = max(self.config.candidate_pool, offset + k)
@@ -316,7 +316,7 @@ class Engine:
                 weight=self.config.hybrid_weight if weight is None else weight, fusion=self.config.fusion,
                 affinity=affinity, personalize=strength, scorer=None if model is None else model.score,
                 features=logging and model is not None or interleaved, item_rates=self._item_rates,
-                defer_features=logging and model is None and not interleaved, keyword=kw)
+                defer_features=logging and model is None and not interleaved, keyword=kw, usual_price=usual)
 
         rid = uuid.uuid4().hex
         policy = chosen.policy or (f"hybrid/{self.config.fusion.value}" + ("+personal" if affinity is not None else ""))

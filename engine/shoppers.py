@@ -21,6 +21,7 @@ from engine.recommend.blend import Blender
 from engine.recommend.compose import HISTORY_LIMIT, Recommended, Scorer, SeqScorer, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
+from engine.ranking.features import usual_price
 from engine.recommend.personal import Affinity, affinity
 from engine.snapshot import Snapshot
 
@@ -176,11 +177,21 @@ class Shoppers:
     def affinity(self, user_id: str, snap: Snapshot, consent: bool | None = None) -> Affinity | None:
         """``rows -> personal score`` for this shopper (see :mod:`engine.recommend.personal`), or None for a
         shopper without history (then search is not personalized)."""
+        return self.search_profile(user_id, snap, consent)[0]
+
+    def search_profile(self, user_id: str, snap: Snapshot, consent: bool | None = None
+                       ) -> tuple[Affinity | None, float | None]:
+        """What a personalized search uses of this shopper, from one read of their history: the affinity
+        (:meth:`affinity`) and their usual price (:func:`engine.ranking.features.usual_price` of the history's
+        items), each None without history or consent."""
         if not (self.personalized(user_id) if consent is None else consent):
-            return None
+            return None, None
         history = self._history(user_id, snap)
-        profile = self._profile(user_id, snap) if history else None
-        return None if profile is None else affinity(snap, self.live, history, profile)
+        if not history:
+            return None, None
+        profile = self._profile(user_id, snap)
+        usual = usual_price(snap.price[[snap.catalog.row(t.item_id) for t in history]])
+        return (None if profile is None else affinity(snap, self.live, history, profile)), usual
 
     @property
     def live(self) -> LiveModels:

@@ -339,6 +339,42 @@ def test_search_is_reranked_by_a_published_search_model_with_the_logged_features
     assert np.allclose(logged[:, col["fused"]], fused, atol=1e-5)
 
 
+def test_search_price_features_come_from_the_shoppers_usual_price(config: EngineConfig, encoder: Encoder) -> None:
+    """A personalized search gives the ranker the candidates' prices against the shopper's usual price (the
+    median over their history's items, as for recommendations); without a shopper, or with personalization
+    off, the price features stay 0."""
+    from engine.ranking.features import SEARCH_FEATURES, usual_price
+
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    ingest(engine, "pat", ["goggles", "gloves-latex", "unpriced-tool", "solder-iron"])  # 9.97, 8.25, -, 34.99
+    assert usual_price([9.97, 8.25, float("nan"), 34.99]) == pytest.approx(9.97)
+    mine = engine.search("nitrile gloves", k=5, user="pat")
+    plain = engine.search("nitrile gloves", k=5)
+    off = engine.search("nitrile gloves", k=5, user="pat", personalize=0)
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    prices = {p.id: p.price for p in engine.snapshot().catalog}
+    logged = engine.events.get_impression(mine.request_id).features
+    for hit, f in zip(mine.hits, logged):
+        price = prices[hit.id]
+        assert f["price_known"] == (1.0 if price else 0.0)
+        assert f["price_ratio"] == pytest.approx(np.log(price / 9.97) if price else 0.0, abs=1e-5)
+    assert any(f["price_known"] == 1.0 for f in logged)
+    for result in (plain, off):
+        assert all(f["price_known"] == 0.0 and f["price_ratio"] == 0.0
+                   for f in engine.events.get_impression(result.request_id).features)
+    # With a published model the features are computed while serving: the same price columns, scored.
+    F = len(SEARCH_FEATURES)
+    W = np.zeros((F, 1), np.float32)
+    W[SEARCH_FEATURES.index("price_ratio"), 0] = -1.0  # the cheapest against the usual price first
+    registry.publish(config.rankers_path, "search", MlpRanker(SEARCH_FEATURES, np.zeros(F, np.float32),
+                                                              np.ones(F, np.float32), [(W, np.zeros(1, np.float32))]),
+                     {"training": {"data": "test"}})
+    ranked = engine.search("nitrile gloves", k=5, user="pat")
+    ratios = [h.features["price_ratio"] for h in ranked.hits if h.features is not None]
+    assert len(ratios) == 5 and ratios == sorted(ratios) and ratios[0] < 0, ratios
+
+
 def test_experiments_decide_what_serves_split_and_interleaved(config: EngineConfig, encoder: Encoder) -> None:
     from engine.learn.experiments import TEAM_FEATURE
     from engine.ranking.features import SEARCH_FEATURES

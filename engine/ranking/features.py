@@ -119,6 +119,15 @@ class RecCandidates:
     seq: np.ndarray | None = None  # (m,) the sequence model's next-item scores; None: no sequence model
 
 
+def usual_price(hist_prices: np.ndarray | Sequence[float]) -> float | None:
+    """The shopper's usual price: the median of the known (finite, positive) prices of their history items
+    (one per event), or None without any. ``price_ratio`` is a candidate's log price over it, on both
+    surfaces."""
+    known = np.asarray(hist_prices, np.float64)
+    known = known[np.isfinite(known) & (known > 0)]
+    return float(np.median(known)) if len(known) else None
+
+
 def recommend_features(c: RecCandidates) -> np.ndarray:
     """``(m, len(RECOMMEND_FEATURES))`` float32 for one shopper's candidates (columns in that order)."""
     m = len(c.blend)
@@ -159,12 +168,11 @@ def recommend_features(c: RecCandidates) -> np.ndarray:
             if x:
                 brand_counts[x] = brand_counts.get(x, 0) + 1
         out[:, col["brand_share"]] = [brand_counts.get(b, 0) / h if b else 0.0 for b in c.brands]
-        known = np.asarray(c.hist_prices, np.float64)
-        known = known[np.isfinite(known) & (known > 0)]
-        if len(known):
+        usual = usual_price(c.hist_prices)
+        if usual is not None:
             p = np.asarray(c.prices, np.float64)
             ok = np.isfinite(p) & (p > 0)
-            out[ok, col["price_ratio"]] = np.log(p[ok] / float(np.median(known)))
+            out[ok, col["price_ratio"]] = np.log(p[ok] / usual)
             out[ok, col["price_known"]] = 1.0
     out[:, col["cooc_last"]] = np.log1p(np.maximum(c.cooc_last, 0))
     out[:, col["cooc_prev"]] = np.log1p(np.maximum(c.cooc_prev, 0))
@@ -203,7 +211,7 @@ class SearchCandidates:
     stats: FieldStats
     personal: np.ndarray | None = None  # (m,) affinity, None without a shopper
     prices: np.ndarray | None = None
-    usual_price: float | None = None  # the shopper's median price
+    usual_price: float | None = None  # the shopper's usual price (:func:`usual_price`); None without a shopper
     ctr: np.ndarray | None = None
     conversion: np.ndarray | None = None
     popular: np.ndarray | None = None
