@@ -6,6 +6,7 @@ with the line number, and never drops anything silently. ``write_catalog_jsonl``
 """
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import hashlib
 import io
@@ -24,7 +25,8 @@ from engine.csv_rows import csv_rows
 from engine.errors import CatalogError, NotFound
 from engine import text as _text
 
-FIELDS = ("id", "title", "description", "category", "brand", "price", "in_stock", "url", "image_url", "attributes")
+FIELDS = ("id", "title", "description", "category", "brand", "price", "in_stock", "url", "image_url", "created_at",
+          "attributes")
 REQUIRED = ("id", "title")
 CATEGORY_SEP = " > "
 
@@ -64,6 +66,7 @@ class Product:
     url: str = ""
     image_url: str = ""
     attributes: Mapping[str, str] = field(default_factory=dict)
+    created_at: str | None = None  # when the shop listed it: ISO 8601 UTC, "2024-05-01T09:30:00Z" (parse_datetime)
 
     @property
     def category_path(self) -> str:
@@ -75,7 +78,7 @@ class Product:
             "id": self.id, "title": self.title, "description": self.description,
             "category": self.category_path, "brand": self.brand, "price": self.price,
             "in_stock": self.in_stock, "url": self.url, "image_url": self.image_url,
-            "attributes": dict(self.attributes),
+            "created_at": self.created_at, "attributes": dict(self.attributes),
         }
 
     @classmethod
@@ -88,7 +91,7 @@ class Product:
             category=segments, brand=d.get("brand") or "",
             price=None if price is None else float(price), in_stock=d.get("in_stock"),
             url=d.get("url") or "", image_url=d.get("image_url") or "",
-            attributes=dict(d.get("attributes") or {}),
+            attributes=dict(d.get("attributes") or {}), created_at=d.get("created_at") or None,
         )
 
 
@@ -406,11 +409,14 @@ class _Builder:
         in_stock, problem = parse_bool(row.get("in_stock"))
         if problem:
             self.warn(line, f"in_stock: {problem}, left empty")
+        created_at, problem = parse_datetime(row.get("created_at"))
+        if problem:
+            self.warn(line, f"created_at: {problem}, left empty")
         product = Product(
             id=item_id, title=title, description=self._text(row.get("description")),
             category=self._category(line, row.get("category")), brand=self._text(row.get("brand")),
             price=price, in_stock=in_stock, url=self._url(row.get("url")), image_url=self._url(row.get("image_url")),
-            attributes=self._attributes(line, row),
+            attributes=self._attributes(line, row), created_at=created_at,
         )
         if item_id in self.index:
             self.products[self.index[item_id]] = product
@@ -540,6 +546,40 @@ def parse_bool(value: Any) -> tuple[bool | None, str | None]:
         return _text.parse_bool(word), None
     except ValueError:
         return None, f"not a yes/no value {word!r}"
+
+
+def parse_datetime(value: Any) -> tuple[str | None, str | None]:
+    """``created_at`` from an ISO 8601 date or date-time (``2024-05-01``, ``2024-05-01T09:30:00+02:00``; without
+    an offset, UTC) or epoch seconds (a number, or a string of one), as ISO 8601 UTC to the second
+    (``"2024-05-01T07:30:00Z"``). Returns ``(None, None)`` when empty, ``(None, problem)`` when unusable,
+    before 1970 or after 9999."""
+    if value is None or isinstance(value, bool):
+        return None, None if value is None else f"not a date {value!r}"
+    if isinstance(value, float) and math.isnan(value):
+        return None, None
+    when: dt.datetime
+    if isinstance(value, dt.datetime):  # Parquet timestamps
+        when = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    elif isinstance(value, dt.date):
+        when = dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    else:
+        text = str(value).strip()
+        if not text:
+            return None, None
+        try:
+            if isinstance(value, (int, float)) or re.fullmatch(r"\d+(\.\d*)?", text):
+                when = dt.datetime.fromtimestamp(float(text), dt.timezone.utc)
+            else:
+                parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+                when = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            return None, f"not a date {text!r} (ISO 8601, or epoch seconds)"
+    if isinstance(value, (int, float)) and value < 0:
+        return None, f"before 1970 {value!r}"
+    when = when.astimezone(dt.timezone.utc)
+    if when.year < 1970:
+        return None, f"before 1970 {value!r}"
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ"), None
 
 
 # --------------------------------------------------------------------------- saved catalogs

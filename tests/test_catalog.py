@@ -15,6 +15,7 @@ from engine.catalog import (
     Product,
     load_catalog_jsonl,
     parse_bool,
+    parse_datetime,
     parse_price,
     read_catalog,
     write_catalog_jsonl,
@@ -164,6 +165,32 @@ def test_in_stock_rejects_other_values() -> None:
     assert parse_bool(2) == (None, "not a yes/no value 2")
 
 
+@pytest.mark.parametrize(("raw", "value", "problem"), [
+    ("2024-05-01", "2024-05-01T00:00:00Z", None), ("2024-05-01T09:30:00+02:00", "2024-05-01T07:30:00Z", None),
+    ("2024-05-01T09:30:00Z", "2024-05-01T09:30:00Z", None), ("2024-05-01 09:30", "2024-05-01T09:30:00Z", None),
+    (1714550400, "2024-05-01T08:00:00Z", None), ("1714550400", "2024-05-01T08:00:00Z", None),
+    ("", None, None), (None, None, None), (float("nan"), None, None),
+    ("yesterday", None, "not a date 'yesterday' (ISO 8601, or epoch seconds)"),
+    ("1969-12-31", None, "before 1970 '1969-12-31'"), (-5, None, "before 1970 -5"), (True, None, "not a date True"),
+])
+def test_created_at_parsing(raw: object, value: str | None, problem: str | None) -> None:
+    assert parse_datetime(raw) == (value, problem)
+
+
+def test_created_at_is_read_from_every_format_and_a_bad_one_is_left_empty(tmp_path: Path) -> None:
+    path = tmp_path / "dated.csv"
+    path.write_text("id,title,created_at\nA,Alpha,2024-05-01\nB,Beta,soon\nC,Gamma,\n", encoding="utf-8")
+    catalog, report = read_catalog(path)
+    assert [p.created_at for p in catalog] == ["2024-05-01T00:00:00Z", None, None]
+    assert [(w.line, w.reason) for w in report.warnings] == [(3, "created_at: not a date 'soon' (ISO 8601, or "
+                                                                 "epoch seconds), left empty")]
+    assert report.unknown_columns == [] and catalog[0].attributes == {}  # a field, not an attribute
+    lines = tmp_path / "dated.jsonl"
+    lines.write_text(json.dumps({"id": "A", "title": "Alpha", "created_at": 1714550400}) + "\n", encoding="utf-8")
+    assert read_catalog(lines)[0][0].created_at == "2024-05-01T08:00:00Z"
+    assert catalog[0].to_dict()["created_at"] == "2024-05-01T00:00:00Z"
+
+
 def test_unknown_columns_go_into_attributes(tmp_path: Path) -> None:
     path = tmp_path / "extra.csv"
     path.write_text(
@@ -256,7 +283,8 @@ def test_content_hash_is_stable_and_sensitive() -> None:
 
 
 def test_write_and_load_jsonl_round_trip(tmp_path: Path) -> None:
-    catalog = Catalog(EXPECTED_GOOD + [Product(id="U-1", title="Ünïcode “quotes” ✓", attributes={"k": "v"})])
+    catalog = Catalog(EXPECTED_GOOD + [Product(id="U-1", title="Ünïcode “quotes” ✓", attributes={"k": "v"},
+                                               created_at="2024-05-01T07:30:00Z")])
     path = tmp_path / "saved.jsonl"
     write_catalog_jsonl(catalog, path)
     assert "✓" in path.read_text(encoding="utf-8")  # not ASCII-escaped

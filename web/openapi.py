@@ -588,12 +588,14 @@ def openapi_document() -> dict[str, Any]:
                                                                "properties": {
                         "id": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"}}}}}},
                 "Product": {"type": "object", "required": ["id", "title", "description", "category", "brand", "price",
-                                                           "in_stock", "url", "image_url", "attributes"],
+                                                           "in_stock", "url", "image_url", "created_at", "attributes"],
                             "properties": {
                     "id": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"},
                     "category": {"type": "string"}, "brand": {"type": "string"},
                     "price": _NULLABLE_NUMBER, "in_stock": {"type": ["boolean", "null"]},
                     "url": {"type": "string"}, "image_url": {"type": "string"},
+                    "created_at": {"type": ["string", "null"], "format": "date-time",
+                                   "description": "when the shop listed the item (the catalog's created_at), UTC"},
                     "attributes": {"type": "object", "additionalProperties": {"type": "string"}}}},
                 "ItemDetail": {"allOf": [_ref("Product"), {"type": "object", "required": ["stats"], "properties": {
                     "stats": _ref("ItemStats")}}]},
