@@ -17,11 +17,11 @@ from engine.errors import InvalidQuery, NotFound, StoreUnavailable
 from engine.events import EventStore, EventType, RejectedEvent, open_event_store, validate_many
 from engine.filters import NO_FILTERS, Filters
 from engine.learn.attribution import AttributionStats, surface_stats
+from engine.ranking.features import usual_price
 from engine.recommend.blend import Blender
 from engine.recommend.compose import HISTORY_LIMIT, Recommended, Scorer, SeqScorer, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
-from engine.ranking.features import usual_price
 from engine.recommend.personal import Affinity, affinity
 from engine.snapshot import Snapshot
 
