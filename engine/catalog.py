@@ -551,8 +551,8 @@ def parse_bool(value: Any) -> tuple[bool | None, str | None]:
 def parse_datetime(value: Any) -> tuple[str | None, str | None]:
     """``created_at`` from an ISO 8601 date or date-time (``2024-05-01``, ``2024-05-01T09:30:00+02:00``; without
     an offset, UTC) or epoch seconds (a number, or a string of one), as ISO 8601 UTC to the second
-    (``"2024-05-01T07:30:00Z"``). Returns ``(None, None)`` when empty, ``(None, problem)`` when unusable,
-    before 1970 or after 9999."""
+    (``"2024-05-01T07:30:00Z"``). Returns ``(None, None)`` when empty, ``(None, problem)`` when unusable
+    or before 1970."""
     if value is None or isinstance(value, bool):
         return None, None if value is None else f"not a date {value!r}"
     if isinstance(value, float) and math.isnan(value):
@@ -574,8 +574,6 @@ def parse_datetime(value: Any) -> tuple[str | None, str | None]:
                 when = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
         except (ValueError, OverflowError, OSError):
             return None, f"not a date {text!r} (ISO 8601, or epoch seconds)"
-    if isinstance(value, (int, float)) and value < 0:
-        return None, f"before 1970 {value!r}"
     when = when.astimezone(dt.timezone.utc)
     if when.year < 1970:
         return None, f"before 1970 {value!r}"

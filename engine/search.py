@@ -313,7 +313,7 @@ def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray
         vector=np.asarray(vec, np.float64), fused=np.asarray(fused, np.float64), texts=texts, vocab=vocab,
         stats=ft.stats, personal=None if personal is None else np.asarray(personal, np.float64),
         ctr=ctr, conversion=conversion, popular=popular, subset=subset,
-        prices=np.asarray(snap.price[rows], np.float64), usual_price=usual_price,
+        prices=None if usual_price is None else np.asarray(snap.price[rows], np.float64), usual_price=usual_price,
         title_vector=None if title is None else np.asarray(title, np.float64))
 
 
