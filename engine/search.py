@@ -186,7 +186,7 @@ def ranked_search(
     ``scorer`` (a learned ranker: feature matrix -> scores) re-orders the best ``rerank_top`` candidates of
     that order; ``features``: attach each hit's ranker features (for the impression log). Both compute the
     features of those candidates with :func:`search_inputs` and :func:`engine.ranking.features.search_features`.
-    ``item_rates(ids)`` gives the items' click rate, purchase rate and trending score for the features.
+    ``item_rates(ids)`` gives the items' click rate, purchase rate, trending score and age in days for the features.
     ``defer_features`` (without a scorer): ``Ranked.later`` computes the hits' features when called instead.
     ``keyword``: :func:`keyword_part` of this query, ``mask`` and pool, when already computed.
     ``usual_price``: the shopper's (:func:`engine.ranking.features.usual_price`), for the price features."""
@@ -234,7 +234,9 @@ def ranked_search(
     ], rows, bm25_all, later)
 
 
-ItemRates = Callable[[list[str]], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
+# ids -> their click rate, purchase rate, log1p(trending) and age in days (engine.ranking.features.item_age_days)
+ItemRates = Callable[[list[str]], "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]"]
+Rates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -253,9 +255,9 @@ class SearchDeferred:
     shown: np.ndarray  # indexes into ``rows``: the hits shown, in order
     item_rates: ItemRates | None = None
     title: np.ndarray | None = None  # the query's cosine to the rows' title vectors (None without them)
-    # The shown items' click rate, purchase rate and trending when the list was served (None: read when
+    # The shown items' click rate, purchase rate, trending and age when the list was served (None: read when
     # called, from ``item_rates``)
-    rates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    rates: Rates | None = None
     usual_price: float | None = None  # the shopper's usual price when the list was served
 
     def __call__(self) -> list[dict[str, float]]:
@@ -279,40 +281,43 @@ class SearchDeferred:
         """The deferred features of :meth:`spec` on ``snap`` (NotFound: an item no longer in the catalog)."""
         rows = np.array([snap.catalog.row(i) for i in spec["ids"]], np.int64)
         personal, title, rates = spec.get("personal"), spec.get("title"), spec.get("rates")
-        ctr, conversion, popular = (unpack_floats(x) for x in rates) if rates is not None else (None, None, None)
+        got: Rates | None = None
+        if rates is not None:  # a spec from before the age was logged has three: the age is unknown (NaN)
+            r = [unpack_floats(x) for x in rates] + [np.full(len(spec["shown"]), np.nan)]
+            got = (r[0], r[1], r[2], r[3])
         return cls(snap, str(spec["query"]), rows, unpack_floats(spec["bm25"]), unpack_floats(spec["vec"]),
                    unpack_floats(spec["fused"]), None if personal is None else unpack_floats(personal),
                    np.asarray(spec["shown"], np.int64), item_rates, None if title is None else unpack_floats(title),
-                   None if ctr is None or conversion is None or popular is None else (ctr, conversion, popular),
+                   got,
                    None if spec.get("usual_price") is None else float(spec["usual_price"]))
 
 
 def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,
                   personal: np.ndarray | None, item_rates: ItemRates | None = None,
                   subset: np.ndarray | None = None, title: np.ndarray | None = None,
-                  rates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  rates: Rates | None = None,
                   usual_price: float | None = None) -> SearchCandidates:
     """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``
     (for the ``subset`` of them only, when given: see ``SearchCandidates.subset``). ``title``: the query's
     cosine to every candidate's title vector (:meth:`Snapshot.title_scores`; None without them). ``rates``:
-    the (subset's) items' click rate, purchase rate and trending, taken earlier (else from ``item_rates``).
+    the (subset's) items' click rate, purchase rate, trending and age, taken earlier (else from ``item_rates``).
     ``usual_price``: the shopper's usual price (None: no shopper, and the price features stay 0)."""
     ft = FieldTokens.of(snap)
     if subset is not None:
         rows = rows[subset]
         personal = None if personal is None else personal[subset]
-    ctr = conversion = popular = None
+    ctr = conversion = popular = age_days = None
     if rates is not None:
-        ctr, conversion, popular = rates
+        ctr, conversion, popular, age_days = rates
     elif item_rates is not None:
         ids = snap.catalog.ids
-        ctr, conversion, popular = item_rates([ids[int(r)] for r in rows])
+        ctr, conversion, popular, age_days = item_rates([ids[int(r)] for r in rows])
     texts, vocab = ft.texts(rows.tolist())
     return SearchCandidates(
         query_tokens=query_terms(query), query_text=norm(query), bm25=np.asarray(bm25, np.float64),
         vector=np.asarray(vec, np.float64), fused=np.asarray(fused, np.float64), texts=texts, vocab=vocab,
         stats=ft.stats, personal=None if personal is None else np.asarray(personal, np.float64),
-        ctr=ctr, conversion=conversion, popular=popular, subset=subset,
+        ctr=ctr, conversion=conversion, popular=popular, age_days=age_days, subset=subset,
         prices=None if usual_price is None else np.asarray(snap.price[rows], np.float64), usual_price=usual_price,
         title_vector=None if title is None else np.asarray(title, np.float64))
 

@@ -43,7 +43,7 @@ from engine.learn.online import StrategyPolicy, context_dict, request_rng, shopp
 from engine.learn.policy import ExplorationSettings, choose
 from engine.learn.registry import load_version
 from engine.learn.serve import Rankers
-from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES, item_rates
+from engine.ranking.features import RECOMMEND_FEATURES, SEARCH_FEATURES, item_age_days, item_rates
 from engine.recommend.compose import RecDeferred, SeqScorer
 from engine.recommend.strategies import check_strategy
 from engine.memory import release_free_memory
@@ -790,19 +790,25 @@ class Engine:
             events = []
         return shopper_context(surface, user_id, events, now=time.time(), category_of=category_of)
 
-    def _item_rates(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Click rate, purchase rate and log1p(trending) of items, from the live models as of their last
-        refresh (by recommendations, also-bought or personalized search; zeros while the event store is
-        unavailable): search ranker features."""
+    def _item_rates(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Click rate, purchase rate, log1p(trending) and age in days of items (search ranker features), from
+        the live models as of their last refresh (by recommendations, also-bought or personalized search;
+        zeros while the event store is unavailable) and the served catalog's ``created_at``."""
+        snap = self.snapshot()
+        rows = np.fromiter((snap.catalog.id_map.get(i, -1) for i in ids), np.int64, len(ids))
+        created = np.full(len(ids), np.nan)
+        if snap.created is not None:
+            created[rows >= 0] = snap.created[rows[rows >= 0]]
         try:
             with self.shoppers.live.held() as models:  # as of the last refresh: no store read per search
                 views, clicks, purchases = models.item_counts(ids)
                 trending = models.trending.scores(ids)
+                first_seen = models.first_seen(ids)
         except StoreUnavailable:
             z = np.zeros(len(ids))
-            return z, z, z
+            return z, z, z, item_age_days(created, np.full(len(ids), np.nan), time.time())
         ctr, conversion = item_rates(views, clicks, purchases)
-        return ctr, conversion, np.log1p(np.maximum(trending, 0.0))
+        return ctr, conversion, np.log1p(np.maximum(trending, 0.0)), item_age_days(created, first_seen, time.time())
 
     def _check_k(self, k: int | None) -> int:
         k = self.config.default_k if k is None else k

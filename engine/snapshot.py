@@ -50,6 +50,18 @@ def warm_page_cache(paths: Sequence[Path]) -> threading.Thread:
     return thread
 
 
+def created_seconds(catalog: Catalog) -> np.ndarray | None:
+    """Each item's ``created_at`` (ISO 8601 UTC, as the catalog stores it) as float64 epoch seconds, NaN where
+    it has none; None when no item has one."""
+    stamps = [p.created_at for p in catalog]
+    if not any(stamps):
+        return None
+    when = np.array([s.rstrip("Z") if s else "NaT" for s in stamps], "datetime64[s]")
+    out = when.astype(np.int64).astype(np.float64)
+    out[np.isnat(when)] = math.nan
+    return out
+
+
 def title_key(title: str) -> str:
     return " ".join(title.lower().split())
 
@@ -71,6 +83,8 @@ class Snapshot:
     title_keys: list[str]
     # Memory-mapped; None for a version built without them (``title_vectors = false``, or before they existed).
     title_vectors: np.ndarray | None = None
+    # float64 epoch seconds of each item's ``created_at`` (NaN unknown); None when no item has one
+    created: np.ndarray | None = None
 
     @classmethod
     def load(cls, version_dir: Path) -> "Snapshot":
@@ -119,6 +133,7 @@ class Snapshot:
             category_paths=list(codes),
             title_keys=[title_key(p.title) for p in catalog],
             title_vectors=title_vectors,
+            created=created_seconds(catalog),
         )
 
     def __len__(self) -> int:

@@ -375,6 +375,72 @@ def test_search_price_features_come_from_the_shoppers_usual_price(config: Engine
     assert len(ratios) == 5 and ratios == sorted(ratios) and ratios[0] < 0, ratios
 
 
+def test_item_age_days() -> None:
+    from engine.ranking.features import item_age_days
+
+    now = 1_700_000_000.0
+    nan = float("nan")
+    got = item_age_days(np.array([now - 2.5 * 86400, nan, nan, now + 86400]),
+                        np.array([now - 30 * 86400, now - 86400 + 1, nan, nan]), now)
+    assert got[:2].tolist() == [2.0, 0.0]  # the catalog's date wins; 23:59:59 is 0 whole days
+    assert np.isnan(got[2]) and got[3] == 0.0  # neither known; a date in the future
+
+
+def test_item_age_comes_from_created_at_else_the_first_event(config: EngineConfig, encoder: Encoder,
+                                                             tmp_path: Path) -> None:
+    """``item_age`` is log1p(whole days) since the catalog's ``created_at``; for an item without one, since its
+    first event (the earliest, whatever order events arrive in); 0 with neither. The same on both surfaces,
+    logged and scored."""
+    import datetime as dt
+    import json
+
+    from engine import pipeline
+    from engine.ranking.features import SEARCH_FEATURES
+    from tests.conftest import FIXTURE_CATALOG
+
+    now = time.time()
+    listed = dt.datetime.fromtimestamp(now - 10.5 * 86400, dt.timezone.utc).isoformat()  # 10 whole days ago
+    rows = [json.loads(line) for line in FIXTURE_CATALOG.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for r in rows:
+        if r["id"].startswith("fil-"):
+            r["created_at"] = listed
+    dated = tmp_path / "dated.jsonl"
+    dated.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    pipeline.build(config, dated, encoder=encoder)
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    ingest(engine, "ida", ["goggles", "gloves-latex"])  # first events now
+    engine.ingest([{"event_id": "old-view", "user_id": "zed", "type": "view", "item_id": "gloves-latex",
+                    "timestamp": now - 3.2 * 86400}])  # stored after, yet earlier: gloves first seen 3 days ago
+
+    def expected(item: str) -> float:
+        if item.startswith("fil-"):
+            return float(np.log1p(10))
+        return float(np.log1p(3)) if item == "gloves-latex" else 0.0
+
+    F = len(SEARCH_FEATURES)
+    W = np.zeros((F, 1), np.float32)
+    W[SEARCH_FEATURES.index("item_age"), 0] = 1.0  # the oldest first
+    registry.publish(config.rankers_path, "search", MlpRanker(SEARCH_FEATURES, np.zeros(F, np.float32),
+                                                              np.ones(F, np.float32), [(W, np.zeros(1, np.float32))]),
+                     {"training": {"data": "test"}})
+    registry.publish(config.rankers_path, "recommend", reverse_blend(), {"training": {"data": "test"}})
+    recs = engine.recommend("ida", k=10, exclude=[])  # refreshes the live models, which search reads as they are
+    ranked = engine.search("nitrile gloves pla filament", k=8)
+    ages = [h.features["item_age"] for h in ranked.hits if h.features is not None]
+    assert len(ages) == 8 and ages == sorted(ages, reverse=True)
+    assert ages == pytest.approx([expected(h.id) for h in ranked.hits], abs=1e-6)
+    assert {round(a, 4) for a in ages} >= {round(float(np.log1p(10)), 4), 0.0}
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    for shown, logged in ((recs.recommendations, engine.events.get_impression(recs.request_id).features),
+                          (ranked.hits, engine.events.get_impression(ranked.request_id).features)):
+        for hit, f in zip(shown, logged):
+            assert hit.features is not None
+            assert f["item_age"] == pytest.approx(expected(hit.id), abs=1e-6) == hit.features["item_age"]
+    assert "gloves-latex" in [h.id for h in ranked.hits]
+    assert len({expected(r.id) for r in recs.recommendations}) == 2  # dated items and undated ones
+
+
 def test_experiments_decide_what_serves_split_and_interleaved(config: EngineConfig, encoder: Encoder) -> None:
     from engine.learn.experiments import TEAM_FEATURE
     from engine.ranking.features import SEARCH_FEATURES

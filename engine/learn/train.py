@@ -46,6 +46,10 @@ class TrainConfig:
     bounds: bool = False
 
 
+MIN_STEPS = 10  # optimizer steps per epoch, at least, down to batches of MIN_BATCH rows
+MIN_BATCH = 32
+
+
 @dataclass
 class TrainResult:
     model: MlpRanker
@@ -147,14 +151,17 @@ def _train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarr
                          [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear],
                          None, x_lo, x_hi)
 
+    # A small set (a shop's first logged lists) still gets MIN_STEPS optimizer steps per epoch: at the full batch
+    # size, 200 rows made one step an epoch, and early stopping ended training before the model had learnt.
+    batch = min(cfg.batch_size, max(MIN_BATCH, -(-len(X) // MIN_STEPS)))
     best, best_epoch, best_model, history = -1.0, 0, export(), []
     epoch = 0
     for epoch in range(1, cfg.max_epochs + 1):
         net.train()
         perm = torch.from_numpy(rng.permutation(len(X)))
         total = 0.0
-        for lo in range(0, len(X), cfg.batch_size):
-            idx = perm[lo:lo + cfg.batch_size]
+        for lo in range(0, len(X), batch):
+            idx = perm[lo:lo + batch]
             opt.zero_grad()
             loss = loss_fn(net(Xs[idx])[:, 0], ys[idx])
             loss = (loss * ws[idx]).sum() / ws[idx].sum() if ws is not None else loss.mean()

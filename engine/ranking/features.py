@@ -43,6 +43,7 @@ RECOMMEND_FEATURES = (
     "price_ratio", "price_known",  # log(price / the shopper's median price); 1 when both are known
     "history_len",  # log1p(items in the history)
     "item_ctr", "item_conversion",  # smoothed click and purchase rates of the item (event log)
+    "item_age",  # log1p(whole days since the item was listed, or else first seen; 0 unknown)
     "seq", "seq_z",  # the sequence model's next-item score (engine.learn.sequence; 0 without one), and its
     # z-score within the candidates
     "position",
@@ -62,6 +63,7 @@ SEARCH_FEATURES = (
     "personal",  # the shopper's affinity (0 without a shopper)
     "price_ratio", "price_known",
     "item_ctr", "item_conversion", "popular",
+    "item_age",
     "position",
 )
 
@@ -69,6 +71,30 @@ SEARCH_FEATURES = (
 PRIOR_N = 20.0
 BM25_K1 = 1.2
 BM25_B = 0.75
+
+
+DAY_S = 86400.0
+
+
+def item_age_days(created: np.ndarray, first_seen: np.ndarray, now: float) -> np.ndarray:
+    """Whole days since each item was listed (``created``, the catalog's ``created_at`` as epoch seconds) or,
+    where the catalog has no date, since its first event (``first_seen``); NaN where neither is known. A date
+    in the future counts as 0 days."""
+    created = np.asarray(created, np.float64)
+    since = np.where(np.isfinite(created), created, np.asarray(first_seen, np.float64))
+    with np.errstate(invalid="ignore"):
+        return np.floor(np.maximum(now - since, 0.0) / DAY_S)
+
+
+def _age_column(out: np.ndarray, col: dict[str, int], age_days: np.ndarray | None) -> None:
+    """``item_age`` = log1p(days), 0 where unknown (NaN) as for an item listed today: an item without a date
+    and without any event is most likely new. (A separate "age known" flag was tried: on logged lists it
+    stands for "has had an event", which a model over-learns; see ``tests/test_ranker.py``.)"""
+    if age_days is None:
+        return
+    days = np.asarray(age_days, np.float64)
+    ok = np.isfinite(days)
+    out[ok, col["item_age"]] = np.log1p(np.maximum(days[ok], 0.0))
 
 
 def position_feature(position: int | None) -> float:
@@ -117,6 +143,7 @@ class RecCandidates:
     hist_prices: np.ndarray  # (h,)
     positions: Sequence[int | None] | None = None  # display positions (logged rows only)
     seq: np.ndarray | None = None  # (m,) the sequence model's next-item scores; None: no sequence model
+    age_days: np.ndarray | None = None  # (m,) item_age_days (NaN unknown); None: no ages (offline rows)
 
 
 def usual_price(hist_prices: np.ndarray | Sequence[float]) -> float | None:
@@ -180,6 +207,7 @@ def recommend_features(c: RecCandidates) -> np.ndarray:
     out[:, col["category_next"]] = c.category_next
     out[:, col["item_ctr"]] = c.ctr
     out[:, col["item_conversion"]] = c.conversion
+    _age_column(out, col, c.age_days)
     if c.seq is not None and m:
         seq = np.asarray(c.seq, np.float64)
         out[:, col["seq"]] = seq
@@ -215,6 +243,7 @@ class SearchCandidates:
     ctr: np.ndarray | None = None
     conversion: np.ndarray | None = None
     popular: np.ndarray | None = None
+    age_days: np.ndarray | None = None  # item_age_days (NaN unknown); None: no ages (offline rows)
     positions: Sequence[int | None] | None = None
     # (m,) cosine of the query to each candidate's title vector, over the whole list like ``bm25``; None: the
     # version has no title vectors
@@ -442,6 +471,7 @@ def search_features(c: SearchCandidates) -> np.ndarray:
     for name, given in (("item_ctr", c.ctr), ("item_conversion", c.conversion), ("popular", c.popular)):
         if given is not None:
             out[:, col[name]] = given
+    _age_column(out, col, c.age_days)
     if c.positions is not None:
         out[:, col["position"]] = [position_feature(p) for p in c.positions]
     return out.astype(np.float32)

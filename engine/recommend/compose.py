@@ -7,13 +7,14 @@ excludes purchased / out-of-stock / given items, applies filters and MMR, and ex
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from engine.ranking.features import (RECOMMEND_FEATURES, RecCandidates, brand_key, item_rates, pack_floats,
-                                     recommend_features, unpack_floats)
+from engine.ranking.features import (RECOMMEND_FEATURES, RecCandidates, brand_key, item_age_days, item_rates,
+                                     pack_floats, recommend_features, unpack_floats)
 from engine.recommend.blend import Blender
 from engine.recommend.content import InterestProfile, event_weight
 from engine.recommend.live import LiveModels
@@ -220,7 +221,7 @@ class RecDeferred:
                    {s: unpack_floats(x) for s, x in spec["raw"].items()},
                    {s: unpack_floats(x) for s, x in spec["z"].items()}, unpack_floats(spec["blend"]),
                    tuple(row(i) for i in spec["shown"]), seq if spec.get("seq") else None,
-                   {k: unpack_floats(spec["inputs"][k]) for k in LIVE_INPUTS} if "inputs" in spec else None)
+                   _inputs(spec["inputs"], len(spec["pool"])) if "inputs" in spec else None)
 
 
 @dataclass(frozen=True)
@@ -232,14 +233,21 @@ class Composed:
     later: Callable[[], list[dict[str, float]]] | None = None
 
 
-LIVE_INPUTS = ("cooc_last", "cooc_prev", "category_next", "follows_last", "views", "clicks", "purchases")
+LIVE_INPUTS = ("cooc_last", "cooc_prev", "category_next", "follows_last", "views", "clicks", "purchases", "age_days")
 
 
-def live_inputs(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray) -> dict[str, np.ndarray]:
+def _inputs(packed: Mapping[str, str], n: int) -> dict[str, np.ndarray]:
+    """A spec's packed live inputs; one that a spec from before it existed lacks is unknown (NaN)."""
+    return {k: unpack_floats(packed[k]) if k in packed else np.full(n, np.nan) for k in LIVE_INPUTS}
+
+
+def live_inputs(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray,
+                now: float | None = None) -> dict[str, np.ndarray]:
     """What the ranker features of ``pool`` read from the live models (``LIVE_INPUTS``, one value per
     candidate), as last refreshed. A list whose features are computed later (the impression log) takes
     them when it is served: read at flush time, they would hold the shopper's own click on the list (its
-    item's click count, the pair last item -> clicked item), which is the label the ranker learns."""
+    item's click count, the pair last item -> clicked item), which is the label the ranker learns.
+    ``age_days``: :func:`engine.ranking.features.item_age_days` at ``now`` (default: the clock)."""
     catalog = snap.catalog
     last = known[-1].item_id if known else None
     prev = known[-2].item_id if len(known) > 1 else None
@@ -252,9 +260,12 @@ def live_inputs(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: 
         category_next = models.category_transitions(catalog).log_prob(last_cat, cats)
         follows = models.follows(last, ids) if last is not None else np.zeros(len(ids))
         views, clicks, purchases = models.item_counts(ids)
+        first_seen = models.first_seen(ids)
+    created = np.full(len(ids), np.nan) if snap.created is None else snap.created[pool]
     return {"cooc_last": cooc_last, "cooc_prev": cooc_prev,
             "category_next": np.asarray(category_next, np.float64), "follows_last": np.asarray(follows, np.float64),
-            "views": views, "clicks": clicks, "purchases": purchases}
+            "views": views, "clicks": clicks, "purchases": purchases,
+            "age_days": item_age_days(created, first_seen, time.time() if now is None else now)}
 
 
 def shown_live_inputs(snap: Snapshot, live: LiveModels, known: Sequence[Touch], pool: np.ndarray,
@@ -297,7 +308,7 @@ def _pool_features(snap: Snapshot, live: LiveModels, known: Sequence[Touch], poo
         vectors=vectors[pool], categories=cats,
         brands=[brand_key(p.brand) for p in prods], prices=np.asarray(snap.price[pool], np.float64),
         cooc_last=got["cooc_last"], cooc_prev=got["cooc_prev"], follows_last=got["follows_last"],
-        category_next=got["category_next"], ctr=ctr, conversion=conversion,
+        category_next=got["category_next"], ctr=ctr, conversion=conversion, age_days=got["age_days"],
         hist_vectors=vectors[hist_rows],
         hist_categories=[p.category_path for p in hprods], hist_brands=[brand_key(p.brand) for p in hprods],
         hist_prices=np.asarray(snap.price[hist], np.float64), seq=seq_scores,

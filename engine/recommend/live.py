@@ -10,7 +10,7 @@ strongest event type on it (a view then a purchase count as one purchase), so th
 the same purchase again and again cannot move trending. Each shopper's last ``VOTES_PER_SHOPPER`` items
 are remembered for this.
 For the learned ranker's features it also keeps, per item, its view, click and purchase counts
-(``item_counts``), and each shopper's consecutive items, folded into leaf-category transitions over the
+(``item_counts``) and the time of its earliest event (``first_seen``), and each shopper's consecutive items, folded into leaf-category transitions over the
 served catalog (``category_transitions``, :mod:`engine.recommend.categories`).
 **Differentially private trending** (``dp_epsilon`` > 0, setting ``trending_dp_epsilon``): a second
 trending model counts each shopper's strongest event weight on at most ``dp_items`` distinct items (their
@@ -70,7 +70,7 @@ class LiveModels:
         self._dense: tuple[object, object, np.ndarray] | None = None  # (catalog, t_ref, array)
         self._touched: set[Hashable] = set()
         self._votes: dict[str, OrderedDict[str, float]] = {}  # shopper -> item -> trending weight counted
-        self._counts: dict[str, list[float]] = {}  # item -> [views, clicks, purchases]
+        self._counts: dict[str, list[float]] = {}  # item -> [views, clicks, purchases, first event time]
         self._prev: dict[str, str] = {}  # shopper -> their last item
         self._pairs: dict[tuple[str, str], float] = {}  # (item, next item of the same shopper) -> count
         self._pending: list[tuple[str, str]] = []  # pairs not yet folded into _transitions
@@ -82,8 +82,13 @@ class LiveModels:
     def item_counts(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Views, clicks and purchases of each item, ``(len(item_ids),)`` float64 each."""
         zero = (0.0, 0.0, 0.0)
-        c = np.array([self._counts.get(i, zero) for i in item_ids], np.float64).reshape(-1, 3)
+        c = np.array([self._counts.get(i, zero)[:3] for i in item_ids], np.float64).reshape(-1, 3)
         return c[:, 0], c[:, 1], c[:, 2]
+
+    def first_seen(self, item_ids: list[str]) -> np.ndarray:
+        """The time (epoch seconds) of each item's earliest event among those folded (NaN: none), the age of an
+        item the catalog gives no ``created_at``: ``(len(item_ids),)`` float64."""
+        return np.array([self._counts[i][3] if i in self._counts else np.nan for i in item_ids], np.float64)
 
     def follows(self, item: str, candidates: list[str]) -> np.ndarray:
         """How often a shopper's next item after ``item`` was each of ``candidates``, ``(len,)`` float64."""
@@ -173,7 +178,9 @@ class LiveModels:
         w = event_weight(e.type, self.event_weights)
         if e.item_id is None or w <= 0:
             return
-        counts = self._counts.setdefault(e.item_id, [0.0, 0.0, 0.0])
+        counts = self._counts.setdefault(e.item_id, [0.0, 0.0, 0.0, e.timestamp])
+        if e.timestamp < counts[3]:  # events are folded in storage order, not time order
+            counts[3] = e.timestamp
         slot = _COUNTED.get(e.type.value)
         if slot is not None:
             counts[slot] += 1.0
