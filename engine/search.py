@@ -34,7 +34,7 @@ from engine.ranking.features import (SEARCH_FEATURES, SearchCandidates, pack_flo
                                      unpack_floats)
 from engine.ranking.fields import FieldTokens, norm, query_terms
 from engine.ranking.fusion import fuse
-from engine.recommend.personal import Affinity, personalized
+from engine.recommend.personal import PARTS, ShopperAffinity, personalized
 from engine.snapshot import Snapshot
 from engine.types import Fusion
 
@@ -170,7 +170,7 @@ def ranked_search(
     pool: int,
     weight: float,
     fusion: Fusion,
-    affinity: Affinity | None = None,
+    affinity: ShopperAffinity | None = None,
     personalize: float = 0.0,
     scorer: Callable[[np.ndarray], np.ndarray] | None = None,
     features: bool = False,
@@ -210,9 +210,11 @@ def ranked_search(
     if scorer is not None or features:
         # Logging alone needs the shown items' features only (their text features cost most); a scorer, all.
         shown = None if scorer is not None else np.arange(len(top))[offset:offset + k]
+        parts = None if affinity is None or personal is None else affinity.parts(
+            rows[top] if shown is None else rows[top][shown])
         feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                               None if personal is None else personal[top], item_rates, shown,
-                                              title, usual_price=usual_price))
+                                              title, usual_price=usual_price, parts=parts))
         if features:
             X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
         if scorer is not None:
@@ -224,9 +226,10 @@ def ranked_search(
         # The shown items' statistics as they are now: read when the log computes the rest, they would hold
         # the shopper's own click on this list (the label).
         rates = None if item_rates is None else item_rates([snap.catalog.ids[int(r)] for r in rows[top][shown_idx]])
+        parts = None if affinity is None or personal is None else affinity.parts(rows[top][shown_idx])
         later = SearchDeferred(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                None if personal is None else personal[top], shown_idx, item_rates, title, rates,
-                               usual_price)
+                               usual_price, parts)
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)
@@ -259,11 +262,12 @@ class SearchDeferred:
     # called, from ``item_rates``)
     rates: Rates | None = None
     usual_price: float | None = None  # the shopper's usual price when the list was served
+    parts: np.ndarray | None = None  # the shown items' ShopperAffinity.parts when the list was served
 
     def __call__(self) -> list[dict[str, float]]:
         feats = search_features(search_inputs(self.snap, self.query, self.rows, self.bm25, self.vec, self.fused,
                                               self.personal, self.item_rates, self.shown, self.title, self.rates,
-                                              self.usual_price))
+                                              self.usual_price, self.parts))
         return [dict(zip(SEARCH_FEATURES, x.tolist())) for x in feats]
 
     def spec(self) -> dict[str, Any]:
@@ -274,13 +278,14 @@ class SearchDeferred:
                 "fused": pack_floats(self.fused), "personal": None if self.personal is None else pack_floats(self.personal),
                 "shown": [int(i) for i in self.shown], "title": None if self.title is None else pack_floats(self.title),
                 "rates": None if self.rates is None else [pack_floats(x) for x in self.rates],
-                "usual_price": self.usual_price}
+                "usual_price": self.usual_price,
+                "parts": None if self.parts is None else pack_floats(self.parts.ravel())}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], snap: Snapshot, item_rates: ItemRates | None) -> "SearchDeferred":
         """The deferred features of :meth:`spec` on ``snap`` (NotFound: an item no longer in the catalog)."""
         rows = np.array([snap.catalog.row(i) for i in spec["ids"]], np.int64)
-        personal, title, rates = spec.get("personal"), spec.get("title"), spec.get("rates")
+        personal, title, rates, parts = spec.get("personal"), spec.get("title"), spec.get("rates"), spec.get("parts")
         got: Rates | None = None
         if rates is not None:  # a spec from before the age was logged has three: the age is unknown (NaN)
             r = [unpack_floats(x) for x in rates] + [np.full(len(spec["shown"]), np.nan)]
@@ -289,19 +294,21 @@ class SearchDeferred:
                    unpack_floats(spec["fused"]), None if personal is None else unpack_floats(personal),
                    np.asarray(spec["shown"], np.int64), item_rates, None if title is None else unpack_floats(title),
                    got,
-                   None if spec.get("usual_price") is None else float(spec["usual_price"]))
+                   None if spec.get("usual_price") is None else float(spec["usual_price"]),
+                   None if parts is None else unpack_floats(parts).reshape(len(spec["shown"]), len(PARTS)))
 
 
 def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray, vec: np.ndarray, fused: np.ndarray,
                   personal: np.ndarray | None, item_rates: ItemRates | None = None,
                   subset: np.ndarray | None = None, title: np.ndarray | None = None,
                   rates: Rates | None = None,
-                  usual_price: float | None = None) -> SearchCandidates:
+                  usual_price: float | None = None, parts: np.ndarray | None = None) -> SearchCandidates:
     """What :func:`engine.ranking.features.search_features` needs for these candidate ``rows`` of ``query``
     (for the ``subset`` of them only, when given: see ``SearchCandidates.subset``). ``title``: the query's
     cosine to every candidate's title vector (:meth:`Snapshot.title_scores`; None without them). ``rates``:
     the (subset's) items' click rate, purchase rate, trending and age, taken earlier (else from ``item_rates``).
-    ``usual_price``: the shopper's usual price (None: no shopper, and the price features stay 0)."""
+    ``usual_price``: the shopper's usual price (None: no shopper, and the price features stay 0). ``parts``:
+    the (subset's) :meth:`ShopperAffinity.parts` (None: no shopper, and those features stay 0)."""
     ft = FieldTokens.of(snap)
     if subset is not None:
         rows = rows[subset]
@@ -317,7 +324,7 @@ def search_inputs(snap: Snapshot, query: str, rows: np.ndarray, bm25: np.ndarray
         query_tokens=query_terms(query), query_text=norm(query), bm25=np.asarray(bm25, np.float64),
         vector=np.asarray(vec, np.float64), fused=np.asarray(fused, np.float64), texts=texts, vocab=vocab,
         stats=ft.stats, personal=None if personal is None else np.asarray(personal, np.float64),
-        ctr=ctr, conversion=conversion, popular=popular, age_days=age_days, subset=subset,
+        ctr=ctr, conversion=conversion, popular=popular, age_days=age_days, subset=subset, affinity_parts=parts,
         prices=None if usual_price is None else np.asarray(snap.price[rows], np.float64), usual_price=usual_price,
         title_vector=None if title is None else np.asarray(title, np.float64))
 

@@ -22,7 +22,7 @@ from engine.recommend.blend import Blender
 from engine.recommend.compose import HISTORY_LIMIT, Recommended, Scorer, SeqScorer, Touch, profile_from, recommend
 from engine.recommend.content import InterestProfile, decode_profile, encode_profile
 from engine.recommend.live import LiveModels
-from engine.recommend.personal import Affinity, affinity
+from engine.recommend.personal import ShopperAffinity, affinity
 from engine.snapshot import Snapshot
 
 MAX_STATS_DAYS = 366
@@ -174,13 +174,13 @@ class Shoppers:
                 for e in self.events.user_events(user_id, limit=HISTORY_LIMIT)
                 if e.item_id is not None and e.item_id in snap.catalog]
 
-    def affinity(self, user_id: str, snap: Snapshot, consent: bool | None = None) -> Affinity | None:
+    def affinity(self, user_id: str, snap: Snapshot, consent: bool | None = None) -> ShopperAffinity | None:
         """``rows -> personal score`` for this shopper (see :mod:`engine.recommend.personal`), or None for a
         shopper without history (then search is not personalized)."""
         return self.search_profile(user_id, snap, consent)[0]
 
     def search_profile(self, user_id: str, snap: Snapshot, consent: bool | None = None
-                       ) -> tuple[Affinity | None, float | None]:
+                       ) -> tuple[ShopperAffinity | None, float | None]:
         """What a personalized search uses of this shopper, from one read of their history: the affinity
         (:meth:`affinity`) and their usual price (:func:`engine.ranking.features.usual_price` of the history's
         items), each None without history or consent."""

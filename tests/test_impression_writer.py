@@ -39,14 +39,17 @@ def test_a_spec_computes_the_same_features_in_another_engine(config: EngineConfi
     here.ingest([{"event_id": "w1", "user_id": "ann", "type": "purchase", "item_id": "goggles"},
                  {"event_id": "w2", "user_id": "ann", "type": "view", "item_id": "gloves-nitrile-m"}])
     snap, cfg = here.snapshot(), here.config
+    mine, _ = here.shoppers.search_profile("ann", snap, consent=True)
     found = ranked_search(snap, "nitrile gloves", here.embed_query("nitrile gloves"), k=3, offset=1, mask=None,
                           pool=cfg.candidate_pool, weight=cfg.hybrid_weight, fusion=cfg.fusion,
-                          item_rates=here._item_rates, defer_features=True, usual_price=10.0)
+                          item_rates=here._item_rates, defer_features=True, usual_price=10.0, affinity=mine,
+                          personalize=0.3)
     recs = here.recommend("ann", k=4)
     assert found.later is not None and recs.later is not None
     assert "bm25_title" in found.later()[0] and "cooc_last" in recs.later()[0]
     assert found.later()[0]["title_vector"] != 0  # computed in this process, carried by the spec
     assert any(f["price_known"] == 1.0 for f in found.later())  # the shopper's usual price, carried too
+    assert all(f["profile_sim"] > 0 for f in found.later())  # and the affinity's parts
     there.refresh_live()  # as the writer does before a pass
     for later in (found.later, recs.later):
         for x in (later, Reordered(later, (2, 0, 1)), Padded(later, 2)):

@@ -375,6 +375,30 @@ def test_search_price_features_come_from_the_shoppers_usual_price(config: Engine
     assert len(ratios) == 5 and ratios == sorted(ratios) and ratios[0] < 0, ratios
 
 
+def test_search_features_hold_the_shoppers_affinity_parts(config: EngineConfig, encoder: Encoder) -> None:
+    """A personalized search gives the ranker the affinity's parts: the interest profile's score, the
+    co-occurrence with the shopper's recent items and the history's share in the item's leaf category; 0
+    without a shopper."""
+    engine = Engine(config, encoder=encoder, log_impressions=True)
+    history = ["goggles", "gloves-latex", "fil-pla-red"]
+    ingest(engine, "amy", history)
+    ingest(engine, "bo", ["fil-pla-red", "gloves-nitrile-m"])  # taken together by another shopper
+    mine = engine.search("gloves", k=8, user="amy")
+    plain = engine.search("gloves", k=8)
+    assert engine.impressions is not None
+    engine.impressions.flush()
+    cats = {p.id: p.category_path for p in engine.snapshot().catalog}
+    logged = dict(zip([h.id for h in mine.hits], engine.events.get_impression(mine.request_id).features))
+    assert "gloves-nitrile-m" in logged and "gloves-latex" in logged
+    for item, f in logged.items():
+        assert f["category_share"] == pytest.approx(sum(cats[h] == cats[item] for h in history) / 3, abs=1e-6)
+        assert f["profile_sim"] > 0
+    assert logged["gloves-nitrile-m"]["cooc_recent"] > 0
+    assert max(f["category_share"] for f in logged.values()) > 0
+    for f in engine.events.get_impression(plain.request_id).features:
+        assert f["profile_sim"] == f["cooc_recent"] == f["category_share"] == 0.0
+
+
 def test_item_age_days() -> None:
     from engine.ranking.features import item_age_days
 

@@ -61,6 +61,8 @@ SEARCH_FEATURES = (
     "exact_title", "phrase_in_title", "brand_in_query", "category_in_query",
     "query_terms", "title_terms",  # log1p of the token counts
     "personal",  # the shopper's affinity (0 without a shopper)
+    "profile_sim", "cooc_recent", "category_share",  # its parts: the interest profile's score, log1p(co-occurrence
+    # with the recent items), the history's share in the item's leaf category (0 without a shopper)
     "price_ratio", "price_known",
     "item_ctr", "item_conversion", "popular",
     "item_age",
@@ -238,6 +240,8 @@ class SearchCandidates:
     vocab: "TextVocab"  # the ids of the texts' terms and trigrams
     stats: FieldStats
     personal: np.ndarray | None = None  # (m,) affinity, None without a shopper
+    # (subset's m, 3): the affinity's parts (engine.recommend.personal.PARTS), None without a shopper
+    affinity_parts: np.ndarray | None = None
     prices: np.ndarray | None = None
     usual_price: float | None = None  # the shopper's usual price (:func:`usual_price`); None without a shopper
     ctr: np.ndarray | None = None
@@ -463,6 +467,11 @@ def search_features(c: SearchCandidates) -> np.ndarray:
     out[:, col["query_terms"]] = math.log1p(k)
     if c.personal is not None:
         out[:, col["personal"]] = c.personal
+    if c.affinity_parts is not None:
+        parts = np.asarray(c.affinity_parts, np.float64)
+        out[:, col["profile_sim"]] = parts[:, 0]
+        out[:, col["cooc_recent"]] = np.log1p(np.maximum(parts[:, 1], 0.0))
+        out[:, col["category_share"]] = parts[:, 2]
     if c.prices is not None and c.usual_price is not None and c.usual_price > 0:
         p = np.asarray(c.prices, np.float64)
         ok = np.isfinite(p) & (p > 0)

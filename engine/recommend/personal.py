@@ -6,10 +6,14 @@ co-occurrence scores the items taken together with the shopper's recent items (r
 ``HISTORY_DECAY ** age``). Personalized search orders by ``(1 - p) * z(fused) + p * affinity``, with
 strength ``p`` in [0, 1] (``EngineConfig.personalize``; 0 is off). ``COOC_WEIGHT`` and ``p`` are tuned by
 ``vitrine eval personalized-search`` on Scientific validation, which ranks with these same functions.
+The search ranker reads the affinity's parts as well (:meth:`ShopperAffinity.parts`): the content score, the
+raw co-occurrence with the recent items, and the history's share in each item's leaf category.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -20,9 +24,6 @@ from engine.recommend.live import LiveModels
 from engine.snapshot import Snapshot
 
 COOC_WEIGHT = 8.0  # co-occurrence beside content in a shopper's affinity (tuned: eval personalized-search)
-
-Affinity = Callable[[np.ndarray], np.ndarray]
-
 
 def personal_score(content: np.ndarray, cooccurrence: np.ndarray, cooc_weight: float = COOC_WEIGHT) -> np.ndarray:
     """A shopper's affinity to candidates: ``z(content) + w * z(co-occurrence)`` over the candidate set."""
@@ -37,16 +38,43 @@ def personalized(fused: np.ndarray, personal: np.ndarray, strength: float) -> np
     return (1 - strength) * zscore(fused) + strength * np.asarray(personal, np.float64)
 
 
-def affinity(snap: Snapshot, live: LiveModels, history: Sequence[Touch], profile: InterestProfile) -> Affinity:
-    """``rows -> personal_score`` of a shopper with this ``history`` (oldest first) and ``profile``."""
+PARTS = ("profile_sim", "cooc_recent", "category_share")  # ShopperAffinity.parts' columns
+
+
+@dataclass(frozen=True)
+class ShopperAffinity:
+    """A shopper's affinity to candidate rows: called, their :func:`personal_score` over those rows; and, for
+    the search ranker's features, its parts per row (``PARTS``): the profile's content score, the
+    co-occurrence with the shopper's recent items (raw), and the share of the history in the row's leaf
+    category."""
+
+    snap: Snapshot
+    profile: InterestProfile
+    scored: Mapping[Any, tuple[float, Any]]  # item id -> (co-occurrence score with the recent items, via)
+    leaf_share: Mapping[int, float]  # category code -> share of the history's events in it
+
+    def _content_cooc(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, scored = self.snap.catalog.ids, self.scored
+        content, _ = self.profile.score(np.asarray(self.snap.vectors[rows]), BETA)
+        return content, np.array([scored.get(ids[r], (0.0, None))[0] for r in rows], np.float64)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return personal_score(*self._content_cooc(np.asarray(rows, np.int64)), COOC_WEIGHT)
+
+    def parts(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), len(PARTS))`` float64."""
+        rows = np.asarray(rows, np.int64)
+        content, cooc = self._content_cooc(rows)
+        share = np.array([self.leaf_share.get(int(c), 0.0) for c in self.snap.category_code[rows]], np.float64)
+        return np.column_stack([np.asarray(content, np.float64), cooc, share])
+
+
+def affinity(snap: Snapshot, live: LiveModels, history: Sequence[Touch], profile: InterestProfile
+             ) -> ShopperAffinity:
+    """The affinity of a shopper with this ``history`` (oldest first, every item in ``snap``) and ``profile``."""
     recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
     with live.current() as models:
         scored = models.cooccurrence.scores(recent)
-    ids = snap.catalog.ids
-
-    def score(rows: np.ndarray) -> np.ndarray:
-        content, _ = profile.score(np.asarray(snap.vectors[rows]), BETA)
-        cooc = np.array([scored.get(ids[r], (0.0, None))[0] for r in rows], np.float64)
-        return personal_score(content, cooc, COOC_WEIGHT)
-
-    return score
+    codes = Counter(c for c in (int(snap.category_code[snap.catalog.row(t.item_id)]) for t in history)
+                    if snap.category_paths[c])  # an unknown category is no one's leaf
+    return ShopperAffinity(snap, profile, scored, {c: n / len(history) for c, n in codes.items()} if history else {})
