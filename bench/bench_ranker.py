@@ -7,7 +7,9 @@ the served shapes) re-ranking the blend's best 100, alternating request by reque
 see the same machine load. Then CrowdFlower queries are searched with no search ranker and with one
 re-ranking the fused best 100, alternating the same way, at steady state: after the background thread
 that a version's first search with features starts has prepared every item's text for them
-(``engine.ranking.fields``). Impression logging is off in both (it is measured by bench_search.py).
+(``engine.ranking.fields``). Impression logging is off in both (it is measured by bench_search.py). The same
+queries are then searched personalized, each from one Scientific shopper on a store of their histories,
+without and with the search ranker (the shopper's affinity, its parts and usual price are features there).
 
 Last, what a logged recommendation list that no model ranks takes on the request path for its deferred
 features' live inputs (``engine.recommend.compose``): the live models read for the shown 10 (served) against
@@ -89,7 +91,8 @@ def main(argv: list[str]) -> int:
             t = time.perf_counter()
             e.search(q)
             times.setdefault(name, []).append(time.perf_counter() - t)
-    capture = capture_costs(config, inter, sessions)
+    capture, personal = capture_costs(config, inter, sessions, queries[20:20 + args.users])
+    times.update(personal)
     rows = []
     for name, ts in times.items():
         st = common.stats_ms(ts)
@@ -105,7 +108,9 @@ def main(argv: list[str]) -> int:
         "",
         f"The ranker (features of the best 100 + the MLP in numpy) adds {added:.2f} ms to recommendation p50 and "
         f"{added_search:.2f} ms to search p50 (`Engine.search`, {args.users} CrowdFlower queries, each new to "
-        "both engines; target: at most 2 ms each).",
+        f"both engines; target: at most 2 ms each), and {rows[5][1] - rows[4][1]:.2f} ms to a personalized "
+        "search's (the same queries, each from one of the Scientific shoppers, on a store of their histories: "
+        "the affinity, its parts and the usual price are features there).",
         "",
         "A logged list that no model ranks takes its deferred features' live inputs on the request path (the leak fix, "
         "README \"The learning loop\"); on a store of the 8,442 Scientific histories, the same sessions:",
@@ -119,8 +124,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def capture_costs(config: EngineConfig, inter: pd.DataFrame, sessions: list[list[str]]) -> dict[str, dict[str, float]]:
-    """p50 / p99 / mean ms of the live-input capture, the shown 10 against all 100 candidates, alternating."""
+def capture_costs(config: EngineConfig, inter: pd.DataFrame, sessions: list[list[str]], queries: list[str]
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """p50 / p99 / mean ms of the live-input capture, the shown 10 against all 100 candidates, alternating;
+    and the times of personalized searches (``queries``, each from one shopper) without and with the search
+    ranker, alternating, on the same store."""
     from engine.events import open_event_store
     from engine.events.importer import import_events
 
@@ -153,7 +161,20 @@ def capture_costs(config: EngineConfig, inter: pd.DataFrame, sessions: list[list
                 live_inputs(snap, live, known, pool)
             if i >= 20:
                 out[name].append(time.perf_counter() - t)
-    return {k: common.stats_ms(v) for k, v in out.items()}
+    learned = Engine(config.replace(events_url=f"sqlite:///{db}"))
+    users = ["sci-" + str(u) for u in inter["user_index"].unique()[: len(queries)]]
+    searched: dict[str, list[float]] = {"personalized search: fused order": [], "personalized search: ranker": []}
+    for q, u in zip(queries[:20], users):  # warm up
+        engine.search(q, user=u)
+        learned.search(q, user=u)
+    assert FieldTokens.of(learned.snapshot()).prepared.wait(300)
+    for q, u in zip(queries, users):
+        for name, e in (("personalized search: fused order", engine), ("personalized search: ranker", learned)):
+            t = time.perf_counter()
+            found = e.search(q, user=u)
+            searched[name].append(time.perf_counter() - t)
+        assert found.hits and found.hits[0].personal is not None, "personalized"
+    return {k: common.stats_ms(v) for k, v in out.items()}, searched
 
 
 if __name__ == "__main__":

@@ -198,9 +198,10 @@ def ranked_search(
     if len(rows) == 0:
         return Ranked([], rows, bm25_all)
     fused = fuse(bm25, vec, weight, fusion)
-    personal = None
+    personal = parts = None
     if affinity is not None and personalize > 0:
-        personal = np.asarray(affinity(rows), np.float64)
+        parts = affinity.parts(rows)  # the affinity's parts, features of the ranker
+        personal = affinity.score(parts)
         fused = personalized(fused, personal, personalize)
     order = np.lexsort((rows, -fused))
     X: dict[int, np.ndarray] = {}
@@ -210,11 +211,10 @@ def ranked_search(
     if scorer is not None or features:
         # Logging alone needs the shown items' features only (their text features cost most); a scorer, all.
         shown = None if scorer is not None else np.arange(len(top))[offset:offset + k]
-        parts = None if affinity is None or personal is None else affinity.parts(
-            rows[top] if shown is None else rows[top][shown])
+        their_parts = None if parts is None else parts[top if shown is None else top[shown]]
         feats = search_features(search_inputs(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                               None if personal is None else personal[top], item_rates, shown,
-                                              title, usual_price=usual_price, parts=parts))
+                                              title, usual_price=usual_price, parts=their_parts))
         if features:
             X = {int(i): feats[j] for j, i in enumerate(top if shown is None else top[shown])}
         if scorer is not None:
@@ -226,10 +226,9 @@ def ranked_search(
         # The shown items' statistics as they are now: read when the log computes the rest, they would hold
         # the shopper's own click on this list (the label).
         rates = None if item_rates is None else item_rates([snap.catalog.ids[int(r)] for r in rows[top][shown_idx]])
-        parts = None if affinity is None or personal is None else affinity.parts(rows[top][shown_idx])
         later = SearchDeferred(snap, query, rows[top], bm25[top], vec[top], fused[top],
                                None if personal is None else personal[top], shown_idx, item_rates, title, rates,
-                               usual_price, parts)
+                               usual_price, None if parts is None else parts[top[shown_idx]])
     return Ranked([
         _hit(snap, int(rows[i]), float(fused[i]), float(bm25[i]), float(vec[i]),
              None if personal is None else float(personal[i]), _named(X.get(int(i))) if features else None)

@@ -51,22 +51,24 @@ class ShopperAffinity:
     snap: Snapshot
     profile: InterestProfile
     scored: Mapping[Any, tuple[float, Any]]  # item id -> (co-occurrence score with the recent items, via)
-    leaf_share: Mapping[int, float]  # category code -> share of the history's events in it
-
-    def _content_cooc(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids, scored = self.snap.catalog.ids, self.scored
-        content, _ = self.profile.score(np.asarray(self.snap.vectors[rows]), BETA)
-        return content, np.array([scored.get(ids[r], (0.0, None))[0] for r in rows], np.float64)
+    leaf_share: np.ndarray  # per category code (Snapshot.category_code): the share of the history's events in it
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return personal_score(*self._content_cooc(np.asarray(rows, np.int64)), COOC_WEIGHT)
+        return self.score(self.parts(rows))
+
+    @staticmethod
+    def score(parts: np.ndarray) -> np.ndarray:
+        """The personal score over the rows of these :meth:`parts`."""
+        return personal_score(parts[:, 0], parts[:, 1], COOC_WEIGHT)
 
     def parts(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), len(PARTS))`` float64."""
         rows = np.asarray(rows, np.int64)
-        content, cooc = self._content_cooc(rows)
-        share = np.array([self.leaf_share.get(int(c), 0.0) for c in self.snap.category_code[rows]], np.float64)
-        return np.column_stack([np.asarray(content, np.float64), cooc, share])
+        ids, scored = self.snap.catalog.ids, self.scored
+        content, _ = self.profile.score(np.asarray(self.snap.vectors[rows]), BETA)
+        cooc = np.fromiter((scored.get(ids[r], (0.0, None))[0] for r in rows.tolist()), np.float64, len(rows))
+        return np.column_stack([np.asarray(content, np.float64), cooc,
+                                self.leaf_share[self.snap.category_code[rows]]])
 
 
 def affinity(snap: Snapshot, live: LiveModels, history: Sequence[Touch], profile: InterestProfile
@@ -75,6 +77,8 @@ def affinity(snap: Snapshot, live: LiveModels, history: Sequence[Touch], profile
     recent = [(t.item_id, HISTORY_DECAY ** age) for age, t in enumerate(reversed(history))]
     with live.current() as models:
         scored = models.cooccurrence.scores(recent)
-    codes = Counter(c for c in (int(snap.category_code[snap.catalog.row(t.item_id)]) for t in history)
-                    if snap.category_paths[c])  # an unknown category is no one's leaf
-    return ShopperAffinity(snap, profile, scored, {c: n / len(history) for c, n in codes.items()} if history else {})
+    share = np.zeros(len(snap.category_paths), np.float64)
+    for c, n in Counter(int(snap.category_code[snap.catalog.row(t.item_id)]) for t in history).items():
+        if snap.category_paths[c]:  # an unknown category is no one's leaf
+            share[c] = n / len(history)
+    return ShopperAffinity(snap, profile, scored, share)
