@@ -10,8 +10,9 @@ strongest event type on it (a view then a purchase count as one purchase), so th
 the same purchase again and again cannot move trending. Each shopper's last ``VOTES_PER_SHOPPER`` items
 are remembered for this.
 For the learned ranker's features it also keeps, per item, its view, click and purchase counts
-(``item_counts``) and the time of its earliest event (``first_seen``), and each shopper's consecutive items, folded into leaf-category transitions over the
-served catalog (``category_transitions``, :mod:`engine.recommend.categories`).
+(``item_counts``) and the time of its earliest event (``first_seen``), and each shopper's consecutive items,
+folded into leaf-category transitions over the served catalog (``category_transitions``,
+:mod:`engine.recommend.categories`).
 **Differentially private trending** (``dp_epsilon`` > 0, setting ``trending_dp_epsilon``): a second
 trending model counts each shopper's strongest event weight on at most ``dp_items`` distinct items (their
 first ones since the models were built; later items of theirs are left out of it), so one shopper moves it
