@@ -50,6 +50,24 @@ def test_training_on_a_tiny_set_ranks_the_known_preferred_item_first() -> None:
     assert np.array_equal(again.model.score(Xt), scores), "fixed seeds give the same model"
 
 
+def test_a_column_constant_in_training_moves_neither_training_nor_serving() -> None:
+    """The same net is trained with or without a column the training rows hold at one value (its weights
+    0), and a value it takes at serving does not move the score."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=400) > 0).astype(np.float32)
+    groups = [10] * 40
+    cfg = TrainConfig(max_epochs=6, batch_size=64)
+    plain = train_mlp(X[:300], y[:300], groups[:30], X[300:], y[300:], groups[30:], ("a", "b", "c"), cfg).model
+    Xc = np.insert(X, 1, 7.0, axis=1)
+    held = train_mlp(Xc[:300], y[:300], groups[:30], Xc[300:], y[300:], groups[30:], ("a", "k", "b", "c"), cfg).model
+    assert np.allclose(plain.score(X), held.score(Xc), atol=1e-6)
+    assert not held.layers[0][0][1].any() and held.layers[0][0][[0, 2, 3]].any()
+    served = Xc.copy()
+    served[:, 1] = 123.0
+    assert np.allclose(held.score(served), held.score(Xc))
+
+
 def test_an_ensemble_is_one_mlp_scoring_its_members_mean_logit(tmp_path: Path) -> None:
     from engine.learn.model import merge_mlps
 

@@ -131,10 +131,15 @@ def _train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarr
     mean = X.mean(axis=0)
     std = X.std(axis=0)
     scale = np.where(std > 1e-8, std, 1.0).astype(np.float32)
-    Xs = torch.from_numpy((X - mean) / scale)
+    # A column constant in the training rows carries nothing: the net is built and trained without it, and
+    # its weights are exported as 0, so that it is initialised exactly as a net that never had it (adding a
+    # feature a data set leaves at one value does not move that data set's figures) and so that a value it
+    # takes at serving cannot move the score.
+    used = np.flatnonzero(std > 1e-8) if (std > 1e-8).any() else np.arange(X.shape[1])
+    Xs = torch.from_numpy(((X - mean) / scale)[:, used])
     ys = torch.from_numpy(np.asarray(y, np.float32))
     ws = None if weights is None else torch.from_numpy(np.asarray(weights, np.float32))
-    dims = [X.shape[1], *cfg.hidden]
+    dims = [len(used), *cfg.hidden]
     layers: list[Any] = []
     for a, b in zip(dims[:-1], dims[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
@@ -147,8 +152,10 @@ def _train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarr
 
     def export() -> MlpRanker:
         linear = [m for m in net if isinstance(m, torch.nn.Linear)]
-        return MlpRanker(tuple(features), mean.astype(np.float32), scale,
-                         [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear],
+        layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linear]
+        first = np.zeros((X.shape[1], layers[0][0].shape[1]), np.float32)
+        first[used] = layers[0][0]
+        return MlpRanker(tuple(features), mean.astype(np.float32), scale, [(first, layers[0][1]), *layers[1:]],
                          None, x_lo, x_hi)
 
     # A small set (a shop's first logged lists) still gets MIN_STEPS optimizer steps per epoch: at the full batch
