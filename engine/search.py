@@ -180,8 +180,9 @@ def ranked_search(
     keyword: KeywordPart | None = None,
     usual_price: float | None = None,
 ) -> Ranked:
-    """``affinity(rows)`` gives the shopper's affinity to candidate rows; with ``personalize`` p in (0, 1]
-    the order is :func:`engine.recommend.personal.personalized` over the candidates (p = 0: off).
+    """``affinity`` scores the shopper's affinity to candidate rows (its parts are ranker features); with
+    ``personalize`` p in (0, 1] the order is :func:`engine.recommend.personal.personalized` over the candidates
+    (p = 0: off).
 
     ``scorer`` (a learned ranker: feature matrix -> scores) re-orders the best ``rerank_top`` candidates of
     that order; ``features``: attach each hit's ranker features (for the impression log). Both compute the

@@ -795,9 +795,9 @@ class Engine:
         the live models as of their last refresh (by recommendations, also-bought or personalized search;
         zeros while the event store is unavailable) and the served catalog's ``created_at``."""
         snap = self.snapshot()
-        rows = np.fromiter((snap.catalog.id_map.get(i, -1) for i in ids), np.int64, len(ids))
         created = np.full(len(ids), np.nan)
-        if snap.created is not None:
+        if snap.created is not None:  # a catalog with dates
+            rows = np.fromiter((snap.catalog.id_map.get(i, -1) for i in ids), np.int64, len(ids))
             created[rows >= 0] = snap.created[rows[rows >= 0]]
         try:
             with self.shoppers.live.held() as models:  # as of the last refresh: no store read per search

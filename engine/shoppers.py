@@ -174,16 +174,12 @@ class Shoppers:
                 for e in self.events.user_events(user_id, limit=HISTORY_LIMIT)
                 if e.item_id is not None and e.item_id in snap.catalog]
 
-    def affinity(self, user_id: str, snap: Snapshot, consent: bool | None = None) -> ShopperAffinity | None:
-        """``rows -> personal score`` for this shopper (see :mod:`engine.recommend.personal`), or None for a
-        shopper without history (then search is not personalized)."""
-        return self.search_profile(user_id, snap, consent)[0]
-
     def search_profile(self, user_id: str, snap: Snapshot, consent: bool | None = None
                        ) -> tuple[ShopperAffinity | None, float | None]:
         """What a personalized search uses of this shopper, from one read of their history: the affinity
-        (:meth:`affinity`) and their usual price (:func:`engine.ranking.features.usual_price` of the history's
-        items), each None without history or consent."""
+        (:class:`engine.recommend.personal.ShopperAffinity`; None: search is not personalized) and their usual
+        price (:func:`engine.ranking.features.usual_price` of the history's items), each None without history
+        or consent."""
         if not (self.personalized(user_id) if consent is None else consent):
             return None, None
         history = self._history(user_id, snap)

@@ -43,18 +43,14 @@ PARTS = ("profile_sim", "cooc_recent", "category_share")  # ShopperAffinity.part
 
 @dataclass(frozen=True)
 class ShopperAffinity:
-    """A shopper's affinity to candidate rows: called, their :func:`personal_score` over those rows; and, for
-    the search ranker's features, its parts per row (``PARTS``): the profile's content score, the
-    co-occurrence with the shopper's recent items (raw), and the share of the history in the row's leaf
-    category."""
+    """A shopper's affinity to candidate rows: :meth:`score` of their :meth:`parts`, which are also search
+    ranker features: per row (``PARTS``), the profile's content score, the co-occurrence with the shopper's
+    recent items (raw), and the share of the history in the row's leaf category."""
 
     snap: Snapshot
     profile: InterestProfile
     scored: Mapping[Any, tuple[float, Any]]  # item id -> (co-occurrence score with the recent items, via)
     leaf_share: np.ndarray  # per category code (Snapshot.category_code): the share of the history's events in it
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return self.score(self.parts(rows))
 
     @staticmethod
     def score(parts: np.ndarray) -> np.ndarray:
