@@ -136,6 +136,10 @@ class EngineConfig:
     # The pacers plan to spend a constrained budget by this fraction of the day (0.9: about 21:36 UTC): the
     # quiet last hours are slack for a campaign that fell behind, instead of a shortfall at midnight.
     ads_pacing_finish: float = 0.9
+    # A pacer counts spend up to this many clicks (at the campaign's bid) ahead of its plan as on plan: a
+    # budget of a few dozen clicks moves by a whole click at a time, and throttling on one early click loses
+    # traffic a campaign with little more demand than budget never wins back (README, "Sponsored products").
+    ads_pacing_tolerance: float = 2.0
     # Shopper questions (engine.qa): a past answer is shown only if its calibrated probability of answering the
     # question is at least this; below it the API says "no good answer". Chosen on the tune half by
     # `vitrine eval qa` (README, "Shopper questions"); 0 shows the best answers whatever their score.
@@ -232,6 +236,7 @@ class EngineConfig:
              "must be 0 (off) or in 0.01..10")
         need(1 <= self.trending_dp_items <= 10_000, "trending_dp_items", "must be in 1..10000")
         need(0.5 <= self.ads_pacing_finish <= 1.0, "ads_pacing_finish", "must be a fraction of the day in 0.5..1")
+        need(0.0 <= self.ads_pacing_tolerance <= 100.0, "ads_pacing_tolerance", "must be in 0..100 (clicks)")
         need(0.0 <= self.qa_min_score <= 1.0, "qa_min_score", f"must be a probability in 0..1, got {self.qa_min_score}")
         for name in ("reward_click", "reward_cart", "reward_purchase"):
             need(getattr(self, name) >= 0.0, name, f"must be >= 0, got {getattr(self, name)}")

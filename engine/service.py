@@ -214,7 +214,8 @@ class Engine:
                                            config.slots("ads_similar_slots"), config.slots("ads_recommend_slots"),
                                            config.ads_match_organic,
                                            relevance_power=config.ads_relevance_power,
-                                           pacing_finish=config.ads_pacing_finish))
+                                           pacing_finish=config.ads_pacing_finish,
+                                           pacing_tolerance=config.ads_pacing_tolerance))
         self.qa = QA(lambda: self.shoppers.events, lambda: self.encoder, self.item,
                      lambda item: item in self.snapshot().catalog, models_path=config.models_path,
                      min_score=config.qa_min_score)

@@ -137,6 +137,52 @@ def test_update_rule_by_hand() -> None:
     assert fast.update(990, 0.01) == fast.p_min
 
 
+def test_tolerance_rule_by_hand() -> None:
+    pacer = Pacer(1_000, tolerance=100)
+    # target 250 at t = 0.25, spend 350: 100 ahead, within the tolerance -> on plan, p stays 1.
+    assert pacer.update(350, 0.25) == 1.0 and not pacer.throttled
+    # 150 ahead: 50 beyond the tolerance, gap -0.05 -> p = exp(-0.1).
+    assert pacer.update(400, 0.25) == pytest.approx(math.exp(-0.1))
+    assert pacer.throttled  # it has held the campaign back: the day's spend is no longer all its demand
+    # near the end the plan plus the tolerance is capped at the budget: spend 980 at t = 1 is behind by 20.
+    assert pacer.update(980, 1.0) == pytest.approx(min(1.0, math.exp(-0.1) * math.exp(0.04)))
+    with pytest.raises(InvalidQuery, match="tolerance"):
+        Pacer(1_000, tolerance=-1)
+
+
+def _sparse_day(budget: int, seed: int, tolerance: int) -> tuple[int, int]:
+    """A campaign of a few dozen clicks a day: each minute's opportunities, and whether each would be won
+    and clicked and at what price, are drawn first (the same for every pacer: common random numbers); the
+    pacer only decides which to enter. Returns (spend, demand), demand being the spend at p = 1 all day."""
+    rng = np.random.default_rng(seed)
+    weights = np.asarray(CURVE) / sum(CURVE)
+    days = []
+    for minute in range(MINUTES):
+        n = int(rng.poisson(2.2 * 24 * weights[minute * 24 // MINUTES]))
+        clicked = rng.random(n) < WIN_RATE * CTR
+        days.append([(bool(c), int(rng.integers(PRICES[0], PRICES[1] + 1))) for c in clicked])
+    demand = sum(price for minute in days for clicked, price in minute if clicked)
+    pacer, spend = Pacer(budget, tolerance=tolerance, finish=0.9), 0
+    draws = np.random.default_rng([seed, 1])
+    for minute, opportunities in enumerate(days):
+        pacer.update(spend, minute / MINUTES, CURVE)
+        for clicked, price in opportunities:
+            if pacer.participates(draws) and clicked and can_charge(spend, budget):
+                spend += price
+    return spend, demand
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_budget_of_a_few_dozen_clicks_with_little_more_demand_is_spent(seed: int) -> None:
+    """Demand 15% over a budget of two to three dozen clicks: two clicks of tolerance (at the highest price) keep an
+    early click from throttling the campaign below what the rest of the day needs."""
+    _, demand = _sparse_day(1, seed, 0)
+    budget = int(demand / 1.15)
+    spend, _ = _sparse_day(budget, seed, 2 * MAX_PRICE)
+    assert abs(spend - budget) <= 0.05 * budget, (spend, budget, demand)
+    assert spend < budget + MAX_PRICE
+
+
 def test_participates_draws_with_probability_p() -> None:
     pacer = Pacer(1_000, p=0.3)
     rng = np.random.default_rng(5)
@@ -168,7 +214,8 @@ def test_bad_spend_is_named() -> None:
 
 
 @pytest.mark.parametrize("key,value", [("ads_pacing_finish", 0.3), ("ads_pacing_finish", 1.2),
-                                       ("ads_relevance_power", -1.0), ("ads_relevance_power", 11.0)])
+                                       ("ads_relevance_power", -1.0), ("ads_relevance_power", 11.0),
+                                       ("ads_pacing_tolerance", -1.0), ("ads_pacing_tolerance", 101.0)])
 def test_bad_ad_settings_are_named(key: str, value: float) -> None:
     from engine.config import ConfigError, EngineConfig
 

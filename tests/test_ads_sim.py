@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from engine.embedding.base import Encoder
-from engine.evaluation.ads_sim import FLOORS, AdSimSettings, record_results, run_ads_simulation, write_outputs
+from engine.evaluation.ads_sim import FLOORS, _click_draw, AdSimSettings, record_results, run_ads_simulation, write_outputs
 from tests.conftest import make_config, scientific_slice
 
 
@@ -28,3 +28,11 @@ def test_tiny_ads_day(tmp_path: Path, models_dir: Path, encoder: Encoder) -> Non
     results = tmp_path / "RESULTS.md"
     record_results(report, png, "vitrine simulate ads (test)", results=results, image=None)
     assert "<!-- simulate-ads -->" in results.read_text()
+
+
+def test_click_draws_are_common_to_every_run_and_uniform() -> None:
+    draws = [_click_draw(0, n, "item-7") for n in range(20_000)]
+    assert draws[:50] == [_click_draw(0, n, "item-7") for n in range(50)]  # the same request, the same luck
+    assert _click_draw(0, 3, "item-7") != _click_draw(1, 3, "item-7") != _click_draw(0, 3, "item-8")
+    assert 0.0 <= min(draws) and max(draws) < 1.0
+    assert abs(sum(draws) / len(draws) - 0.5) < 0.01 and abs(sum(d < 0.1 for d in draws) / len(draws) - 0.1) < 0.01

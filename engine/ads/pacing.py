@@ -114,7 +114,8 @@ class Pacer:
     p_min: float = 0.01
     gain: float = 2.0
     finish: float = 1.0  # the fraction of the day by which the plan spends the whole budget
-
+    tolerance: int = 0  # minor units of spend ahead of the plan that do not count as ahead (a click or two)
+    throttled: bool = False  # whether p was ever below 1 with budget left: the campaign skipped auctions
 
     def __post_init__(self) -> None:
         self.budget = _money("budget", self.budget, positive=True)
@@ -126,6 +127,7 @@ class Pacer:
             raise InvalidQuery("gain", f"must be a finite number > 0, got {self.gain!r}")
         if not _is_number(self.finish) or not 0.5 <= float(self.finish) <= 1.0:
             raise InvalidQuery("finish", f"must be a fraction of the day in [0.5, 1], got {self.finish!r}")
+        self.tolerance = _money("tolerance", self.tolerance)
         self.p, self.p_min, self.gain = float(self.p), float(self.p_min), float(self.gain)
         self.finish = float(self.finish)
 
@@ -142,9 +144,10 @@ class Pacer:
         if spend >= self.budget:
             self.p = 0.0
             return self.p
-        gap = (self.budget * share - spend) / self.budget
+        gap = (min(self.budget * share + self.tolerance, self.budget) - spend) / self.budget
         p = max(self.p, self.p_min) * math.exp(self.gain * gap)
         self.p = min(max(p, self.p_min), 1.0)
+        self.throttled = self.throttled or self.p < 1.0
         return self.p
 
     def participates(self, rng: np.random.Generator) -> bool:

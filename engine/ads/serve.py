@@ -104,6 +104,7 @@ class AdSettings:
     traffic_curve: tuple[float, ...] | None = None
     relevance_power: float = 0.0  # quality = predicted CTR x relevance ** power (0: CTR alone)
     pacing_finish: float = 1.0  # the fraction of the day by which a pacer plans to have spent the budget
+    pacing_tolerance: float = 0.0  # clicks at the campaign's bid a pacer may be ahead of its plan unthrottled
 
     def slots_of(self, placement: str) -> tuple[int, ...]:
         return {"search": self.search_slots, "similar": self.similar_slots,
@@ -179,7 +180,8 @@ class AdServer:
         if pacer is None or pacer.budget != c.daily_budget:
             if len(self._pacers) > 10_000:
                 self._pacers = {k: v for k, v in self._pacers.items() if k[1] == key[1]}
-            pacer = self._pacers[key] = Pacer(c.daily_budget, finish=self.settings.pacing_finish)
+            pacer = self._pacers[key] = Pacer(c.daily_budget, finish=self.settings.pacing_finish,
+                                              tolerance=int(round(self.settings.pacing_tolerance * c.bid)))
         spend = self._spend.get(c.id, 0)
         if spend >= c.daily_budget or now - self._paced_at.get(key, -1e18) >= PACING_STEP_S:
             # the pacer's gain is per step of about a minute (engine.ads.pacing), whatever the traffic
@@ -188,6 +190,13 @@ class AdServer:
             pacer.update(min(spend, c.daily_budget), (now - midnight.timestamp()) / 86400.0, self._traffic(now))
             self._paced_at[key] = now
         return pacer
+
+    def throttled(self, campaign_id: str, day: str) -> bool:
+        """Whether the campaign's pacer held back from auctions on ``day`` (UTC, ``YYYY-MM-DD``) with budget
+        left: false means it entered every auction it matched, so its spend was all its demand that day."""
+        with self._lock:
+            pacer = self._pacers.get((campaign_id, day))
+            return pacer is not None and pacer.throttled
 
     def _traffic(self, now: float) -> tuple[float, ...] | None:
         """The hourly traffic curve the pacers follow: the setting, else the lists served per UTC hour over the

@@ -18,11 +18,16 @@ Protocol (see README, "Sponsored products"):
   that some campaigns are constrained and some are not.
 - **Clicks**: an ad shown at position p is clicked with probability ``(1 / p) x attractiveness``, the
   attractiveness ``0.05 + 0.6 x max(0, relevance - 0.3)`` (relevance: the ad's vector score against its
-  context); a click is sent to the real charging path (signed token, one write transaction, dedupe).
+  context); a click is sent to the real charging path (signed token, one write transaction, dedupe). The
+  uniform draw is a hash of (seed, request, item): the same in every run of the day (common random numbers),
+  so runs differ by what they show, not by the clicks' luck.
 - **Runs**: the real ad server (:class:`engine.ads.serve.AdServer`: targeting, floor, pacing, GSP; the
   configured settings: slots, reserve, ``ads_match_organic``, ``ads_relevance_power``,
-  ``ads_pacing_finish``) with the simulated clock. *Demand* is a campaign's spend in a run with unlimited
-  budgets; a campaign whose demand exceeds its budget is *constrained*, and its **pacing error** is ``|spend - budget| / budget``
+  ``ads_pacing_finish``, ``ads_pacing_tolerance``) with the simulated clock. *Demand* is a campaign's spend in a run with unlimited
+  budgets; a campaign whose demand exceeds its budget is *constrained*, unless its pacer never held it back
+  and it still ended under budget (every rival at full strength set the demand's prices; on the budgeted day
+  rivals run out and prices fall, so such a campaign spent all its demand of that day), and its **pacing
+  error** is ``|spend - budget| / budget``
   at the day's end in the run with the real budgets (target: at most 5% for every one). **Overspend** is
   the sum of ``max(0, spend - budget)`` (target: 0). **Relevance**: the mean vector score of the
   sponsored results against that of the organic results at the same positions of the same pages. The
@@ -32,6 +37,7 @@ Protocol (see README, "Sponsored products"):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -97,6 +103,7 @@ class Run:
     organic_relevance: list[float] = field(default_factory=list)
     # per placement, (ad relevance, organic relevance at its position) for the ads within the organic list
     pairs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    throttled: dict[str, bool] = field(default_factory=dict)  # campaign -> its pacer skipped auctions
 
     def by_placement(self) -> dict[str, tuple[int, float, float]]:
         """Placement -> (ads compared, their mean relevance, the organic results' at their positions)."""
@@ -128,8 +135,13 @@ class AdSimReport:
         out = []
         for c in self.campaigns:
             spend, wanted = main.spend.get(c["id"], 0), demand.spend.get(c["id"], 0)
+            throttled = main.throttled.get(c["id"], False)
+            # demand measured with every rival at full strength; a campaign that entered every auction it
+            # matched and still ended under budget had less demand than budget at that day's prices
+            took_all = not throttled and spend < c["daily_budget"]
             out.append({"id": c["id"], "bid": c["bid"], "budget": c["daily_budget"], "demand": wanted, "spend": spend,
-                        "constrained": wanted > c["daily_budget"],
+                        "throttled": throttled, "took_all": took_all,
+                        "constrained": wanted > c["daily_budget"] and not took_all,
                         "pacing_error": abs(spend - c["daily_budget"]) / c["daily_budget"],
                         "overspend": max(0, spend - c["daily_budget"])})
         return out
@@ -161,8 +173,10 @@ class AdSimReport:
                f"{self.seconds:.0f} s", "", "| campaign | bid | budget | demand | spend | pacing error |",
                "|---|---|---|---|---|---|"]
         for row in self.pacing():
+            note = ("" if row["constrained"] else " (entered every auction it matched: demand under budget at the "
+                    "day's prices)" if row["took_all"] and row["demand"] > row["budget"] else " (demand under budget)")
             out.append(f"| {row['id']} | {row['bid']} | {row['budget']} | {row['demand']} | {row['spend']} | "
-                       f"{row['pacing_error']:.1%}{'' if row['constrained'] else ' (demand under budget)'} |")
+                       f"{row['pacing_error']:.1%}{note} |")
         out += ["", "| relevance floor | revenue (cents) | sponsored shown | clicks | mean sponsored relevance | "
                     "organic at the same positions |", "|---|---|---|---|---|---|"]
         for r in self.runs:
@@ -266,6 +280,13 @@ def _traffic(config: EngineConfig, s: AdSimSettings, work: Path, data_dir: Path,
     return engine, requests, campaigns
 
 
+def _click_draw(seed: int, request: int, item: str) -> float:
+    """The shopper's uniform draw for clicking ``item`` in request number ``request``: the same in every run of
+    the day (common random numbers), so that two runs differ by what they show, not by the clicks' luck."""
+    digest = hashlib.blake2b(f"{seed}:{request}:{item}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
 def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], *, floor: float, unlimited: bool,
          seed: int, day0: float) -> Run:
     """One day with the real ad server and charging, on a fresh campaigns table (budgets x 10^6 if unlimited)."""
@@ -283,7 +304,8 @@ def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], 
         search_slots=cfg.ad_slots, reserve=cfg.ads_reserve, relevance_floor=floor, click_window_s=600.0,
         refresh_s=0.0, similar_slots=cfg.slots("ads_similar_slots"), recommend_slots=(),
         match_organic=cfg.ads_match_organic, traffic_curve=tuple(float(w) for w in TRAFFIC),
-        pacing_finish=cfg.ads_pacing_finish, relevance_power=cfg.ads_relevance_power))
+        pacing_finish=cfg.ads_pacing_finish, relevance_power=cfg.ads_relevance_power,
+        pacing_tolerance=cfg.ads_pacing_tolerance))
     ids = snap.catalog.id_map
     vectors = np.asarray(snap.vectors)
     rng = np.random.default_rng([seed, int(floor * 1000), int(unlimited)])
@@ -310,11 +332,12 @@ def _run(engine: Any, requests: list[Request], campaigns: list[dict[str, Any]], 
                 run.organic_relevance.append(organic_scores[a.position - 1])
                 run.pairs.setdefault(r.kind, []).append((a.relevance, organic_scores[a.position - 1]))
             attractiveness = ATTRACT_BASE + ATTRACT_SLOPE * max(0.0, a.relevance - 0.3)
-            if rng.random() < (1.0 / a.position) * attractiveness:
+            if _click_draw(seed, n, a.id) < (1.0 / a.position) * attractiveness:
                 run.clicks += 1
                 server.click(a.ad, now=now + 5.0)
     day = dt.datetime.fromtimestamp(day0, dt.timezone.utc).strftime("%Y-%m-%d")
     run.spend = {c["id"]: ads.spend(c["id"], day)[0] for c in campaigns}
+    run.throttled = {c["id"]: server.throttled(c["id"], day) for c in campaigns}
     return run
 
 
@@ -342,6 +365,7 @@ def run_ads_simulation(config: EngineConfig, s: AdSimSettings, *, out_dir: Path,
                        {"search": cfg.ads_search_slots, "similar": cfg.ads_similar_slots, "reserve": cfg.ads_reserve,
                         "match_organic": cfg.ads_match_organic,
                         "relevance_power": cfg.ads_relevance_power, "pacing_finish": cfg.ads_pacing_finish,
+                        "pacing_tolerance": cfg.ads_pacing_tolerance,
                         "items": s.items})
 
 
@@ -387,7 +411,8 @@ def record_results(report: AdSimReport, png: Path, command: str, *, results: Pat
         f"- settings: search slots {report.slots['search']}, similar-strip slots {report.slots['similar']}, reserve "
         f"{report.slots['reserve']}, ads_match_organic {report.slots['match_organic']}, ads_relevance_power "
         f"{report.slots.get('relevance_power')}, ads_pacing_finish {report.slots.get('pacing_finish')}, "
-        f"{report.slots.get('items')} items per campaign", "",
+        f"ads_pacing_tolerance {report.slots.get('pacing_tolerance')}, {report.slots.get('items')} items per "
+        "campaign; clicks drawn as common random numbers", "",
         *report.lines()[2:], "",
         f"![Revenue against the relevance floor]({os.path.relpath(image, results.parent)})" if image else "",
     ])
