@@ -18,6 +18,7 @@ first seed's MLP and of the three seeds' MLPs merged (the published model), and 
 - ``pool:200``: the ranker over the blend's best 200 (lists rebuilt, about 4 minutes more).
 - ``posthoc``: the trained models combined after training (:meth:`Trial.posthoc`).
 - ``probes``: recency proxies and the blend's recall at 100 over its weights, no model (:meth:`Trial.probes`).
+- ``scale:pop|counts|zero``: the count features made comparable across the fits (:meth:`Trial.scale`).
 - ``cache:PATH``: pickle the eval's lists there (about 700 MB) on the first run and reuse them after.
 
     HF_HUB_OFFLINE=1 VITRINE_DATA_DIR=../shared/data .venv/bin/python scripts/try_rec_features.py ease seq-avg depths:3,4,5,6,7,8,9
@@ -382,6 +383,26 @@ class Trial:
                 print(f"validation: blend content {wc} popular {wp}: R@10 {m['R@10']} N@10 {m['N@10']} "
                       f"R@100 {m['R@100']} R@200 {m['R@200']}", flush=True)
 
+    def scale(self, mode: str) -> None:
+        """The count features made comparable across fits: each training depth's feature models are fit on
+        fewer events (each user's items but the last ``d``) than validation's and test's (but the last two),
+        so raw counts are smaller in training than where the model is scored. ``mode`` ``pop``: ``popular``
+        rescaled to the test fit's total; ``counts``: every log1p count column rescaled; ``zero``: those
+        columns set to 0 (left out by the trainer: only their z-scores and ranks remain)."""
+        cols = ["popular"] if mode == "pop" else ["popular", "cooccurrence", "cooc_last", "cooc_prev", "follows_last"]
+        idx = [RECOMMEND_FEATURES.index(c) for c in cols]
+        total = [float(sum(len(h) for h in fit)) for fit in self.fits]
+        print("events per fit:", [int(t) for t in total], flush=True)
+        L = []
+        for i, p in enumerate(self.P):
+            lst = p["lists"]
+            X = lst.X.copy()
+            for j in idx:
+                X[:, j] = 0.0 if mode == "zero" else np.log1p(np.expm1(X[:, j].astype(np.float64)) * total[-1] / total[i])
+            L.append(ranker_eval.Lists(X, lst.y, lst.groups, lst.rows))
+        joined = ranker_eval.Lists.concat([x.with_positive() for x in L[:-2]])
+        self.score(f"scale:{mode}", ranker_eval.RankerRows(joined, L[-2], L[-1], tuple(RECOMMEND_FEATURES), {}))
+
     def depths(self, depths: tuple[int, ...]) -> None:
         g = self.got
         rows = R.ranker_rows(g["data"], g["train"], g["val"], g["test"], g["co_p"], g["ct_p"], g["weights"], depths=depths)
@@ -424,6 +445,8 @@ def main(argv: list[str]) -> int:
             trial.hist()
         elif name == "trans":
             trial.trans()
+        elif name == "scale":
+            trial.scale(arg or "pop")
         elif name == "depths":
             trial.depths(tuple(int(x) for x in arg.split(",")))
         else:
