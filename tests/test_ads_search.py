@@ -234,3 +234,21 @@ def test_another_listing_of_a_product_on_the_page_is_never_its_ad(config: Engine
     bed = two.search("glass bed for ender 3", k=1)
     assert [h.id for h in bed.hits] == ["glass-bed"]
     assert [s.id for s in bed.sponsored] == ["pla-dup-title"]  # fil-pla-red (bid 80) is the same product
+
+
+def test_a_pacer_follows_its_campaigns_bid_for_the_tolerance(config: EngineConfig, encoder: Encoder) -> None:
+    """``ads_pacing_tolerance`` clicks at the campaign's bid; editing the bid re-plans the day's pacer."""
+    engine = Engine(config.replace(ads_search_slots="1", ads_pacing_tolerance=2.0, reload_check_seconds=0.0),
+                    encoder=encoder)
+    _campaign(engine, "tol", GLOVES, 40)
+    assert engine.search("gloves", k=1).sponsored
+
+    def pacer() -> Any:
+        return next(p for (cid, _), p in engine.ads.server._pacers.items() if cid == "tol")
+
+    assert pacer().tolerance == 80
+    engine.ads.update("tol", {"bid": 55})
+    engine.ads.server._stamp = None  # an edit within the same second as the creation keeps the cache's stamp
+    assert engine.search("gloves", k=1).sponsored
+    assert pacer().tolerance == 110
+    assert not engine.ads.server.throttled("tol", time.strftime("%Y-%m-%d", time.gmtime()))  # BIG budget

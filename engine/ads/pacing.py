@@ -14,13 +14,20 @@ peak (and its better conversions) and overspend at night.
 
 **Throttle.** The :class:`Pacer` keeps a participation probability ``p``: each auction opportunity the
 campaign enters with probability ``p`` (probabilistic throttling). At each :meth:`Pacer.update`, with
-``target = budget * share(t)`` and the normalized gap ``gap = (target - spend) / budget``:
+``target = budget * share(t)`` and the normalized gap ``gap = (min(target + tolerance, budget) - spend) /
+budget``:
 
     ``p <- clip(max(p, p_min) * exp(gain * gap), p_min, 1)``;   ``p <- 0`` once ``spend >= budget``.
 
 With ``finish < 1`` the plan is compressed so that the whole budget is due by ``t = finish`` (``share(min(t /
 finish, 1))``). The controller lags its target: a campaign that only catches up in the quiet last hours
 ends the day short of its budget; planning to finish a little early leaves those hours as slack.
+
+``tolerance`` (minor units; the server sets ``ads_pacing_tolerance`` clicks at the campaign's bid) is spend
+ahead of the plan that still counts as on plan. A budget of a few dozen clicks moves a whole click at a time:
+without it, one early click puts the campaign ahead, ``p`` sinks for as long as it stays ahead, and climbs
+back only as fast as the small gap allows, so a campaign with little more demand than budget ends short.
+``throttled`` records whether ``p`` was ever below 1 with budget left (the campaign skipped auctions).
 
 This is integral control on ``log p``: behind the target ``p`` grows, ahead of it ``p`` shrinks, at a rate
 proportional to the gap; multiplicative steps reach low participation (a budget far below demand) in a few

@@ -177,11 +177,11 @@ class AdServer:
     def _pacer(self, c: Campaign, now: float) -> Pacer:
         key = (c.id, utc_day(now))
         pacer = self._pacers.get(key)
-        if pacer is None or pacer.budget != c.daily_budget:
+        tolerance = int(round(self.settings.pacing_tolerance * c.bid))
+        if pacer is None or pacer.budget != c.daily_budget or pacer.tolerance != tolerance:  # new, or edited
             if len(self._pacers) > 10_000:
                 self._pacers = {k: v for k, v in self._pacers.items() if k[1] == key[1]}
-            pacer = self._pacers[key] = Pacer(c.daily_budget, finish=self.settings.pacing_finish,
-                                              tolerance=int(round(self.settings.pacing_tolerance * c.bid)))
+            pacer = self._pacers[key] = Pacer(c.daily_budget, finish=self.settings.pacing_finish, tolerance=tolerance)
         spend = self._spend.get(c.id, 0)
         if spend >= c.daily_budget or now - self._paced_at.get(key, -1e18) >= PACING_STEP_S:
             # the pacer's gain is per step of about a minute (engine.ads.pacing), whatever the traffic
