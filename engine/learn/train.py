@@ -130,12 +130,13 @@ def _train_mlp(X: np.ndarray, y: np.ndarray, groups: Sequence[int], Xv: np.ndarr
     X = np.asarray(X, np.float32)
     mean = X.mean(axis=0)
     std = X.std(axis=0)
-    scale = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+    varies = std > 1e-8
+    scale = np.where(varies, std, 1.0).astype(np.float32)
     # A column constant in the training rows carries nothing: the net is built and trained without it, and
     # its weights are exported as 0, so that it is initialised exactly as a net that never had it (adding a
     # feature a data set leaves at one value does not move that data set's figures) and so that a value it
     # takes at serving cannot move the score.
-    used = np.flatnonzero(std > 1e-8) if (std > 1e-8).any() else np.arange(X.shape[1])
+    used = np.flatnonzero(varies) if varies.any() else np.arange(X.shape[1])
     Xs = torch.from_numpy(((X - mean) / scale)[:, used])
     ys = torch.from_numpy(np.asarray(y, np.float32))
     ws = None if weights is None else torch.from_numpy(np.asarray(weights, np.float32))
